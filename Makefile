@@ -1,0 +1,42 @@
+# The README names two commands: `make demo` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install lint format test unit controlplane demo clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Builds etcd, kube-apiserver, kube-controller-manager and kubectl from the Go module proxy into
+# ~/.cache/matrix-invite-operator (once per pinned version; the first build takes minutes).
+controlplane: install
+	$(BIN)/python -m tests.controlplane.build
+
+unit: install
+	$(BIN)/pytest tests/unit tests/contract $(PYTEST_ARGS)
+
+test: lint controlplane
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: install controlplane
+	$(BIN)/python -m tests.demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache demo-state

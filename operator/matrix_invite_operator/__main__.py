@@ -1,0 +1,139 @@
+"""Command line: `run` starts the operator, `render-mail` previews a mail, `check-config` checks.
+
+`run` reads `Settings` from the environment first and stops with one clear sentence when the
+configuration cannot work, instead of entering a crash loop inside Kopf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import SecretStr, ValidationError
+
+from . import __version__
+from .errors import ConfigurationError, OperatorError
+from .settings import Settings
+
+
+def _load_settings() -> Settings:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"MATRIX_INVITE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from None
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from . import handlers  # noqa: F401  (registers the Kopf handlers)
+    from .runtime import build_mailer
+
+    settings = _load_settings()
+    settings.require_backend()
+    settings.mas_client_secret_value()
+    build_mailer(settings)  # fails now, not on the first Invitation, if mail cannot work
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
+        log_prefix=settings.log_format != "json",
+    )
+    # One line per HTTP request or probe would bury the lines that matter.
+    for chatty in ("httpx", "httpcore", "aiohttp.access"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    liveness = (
+        f"http://{settings.bind_address}:{settings.liveness_port}/healthz"
+        if settings.liveness_port
+        else None
+    )
+    kopf.run(
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(config=settings),
+    )
+    return 0
+
+
+def render_mail(args: argparse.Namespace) -> int:
+    from .mail.render import MailContext, MailRenderer, expand_registration_url
+
+    settings = _load_settings()
+    token = SecretStr(args.token)
+    expires = dt.datetime.now(dt.UTC) + settings.default_validity
+    context = MailContext(
+        email=args.email,
+        display_name=args.display_name,
+        token=token,
+        registration_url=expand_registration_url(
+            settings.registration_url, token=token, email=args.email
+        ),
+        expires_at=expires,
+        usage_limit=args.usage_limit,
+        inviter=settings.inviter_name or settings.server_name,
+        server_name=settings.server_name,
+        locale=args.locale or settings.default_locale,
+        timezone=settings.mail_timezone,
+    )
+    rendered = MailRenderer(settings.mail_template_dir).render(context)
+    print(f"Subject: {rendered.subject}\n")
+    print(rendered.text)
+    Path(args.html).write_text(rendered.html, encoding="utf-8")
+    print(f"(HTML part written to {args.html})", file=sys.stderr)
+    return 0
+
+
+def check_config(_: argparse.Namespace) -> int:
+    from .runtime import build_mailer
+
+    settings = _load_settings()
+    settings.require_backend()
+    settings.mas_client_secret_value()
+    build_mailer(settings)
+    print("configuration OK")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="matrix-invite-operator")
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run_parser = sub.add_parser("run", help="start the operator")
+    run_parser.add_argument("--verbose", action="store_true")
+    run_parser.set_defaults(func=run)
+
+    mail = sub.add_parser("render-mail", help="print the invitation mail without sending it")
+    mail.add_argument("--email", required=True)
+    mail.add_argument("--display-name")
+    mail.add_argument("--locale", choices=["en", "de"])
+    mail.add_argument("--usage-limit", type=int, default=1)
+    mail.add_argument("--token", default="ExampleToken0123456789ab")
+    mail.add_argument("--html", default="invitation.html", help="where to write the HTML part")
+    mail.set_defaults(func=render_mail)
+
+    check = sub.add_parser("check-config", help="validate the environment's configuration")
+    check.set_defaults(func=check_config)
+
+    args = parser.parse_args(argv)
+    if args.func is not run:  # Kopf configures logging for `run` itself
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result: int = args.func(args)
+    except OperatorError as exc:
+        print(f"matrix-invite-operator: {exc}", file=sys.stderr)
+        return 2
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The token backend interface: what the reconciler needs from a homeserver's token store.
+
+A backend issues, reads, lists, updates, revokes and un-revokes registration tokens. The
+reconciler only sees `TokenBackend` and `TokenState`; MAS is the first implementation
+(`backends.mas`). Token values travel as `SecretStr` so that no repr or log line shows them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+
+class TokenState(BaseModel):
+    """A backend-neutral snapshot of one registration token, as the backend holds it now."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    token: SecretStr
+    valid: bool
+    usage_limit: int | None
+    times_used: int
+    pending: int | None = None
+    created_at: dt.datetime | None = None
+    last_used_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None
+    revoked_at: dt.datetime | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def expired(self, now: dt.datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+
+class TokenBackend(Protocol):
+    """What the reconciler may ask of a token store. Every method is safe to repeat."""
+
+    async def issue(
+        self, token: SecretStr, *, usage_limit: int | None, expires_at: dt.datetime | None
+    ) -> TokenState:
+        """Create a token with exactly this value; if it already exists, return the existing one."""
+        ...
+
+    async def read(self, token_id: str) -> TokenState | None:
+        """The token with this id, or None when the backend does not know it."""
+        ...
+
+    def list_all(self) -> AsyncIterator[TokenState]:
+        """Every token the backend holds, page by page."""
+        ...
+
+    async def update(
+        self, token_id: str, *, usage_limit: int | None, expires_at: dt.datetime | None
+    ) -> TokenState:
+        """Set the usage limit and expiry (None clears them). Raises TokenNotFound."""
+        ...
+
+    async def revoke(self, token_id: str) -> TokenState | None:
+        """Revoke; already revoked counts as success; None when the token is unknown."""
+        ...
+
+    async def unrevoke(self, token_id: str) -> TokenState:
+        """Undo a revocation; not revoked counts as success. Raises TokenNotFound."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the backend holds (it does not own the shared HTTP client)."""
+        ...

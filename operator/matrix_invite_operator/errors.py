@@ -1,0 +1,98 @@
+"""The operator's error tree.
+
+Every error we raise says whether waiting can help (`TransientError`) or only a change of the
+spec or configuration can (`PermanentError`); the Kopf layer maps exactly these two onto
+`kopf.TemporaryError` and `kopf.PermanentError`. Messages are written for an admin reading
+`kubectl describe` and must never contain a token value or a credential.
+"""
+
+from __future__ import annotations
+
+
+class OperatorError(Exception):
+    """Base of all errors the operator raises on purpose."""
+
+
+class TransientError(OperatorError):
+    """Retrying later can succeed: an outage, a timeout, a temporary refusal."""
+
+    def __init__(self, message: str, *, retry_after: float = 30.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(OperatorError):
+    """Cannot succeed until someone changes the Invitation or the operator's configuration."""
+
+
+class ConfigurationError(PermanentError):
+    """The operator's own settings are missing or contradictory."""
+
+
+class InvalidSpecError(PermanentError):
+    """The Invitation passed the CRD schema but can never work (e.g. an expiry in the past)."""
+
+
+# --- token backends -------------------------------------------------------------------------
+
+
+class BackendError(OperatorError):
+    """Something went wrong talking to the token backend (MAS, later Synapse)."""
+
+
+class BackendUnavailable(BackendError, TransientError):
+    """The backend did not answer, answered 5xx, or timed out."""
+
+
+class BackendAuthError(BackendError, PermanentError):
+    """The backend refused our credentials (401 after renewal, 403 invalid_scope, bad client)."""
+
+
+class BackendRejected(BackendError, PermanentError):
+    """The backend refused the request itself (400, 422, an unparseable answer to a valid call)."""
+
+
+class TokenNotFound(BackendError):
+    """The token id is unknown to the backend (404): the caller decides whether that is drift."""
+
+
+class TokenConflict(BackendError):
+    """A token with this value already exists (409): the caller looks it up instead."""
+
+
+# --- mail -----------------------------------------------------------------------------------
+
+
+class MailError(OperatorError):
+    """Sending the invitation mail failed."""
+
+
+class MailTemporaryError(MailError, TransientError):
+    """Connection refused, TLS hiccup, or an SMTP 4xx reply: try again later."""
+
+
+class MailRejectedError(MailError, PermanentError):
+    """An SMTP 5xx reply (e.g. unknown recipient) or refused login: needs a human."""
+
+
+# --- Kubernetes API -------------------------------------------------------------------------
+
+
+class KubeError(OperatorError):
+    """The Kubernetes API refused or failed a request."""
+
+
+class KubeUnavailable(KubeError, TransientError):
+    """The API server did not answer, answered 5xx, or throttled us."""
+
+
+class KubeForbidden(KubeError, PermanentError):
+    """RBAC does not allow what the operator tried: the install lacks a rule."""
+
+
+class KubeNotFound(KubeError):
+    """The object is gone (for example deleted while we worked on it)."""
+
+
+class SecretConflict(PermanentError):
+    """A Secret with our name exists but belongs to something else: we never take it over."""

@@ -1,0 +1,146 @@
+"""Kopf registrations, and nothing else: unpack kwargs, call reconcile, map our errors to Kopf's.
+
+Dependencies are built once in the startup handler and kept in the operator's memo
+(`memo.deps`); tests and the demo build the same objects. Kopf's own bookkeeping uses our
+annotation prefix and a `matrix-invite.dev/...` finalizer, and handlers return nothing, so
+nothing lands in a status field the schema would prune.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+import kopf
+
+from .errors import PermanentError, TransientError
+from .models import GROUP, PLURAL, VERSION, Phase
+from .reconcile import Dependencies, Invitation, finalize, reconcile
+from .runtime import build_dependencies, close_dependencies
+from .settings import Settings
+from .sync import StatusSync
+
+FINALIZER = f"{GROUP}/revoke-token"
+SETTLED_PHASES = {Phase.SENT, Phase.ACCEPTED, Phase.EXPIRED, Phase.REVOKED}
+
+
+class _QuietRegistry(logging.Filter):
+    """Drops Kopf's per-event success line for `remember`: one per watch event is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Handler 'remember' succeeded."
+
+
+logging.getLogger("kopf.objects").addFilter(_QuietRegistry())
+
+
+class KopfEvents:
+    """The reconciler's EventSink, posted through Kopf's event queue."""
+
+    def normal(self, invitation: Invitation, reason: str, message: str) -> None:
+        kopf.event(_body(invitation), type="Normal", reason=reason, message=message)
+
+    def warning(self, invitation: Invitation, reason: str, message: str) -> None:
+        kopf.event(_body(invitation), type="Warning", reason=reason, message=message)
+
+
+def _body(invitation: Invitation) -> kopf.Body:
+    # Kopf only reads apiVersion, kind and metadata from what it is given.
+    return cast(kopf.Body, invitation.reference())
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = FINALIZER
+    # Kopf turns handler log lines of this level and above into Events; INFO would flood them.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    config: Settings = memo.get("config") or Settings()
+    memo.config = config
+    memo.deps = await build_dependencies(config, events=KopfEvents())
+    memo.registry = memo.get("registry") or {}
+    memo.sync = StatusSync(memo.deps, memo.registry)
+    memo.sync_task = asyncio.create_task(memo.sync.run_forever(), name="status-sync")
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = memo.get("sync_task")
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    if memo.get("deps") is not None:
+        await close_dependencies(memo.deps)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def remember(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the sync pass's view of all Invitations current, without listing them each pass."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    if type == "DELETED":
+        memo.registry.pop(key, None)
+        return
+    memo.registry[key] = {
+        "metadata": dict(body["metadata"]),
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
+
+
+def _retry_delay(config: Settings, retry: int, error: TransientError) -> float:
+    backoff: float = config.retry_base_seconds * 2 ** min(retry, 10)
+    return min(
+        max(backoff, min(error.retry_after, config.retry_max_seconds)), config.retry_max_seconds
+    )
+
+
+async def _run(body: kopf.Body, memo: kopf.Memo, retry: int) -> None:
+    deps: Dependencies = memo.deps
+    config: Settings = memo.config
+    try:
+        await reconcile(deps, Invitation.from_body(dict(body)))
+    except PermanentError as exc:
+        raise kopf.PermanentError(str(exc)) from exc
+    except TransientError as exc:
+        raise kopf.TemporaryError(str(exc), delay=_retry_delay(config, retry, exc)) from exc
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
+@kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile")
+async def invitation_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    await _run(body, memo, retry)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
+async def invitation_resumed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    status = body.get("status") or {}
+    # After a restart, settled Invitations need no MAS write and no mail; the sync pass
+    # still compares each with MAS on its first round.
+    if (
+        status.get("observedGeneration") == body["metadata"].get("generation")
+        and status.get("phase") in SETTLED_PHASES
+    ):
+        return
+    await _run(body, memo, retry)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, id="revoke")
+async def invitation_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    deps: Dependencies = memo.deps
+    try:
+        await finalize(deps, Invitation.from_body(dict(body)))
+    except TransientError as exc:
+        raise kopf.TemporaryError(str(exc), delay=_retry_delay(memo.config, retry, exc)) from exc
+    except PermanentError as exc:
+        # Letting the object go would leave a working token behind; keep the finalizer, retry
+        # slowly, and tell the admin how to get out if they accept that.
+        raise kopf.TemporaryError(
+            f"cannot revoke the token, so the Invitation is kept: {exc}. Fix the operator's "
+            f"MAS access, or remove the finalizer {FINALIZER} by hand to give up on revocation",
+            delay=memo.config.retry_max_seconds,
+        ) from exc

@@ -1,0 +1,301 @@
+"""Secrets and Invitation status through the Kubernetes API, over one injected httpx client.
+
+Kopf watches Invitations; everything we write ourselves (the token Secret, status patches
+between steps, status from the sync pass) goes through `KubeApi`. Credentials come from the same
+places Kopf reads (in-cluster service account or kubeconfig); a service-account token file is
+re-read so that the kubelet's token rotation never logs us out. "Already exists" is handled here,
+in one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import ssl
+import tempfile
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from pydantic import SecretStr
+
+from .errors import KubeError, KubeForbidden, KubeNotFound, KubeUnavailable, SecretConflict
+from .models import GROUP, PLURAL, VERSION
+
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+SECRET_TOKEN_KEY = "token"  # noqa: S105 - the key name, not a value
+MANAGED_BY = "matrix-invite-operator"
+
+
+@dataclass(frozen=True)
+class KubeConnection:
+    """Where the API server is and how we prove who we are."""
+
+    server: str
+    ca_path: str | None = None
+    token: SecretStr | None = None
+    token_path: Path | None = None
+    cert_path: str | None = None
+    key_path: str | None = None
+    insecure: bool = False
+
+    @classmethod
+    def discover(cls, kubeconfig: str | None = None) -> KubeConnection:
+        """In-cluster service account first, then $KUBECONFIG / ~/.kube/config, as Kopf does."""
+        kubeconfig = kubeconfig or os.environ.get("KUBECONFIG")
+        token_file = SERVICE_ACCOUNT_DIR / "token"
+        if not kubeconfig and token_file.exists():
+            host = os.environ.get("KUBERNETES_SERVICE_HOST", "kubernetes.default.svc")
+            port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+            if ":" in host:
+                host = f"[{host}]"
+            return cls(
+                server=f"https://{host}:{port}",
+                ca_path=str(SERVICE_ACCOUNT_DIR / "ca.crt"),
+                token_path=token_file,
+            )
+        return cls.from_kubeconfig(Path(kubeconfig or Path.home() / ".kube" / "config"))
+
+    @classmethod
+    def from_kubeconfig(cls, path: Path) -> KubeConnection:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        context_name = config.get("current-context")
+        contexts = {c["name"]: c.get("context", {}) for c in config.get("contexts", [])}
+        clusters = {c["name"]: c.get("cluster", {}) for c in config.get("clusters", [])}
+        users = {u["name"]: u.get("user", {}) for u in config.get("users", [])}
+        if context_name not in contexts:
+            raise KubeError(f"kubeconfig {path} has no current context")
+        cluster = clusters[contexts[context_name]["cluster"]]
+        user = users.get(contexts[context_name].get("user"), {})
+        base = path.parent
+
+        def materialise(path_key: str, data_key: str, source: dict[str, Any]) -> str | None:
+            # ssl needs files for certificates; data fields go to private temp files.
+            if source.get(path_key):
+                return str(base / source[path_key])
+            if source.get(data_key):
+                handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
+                    prefix="mio-kube-", suffix=".pem", delete=False
+                )
+                handle.write(base64.b64decode(source[data_key]))
+                handle.close()
+                return handle.name
+            return None
+
+        token = user.get("token")
+        return cls(
+            server=cluster["server"],
+            ca_path=materialise("certificate-authority", "certificate-authority-data", cluster),
+            token=SecretStr(token) if token else None,
+            token_path=Path(user["tokenFile"]) if user.get("tokenFile") else None,
+            cert_path=materialise("client-certificate", "client-certificate-data", user),
+            key_path=materialise("client-key", "client-key-data", user),
+            insecure=bool(cluster.get("insecure-skip-tls-verify")),
+        )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca_path)
+        if self.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.cert_path and self.key_path:
+            context.load_cert_chain(self.cert_path, self.key_path)
+        return context
+
+
+class _BearerAuth(httpx.Auth):
+    """A fixed token, or a token file re-read once a minute (projected tokens rotate)."""
+
+    def __init__(self, token: SecretStr | None, token_path: Path | None) -> None:
+        self._token = token
+        self._path = token_path
+        self._read_at = 0.0
+
+    def _current(self) -> str | None:
+        if self._path is not None and time.monotonic() - self._read_at > 60:
+            self._token = SecretStr(self._path.read_text(encoding="utf-8").strip())
+            self._read_at = time.monotonic()
+        return self._token.get_secret_value() if self._token else None
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self._current()
+        if token:
+            request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401 and self._path is not None:
+            self._read_at = 0.0
+            token = self._current()
+            request.headers["Authorization"] = f"Bearer {token}"
+            yield request
+
+
+def kube_http_client(connection: KubeConnection, *, timeout: float = 30.0) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=connection.server,
+        verify=connection.ssl_context(),
+        auth=_BearerAuth(connection.token, connection.token_path),
+        timeout=httpx.Timeout(timeout, connect=10.0),
+        headers={"User-Agent": MANAGED_BY},
+    )
+
+
+def secret_name_for(invitation_name: str) -> str:
+    suffix = "-invite-token"
+    return invitation_name[: 253 - len(suffix)] + suffix
+
+
+class KubeApi:
+    """The few Kubernetes calls the reconciler makes, with errors mapped to our tree."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def _request(
+        self, method: str, path: str, *, json: Any = None, content_type: str | None = None
+    ) -> dict[str, Any]:
+        headers = {"Content-Type": content_type} if content_type else None
+        try:
+            response = await self._client.request(method, path, json=json, headers=headers)
+        except httpx.TransportError as exc:
+            raise KubeUnavailable(
+                f"Kubernetes API unreachable ({type(exc).__name__})", retry_after=5
+            ) from exc
+        if response.status_code == 404:
+            raise KubeNotFound(f"{method} {path}: not found")
+        if response.status_code == 403:
+            raise KubeForbidden(
+                f"RBAC forbids {method} {path}: the operator's Role lacks this permission"
+            )
+        if response.status_code == 409:
+            raise _AlreadyExists(path)
+        if response.status_code == 429 or response.status_code >= 500:
+            raise KubeUnavailable(
+                f"Kubernetes API answered {response.status_code} to {method} {path}",
+                retry_after=float(response.headers.get("Retry-After", 5)),
+            )
+        if response.status_code >= 400:
+            raise KubeError(
+                f"Kubernetes API answered {response.status_code} to {method} {path}: "
+                f"{_status_message(response)}"
+            )
+        result: dict[str, Any] = response.json()
+        return result
+
+    # --- the token Secret ---
+
+    async def read_token_secret(
+        self, namespace: str, name: str, owner_uid: str
+    ) -> SecretStr | None:
+        """The token in our Secret, or None if there is no such Secret yet."""
+        try:
+            secret = await self._request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        except KubeNotFound:
+            return None
+        return _token_from(secret, owner_uid)
+
+    async def create_token_secret(
+        self, namespace: str, name: str, token: SecretStr, owner: dict[str, Any]
+    ) -> SecretStr:
+        """Create the Secret; if it exists already (a retry), return what it holds instead."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": MANAGED_BY},
+                "ownerReferences": [owner],
+            },
+            "data": {SECRET_TOKEN_KEY: _b64(token)},
+        }
+        try:
+            await self._request("POST", f"/api/v1/namespaces/{namespace}/secrets", json=body)
+        except _AlreadyExists:
+            existing = await self.read_token_secret(namespace, name, owner["uid"])
+            if existing is None:  # deleted between our POST and GET: let the retry create it
+                raise KubeUnavailable(
+                    "the token Secret vanished while being created", retry_after=1
+                ) from None
+            return existing
+        return token
+
+    async def replace_token(
+        self, namespace: str, name: str, token: SecretStr, owner_uid: str
+    ) -> None:
+        secret = await self._request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        _token_from(secret, owner_uid)  # ownership check before we overwrite anything
+        patch = {
+            "metadata": {"resourceVersion": secret["metadata"]["resourceVersion"]},
+            "data": {SECRET_TOKEN_KEY: _b64(token)},
+        }
+        try:
+            await self._request(
+                "PATCH",
+                f"/api/v1/namespaces/{namespace}/secrets/{name}",
+                json=patch,
+                content_type="application/merge-patch+json",
+            )
+        except _AlreadyExists as exc:  # 409 here means a concurrent writer: retry from the top
+            raise KubeUnavailable(
+                "the token Secret changed while being replaced", retry_after=1
+            ) from exc
+
+    # --- Invitations ---
+
+    async def patch_invitation_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        return await self._request(
+            "PATCH",
+            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
+            json={"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    async def list_invitations(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        items: list[dict[str, Any]] = []
+        path = f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}?limit=500"
+        while True:
+            page = await self._request("GET", path)
+            items.extend(page.get("items", []))
+            token = page.get("metadata", {}).get("continue")
+            if not token:
+                return items
+            path = f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}?limit=500&continue={token}"
+
+
+class _AlreadyExists(KubeError):
+    pass
+
+
+def _b64(token: SecretStr) -> str:
+    return base64.b64encode(token.get_secret_value().encode()).decode()
+
+
+def _token_from(secret: dict[str, Any], owner_uid: str) -> SecretStr:
+    name = secret["metadata"]["name"]
+    owners = secret["metadata"].get("ownerReferences") or []
+    if not any(ref.get("uid") == owner_uid for ref in owners):
+        raise SecretConflict(
+            f"Secret {name} exists but is not owned by this Invitation; "
+            "rename or delete it, the operator never takes over a Secret it did not create"
+        )
+    encoded = (secret.get("data") or {}).get(SECRET_TOKEN_KEY)
+    if not encoded:
+        raise SecretConflict(
+            f"Secret {name} has no '{SECRET_TOKEN_KEY}' key; delete it to start over"
+        )
+    return SecretStr(base64.b64decode(encoded).decode())
+
+
+def _status_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("message", ""))[:300]
+    except ValueError:
+        return response.text[:300]

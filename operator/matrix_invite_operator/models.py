@@ -1,0 +1,111 @@
+"""Pydantic models of the Invitation resource: its spec, its status and the condition shape.
+
+These models and `crds/invitations.matrix-invite.dev.yaml` describe the same thing twice, once for
+Python and once for the API server; `tests/unit/test_crd_models.py` fails when they drift.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from .settings import parse_go_duration
+
+GROUP = "matrix-invite.dev"
+VERSION = "v1alpha1"
+PLURAL = "invitations"
+KIND = "Invitation"
+
+# A bare address, no "Name <addr>" form. Non-ASCII is allowed (SMTPUTF8 addresses such as
+# jörg@example.org exist); what SMTP cannot carry fails at send time with the relay's reply.
+EMAIL_PATTERN = r'^[^\s@<>()\[\]\\,;:"]{1,64}@[^\s@<>()\[\]\\,;:"]+\.[^\s@<>()\[\]\\,;:"]+$'
+SINGLE_LINE_PATTERN = r"^[^\r\n]*$"
+GO_DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
+
+
+class _CamelModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def to_api(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class InvitationSpec(_CamelModel):
+    """What the admin commits to Git."""
+
+    model_config = ConfigDict(frozen=True)
+
+    email: str = Field(max_length=254, pattern=EMAIL_PATTERN)
+    display_name: str | None = Field(None, max_length=256, pattern=SINGLE_LINE_PATTERN)
+    usage_limit: int = Field(1, ge=1, le=100)
+    expires_at: dt.datetime | None = None
+    valid_for: str | None = Field(None, max_length=32, pattern=GO_DURATION_PATTERN)
+    revoked: bool = False
+    locale: Literal["en", "de"] | None = None
+
+    def expiry(self, created: dt.datetime, default_validity: dt.timedelta) -> dt.datetime:
+        """When the token stops working: explicit, or counted from the Invitation's creation."""
+        if self.expires_at is not None:
+            return self.expires_at.astimezone(dt.UTC)
+        validity = parse_go_duration(self.valid_for) if self.valid_for else default_validity
+        return (created + validity).astimezone(dt.UTC)
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    SENT = "Sent"
+    EXPIRED = "Expired"
+    ACCEPTED = "Accepted"
+    REVOKED = "Revoked"
+    FAILED = "Failed"
+
+
+class Condition(_CamelModel):
+    """The `metav1.Condition` shape that kstatus and `kubectl wait --for=condition` read."""
+
+    type: str = Field(max_length=316)
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(max_length=1024)
+    message: str = Field(max_length=32768)
+    last_transition_time: dt.datetime
+    observed_generation: int | None = Field(None, ge=0)
+
+
+class InvitationStatus(_CamelModel):
+    """What the operator reports. Never a token value: only MAS's id for it."""
+
+    observed_generation: int | None = Field(None, ge=0)
+    conditions: list[Condition] = Field(default_factory=list, max_length=8)
+    phase: Phase | None = None
+    message: str | None = Field(None, max_length=1024)
+    secret_name: str | None = Field(None, max_length=253)
+    token_id: str | None = Field(None, max_length=64)
+    issued_to: str | None = Field(None, max_length=254)
+    valid: bool | None = None
+    times_used: int | None = Field(None, ge=0)
+    pending_uses: int | None = Field(None, ge=0)
+    usage_limit: int | None = Field(None, ge=0)
+    expires_at: str | None = Field(None, max_length=64)
+    expired: bool | None = None
+    revoked: bool | None = None
+    revocation_requested: bool | None = None
+    last_used_at: str | None = Field(None, max_length=64)
+    last_synced_at: str | None = Field(None, max_length=64)
+    mail_sent_at: str | None = Field(None, max_length=64)
+    mail_recipient: str | None = Field(None, max_length=254)
+    mailed_token_id: str | None = Field(None, max_length=64)
+    mails_sent: int | None = Field(None, ge=0)
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+def rfc3339(moment: dt.datetime | None) -> str | None:
+    """The one timestamp format we write into status: UTC, seconds, a trailing Z."""
+    if moment is None:
+        return None
+    return moment.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")

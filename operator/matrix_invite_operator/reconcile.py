@@ -1,0 +1,422 @@
+"""The ordered, idempotent steps that bring one Invitation to its desired state.
+
+No Kopf and no HTTP details here: the steps talk to a `TokenBackend`, `KubeApi`, an
+`InvitationMailer` and an `EventSink`, all built once at startup (`Dependencies`). Every step is
+safe to repeat after a crash at any point:
+
+1. Secret: reuse the token in our Secret, or generate one and write the Secret first.
+2. Token: issue it in the backend with that value (a conflict means "find it", never a second
+   token), record its id in status at once.
+3. Converge: usage limit, expiry and revocation as the spec says; drift is corrected with an Event.
+4. Mail: only if this token has not been mailed to this address; record it right after the relay
+   accepts. The one duplicate-mail window is between that accept and the status write.
+5. Status: computed by `status.compute_status` and written with `observedGeneration` in one patch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import secrets
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import SecretStr, ValidationError
+
+from .backends import TokenBackend, TokenState
+from .errors import InvalidSpecError, KubeNotFound, PermanentError, TransientError
+from .kube import KubeApi, secret_name_for
+from .models import GROUP, KIND, VERSION, InvitationSpec, InvitationStatus, Phase, rfc3339
+from .settings import Settings
+from .status import Problem, compute_status
+
+logger = logging.getLogger(__name__)
+
+TOKEN_ALPHABET = string.ascii_letters + string.digits
+TOKEN_LENGTH = 24
+
+
+def generate_token() -> SecretStr:
+    """A fresh registration token: 24 characters of [A-Za-z0-9] (~143 bits), easy to paste."""
+    return SecretStr("".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH)))
+
+
+@dataclass(frozen=True)
+class Invitation:
+    """One Invitation as the API server sent it, parsed."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    created: dt.datetime
+    spec: InvitationSpec
+    status: InvitationStatus
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Invitation:
+        meta = body["metadata"]
+        try:
+            spec = InvitationSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+            raise InvalidSpecError(f"spec is invalid at: {fields}") from None
+        status = InvitationStatus.model_validate(_known_status(body.get("status") or {}))
+        return cls(
+            namespace=meta["namespace"],
+            name=meta["name"],
+            uid=meta["uid"],
+            generation=int(meta.get("generation") or 1),
+            created=dt.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00")),
+            spec=spec,
+            status=status,
+        )
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    def reference(self) -> dict[str, Any]:
+        """A minimal body naming this object, as Event posting expects it."""
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid},
+        }
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def _known_status(raw: dict[str, Any]) -> dict[str, Any]:
+    # Older operator versions or Kopf may leave fields we no longer model; ignore, don't fail.
+    known = {f.alias or name for name, f in InvitationStatus.model_fields.items()}
+    return {k: v for k, v in raw.items() if k in known}
+
+
+class EventSink(Protocol):
+    """Kubernetes Events on an Invitation (reasons are CamelCase, messages carry no secrets)."""
+
+    def normal(self, invitation: Invitation, reason: str, message: str) -> None: ...
+
+    def warning(self, invitation: Invitation, reason: str, message: str) -> None: ...
+
+
+class InvitationMailer(Protocol):
+    """Renders and sends the invitation mail for one token."""
+
+    async def send_invitation(
+        self, invitation: Invitation, *, token: SecretStr, token_state: TokenState
+    ) -> None: ...
+
+
+@dataclass
+class Dependencies:
+    """Everything reconcile needs, built once at startup and kept in Kopf's memo."""
+
+    settings: Settings
+    backend: TokenBackend
+    kube: KubeApi
+    mailer: InvitationMailer
+    events: EventSink
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    resources: object = None  # what `runtime` opened and must close; opaque here
+
+    def lock_for(self, invitation: Invitation) -> asyncio.Lock:
+        # The Kopf handler and the sync pass may both act on one Invitation: serialise them.
+        return self.locks.setdefault(invitation.uid, asyncio.Lock())
+
+
+class StatusWriter:
+    """Writes status as steps complete, so a crash never forgets a token id or a sent mail."""
+
+    def __init__(self, kube: KubeApi, invitation: Invitation) -> None:
+        self._kube = kube
+        self._invitation = invitation
+        self.status = invitation.status.model_copy(deep=True)
+
+    async def record(self, **fields: Any) -> None:
+        updated = self.status.model_copy(update=fields)
+        await self.write(updated)
+
+    async def write(self, status: InvitationStatus) -> None:
+        before = self.status.model_dump(mode="json", by_alias=True)
+        after = status.model_dump(mode="json", by_alias=True)
+        patch = {key: value for key, value in after.items() if before.get(key) != value}
+        if patch:
+            await self._kube.patch_invitation_status(
+                self._invitation.namespace, self._invitation.name, patch
+            )
+        self.status = status
+
+
+def desired_expiry(invitation: Invitation, settings: Settings) -> dt.datetime:
+    return invitation.spec.expiry(invitation.created, settings.default_validity)
+
+
+def check_spec(invitation: Invitation, settings: Settings, now: dt.datetime) -> dt.datetime:
+    """What the CRD schema cannot check (it cannot see the clock or our settings)."""
+    expiry = desired_expiry(invitation, settings)
+    if expiry - invitation.created > settings.max_validity:
+        raise InvalidSpecError(
+            f"the invitation would stay valid until {rfc3339(expiry)}, longer than this "
+            f"installation allows ({_days(settings.max_validity)} after creation); "
+            "shorten spec.validFor or spec.expiresAt"
+        )
+    if invitation.status.token_id is None and expiry <= now:
+        raise InvalidSpecError(
+            f"the invitation expires at {rfc3339(expiry)}, which has passed before a token was "
+            "issued; set spec.expiresAt in the future or use spec.validFor"
+        )
+    return expiry
+
+
+def _days(delta: dt.timedelta) -> str:
+    return f"{delta.total_seconds() / 86400:g} days"
+
+
+async def reconcile(deps: Dependencies, invitation: Invitation) -> InvitationStatus:
+    """Run all steps for one Invitation; returns the status it wrote."""
+    async with deps.lock_for(invitation):
+        writer = StatusWriter(deps.kube, invitation)
+        token_state: TokenState | None = None
+        try:
+            expiry = check_spec(invitation, deps.settings, deps.clock())
+            await _rotate_if_readdressed(deps, invitation, writer)
+            token = await _ensure_secret(deps, invitation, writer)
+            token_state = await _ensure_token(deps, invitation, writer, token, expiry)
+            token_state = await _converge(deps, invitation, writer, token_state, expiry)
+            await _mail_if_due(deps, invitation, writer, token, token_state)
+        except PermanentError as exc:
+            await _finish(deps, invitation, writer, token_state, stalled=_problem(exc))
+            raise
+        except TransientError as exc:
+            await _finish(deps, invitation, writer, token_state, reconciling=_problem(exc))
+            raise
+        return await _finish(deps, invitation, writer, token_state)
+
+
+def _problem(exc: Exception) -> Problem:
+    reason = {
+        "BackendUnavailable": "MasUnavailable",
+        "BackendAuthError": "MasAuthFailed",
+        "BackendRejected": "MasRejected",
+        "MailTemporaryError": "MailDeferred",
+        "MailRejectedError": "MailRejected",
+        "InvalidSpecError": "InvalidSpec",
+        "ConfigurationError": "OperatorMisconfigured",
+        "KubeForbidden": "Forbidden",
+        "KubeUnavailable": "KubernetesUnavailable",
+        "SecretConflict": "SecretConflict",
+    }.get(type(exc).__name__, type(exc).__name__)
+    return Problem(reason=reason, message=str(exc)[:1000])
+
+
+async def _finish(
+    deps: Dependencies,
+    invitation: Invitation,
+    writer: StatusWriter,
+    token_state: TokenState | None,
+    *,
+    stalled: Problem | None = None,
+    reconciling: Problem | None = None,
+) -> InvitationStatus:
+    now = deps.clock()
+    before = writer.status.phase
+    status = compute_status(
+        writer.status,
+        spec=invitation.spec,
+        generation=invitation.generation,
+        token=token_state,
+        now=now,
+        stalled=stalled,
+        reconciling=reconciling,
+    )
+    if token_state is not None:
+        status.last_synced_at = rfc3339(now)
+    try:
+        await writer.write(status)
+    except KubeNotFound:
+        return status  # deleted while we worked: nothing left to report on
+    announce_phase_change(deps.events, invitation, before, status)
+    return status
+
+
+def announce_phase_change(
+    events: EventSink, invitation: Invitation, before: Phase | None, status: InvitationStatus
+) -> None:
+    """One Event per transition into a terminal or failed phase."""
+    if status.phase == before:
+        return
+    if status.phase is Phase.ACCEPTED:
+        events.normal(
+            invitation,
+            "InvitationAccepted",
+            f"The token was used {status.times_used} of {status.usage_limit} times",
+        )
+    elif status.phase is Phase.EXPIRED:
+        events.normal(invitation, "InvitationExpired", f"The token expired at {status.expires_at}")
+    elif status.phase is Phase.REVOKED and not invitation.spec.revoked:
+        events.warning(
+            invitation,
+            "RevokedOutsideGit",
+            "The token was revoked in MAS, not through the spec; it stays revoked",
+        )
+    elif status.phase is Phase.FAILED:
+        events.warning(invitation, "Stalled", status.message or "")
+
+
+async def _rotate_if_readdressed(
+    deps: Dependencies, invitation: Invitation, writer: StatusWriter
+) -> None:
+    """A new address gets a new token; the old address must not keep a working one."""
+    status = writer.status
+    if status.token_id is None or status.issued_to in (None, invitation.spec.email):
+        return
+    await deps.backend.revoke(status.token_id)
+    deps.events.normal(
+        invitation, "TokenRevoked", "Revoked the token of the previous address; issuing a new one"
+    )
+    secret_name = status.secret_name or secret_name_for(invitation.name)
+    # No Secret at all is fine: the next step creates one with a fresh token anyway.
+    with contextlib.suppress(KubeNotFound):
+        await deps.kube.replace_token(
+            invitation.namespace, secret_name, generate_token(), invitation.uid
+        )
+    await writer.record(token_id=None, issued_to=None, revocation_requested=None)
+
+
+async def _ensure_secret(
+    deps: Dependencies, invitation: Invitation, writer: StatusWriter
+) -> SecretStr:
+    name = writer.status.secret_name or secret_name_for(invitation.name)
+    token = await deps.kube.read_token_secret(invitation.namespace, name, invitation.uid)
+    if token is None:
+        token = await deps.kube.create_token_secret(
+            invitation.namespace, name, generate_token(), invitation.owner_reference()
+        )
+    if writer.status.secret_name != name:
+        await writer.record(secret_name=name)
+    return token
+
+
+async def _ensure_token(
+    deps: Dependencies,
+    invitation: Invitation,
+    writer: StatusWriter,
+    token: SecretStr,
+    expiry: dt.datetime,
+) -> TokenState:
+    spec = invitation.spec
+    token_id = writer.status.token_id
+    if token_id is not None:
+        state = await deps.backend.read(token_id)
+        if state is not None and secrets.compare_digest(
+            state.token.get_secret_value(), token.get_secret_value()
+        ):
+            return state
+        if state is None:
+            deps.events.warning(
+                invitation,
+                "DriftCorrected",
+                f"Token {token_id} is missing in MAS (restored database?); issuing it again "
+                "from the Secret",
+            )
+        else:
+            # Someone replaced the Secret: the mailed token and the stored one disagree.
+            await deps.backend.revoke(token_id)
+            deps.events.warning(
+                invitation,
+                "DriftCorrected",
+                f"The Secret no longer matches token {token_id}; revoked it and issuing the "
+                "Secret's token",
+            )
+    state = await deps.backend.issue(token, usage_limit=spec.usage_limit, expires_at=expiry)
+    await writer.record(token_id=state.id, issued_to=spec.email)
+    deps.events.normal(invitation, "TokenIssued", f"Registration token {state.id} issued in MAS")
+    return state
+
+
+async def _converge(
+    deps: Dependencies,
+    invitation: Invitation,
+    writer: StatusWriter,
+    state: TokenState,
+    expiry: dt.datetime,
+) -> TokenState:
+    spec = invitation.spec
+    spec_changed = writer.status.observed_generation != invitation.generation
+    if state.usage_limit != spec.usage_limit or state.expires_at != expiry:
+        state = await deps.backend.update(state.id, usage_limit=spec.usage_limit, expires_at=expiry)
+        what = f"usage limit {spec.usage_limit}, expiry {rfc3339(expiry)}"
+        if spec_changed:
+            deps.events.normal(invitation, "TokenUpdated", f"Token {state.id} now has {what}")
+        else:
+            deps.events.warning(
+                invitation,
+                "DriftCorrected",
+                f"Token {state.id} was changed outside Git; set back to {what}",
+            )
+
+    requested = bool(writer.status.revocation_requested)
+    if spec.revoked and not state.revoked:
+        revoked = await deps.backend.revoke(state.id)
+        state = revoked or state
+        deps.events.normal(
+            invitation, "TokenRevoked", f"Token {state.id} revoked, as the spec asks"
+        )
+    elif not spec.revoked and state.revoked and requested:
+        state = await deps.backend.unrevoke(state.id)
+        deps.events.normal(invitation, "TokenUnrevoked", f"Token {state.id} is valid again")
+    if requested != spec.revoked:
+        await writer.record(revocation_requested=spec.revoked)
+    return state
+
+
+async def _mail_if_due(
+    deps: Dependencies,
+    invitation: Invitation,
+    writer: StatusWriter,
+    token: SecretStr,
+    state: TokenState,
+) -> None:
+    status = writer.status
+    already = status.mailed_token_id == state.id and status.mail_recipient == invitation.spec.email
+    if already or not state.valid or invitation.spec.revoked:
+        return
+    await deps.mailer.send_invitation(invitation, token=token, token_state=state)
+    await writer.record(
+        mail_sent_at=rfc3339(deps.clock()),
+        mail_recipient=invitation.spec.email,
+        mailed_token_id=state.id,
+        mails_sent=(status.mails_sent or 0) + 1,
+    )
+    deps.events.normal(invitation, "MailSent", f"Invitation mailed to {invitation.spec.email}")
+
+
+async def finalize(deps: Dependencies, invitation: Invitation) -> None:
+    """Deletion: revoke the token (unknown or already revoked counts as done)."""
+    token_id = invitation.status.token_id
+    if token_id is None:
+        return
+    async with deps.lock_for(invitation):
+        state = await deps.backend.revoke(token_id)
+        if state is not None:
+            deps.events.normal(
+                invitation,
+                "TokenRevoked",
+                f"Token {token_id} revoked: the Invitation is being deleted",
+            )
+    deps.locks.pop(invitation.uid, None)

@@ -1,0 +1,100 @@
+"""Builds the operator's long-lived dependencies from `Settings`, and closes them again.
+
+One `httpx.AsyncClient` for MAS (explicit timeouts, verified TLS or a custom CA bundle), one for
+the Kubernetes API, the token backend, the mail renderer and the SMTP mailer: created once at
+startup and kept in Kopf's memo, never as module globals.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+import httpx
+
+from .backends.mas import MasAdminClient, MasTokenBackend
+from .backends.oauth import ClientCredentialsAuth
+from .kube import KubeApi, KubeConnection, kube_http_client
+from .mail.invitation import SmtpInvitationMailer
+from .mail.render import MailRenderer, validate_registration_url_template
+from .mail.send import Mailer
+from .reconcile import Dependencies, EventSink
+from .settings import Settings
+
+
+@dataclass
+class Clients:
+    """The HTTP clients we own and must close."""
+
+    mas: httpx.AsyncClient
+    kube: httpx.AsyncClient
+
+
+def mas_http_client(settings: Settings) -> httpx.AsyncClient:
+    verify: ssl.SSLContext | bool = True
+    if settings.mas_ca_bundle is not None:
+        verify = ssl.create_default_context(cafile=str(settings.mas_ca_bundle))
+    timeout = settings.http_timeout_seconds
+    return httpx.AsyncClient(
+        verify=verify,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        limits=httpx.Limits(max_connections=10, max_keepalive_connections=5),
+        headers={"User-Agent": "matrix-invite-operator"},
+    )
+
+
+def build_mas_backend(settings: Settings, http: httpx.AsyncClient) -> MasTokenBackend:
+    settings.require_backend()
+    if settings.mas_url is None or settings.mas_client_id is None:  # require_backend said so
+        raise AssertionError("unreachable")
+    auth = ClientCredentialsAuth(
+        settings.mas_client_id,
+        settings.mas_client_secret_value(),
+        token_endpoint=str(settings.mas_token_endpoint) if settings.mas_token_endpoint else None,
+        issuer=str(settings.mas_url),
+        client_auth_method=settings.mas_client_auth_method,
+    )
+    return MasTokenBackend(MasAdminClient(http, str(settings.mas_url), auth=auth))
+
+
+def build_mailer(settings: Settings) -> SmtpInvitationMailer:
+    validate_registration_url_template(settings.registration_url)
+    mailer = Mailer(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        tls=settings.smtp_tls,
+        username=settings.smtp_username,
+        password=settings.smtp_password_value(),
+        ca_bundle=settings.smtp_ca_bundle,
+        allow_insecure_auth=settings.smtp_allow_insecure_auth,
+        timeout=settings.smtp_timeout_seconds,
+        sender_email=settings.mail_from,
+        sender_name=settings.mail_from_name,
+    )
+    return SmtpInvitationMailer(settings, MailRenderer(settings.mail_template_dir), mailer)
+
+
+async def build_dependencies(
+    settings: Settings, *, events: EventSink, kube: KubeConnection | None = None
+) -> Dependencies:
+    mailer = build_mailer(settings)
+    mas_http = mas_http_client(settings)
+    backend = build_mas_backend(settings, mas_http)
+    kube_http = kube_http_client(kube or KubeConnection.discover())
+    deps = Dependencies(
+        settings=settings,
+        backend=backend,
+        kube=KubeApi(kube_http),
+        mailer=mailer,
+        events=events,
+    )
+    deps.resources = Clients(mas=mas_http, kube=kube_http)
+    return deps
+
+
+async def close_dependencies(deps: Dependencies) -> None:
+    await deps.backend.aclose()
+    clients = deps.resources
+    if isinstance(clients, Clients):
+        await clients.mas.aclose()
+        await clients.kube.aclose()

@@ -1,0 +1,182 @@
+"""The operator's one typed configuration object, read from `MATRIX_INVITE_*` environment variables.
+
+Credentials come either as a value or, preferably, as a file mounted from a Secret
+(`..._FILE` variables); the file wins when both are set so that a stale value in a Deployment
+cannot shadow a rotated Secret. Nothing here is ever read from an Invitation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import ConfigurationError
+
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_GO_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(text: str) -> dt.timedelta:
+    """Parse a Go duration (`168h`, `1h30m`, `90s`): the format Kubernetes users already write."""
+    if not _GO_DURATION.match(text):
+        raise ValueError(f"{text!r} is not a duration such as 168h, 36h30m or 90m")
+    seconds = sum(
+        float(value) * _UNIT_SECONDS[unit] for value, unit in _GO_DURATION_PART.findall(text)
+    )
+    return dt.timedelta(seconds=seconds)
+
+
+def _duration(value: object) -> object:
+    return parse_go_duration(value) if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    """Everything the operator needs to know at startup."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MATRIX_INVITE_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
+
+    # --- token backend: MAS Admin API ---
+    backend: Literal["mas"] = "mas"
+    mas_url: AnyHttpUrl | None = Field(
+        None, description="Base URL of MAS's listener serving `adminapi` (e.g. http://mas:8081)"
+    )
+    mas_token_endpoint: AnyHttpUrl | None = Field(
+        None, description="OAuth token endpoint; discovered from MAS when unset"
+    )
+    mas_client_id: str | None = None
+    mas_client_secret: SecretStr | None = None
+    mas_client_secret_file: Path | None = None
+    mas_client_auth_method: Literal["client_secret_basic", "client_secret_post"] = (
+        "client_secret_basic"
+    )
+    mas_ca_bundle: Path | None = Field(
+        None, description="PEM bundle to trust instead of the system CAs"
+    )
+    http_timeout_seconds: float = Field(10.0, gt=0, le=300)
+
+    # --- mail ---
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_tls: Literal["starttls", "implicit", "none"] = "starttls"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_password_file: Path | None = None
+    smtp_ca_bundle: Path | None = None
+    smtp_allow_insecure_auth: bool = Field(
+        False,
+        description="Allow SMTP login without TLS (never across a network)",
+    )
+    smtp_timeout_seconds: float = Field(30.0, gt=0, le=300)
+    mail_from: str = Field("invitations@localhost", max_length=254)
+    mail_from_name: str | None = Field(None, max_length=128)
+    mail_template_dir: Path | None = None
+    mail_timezone: str = "UTC"
+    default_locale: Literal["en", "de"] = "en"
+
+    # --- what the mail says ---
+    registration_url: str = Field(
+        "https://auth.example.org/register",
+        description="Where invitees sign up; may contain {token} and {email} placeholders",
+    )
+    server_name: str = Field("example.org", max_length=253)
+    inviter_name: str | None = Field(None, max_length=128)
+
+    # --- behaviour ---
+    default_validity: Annotated[dt.timedelta, NoDecode] = dt.timedelta(days=7)
+    max_validity: Annotated[dt.timedelta, NoDecode] = dt.timedelta(days=90)
+    sync_interval_seconds: float = Field(60.0, ge=1, le=86400)
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Namespaces to watch; empty means the whole cluster"
+    )
+    retry_base_seconds: float = Field(
+        5.0, gt=0, le=600, description="First retry delay after an outage; doubles each retry"
+    )
+    retry_max_seconds: float = Field(300.0, gt=0, le=3600)
+    log_format: Literal["plain", "json"] = "plain"
+    bind_address: str = Field("0.0.0.0", description="Where /healthz and /metrics listen")  # noqa: S104
+    liveness_port: int = Field(8080, ge=0, le=65535, description="0 turns the probe endpoint off")
+    metrics_port: int = Field(9090, ge=0, le=65535)
+
+    @field_validator("default_validity", "max_validity", mode="before")
+    @classmethod
+    def _parse_duration(cls, value: object) -> object:
+        return _duration(value)
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("mail_from_name", "inviter_name", "server_name", "mail_from")
+    @classmethod
+    def _single_line(cls, value: str | None) -> str | None:
+        if value is not None and ("\r" in value or "\n" in value):
+            raise ValueError("must be a single line")
+        return value
+
+    @model_validator(mode="after")
+    def _validity_bounds(self) -> Settings:
+        if self.default_validity > self.max_validity:
+            raise ValueError("default_validity must not exceed max_validity")
+        return self
+
+    # --- credentials, resolved lazily so a rotated Secret file is read on the next start ---
+
+    def mas_client_secret_value(self) -> SecretStr:
+        return _secret_from(
+            "MAS client secret",
+            self.mas_client_secret,
+            self.mas_client_secret_file,
+            env="MATRIX_INVITE_MAS_CLIENT_SECRET_FILE",
+        )
+
+    def smtp_password_value(self) -> SecretStr | None:
+        if self.smtp_username is None:
+            return None
+        return _secret_from(
+            "SMTP password",
+            self.smtp_password,
+            self.smtp_password_file,
+            env="MATRIX_INVITE_SMTP_PASSWORD_FILE",
+        )
+
+    def require_backend(self) -> None:
+        """Fail at startup, with one clear sentence, when the backend cannot be reached at all."""
+        missing = [
+            name
+            for name, value in (
+                ("MATRIX_INVITE_MAS_URL", self.mas_url),
+                ("MATRIX_INVITE_MAS_CLIENT_ID", self.mas_client_id),
+            )
+            if value is None
+        ]
+        if self.mas_client_secret is None and self.mas_client_secret_file is None:
+            missing.append("MATRIX_INVITE_MAS_CLIENT_SECRET_FILE (or _SECRET)")
+        if missing:
+            raise ConfigurationError("the MAS backend needs " + ", ".join(missing))
+
+
+def _secret_from(what: str, value: SecretStr | None, path: Path | None, *, env: str) -> SecretStr:
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read the {what} from {path} ({env}): {exc.strerror}"
+            ) from exc
+        if not text:
+            raise ConfigurationError(f"the {what} file {path} ({env}) is empty")
+        return SecretStr(text)
+    if value is not None and value.get_secret_value():
+        return value
+    raise ConfigurationError(f"no {what} configured: set {env}")

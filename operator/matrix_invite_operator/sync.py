@@ -1,0 +1,208 @@
+"""The status sync: one paginated pass over the backend's tokens updates every Invitation.
+
+Kopf watches Invitations, not MAS, so usage and out-of-band changes in MAS reach status only
+through this pass. It costs ceil(N / page size) list requests per interval, however many
+Invitations there are, and patches only Invitations whose status changed. Between passes it
+wakes at the next `expiresAt` and flips expiry from the last listing, without asking MAS.
+Drift (a token missing, or limits changed outside Git) is handed to `reconcile`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backends import TokenState
+from .errors import InvalidSpecError, KubeNotFound, OperatorError
+from .models import InvitationStatus, Phase, rfc3339
+from .reconcile import (
+    Dependencies,
+    Invitation,
+    StatusWriter,
+    announce_phase_change,
+    desired_expiry,
+    reconcile,
+)
+from .status import compute_status
+
+logger = logging.getLogger(__name__)
+
+# lastSyncedAt is refreshed at most this often when nothing else changed: a fresh timestamp on
+# every pass would cost one API write per Invitation per interval.
+LAST_SYNCED_REFRESH = dt.timedelta(hours=1)
+
+
+@dataclass
+class SyncReport:
+    """What one pass did; the benchmarks and metrics read it."""
+
+    listed: int = 0
+    list_requests: int = 0
+    patched: int = 0
+    reconciled: int = 0
+    failed: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+def needs_reconcile(invitation: Invitation, token: TokenState | None, expiry: dt.datetime) -> bool:
+    """Drift that only the reconcile steps can repair."""
+    if token is None:
+        return True
+    spec = invitation.spec
+    if token.usage_limit != spec.usage_limit or token.expires_at != expiry:
+        return True
+    return spec.revoked and not token.revoked
+
+
+def _settled(status: InvitationStatus) -> InvitationStatus:
+    """Status without the fields that change on every computation, for comparison."""
+    return status.model_copy(
+        update={
+            "last_synced_at": None,
+            "conditions": [
+                c.model_copy(update={"last_transition_time": dt.datetime.min})
+                for c in status.conditions
+            ],
+        }
+    )
+
+
+async def sync_invitations(
+    deps: Dependencies,
+    bodies: Iterable[Mapping[str, Any]],
+    tokens: Mapping[str, TokenState],
+    report: SyncReport,
+    *,
+    fresh: bool = True,
+) -> None:
+    """Bring each Invitation's status in line with the tokens listed from the backend.
+
+    With `fresh=False` the tokens are a cached listing (an expiry wake-up): Invitations whose
+    token is not in it are newer than the listing and wait for the next pass.
+    """
+    now = deps.clock()
+    for body in bodies:
+        if body.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        try:
+            invitation = Invitation.from_body(dict(body))
+        except InvalidSpecError:
+            continue
+        status = invitation.status
+        stalled = status.condition("Stalled")
+        # Handlers own Invitations that are new, being edited, or stuck on an error.
+        if (
+            status.token_id is None
+            or status.observed_generation != invitation.generation
+            or (stalled is not None and stalled.status == "True")
+        ):
+            continue
+        token = tokens.get(status.token_id)
+        if token is None and not fresh:
+            continue
+        try:
+            expiry = desired_expiry(invitation, deps.settings)
+            if needs_reconcile(invitation, token, expiry):
+                report.reconciled += 1
+                await reconcile(deps, invitation)
+                continue
+            updated = compute_status(
+                status, spec=invitation.spec, generation=invitation.generation, token=token, now=now
+            )
+            synced = status.last_synced_at
+            stale = (
+                synced is None
+                or dt.datetime.fromisoformat(synced.replace("Z", "+00:00"))
+                < now - LAST_SYNCED_REFRESH
+            )
+            if _settled(updated) == _settled(status) and not stale:
+                continue
+            updated.last_synced_at = rfc3339(now)
+            async with deps.lock_for(invitation):
+                await StatusWriter(deps.kube, invitation).write(updated)
+            report.patched += 1
+            announce_phase_change(deps.events, invitation, status.phase, updated)
+        except KubeNotFound:
+            continue
+        except OperatorError as exc:
+            report.failed += 1
+            logger.warning("sync of %s/%s failed: %s", invitation.namespace, invitation.name, exc)
+
+
+def next_expiry(bodies: Iterable[Mapping[str, Any]], now: dt.datetime) -> dt.datetime | None:
+    """The earliest expiry still ahead among Invitations that are not expired yet."""
+    upcoming: list[dt.datetime] = []
+    for body in bodies:
+        status = body.get("status") or {}
+        expires = status.get("expiresAt")
+        if not expires or status.get("expired") or status.get("phase") != Phase.SENT.value:
+            continue
+        moment = dt.datetime.fromisoformat(expires.replace("Z", "+00:00"))
+        if moment > now:
+            upcoming.append(moment)
+    return min(upcoming, default=None)
+
+
+class StatusSync:
+    """The background loop; `registry` is kept current by the Kopf event handler."""
+
+    def __init__(self, deps: Dependencies, registry: dict[tuple[str, str], dict[str, Any]]) -> None:
+        self.deps = deps
+        self.registry = registry
+        self.tokens: dict[str, TokenState] = {}
+        self.last_report: SyncReport | None = None
+        self.passes = 0
+        self._outage_logged = False
+
+    async def list_tokens(self, report: SyncReport) -> dict[str, TokenState] | None:
+        tokens: dict[str, TokenState] = {}
+        try:
+            async for token in self.deps.backend.list_all():
+                tokens[token.id] = token
+        except OperatorError as exc:
+            # One line per outage, not one per pass: the condition shows it on every object.
+            if not self._outage_logged:
+                logger.warning("status sync cannot list tokens: %s", exc)
+                self._outage_logged = True
+            return None
+        if self._outage_logged:
+            logger.info("status sync can list tokens again")
+            self._outage_logged = False
+        report.listed = len(tokens)
+        return tokens
+
+    async def run_pass(self, *, list_backend: bool = True) -> SyncReport:
+        report = SyncReport()
+        if list_backend:
+            tokens = await self.list_tokens(report)
+            if tokens is None:
+                return report
+            self.tokens = tokens
+        await sync_invitations(
+            self.deps, list(self.registry.values()), self.tokens, report, fresh=list_backend
+        )
+        self.passes += 1
+        self.last_report = report
+        return report
+
+    async def run_forever(self) -> None:
+        interval = self.deps.settings.sync_interval_seconds
+        next_list = time.monotonic()
+        while True:
+            due = time.monotonic() >= next_list
+            if due:
+                next_list = time.monotonic() + interval
+            try:
+                await self.run_pass(list_backend=due)
+            except Exception:  # the loop must outlive any one bad pass
+                logger.exception("status sync pass failed")
+            sleep = next_list - time.monotonic()
+            upcoming = next_expiry(self.registry.values(), self.deps.clock())
+            if upcoming is not None:
+                sleep = min(sleep, (upcoming - self.deps.clock()).total_seconds() + 0.5)
+            await asyncio.sleep(max(sleep, 0.5))
