@@ -1,0 +1,614 @@
+"""The MAS token backend: a typed client for the Admin API's user registration tokens.
+
+`MasAdminClient` speaks HTTP to `/api/admin/v1/user-registration-tokens` over one injected
+`httpx.AsyncClient` (whose lifetime and timeouts belong to the caller), parses MAS's JSON:API
+envelopes into pydantic models, maps every failure onto our error tree and counts each request
+by endpoint, method and outcome. `MasTokenBackend` implements `TokenBackend` on top of it and
+absorbs MAS's non-idempotent corners: 409 (or 500) on a repeated create, 400 on a repeated
+revoke or unrevoke. Token values stay `SecretStr`; no message ever includes a request body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import json
+import secrets
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Literal, TypeAlias, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from matrix_invite_operator.backends import TokenState
+from matrix_invite_operator.backends.oauth import retry_after_seconds
+from matrix_invite_operator.errors import (
+    BackendAuthError,
+    BackendRejected,
+    BackendUnavailable,
+    OperatorError,
+    TokenConflict,
+    TokenNotFound,
+)
+
+ADMIN_API_PREFIX = "/api/admin/v1"
+
+TOKEN_FILTERS = ("valid", "revoked", "expired", "used")
+ULID_PATTERN = r"^[0123456789ABCDEFGHJKMNPQRSTVWXYZ]{26}$"
+
+_SERVER_ERROR_RETRY_AFTER = 15.0
+_UNREACHABLE_RETRY_AFTER = 10.0
+_MAX_ERROR_TEXT = 300
+
+
+class Unset(enum.Enum):
+    """Marks an update field to leave alone (as opposed to None, which clears it)."""
+
+    UNSET = "UNSET"
+
+
+UNSET = Unset.UNSET
+
+
+class Endpoint(enum.StrEnum):
+    """Admin API endpoints as path templates below the prefix: the `endpoint` metric label."""
+
+    TOKENS = "/user-registration-tokens"
+    ONE = "/user-registration-tokens/{id}"
+    REVOKE = "/user-registration-tokens/{id}/revoke"
+    UNREVOKE = "/user-registration-tokens/{id}/unrevoke"
+    VERSION = "/version"
+
+
+class RequestOutcome(enum.StrEnum):
+    """How one Admin API request ended, as counted and reported to `on_request`."""
+
+    OK = "ok"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    REJECTED = "rejected"
+    UNAUTHORIZED = "unauthorized"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    INVALID_RESPONSE = "invalid_response"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    AUTH_FAILED = "auth_failed"
+
+
+RequestObserver: TypeAlias = Callable[[str, str, str, float], None]
+"""Called after each request with (endpoint template, method, outcome, seconds)."""
+
+
+class MasRequestCounter:
+    """In-memory tally of Admin API requests by (endpoint template, method, outcome)."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, str, str]] = Counter()
+        self._seconds: defaultdict[tuple[str, str, str], float] = defaultdict(float)
+
+    def record(self, endpoint: str, method: str, outcome: str, seconds: float) -> None:
+        key = (endpoint, method, outcome)
+        self._counts[key] += 1
+        self._seconds[key] += seconds
+
+    def count(
+        self, endpoint: str | None = None, method: str | None = None, outcome: str | None = None
+    ) -> int:
+        """Requests matching every given label (None matches anything)."""
+        return sum(
+            n
+            for (e, m, o), n in self._counts.items()
+            if endpoint in (None, e) and method in (None, m) and outcome in (None, o)
+        )
+
+    def seconds(self, endpoint: str | None = None, method: str | None = None) -> float:
+        """Total time spent in requests matching the given labels."""
+        return sum(
+            s
+            for (e, m, _), s in self._seconds.items()
+            if endpoint in (None, e) and method in (None, m)
+        )
+
+    def snapshot(self) -> dict[tuple[str, str, str], int]:
+        return dict(self._counts)
+
+    def reset(self) -> None:
+        self._counts.clear()
+        self._seconds.clear()
+
+
+class MasUnavailable(BackendUnavailable):
+    """MAS did not answer usefully; says whether the request may have taken effect anyway."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        status: int | None = None,
+        may_have_taken_effect: bool = True,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.status = status
+        self.may_have_taken_effect = may_have_taken_effect
+
+
+# --- Admin API resource models --------------------------------------------------------------
+
+
+class _MasModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+_Model = TypeVar("_Model", bound=_MasModel)
+
+
+class SelfLinks(_MasModel):
+    self_: str = Field(alias="self")
+
+
+class RegistrationTokenAttributes(_MasModel):
+    # The spec requires only these four; the rest may be left out, which means null.
+    token: SecretStr
+    valid: bool
+    times_used: int
+    created_at: AwareDatetime
+    usage_limit: int | None = None
+    last_used_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+    revoked_at: AwareDatetime | None = None
+
+
+class RegistrationToken(_MasModel):
+    """One `user-registration_token` resource as MAS returns it."""
+
+    type: Literal["user-registration_token"]
+    id: str = Field(pattern=ULID_PATTERN)
+    attributes: RegistrationTokenAttributes
+    links: SelfLinks
+
+    def to_state(self) -> TokenState:
+        a = self.attributes
+        return TokenState(
+            id=self.id,
+            token=a.token,
+            valid=a.valid,
+            usage_limit=a.usage_limit,
+            times_used=a.times_used,
+            created_at=a.created_at,
+            last_used_at=a.last_used_at,
+            expires_at=a.expires_at,
+            revoked_at=a.revoked_at,
+        )
+
+
+class RegistrationTokenResponse(_MasModel):
+    data: RegistrationToken
+    links: SelfLinks
+
+
+class PaginationLinks(_MasModel):
+    self_: str = Field(alias="self")
+    next: str | None = None
+
+
+class PaginationMeta(_MasModel):
+    count: int | None = None
+
+
+class RegistrationTokenPage(_MasModel):
+    data: list[RegistrationToken] | None = None
+    links: PaginationLinks
+    meta: PaginationMeta | None = None
+
+
+class VersionResponse(_MasModel):
+    version: str
+
+
+# --- the client ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    method: str
+    endpoint: Endpoint
+    path: str
+    token_id: str | None = None
+    body: Mapping[str, Any] | None = None
+    params: Mapping[str, str] | None = None
+    # The token value sent in the body: scrubbed from any error text MAS echoes back.
+    secret: str | None = None
+
+
+class MasAdminClient:
+    """Typed calls to MAS's registration token endpoints over a caller-owned httpx client."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        *,
+        auth: httpx.Auth | None = None,
+        on_request: RequestObserver | None = None,
+        counter: MasRequestCounter | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"MAS base URL must be http(s)://..., got {base_url!r}")
+        self._http = http
+        self._api = base_url.rstrip("/") + ADMIN_API_PREFIX
+        self._auth = auth
+        self._on_request = on_request
+        self.counter = counter if counter is not None else MasRequestCounter()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(api={self._api!r})"
+
+    async def server_version(self) -> str:
+        call = _Call("GET", Endpoint.VERSION, Endpoint.VERSION)
+        return (await self._send(call, VersionResponse)).version
+
+    async def create_token(
+        self,
+        token: SecretStr | None = None,
+        *,
+        usage_limit: int | None = None,
+        expires_at: dt.datetime | None = None,
+    ) -> RegistrationToken:
+        """POST a new token. Left-out limit/expiry mean unlimited/never; no token = MAS picks."""
+        body: dict[str, Any] = {}
+        secret = None
+        if token is not None:
+            secret = token.get_secret_value()
+            body["token"] = secret
+        if usage_limit is not None:
+            body["usage_limit"] = usage_limit
+        if expires_at is not None:
+            body["expires_at"] = rfc3339(expires_at)
+        call = _Call("POST", Endpoint.TOKENS, Endpoint.TOKENS, body=body, secret=secret)
+        return await self._single(call)
+
+    async def get_token(self, token_id: str) -> RegistrationToken:
+        call = _Call("GET", Endpoint.ONE, _token_path(token_id), token_id=token_id)
+        return await self._single(call)
+
+    async def list_tokens(
+        self, page_size: int = 100, **filters: bool
+    ) -> AsyncIterator[RegistrationToken]:
+        """Every token matching the filters (valid, revoked, expired, used), page by page."""
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        unknown = set(filters) - set(TOKEN_FILTERS)
+        if unknown:
+            raise ValueError(f"Unknown token filters: {', '.join(sorted(unknown))}")
+        params = {f"filter[{name}]": str(bool(value)).lower() for name, value in filters.items()}
+        params["page[first]"] = str(page_size)
+        # The total would cost MAS a COUNT query per page and we never use it.
+        params["count"] = "false"
+        after: str | None = None
+        while True:
+            page_params = dict(params)
+            if after is not None:
+                page_params["page[after]"] = after
+            call = _Call("GET", Endpoint.TOKENS, Endpoint.TOKENS, params=page_params)
+            page = await self._send(call, RegistrationTokenPage)
+            for token in page.data or []:
+                yield token
+            following = _cursor_after(page.links.next)
+            if following is None:
+                return
+            if following == after:
+                raise BackendRejected(
+                    "MAS's token list points its next page at the page just read: "
+                    "stopping instead of looping"
+                )
+            after = following
+
+    async def update_token(
+        self,
+        token_id: str,
+        *,
+        usage_limit: int | Unset | None = UNSET,
+        expires_at: dt.datetime | Unset | None = UNSET,
+    ) -> RegistrationToken:
+        """PUT as a merge patch: UNSET leaves a field alone, None clears it."""
+        body: dict[str, Any] = {}
+        if not isinstance(usage_limit, Unset):
+            body["usage_limit"] = usage_limit
+        if not isinstance(expires_at, Unset):
+            body["expires_at"] = None if expires_at is None else rfc3339(expires_at)
+        call = _Call("PUT", Endpoint.ONE, _token_path(token_id), token_id=token_id, body=body)
+        return await self._single(call)
+
+    async def revoke_token(self, token_id: str) -> RegistrationToken:
+        call = _Call("POST", Endpoint.REVOKE, _token_path(token_id) + "/revoke", token_id=token_id)
+        return await self._single(call)
+
+    async def unrevoke_token(self, token_id: str) -> RegistrationToken:
+        call = _Call(
+            "POST",
+            Endpoint.UNREVOKE,
+            _token_path(token_id) + "/unrevoke",
+            token_id=token_id,
+        )
+        return await self._single(call)
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    async def _single(self, call: _Call) -> RegistrationToken:
+        return (await self._send(call, RegistrationTokenResponse)).data
+
+    async def _send(self, call: _Call, model: type[_Model]) -> _Model:
+        started = time.perf_counter()
+        outcome = RequestOutcome.INVALID_RESPONSE
+        try:
+            try:
+                response = await self._http.request(
+                    call.method,
+                    self._api + call.path,
+                    params=call.params,
+                    json=call.body,
+                    headers={"Accept": "application/json"},
+                    auth=self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+            except httpx.TimeoutException as exc:
+                outcome = RequestOutcome.TIMEOUT
+                raise MasUnavailable(
+                    f"MAS did not answer {call.method} {call.endpoint} in time "
+                    f"({type(exc).__name__})",
+                    retry_after=_UNREACHABLE_RETRY_AFTER,
+                    may_have_taken_effect=not isinstance(
+                        exc, httpx.ConnectTimeout | httpx.PoolTimeout
+                    ),
+                ) from exc
+            except httpx.RequestError as exc:
+                outcome = RequestOutcome.CONNECTION_ERROR
+                raise MasUnavailable(
+                    f"No answer from MAS at {_origin(exc)} to {call.method} {call.endpoint} "
+                    f"({type(exc).__name__})",
+                    retry_after=_UNREACHABLE_RETRY_AFTER,
+                    may_have_taken_effect=not isinstance(exc, httpx.ConnectError),
+                ) from exc
+            except OperatorError:
+                # The auth flow failed before the API call went out (token endpoint trouble).
+                outcome = RequestOutcome.AUTH_FAILED
+                raise
+            outcome = _outcome_of(response.status_code)
+            _raise_for_status(call, response)
+            outcome = RequestOutcome.INVALID_RESPONSE
+            parsed = _parse(model, response, call)
+            outcome = RequestOutcome.OK
+            return parsed
+        finally:
+            seconds = time.perf_counter() - started
+            labels = (call.endpoint.value, call.method, outcome.value)
+            self.counter.record(*labels, seconds)
+            if self._on_request is not None:
+                self._on_request(*labels, seconds)
+
+
+def _raise_for_status(call: _Call, response: httpx.Response) -> None:
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    what = f"{call.method} {call.endpoint}"
+    reason = _error_text(response, call.secret)
+    try:
+        response.raise_for_status()
+    except httpx.HTTPStatusError as exc:
+        if status == httpx.codes.NOT_FOUND and call.token_id is not None:
+            raise TokenNotFound(f"MAS has no registration token with id {call.token_id}") from exc
+        if status == httpx.codes.NOT_FOUND:
+            # Not a missing token but a missing API: wrong URL, or no adminapi resource there.
+            raise BackendRejected(
+                f"MAS answered {what} with 404: check the MAS URL and that the listener it "
+                "points at serves the adminapi resource"
+            ) from exc
+        if status == httpx.codes.CONFLICT:
+            raise TokenConflict("MAS already holds a registration token with this value") from exc
+        if status in (httpx.codes.UNAUTHORIZED, httpx.codes.FORBIDDEN):
+            raise BackendAuthError(
+                f"MAS refused our access token for {what} ({status}: {reason}): check that "
+                "the operator's client is listed in policy.data.admin_clients"
+            ) from exc
+        if status == httpx.codes.TOO_MANY_REQUESTS or status >= 500:
+            raise MasUnavailable(
+                f"MAS answered {what} with {status}: {reason}",
+                retry_after=retry_after_seconds(response, _SERVER_ERROR_RETRY_AFTER),
+                status=status,
+            ) from exc
+        raise BackendRejected(f"MAS rejected {what} with {status}: {reason}") from exc
+    # httpx treats 1xx as no error; MAS never sends one as a final answer.
+    raise BackendRejected(f"MAS answered {what} with an unexpected {status}")
+
+
+def _outcome_of(status: int) -> RequestOutcome:
+    if 200 <= status < 300:
+        return RequestOutcome.OK
+    return _OUTCOME_BY_STATUS.get(
+        status, RequestOutcome.SERVER_ERROR if status >= 500 else RequestOutcome.REJECTED
+    )
+
+
+_OUTCOME_BY_STATUS = {
+    404: RequestOutcome.NOT_FOUND,
+    409: RequestOutcome.CONFLICT,
+    401: RequestOutcome.UNAUTHORIZED,
+    403: RequestOutcome.UNAUTHORIZED,
+    429: RequestOutcome.RATE_LIMITED,
+}
+
+
+def rfc3339(when: dt.datetime) -> str:
+    """An aware datetime as RFC 3339 in UTC, the form MAS's `DateTime<Utc>` parses."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError("MAS timestamps must be timezone-aware")
+    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _token_path(token_id: str) -> str:
+    # Anything but a ULID would change the path's meaning; MAS would answer 400 for it anyway.
+    if not token_id or not token_id.isalnum() or not token_id.isascii():
+        raise BackendRejected(f"{token_id!r} is not a MAS token id (expected a ULID)")
+    return f"{Endpoint.TOKENS}/{token_id}"
+
+
+def _parse(model: type[_Model], response: httpx.Response, call: _Call) -> _Model:
+    what = f"{call.method} {call.endpoint}"
+    try:
+        document = json.loads(response.content)
+    except ValueError as exc:
+        raise BackendRejected(
+            f"MAS answered {what} with {response.status_code} but the body is not JSON: "
+            "does the MAS URL point at MAS?"
+        ) from exc
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        fields = sorted({".".join(map(str, e["loc"])) or "<root>" for e in exc.errors()})
+    # Raised outside the handler so the ValidationError, whose text quotes input values (token
+    # values among them), is neither the cause nor the context of what we raise.
+    raise BackendRejected(
+        f"MAS answered {what} with an unexpected shape (problem at {', '.join(fields[:5])})"
+    )
+
+
+def _cursor_after(next_link: str | None) -> str | None:
+    if not next_link:
+        return None
+    values = parse_qs(urlsplit(next_link).query).get("page[after]")
+    if not values:
+        raise BackendRejected("MAS's token list has a next page link without page[after]")
+    return values[-1]
+
+
+def _error_text(response: httpx.Response, secret: str | None) -> str:
+    text: str
+    try:
+        document = json.loads(response.content)
+    except ValueError:
+        document = None
+    if isinstance(document, dict) and isinstance(document.get("errors"), list):
+        titles = [
+            e["title"]
+            for e in document["errors"]
+            if isinstance(e, dict) and isinstance(e.get("title"), str)
+        ]
+        text = ": ".join(titles) or "no error title"
+    else:
+        text = " ".join(response.text.split()) or response.reason_phrase or "empty body"
+    if secret:
+        text = text.replace(secret, "<token>")
+    if len(text) > _MAX_ERROR_TEXT:
+        text = text[: _MAX_ERROR_TEXT - 1] + "…"
+    return text
+
+
+def _origin(exc: httpx.RequestError) -> str:
+    try:
+        url = exc.request.url
+    except RuntimeError:
+        return "the configured URL"
+    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+
+
+# --- the TokenBackend ---------------------------------------------------------------------
+
+
+class MasTokenBackend:
+    """`TokenBackend` over MAS: every method is safe to repeat."""
+
+    def __init__(self, client: MasAdminClient, *, page_size: int = 100) -> None:
+        self._client = client
+        self._page_size = page_size
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._client!r})"
+
+    async def issue(
+        self, token: SecretStr, *, usage_limit: int | None, expires_at: dt.datetime | None
+    ) -> TokenState:
+        try:
+            created = await self._client.create_token(
+                token, usage_limit=usage_limit, expires_at=expires_at
+            )
+        except TokenConflict as conflict:
+            existing = await self._find_by_value(token)
+            if existing is None:
+                raise BackendUnavailable(
+                    "MAS reported the token as existing but it is not in the token list yet",
+                    retry_after=5.0,
+                ) from conflict
+            return existing
+        except MasUnavailable as failure:
+            # A lost answer, or MAS's 500 for two simultaneous creates of one value, may
+            # hide a token that now exists: look once before giving up.
+            if not failure.may_have_taken_effect:
+                raise
+            try:
+                existing = await self._find_by_value(token)
+            except OperatorError:
+                raise failure  # noqa: B904 - the create failure is the one worth reporting
+            if existing is None:
+                raise
+            return existing
+        return created.to_state()
+
+    async def read(self, token_id: str) -> TokenState | None:
+        try:
+            return (await self._client.get_token(token_id)).to_state()
+        except TokenNotFound:
+            return None
+
+    async def list_all(self) -> AsyncIterator[TokenState]:
+        async for token in self._client.list_tokens(page_size=self._page_size):
+            yield token.to_state()
+
+    async def update(
+        self, token_id: str, *, usage_limit: int | None, expires_at: dt.datetime | None
+    ) -> TokenState:
+        updated = await self._client.update_token(
+            token_id, usage_limit=usage_limit, expires_at=expires_at
+        )
+        return updated.to_state()
+
+    async def revoke(self, token_id: str) -> TokenState | None:
+        try:
+            return (await self._client.revoke_token(token_id)).to_state()
+        except TokenNotFound:
+            return None
+        except BackendRejected:
+            # MAS answers 400 to revoking a revoked token; that is the state we wanted.
+            current = await self.read(token_id)
+            if current is None:
+                return None
+            if current.revoked:
+                return current
+            raise
+
+    async def unrevoke(self, token_id: str) -> TokenState:
+        try:
+            return (await self._client.unrevoke_token(token_id)).to_state()
+        except BackendRejected:
+            current = await self.read(token_id)
+            if current is None:
+                raise TokenNotFound(f"MAS has no registration token with id {token_id}") from None
+            if not current.revoked:
+                return current
+            raise
+
+    async def aclose(self) -> None:
+        """Nothing to release: the HTTP client belongs to the caller."""
+
+    async def _find_by_value(self, token: SecretStr) -> TokenState | None:
+        wanted = token.get_secret_value().encode()
+        async for candidate in self._client.list_tokens(page_size=self._page_size):
+            value = candidate.attributes.token.get_secret_value().encode()
+            if secrets.compare_digest(value, wanted):
+                return candidate.to_state()
+        return None
