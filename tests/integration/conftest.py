@@ -1,0 +1,101 @@
+"""Integration fixtures: the real control plane, the MAS double, the SMTP double, the operator.
+
+Each test gets its own namespace and its own operator process watching only that namespace,
+so tests cannot see each other's Invitations and a killed operator takes nothing else down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.controlplane.cluster import ControlPlane
+from tests.doubles.mas import MasDouble
+from tests.doubles.smtp import SmtpDouble
+from tests.integration.harness import InvitationsApi
+from tests.operator_process import OperatorProcess
+
+SMTP_USER = "operator@example.org"
+SMTP_PASSWORD = "smtp-password-for-tests-only"
+MAS_CLIENT_ID = "01J44RKQYM4G3TNVANTMTDYTX6"
+MAS_CLIENT_SECRET = "mas-client-secret-for-tests-only"
+
+
+@pytest.fixture
+def mas() -> Iterator[MasDouble]:
+    with MasDouble(client_id=MAS_CLIENT_ID, client_secret=MAS_CLIENT_SECRET) as double:
+        yield double
+    assert double.spec_violations == [], "the MAS double answered outside the spec"
+    assert double.request_violations == [], "the operator sent MAS a body outside the spec"
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpDouble]:
+    with SmtpDouble(mode="starttls", username=SMTP_USER, password=SMTP_PASSWORD) as double:
+        yield double
+
+
+@pytest.fixture
+def secrets_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "secrets"
+    directory.mkdir()
+    (directory / "mas-client-secret").write_text(MAS_CLIENT_SECRET)
+    (directory / "smtp-password").write_text(SMTP_PASSWORD)
+    return directory
+
+
+@pytest.fixture
+def operator_env(
+    control_plane: ControlPlane,
+    namespace: str,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    secrets_dir: Path,
+) -> dict[str, str]:
+    host, port = smtp.address
+    return {
+        "KUBECONFIG": str(control_plane.kubeconfig_path),
+        "MATRIX_INVITE_NAMESPACES": namespace,
+        "MATRIX_INVITE_MAS_URL": mas.url,
+        "MATRIX_INVITE_MAS_CLIENT_ID": MAS_CLIENT_ID,
+        "MATRIX_INVITE_MAS_CLIENT_SECRET_FILE": str(secrets_dir / "mas-client-secret"),
+        "MATRIX_INVITE_SMTP_HOST": host,
+        "MATRIX_INVITE_SMTP_PORT": str(port),
+        "MATRIX_INVITE_SMTP_TLS": "starttls",
+        "MATRIX_INVITE_SMTP_USERNAME": SMTP_USER,
+        "MATRIX_INVITE_SMTP_PASSWORD_FILE": str(secrets_dir / "smtp-password"),
+        "MATRIX_INVITE_SMTP_CA_BUNDLE": str(smtp.ca_path),
+        "MATRIX_INVITE_MAIL_FROM": "invitations@example.org",
+        "MATRIX_INVITE_MAIL_FROM_NAME": "Example Matrix",
+        "MATRIX_INVITE_SERVER_NAME": "example.org",
+        "MATRIX_INVITE_REGISTRATION_URL": "https://auth.example.org/register",
+        "MATRIX_INVITE_SYNC_INTERVAL_SECONDS": "2",
+        "MATRIX_INVITE_RETRY_BASE_SECONDS": "1",
+        "MATRIX_INVITE_RETRY_MAX_SECONDS": "5",
+    }
+
+
+@pytest.fixture
+def start_operator(
+    operator_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """Start the operator (again); every process started here is stopped at teardown."""
+    started: list[OperatorProcess] = []
+
+    def start(**overrides: str) -> OperatorProcess:
+        process = OperatorProcess(
+            {**operator_env, **overrides}, tmp_path / f"operator-{len(started)}.log"
+        )
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def invitations(control_plane: ControlPlane, namespace: str) -> InvitationsApi:
+    return InvitationsApi(control_plane, namespace)

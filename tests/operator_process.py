@@ -1,0 +1,121 @@
+"""Runs the real operator (`python -m matrix_invite_operator run`) as a separate process.
+
+Integration tests, the demo and the benchmarks use it the same way: environment in, PID out,
+logs to a file; `kill()` sends SIGKILL for crash tests, `stop()` SIGTERM then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class OperatorProcess:
+    """One operator process with its own log file and liveness port on 127.0.0.1."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.liveness_port = free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("MATRIX_INVITE_")},
+            "MATRIX_INVITE_BIND_ADDRESS": "127.0.0.1",
+            "MATRIX_INVITE_LIVENESS_PORT": str(self.liveness_port),
+            "MATRIX_INVITE_METRICS_PORT": str(free_port()),
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self, *, wait_healthy: float = 30.0) -> OperatorProcess:
+        log = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "matrix_invite_operator", "run"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            start_new_session=True,
+        )
+        log.close()
+        self.starts += 1
+        if wait_healthy:
+            self.wait_healthy(wait_healthy)
+        return self
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.liveness_port}/healthz"
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                raise RuntimeError(f"operator exited early:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"operator not healthy within {timeout}s:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: the crash that gives no chance to clean up."""
+        self._signal(signal.SIGKILL, wait=10)
+
+    def stop(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._signal(signal.SIGTERM, wait=15)
+        if self._process.poll() is None:
+            self._signal(signal.SIGKILL, wait=10)
+
+    def _signal(self, sig: signal.Signals, *, wait: float) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        # The operator runs in its own session: signal the whole group so no child survives.
+        os.killpg(self._process.pid, sig)
+        try:
+            self._process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait(timeout=10)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.poll() if self._process else None
+
+    def logs(self) -> str:
+        return (
+            self.log_path.read_text(encoding="utf-8", errors="replace")
+            if self.log_path.exists()
+            else ""
+        )
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.logs().splitlines()[-lines:])
+
+    def __enter__(self) -> OperatorProcess:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
