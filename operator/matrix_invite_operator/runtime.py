@@ -71,7 +71,9 @@ def build_mailer(settings: Settings) -> SmtpInvitationMailer:
         sender_email=settings.mail_from,
         sender_name=settings.mail_from_name,
     )
-    return SmtpInvitationMailer(settings, MailRenderer(settings.mail_template_dir), mailer)
+    renderer = MailRenderer(settings.mail_template_dir)
+    renderer.check()  # a broken admin template fails at startup, not on the first Invitation
+    return SmtpInvitationMailer(settings, renderer, mailer)
 
 
 async def build_dependencies(

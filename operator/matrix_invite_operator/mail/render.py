@@ -1,0 +1,307 @@
+"""Rendering the invitation mail: context model, registration-link expansion, Jinja templates.
+
+This module owns what the invitee reads: the subject, the plain-text body and the HTML body, in
+English or German. It is pure apart from loading templates: no SMTP, no clock, no Kubernetes.
+
+Templates run in Jinja's sandbox because admins may supply their own (`template_dir/<locale>/`
+overrides the built-in files one by one). Whatever a template does, two promises hold: the
+subject never carries the token, and errors never echo it.
+
+Variables available to templates:
+    display_name      str | None  the invitee's name from the Invitation
+    email             str         the invitee's address
+    token             str         the registration token (plain text; HTML escapes it)
+    registration_url  str         the sign-up link, placeholders already expanded
+    expires_at_text   str | None  the expiry in the invitee's language and time zone, or None
+    usage_limit       int         how many registrations the token allows
+    inviter           str         who invites
+    server_name       str         the Matrix server name
+    locale            "en" | "de"
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import string
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote, urlsplit
+
+import jinja2
+import markupsafe
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from ..errors import ConfigurationError
+
+Locale = Literal["en", "de"]
+LOCALES: tuple[Locale, ...] = ("en", "de")
+TEMPLATE_FILES: tuple[str, ...] = ("subject.txt", "body.txt", "body.html")
+
+_URL_PLACEHOLDERS = frozenset({"token", "email"})
+
+# Written out by hand: the operator ships without Babel, and these two tables are all we need.
+# fmt: off
+_WEEKDAYS: dict[Locale, tuple[str, ...]] = {
+    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+    "de": ("Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag", "Sonntag"),
+}
+_MONTHS: dict[Locale, tuple[str, ...]] = {
+    "en": ("January", "February", "March", "April", "May", "June",
+           "July", "August", "September", "October", "November", "December"),
+    "de": ("Januar", "Februar", "März", "April", "Mai", "Juni",
+           "Juli", "August", "September", "Oktober", "November", "Dezember"),
+}
+# fmt: on
+_UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Zulu", "Etc/Zulu", "Universal"})
+
+
+class MailContext(BaseModel):
+    """Everything one invitation mail says, already resolved (link expanded, locale chosen)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    email: str = Field(min_length=3, max_length=254)
+    display_name: str | None = None
+    token: SecretStr
+    registration_url: str = Field(min_length=1)
+    expires_at: dt.datetime | None = None
+    usage_limit: int = Field(1, ge=1)
+    inviter: str = Field(min_length=1)
+    server_name: str = Field(min_length=1)
+    locale: Locale = "en"
+    timezone: str = "UTC"
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
+        # A naive datetime would be rendered in whatever zone the pod happens to run in.
+        if value is not None and value.utcoffset() is None:
+            raise ValueError("expires_at must carry a time zone")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        _zone(value)
+        return value
+
+    @field_validator("display_name")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value if value and value.strip() else None
+
+
+@dataclass(frozen=True)
+class RenderedMail:
+    """The three rendered parts. Bodies contain the token, so they stay out of the repr."""
+
+    subject: str
+    text: str = field(repr=False)
+    html: str = field(repr=False)
+
+
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(
+            f"{name!r} is not a known IANA time zone (e.g. UTC, Europe/Berlin)"
+        ) from exc
+
+
+def _offset_label(offset: dt.timedelta) -> str:
+    minutes = int(offset.total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    hours, rest = divmod(abs(minutes), 60)
+    return f"UTC{sign}{hours}" + (f":{rest:02d}" if rest else "")
+
+
+def format_expiry(moment: dt.datetime, *, locale: Locale, timezone: str = "UTC") -> str:
+    """The expiry as a sentence fragment with an explicit zone, e.g. "Friday, 4 December 2026,
+    18:00 UTC" or "Freitag, 4. Dezember 2026, 18:00 Uhr (UTC)"."""
+    if moment.utcoffset() is None:
+        raise ValueError("expiry must carry a time zone")
+    local = moment.astimezone(_zone(timezone))
+    weekday = _WEEKDAYS[locale][local.weekday()]
+    month = _MONTHS[locale][local.month - 1]
+    clock = f"{local.hour:02d}:{local.minute:02d}"
+    offset = local.utcoffset() or dt.timedelta(0)
+    # The IANA name plus the offset: abbreviations such as "CST" mean different zones to
+    # different readers, and the offset alone hides daylight-saving changes.
+    zone = "UTC" if timezone in _UTC_NAMES else f"{timezone}, {_offset_label(offset)}"
+    if locale == "de":
+        return f"{weekday}, {local.day}. {month} {local.year}, {clock} Uhr ({zone})"
+    if zone == "UTC":
+        return f"{weekday}, {local.day} {month} {local.year}, {clock} UTC"
+    return f"{weekday}, {local.day} {month} {local.year}, {clock} ({zone})"
+
+
+# --- registration link --------------------------------------------------------------------
+
+
+def validate_registration_url_template(template: str) -> None:
+    """Fail at startup unless `template` is an http(s) URL using only {token} and {email}."""
+    try:
+        fields = [
+            (name, spec, conversion)
+            for _, name, spec, conversion in string.Formatter().parse(template)
+            if name is not None
+        ]
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"registration URL template {template!r} is malformed ({exc}); write literal braces "
+            "as {{ and }}"
+        ) from exc
+    for name, spec, conversion in fields:
+        if name not in _URL_PLACEHOLDERS or spec or conversion:
+            shown = (
+                "{"
+                + name
+                + (f"!{conversion}" if conversion else "")
+                + (f":{spec}" if spec else "")
+                + "}"
+            )
+            raise ConfigurationError(
+                f"registration URL template {template!r} uses placeholder {shown}; only {{token}} "
+                "and {email} are allowed"
+            )
+    probe = template.format_map({"token": "t", "email": "e"})
+    parts = urlsplit(probe)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise ConfigurationError(
+            f"registration URL template {template!r} must be an absolute http(s) URL"
+        )
+    if any(c in probe for c in "\r\n\t <>\"'"):
+        raise ConfigurationError(
+            f"registration URL template {template!r} contains whitespace, quotes or angle brackets"
+        )
+
+
+def expand_registration_url(template: str, *, token: SecretStr, email: str) -> str:
+    """Fill {token} and {email} into the link, URL-quoted (a token may contain '+', '/', '&')."""
+    validate_registration_url_template(template)
+    return template.format(
+        token=quote(token.get_secret_value(), safe=""), email=quote(email, safe="")
+    )
+
+
+# --- templates ----------------------------------------------------------------------------
+
+
+class MailRenderer:
+    """Renders `MailContext` into a `RenderedMail` with sandboxed, overridable templates."""
+
+    def __init__(self, template_dir: Path | None = None) -> None:
+        loaders: list[jinja2.BaseLoader] = []
+        if template_dir is not None:
+            if not template_dir.is_dir():
+                raise ConfigurationError(f"mail template directory {template_dir} does not exist")
+            # Looked up first, file by file: an admin may override just the subject.
+            loaders.append(jinja2.FileSystemLoader(template_dir))
+        loaders.append(jinja2.PackageLoader("matrix_invite_operator.mail", "templates"))
+        self.template_dir = template_dir
+        self._env = ImmutableSandboxedEnvironment(
+            loader=jinja2.ChoiceLoader(loaders),
+            autoescape=jinja2.select_autoescape(
+                enabled_extensions=("html", "htm"), default_for_string=False, default=False
+            ),
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+        )
+
+    def render(self, ctx: MailContext) -> RenderedMail:
+        token = ctx.token.get_secret_value()
+        variables = {
+            "display_name": ctx.display_name,
+            "email": ctx.email,
+            "token": token,
+            "registration_url": ctx.registration_url,
+            "expires_at_text": (
+                format_expiry(ctx.expires_at, locale=ctx.locale, timezone=ctx.timezone)
+                if ctx.expires_at is not None
+                else None
+            ),
+            "usage_limit": ctx.usage_limit,
+            "inviter": ctx.inviter,
+            "server_name": ctx.server_name,
+            "locale": ctx.locale,
+        }
+        subject = self._render_one(f"{ctx.locale}/subject.txt", variables, token).strip()
+        text = self._render_one(f"{ctx.locale}/body.txt", variables, token)
+        html = self._render_one(f"{ctx.locale}/body.html", variables, token)
+
+        if not subject:
+            raise ConfigurationError(f"mail template {ctx.locale}/subject.txt renders empty")
+        if "\r" in subject or "\n" in subject:
+            raise ConfigurationError(
+                f"mail template {ctx.locale}/subject.txt renders more than one line"
+            )
+        # Subjects end up in mail logs, notification previews and spam reports; the token must
+        # only live in the body. Case-sensitive on purpose: MAS compares tokens that way, and a
+        # case-insensitive check would trip over short admin-chosen tokens that are plain words.
+        if token and token in subject:
+            raise ConfigurationError(
+                f"mail template {ctx.locale}/subject.txt puts the registration token into the "
+                "subject; keep it in the body only"
+            )
+        if token and (token not in text or str(markupsafe.escape(token)) not in html):
+            raise ConfigurationError(
+                f"mail templates for locale {ctx.locale} must show the registration token in both "
+                "body.txt and body.html"
+            )
+        return RenderedMail(subject=subject, text=_tidy_text(text), html=html.strip() + "\n")
+
+    def check(self) -> None:
+        """Render every locale once with sample values: broken admin templates fail at startup."""
+        sample_token = SecretStr("SampleToken12")
+        for locale in LOCALES:
+            self.render(
+                MailContext(
+                    email="invitee@example.org",
+                    display_name="Sample Invitee",
+                    token=sample_token,
+                    registration_url="https://auth.example.org/register",
+                    expires_at=dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+                    usage_limit=2,
+                    inviter="Sample Admin",
+                    server_name="example.org",
+                    locale=locale,
+                )
+            )
+
+    def _render_one(self, name: str, variables: Mapping[str, object], token: str) -> str:
+        try:
+            return self._env.get_template(name).render(variables)
+        except SecurityError as exc:
+            raise ConfigurationError(
+                f"mail template {name} tried something the sandbox forbids: {_scrub(exc, token)}"
+            ) from exc
+        except jinja2.TemplateNotFound as exc:
+            raise ConfigurationError(f"mail template {name} not found") from exc
+        except jinja2.TemplateSyntaxError as exc:
+            raise ConfigurationError(
+                f"mail template {exc.name or name} line {exc.lineno}: {exc.message}"
+            ) from exc
+        except jinja2.TemplateError as exc:
+            raise ConfigurationError(f"mail template {name}: {_scrub(exc, token)}") from exc
+
+
+def _scrub(exc: BaseException, token: str) -> str:
+    # Jinja messages name attributes and types, not values, but an admin template could build
+    # an error message from the token itself; never let it reach the status or the log.
+    text = str(exc)
+    return text.replace(token, "<token>") if token else text
+
+
+def _tidy_text(text: str) -> str:
+    # Trailing blanks left by template indentation are noise (and some relays mangle them);
+    # the one exception is the "-- " signature separator, which mail clients recognise.
+    lines = text.strip("\n").splitlines()
+    return "\n".join(line if line == "-- " else line.rstrip() for line in lines) + "\n"

@@ -1,0 +1,420 @@
+"""Turning a rendered mail into a MIME message and handing it to the SMTP relay.
+
+This module owns the wire side of the invitation mail: headers (From, To, Subject, Date and a
+deterministic Message-ID), the multipart/alternative body, the TLS policy towards the relay and
+the translation of every SMTP or socket failure into `MailTemporaryError` (waiting can help) or
+`MailRejectedError` (a human must act). Error texts name the relay, the stage and the server's
+reply; they never contain the SMTP password, the token or the message body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import email.errors
+import email.policy
+import hashlib
+import logging
+import re
+import ssl
+from collections.abc import Iterator
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
+
+import aiosmtplib
+from pydantic import SecretStr
+
+from ..errors import (
+    ConfigurationError,
+    InvalidSpecError,
+    MailError,
+    MailRejectedError,
+    MailTemporaryError,
+)
+from .render import RenderedMail
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+TlsMode = Literal["starttls", "implicit", "none"]
+
+log = logging.getLogger(__name__)
+
+_E = TypeVar("_E", bound=BaseException)
+
+# Characters that cannot appear unquoted in a local part; quoted non-ASCII local parts are not
+# worth supporting.
+_NON_ATOM = re.compile(r'[\s"(),:;<>@\[\\\]]')
+
+
+class _Socket(Protocol):
+    """What asyncio's transport hands out as extra info "socket"; -1 once closed."""
+
+    def fileno(self) -> int: ...
+
+
+def _single_line(value: str, what: str, error: type[Exception]) -> str:
+    if "\r" in value or "\n" in value:
+        # Header injection: a newline in a name would let the value smuggle in new headers.
+        raise error(f"{what} must not contain line breaks")
+    return value
+
+
+def _address(
+    display_name: str | None, addr_spec: str, what: str, error: type[Exception]
+) -> Address:
+    _single_line(addr_spec, f"{what} address", error)
+    if display_name is not None:
+        _single_line(display_name, f"{what} display name", error)
+    invalid = f"{what} address {addr_spec!r} is not a valid email address"
+    local, at, domain = addr_spec.rpartition("@")
+    if not (at and local and domain):
+        raise error(invalid)
+    try:
+        # An internationalised domain goes out as its ASCII (punycode) form, which every
+        # relay accepts without SMTPUTF8.
+        domain = domain if domain.isascii() else domain.encode("idna").decode("ascii")
+        if local.isascii():
+            return Address(display_name=display_name or "", addr_spec=f"{local}@{domain}")
+        # A non-ASCII local part (jörg@example.org) is legal with SMTPUTF8. The email
+        # package's parser refuses it, but serialises it fine from parts; aiosmtplib then asks
+        # the relay for SMTPUTF8, and a relay without it answers with a clear refusal.
+        if _NON_ATOM.search(local):
+            raise error(invalid)
+        return Address(display_name=display_name or "", username=local, domain=domain)
+    except (ValueError, IndexError, TypeError, UnicodeError, email.errors.MessageError) as exc:
+        # The email package raises defects (ValueErrors), HeaderParseError or even IndexError.
+        raise error(invalid) from exc
+
+
+def message_id_for(seed: str, sender_email: str) -> str:
+    """A Message-ID that depends only on `seed` and the sender's domain.
+
+    Re-sending the mail for the same token (e.g. after a lost reply from the relay) yields the
+    same Message-ID, so mail clients thread or de-duplicate it instead of showing two invites.
+    """
+    digest = hashlib.sha256(seed.encode("utf-8")).hexdigest()[:40]
+    domain = sender_email.rpartition("@")[2] or "localhost"
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        domain = "localhost"
+    return f"<invitation.{digest}@{domain}>"
+
+
+def build_message(
+    rendered: RenderedMail,
+    *,
+    to_email: str,
+    to_name: str | None,
+    message_id_seed: str,
+    sender_email: str,
+    sender_name: str | None = None,
+    date: dt.datetime | None = None,
+) -> EmailMessage:
+    """A multipart/alternative message (text first, HTML preferred by capable clients).
+
+    Raises `InvalidSpecError` for an unusable recipient (it came from the Invitation) and
+    `ConfigurationError` for an unusable sender or subject (they came from the operator).
+    """
+    to = _address(to_name, to_email, "recipient", InvalidSpecError)
+    sender = _address(sender_name, sender_email, "sender", ConfigurationError)
+    subject = _single_line(rendered.subject, "mail subject", ConfigurationError)
+
+    msg = EmailMessage(policy=email.policy.SMTP)
+    # Address objects let the header registry produce RFC 2047 encoded-words for non-ASCII
+    # names ("Jörg Müller") instead of us quoting by hand.
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime((date or dt.datetime.now(dt.UTC)).astimezone(dt.UTC))
+    msg["Message-ID"] = message_id_for(message_id_seed, sender_email)
+    # RFC 3834: tells vacation responders and ticket systems not to answer an automatic mail.
+    msg["Auto-Submitted"] = "auto-generated"
+    # Quoted-printable keeps both parts 7-bit clean, so relays without 8BITMIME pass them
+    # unchanged while umlauts stay readable in the raw source.
+    msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
+    return msg
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and its causes/contexts: aiosmtplib wraps socket and TLS errors in its own."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        yield current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+
+
+def _find(exc: BaseException, kind: type[_E]) -> _E | None:
+    return next((e for e in _chain(exc) if isinstance(e, kind)), None)
+
+
+class Mailer:
+    """Sends invitation mails through one SMTP relay, with verified TLS unless told otherwise."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        tls: TlsMode = "starttls",
+        username: str | None = None,
+        password: SecretStr | None = None,
+        ca_bundle: Path | None = None,
+        allow_insecure_auth: bool = False,
+        timeout: float = 30.0,
+        sender_email: str,
+        sender_name: str | None = None,
+        local_hostname: str | None = None,
+    ) -> None:
+        if tls not in ("starttls", "implicit", "none"):
+            raise ConfigurationError(
+                f"SMTP TLS mode {tls!r} is not one of starttls, implicit, none"
+            )
+        if not 1 <= port <= 65535:
+            raise ConfigurationError(f"SMTP port {port} is out of range")
+        if timeout <= 0:
+            raise ConfigurationError("SMTP timeout must be positive")
+        if username is not None and not username:
+            username = None
+        if username is not None and password is None:
+            raise ConfigurationError(f"SMTP username {username!r} is set but no password")
+        if password is not None and username is None:
+            raise ConfigurationError("an SMTP password is set but no username")
+        # Refused here, before any socket exists, so a misconfigured operator never sends a
+        # password in clear text even once.
+        if username is not None and tls == "none" and not allow_insecure_auth:
+            raise ConfigurationError(
+                f"SMTP login as {username!r} over a connection without TLS is refused; use "
+                "starttls or implicit TLS, or set allow_insecure_auth for a relay on localhost"
+            )
+        _address(sender_name, sender_email, "sender", ConfigurationError)
+
+        self.host = host
+        self.port = port
+        self.tls: TlsMode = tls
+        self.username = username
+        self._password = password
+        self.ca_bundle = ca_bundle
+        self.allow_insecure_auth = allow_insecure_auth
+        self.timeout = timeout
+        self.sender_email = sender_email
+        self.sender_name = sender_name
+        self.local_hostname = local_hostname
+        self._tls_context = self._make_tls_context(ca_bundle) if tls != "none" else None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Mailer:
+        """The mailer the operator's settings describe (reads the password file now)."""
+        return cls(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            tls=settings.smtp_tls,
+            username=settings.smtp_username,
+            password=settings.smtp_password_value(),
+            ca_bundle=settings.smtp_ca_bundle,
+            allow_insecure_auth=settings.smtp_allow_insecure_auth,
+            timeout=settings.smtp_timeout_seconds,
+            sender_email=settings.mail_from,
+            sender_name=settings.mail_from_name,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Mailer(host={self.host!r}, port={self.port}, tls={self.tls!r}, "
+            f"username={self.username!r}, sender_email={self.sender_email!r})"
+        )
+
+    @staticmethod
+    def _make_tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
+        # create_default_context verifies the chain and the host name. A CA bundle replaces
+        # the system trust store rather than extending it: whoever sets it pins the relay's CA.
+        try:
+            return ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise ConfigurationError(
+                f"cannot load the SMTP CA bundle {ca_bundle}: {reason}"
+            ) from exc
+
+    def build_message(
+        self,
+        rendered: RenderedMail,
+        *,
+        to_email: str,
+        to_name: str | None,
+        message_id_seed: str,
+        date: dt.datetime | None = None,
+    ) -> EmailMessage:
+        """`build_message` with this mailer's sender."""
+        return build_message(
+            rendered,
+            to_email=to_email,
+            to_name=to_name,
+            message_id_seed=message_id_seed,
+            sender_email=self.sender_email,
+            sender_name=self.sender_name,
+            date=date,
+        )
+
+    async def send(self, message: EmailMessage) -> None:
+        """Deliver `message` to the relay; raise MailTemporaryError or MailRejectedError."""
+        where = f"SMTP relay {self.host}:{self.port}"
+        client = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            use_tls=self.tls == "implicit",
+            # We drive STARTTLS ourselves: aiosmtplib's default (None) would silently fall back
+            # to plain text when the server does not offer it.
+            start_tls=False,
+            tls_context=self._tls_context,
+            timeout=self.timeout,
+            local_hostname=self.local_hostname,
+        )
+        stage = "connect"
+        sock: _Socket | None = None
+        try:
+            await client.connect()
+            sock = client.get_transport_info("socket")
+            if self.tls == "starttls":
+                stage = "EHLO"
+                await client.ehlo()
+                if not client.supports_extension("starttls"):
+                    # Not a hiccup: the relay is configured without TLS on this port, and
+                    # waiting will not change that. Falling back to plain text is not an option.
+                    raise MailRejectedError(
+                        f"{where} does not offer STARTTLS; configure TLS on the relay, use the "
+                        "implicit TLS port, or set the SMTP TLS mode to none for a local relay"
+                    )
+                stage = "STARTTLS"
+                await client.starttls()
+            if self.username is not None:
+                stage = "login"
+                await client.ehlo()
+                if not client.supports_extension("auth"):
+                    raise MailRejectedError(
+                        f"{where} does not offer SMTP AUTH on this connection, but a username "
+                        "is configured"
+                    )
+                assert self._password is not None
+                await client.login(self.username, self._password.get_secret_value())
+            stage = "send"
+            await client.send_message(message, sender=self.sender_email)
+            log.debug("mail %s accepted by %s", message["Message-ID"], where)
+            # The relay already accepted the message with its DATA reply; from here on nothing
+            # may fail, or we would send the invitation twice.
+            stage = "quit"
+            await self._hang_up(client, sock)
+        except MailError:
+            await self._hang_up(client, sock)
+            raise
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await self._hang_up(client, sock)
+            raise self._translate(exc, stage, where) from exc
+        finally:
+            client.close()
+
+    async def _hang_up(self, client: aiosmtplib.SMTP, sock: _Socket | None) -> None:
+        """QUIT politely, close, and wait (bounded) until the socket is really closed.
+
+        After a refusal the session is still open: a QUIT lets the relay close first, and relays
+        that count aborted sessions against a client do not. Closing a TLS connection finishes
+        asynchronously (close_notify both ways); waiting for it keeps the socket from outliving
+        this call, e.g. when the caller's event loop ends right after a failed send.
+        """
+        if client.is_connected:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                await client.quit(timeout=min(self.timeout, 5.0))
+        client.close()
+        if sock is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(self.timeout, 1.0)
+        # Neither asyncio nor aiosmtplib exposes an awaitable for "socket closed": poll, bounded.
+        while sock.fileno() != -1 and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+    def _translate(self, exc: BaseException, stage: str, where: str) -> MailError:
+        error = self._classify(exc, stage, where)
+        text = str(error)
+        secret = self._password.get_secret_value() if self._password is not None else ""
+        if len(secret) >= 4 and secret in text:
+            # Belt and braces: no library we use echoes the password, but a server reply
+            # might, and this text ends up in an Invitation's status.
+            cls = type(error)
+            error = cls(text.replace(secret, "***"))
+        return error
+
+    def _classify(self, exc: BaseException, stage: str, where: str) -> MailError:
+        cert_error = _find(exc, ssl.SSLCertVerificationError)
+        if cert_error is not None:
+            # Permanent, not temporary: a certificate we cannot verify does not heal by itself
+            # (private CA not configured, wrong host name, expired certificate); retrying would
+            # only hide the misconfiguration behind backoff.
+            reason = cert_error.verify_message or cert_error.reason or "verification failed"
+            return MailRejectedError(
+                f"{where}: TLS certificate is not trusted ({reason}); if the relay uses a private "
+                "CA, set the SMTP CA bundle (ca_bundle / MATRIX_INVITE_SMTP_CA_BUNDLE)"
+            )
+        tls_error = _find(exc, ssl.SSLError)
+        if tls_error is not None:
+            return MailTemporaryError(
+                f"{where}: TLS handshake failed during {stage} ({tls_error.reason or tls_error})"
+            )
+
+        if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+            reply = f"{exc.code} {exc.message}".strip()
+            if 400 <= exc.code < 500:
+                return MailTemporaryError(
+                    f"{where}: SMTP login for user {self.username!r} temporarily refused: {reply}"
+                )
+            return MailRejectedError(
+                f"SMTP login refused for user {self.username!r} ({where}): {reply}"
+            )
+        if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+            first = exc.recipients[0] if exc.recipients else None
+            if first is None:
+                return MailRejectedError(f"{where} refused all recipients")
+            return _by_code(
+                first.code, first.message, f"{where} refused recipient {first.recipient}"
+            )
+        if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+            return _by_code(exc.code, exc.message, f"{where} refused sender {exc.sender}")
+        if isinstance(exc, aiosmtplib.SMTPDataError):
+            return _by_code(exc.code, exc.message, f"{where} refused the message")
+        if isinstance(exc, aiosmtplib.SMTPResponseException):
+            return _by_code(exc.code, exc.message, f"{where} answered during {stage}")
+        if isinstance(exc, aiosmtplib.SMTPNotSupported):
+            return MailRejectedError(f"{where} cannot carry this message: {exc.message}")
+        if isinstance(exc, TimeoutError):
+            return MailTemporaryError(f"{where}: timed out during {stage} after {self.timeout:g}s")
+        if isinstance(exc, OSError):
+            if _find(exc, ConnectionRefusedError) is not None:
+                return MailTemporaryError(f"{where}: connection refused")
+            detail = next(
+                (e.strerror for e in _chain(exc) if isinstance(e, OSError) and e.strerror),
+                exc.message if isinstance(exc, aiosmtplib.SMTPException) else str(exc),
+            )
+            return MailTemporaryError(f"{where}: connection failed during {stage} ({detail})")
+        if isinstance(exc, aiosmtplib.SMTPException):
+            return MailTemporaryError(f"{where}: SMTP error during {stage}: {exc.message}")
+        return MailTemporaryError(
+            f"{where}: unexpected failure during {stage}: {type(exc).__name__}"
+        )
+
+
+def _by_code(code: int, reply: str, what: str) -> MailError:
+    text = f"{what}: {code} {reply}".strip()
+    if 400 <= code < 500:
+        return MailTemporaryError(text)
+    if 500 <= code < 600:
+        return MailRejectedError(text)
+    # Anything else is the relay misbehaving; assume it may recover.
+    return MailTemporaryError(text)
