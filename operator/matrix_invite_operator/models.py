@@ -19,6 +19,7 @@ GROUP = "matrix-invite.dev"
 VERSION = "v1alpha1"
 PLURAL = "invitations"
 KIND = "Invitation"
+RESEND_ANNOTATION = f"{GROUP}/resend"
 
 # A bare address, no "Name <addr>" form. Non-ASCII is allowed (SMTPUTF8 addresses such as
 # jörg@example.org exist); what SMTP cannot carry fails at send time with the relay's reply.
@@ -46,6 +47,7 @@ class InvitationSpec(_CamelModel):
     valid_for: str | None = Field(None, max_length=32, pattern=GO_DURATION_PATTERN)
     revoked: bool = False
     locale: Literal["en", "de"] | None = None
+    resend: str | None = Field(None, max_length=64, pattern=SINGLE_LINE_PATTERN)
 
     def expiry(self, created: dt.datetime, default_validity: dt.timedelta) -> dt.datetime:
         """When the token stops working: explicit, or counted from the Invitation's creation."""
@@ -99,6 +101,7 @@ class InvitationStatus(_CamelModel):
     mail_recipient: str | None = Field(None, max_length=254)
     mailed_token_id: str | None = Field(None, max_length=64)
     mails_sent: int | None = Field(None, ge=0)
+    resend_handled: str | None = Field(None, max_length=400)
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

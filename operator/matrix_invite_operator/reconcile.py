@@ -30,7 +30,7 @@ from pydantic import SecretStr, ValidationError
 from .backends import TokenBackend, TokenState
 from .errors import InvalidSpecError, KubeNotFound, PermanentError, TransientError
 from .kube import KubeApi, secret_name_for
-from .models import GROUP, KIND, VERSION, InvitationSpec, InvitationStatus, Phase, rfc3339
+from .models import GROUP, KIND, RESEND_ANNOTATION, VERSION, InvitationSpec, InvitationStatus, Phase, rfc3339
 from .settings import Settings
 from .status import Problem, compute_status
 
@@ -56,6 +56,7 @@ class Invitation:
     created: dt.datetime
     spec: InvitationSpec
     status: InvitationStatus
+    resend_annotation: str | None = None
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> Invitation:
@@ -74,7 +75,13 @@ class Invitation:
             created=dt.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00")),
             spec=spec,
             status=status,
+            resend_annotation=(meta.get("annotations") or {}).get(RESEND_ANNOTATION),
         )
+
+    @property
+    def resend_request(self) -> str:
+        """Both ways to ask for the mail again, as one comparable marker (not secret)."""
+        return f"spec={self.spec.resend or ''};annotation={(self.resend_annotation or '')[:300]}"
 
     @property
     def key(self) -> tuple[str, str]:
@@ -394,7 +401,9 @@ async def _mail_if_due(
 ) -> None:
     status = writer.status
     already = status.mailed_token_id == state.id and status.mail_recipient == invitation.spec.email
-    if already or not state.valid or invitation.spec.revoked:
+    # A resend request that was already present when the first mail went out is not a new one.
+    resend = already and status.resend_handled != invitation.resend_request
+    if (already and not resend) or not state.valid or invitation.spec.revoked:
         return
     await deps.mailer.send_invitation(invitation, token=token, token_state=state)
     await writer.record(
@@ -402,8 +411,10 @@ async def _mail_if_due(
         mail_recipient=invitation.spec.email,
         mailed_token_id=state.id,
         mails_sent=(status.mails_sent or 0) + 1,
+        resend_handled=invitation.resend_request,
     )
-    deps.events.normal(invitation, "MailSent", f"Invitation mailed to {invitation.spec.email}")
+    what = "mailed again" if resend else "mailed"
+    deps.events.normal(invitation, "MailSent", f"Invitation {what} to {invitation.spec.email}")
 
 
 async def finalize(deps: Dependencies, invitation: Invitation) -> None:
