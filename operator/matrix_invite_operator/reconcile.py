@@ -30,7 +30,16 @@ from pydantic import SecretStr, ValidationError
 from .backends import TokenBackend, TokenState
 from .errors import InvalidSpecError, KubeNotFound, PermanentError, TransientError
 from .kube import KubeApi, secret_name_for
-from .models import GROUP, KIND, RESEND_ANNOTATION, VERSION, InvitationSpec, InvitationStatus, Phase, rfc3339
+from .models import (
+    GROUP,
+    KIND,
+    RESEND_ANNOTATION,
+    VERSION,
+    InvitationSpec,
+    InvitationStatus,
+    Phase,
+    rfc3339,
+)
 from .settings import Settings
 from .status import Problem, compute_status
 
