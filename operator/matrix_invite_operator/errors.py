@@ -75,6 +75,11 @@ class MailRejectedError(MailError, PermanentError):
     """An SMTP 5xx reply (e.g. unknown recipient) or refused login: needs a human."""
 
 
+class MailThrottled(MailError, TransientError):
+    """The operator's own send-rate limit has no free slot yet; `retry_after` says when to come
+    back (spread over the waiting Invitations, so they do not all return at once)."""
+
+
 # --- Kubernetes API -------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import kopf
 
-from .errors import PermanentError, TransientError
+from .errors import MailThrottled, PermanentError, TransientError
 from .models import GROUP, PLURAL, VERSION, Phase
 from .reconcile import Dependencies, Invitation, finalize, reconcile
 from .runtime import build_dependencies, close_dependencies
@@ -93,6 +93,10 @@ def remember(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
 
 
 def _retry_delay(config: Settings, retry: int, error: TransientError) -> float:
+    if isinstance(error, MailThrottled):
+        # Not an outage: the throttle knows when this Invitation's turn comes, and a growing
+        # backoff would leave free slots unused while the queue waits.
+        return min(error.retry_after, config.retry_max_seconds)
     backoff: float = config.retry_base_seconds * 2 ** min(retry, 10)
     return min(
         max(backoff, min(error.retry_after, config.retry_max_seconds)), config.retry_max_seconds

@@ -231,6 +231,7 @@ def _problem(exc: Exception) -> Problem:
         "BackendRejected": "MasRejected",
         "MailTemporaryError": "MailDeferred",
         "MailRejectedError": "MailRejected",
+        "MailThrottled": "WaitingForMailSlot",
         "InvalidSpecError": "InvalidSpec",
         "ConfigurationError": "OperatorMisconfigured",
         "KubeForbidden": "Forbidden",

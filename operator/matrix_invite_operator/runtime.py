@@ -18,6 +18,7 @@ from .kube import KubeApi, KubeConnection, kube_http_client
 from .mail.invitation import SmtpInvitationMailer
 from .mail.render import MailRenderer, validate_registration_url_template
 from .mail.send import Mailer
+from .mail.throttle import MailThrottle
 from .reconcile import Dependencies, EventSink
 from .settings import Settings
 
@@ -73,7 +74,9 @@ def build_mailer(settings: Settings) -> SmtpInvitationMailer:
     )
     renderer = MailRenderer(settings.mail_template_dir)
     renderer.check()  # a broken admin template fails at startup, not on the first Invitation
-    return SmtpInvitationMailer(settings, renderer, mailer)
+    rate = settings.mail_rate_per_minute
+    throttle = MailThrottle(rate) if rate > 0 else None
+    return SmtpInvitationMailer(settings, renderer, mailer, throttle)
 
 
 async def build_dependencies(

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     mail_template_dir: Path | None = None
     mail_timezone: str = "UTC"
     default_locale: Literal["en", "de"] = "en"
+    mail_rate_per_minute: int = Field(
+        30, ge=0, le=60000, description="Mails per minute at most, evenly spaced; 0 = no limit"
+    )
 
     # --- what the mail says ---
     registration_url: str = Field(

@@ -15,18 +15,27 @@ from ..backends import TokenState
 from ..settings import Settings
 from .render import MailContext, MailRenderer, expand_registration_url
 from .send import Mailer, build_message
+from .throttle import MailThrottle
 
 if TYPE_CHECKING:
     from ..reconcile import Invitation
 
 
 class SmtpInvitationMailer:
-    """Renders with `MailRenderer` and sends with `Mailer`."""
+    """Renders with `MailRenderer` and sends with `Mailer`, at most as fast as `throttle` allows
+    (`None`: no limit)."""
 
-    def __init__(self, settings: Settings, renderer: MailRenderer, mailer: Mailer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        renderer: MailRenderer,
+        mailer: Mailer,
+        throttle: MailThrottle | None = None,
+    ) -> None:
         self._settings = settings
         self._renderer = renderer
         self._mailer = mailer
+        self.throttle = throttle
 
     def context_for(
         self, invitation: Invitation, *, token: SecretStr, token_state: TokenState
@@ -63,4 +72,8 @@ class SmtpInvitationMailer:
             sender_email=self._settings.mail_from,
             sender_name=self._settings.mail_from_name,
         )
+        # After rendering, so a broken template or address never uses up a slot; raises
+        # MailThrottled when this Invitation has to wait for its turn.
+        if self.throttle is not None:
+            await self.throttle.acquire(invitation.uid)
         await self._mailer.send(message)
