@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, cast
+from collections.abc import Iterable
+from typing import Any
 
 import kopf
 
 from .errors import MailThrottled, PermanentError, TransientError
-from .models import GROUP, PLURAL, VERSION, Phase
+from .models import GROUP, PLURAL, RESEND_ANNOTATION, VERSION, Phase
 from .reconcile import Dependencies, Invitation, finalize, reconcile
 from .runtime import build_dependencies, close_dependencies
 from .settings import Settings
@@ -35,25 +36,34 @@ class _QuietRegistry(logging.Filter):
 logging.getLogger("kopf.objects").addFilter(_QuietRegistry())
 
 
-class KopfEvents:
-    """The reconciler's EventSink, posted through Kopf's event queue."""
-
-    def normal(self, invitation: Invitation, reason: str, message: str) -> None:
-        kopf.event(_body(invitation), type="Normal", reason=reason, message=message)
-
-    def warning(self, invitation: Invitation, reason: str, message: str) -> None:
-        kopf.event(_body(invitation), type="Warning", reason=reason, message=message)
+# Kopf leaves every annotation under its storage prefix out of the diff it hands to update
+# handlers: the diff-base drops a marked prefix's annotations and the progress storage clears
+# them. Our prefix is also the home of the resend annotation, so without these two overrides
+# `kubectl annotate invitation NAME matrix-invite.dev/resend=...` would never reach `reconcile`.
 
 
-def _body(invitation: Invitation) -> kopf.Body:
-    # Kopf only reads apiVersion, kind and metadata from what it is given.
-    return cast(kopf.Body, invitation.reference())
+class _DiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
+    ) -> kopf.BodyEssence:
+        fields = [*(extra_fields or ()), ("metadata", "annotations", RESEND_ANNOTATION)]
+        return super().build(body=body, extra_fields=fields)
+
+
+class _ProgressStorage(kopf.AnnotationsProgressStorage):
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        resend = essence.get("metadata", {}).get("annotations", {}).get(RESEND_ANNOTATION)
+        cleared = super().clear(essence=essence)
+        if resend is not None:
+            metadata = cleared.setdefault("metadata", {})
+            metadata.setdefault("annotations", {})[RESEND_ANNOTATION] = resend
+        return cleared
 
 
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.progress_storage = _ProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = _DiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = FINALIZER
@@ -62,7 +72,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.watching.server_timeout = 300
     config: Settings = memo.get("config") or Settings()
     memo.config = config
-    memo.deps = await build_dependencies(config, events=KopfEvents())
+    memo.deps = await build_dependencies(config)
     memo.registry = memo.get("registry") or {}
     memo.sync = StatusSync(memo.deps, memo.registry)
     memo.sync_task = asyncio.create_task(memo.sync.run_forever(), name="status-sync")
@@ -90,6 +100,7 @@ def remember(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
         "spec": dict(body.get("spec") or {}),
         "status": dict(body.get("status") or {}),
     }
+    memo.sync.wake()
 
 
 def _retry_delay(config: Settings, retry: int, error: TransientError) -> float:

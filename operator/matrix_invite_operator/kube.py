@@ -10,6 +10,8 @@ in one place.
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import logging
 import os
 import ssl
 import tempfile
@@ -17,7 +19,7 @@ import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import yaml
@@ -25,6 +27,8 @@ from pydantic import SecretStr
 
 from .errors import KubeError, KubeForbidden, KubeNotFound, KubeUnavailable, SecretConflict
 from .models import GROUP, PLURAL, VERSION
+
+logger = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 SECRET_TOKEN_KEY = "token"  # noqa: S105 - the key name, not a value
@@ -257,6 +261,9 @@ class KubeApi:
             content_type="application/merge-patch+json",
         )
 
+    async def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+        await self._request("POST", f"/api/v1/namespaces/{namespace}/events", json=body)
+
     async def list_invitations(self, namespace: str | None = None) -> list[dict[str, Any]]:
         scope = f"/namespaces/{namespace}" if namespace else ""
         items: list[dict[str, Any]] = []
@@ -268,6 +275,60 @@ class KubeApi:
             if not token:
                 return items
             path = f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}?limit=500&continue={token}"
+
+
+class KubeEvents:
+    """Events on Invitations (`kubectl describe`), posted by us so that the sync loop can post too.
+
+    Posting is best effort: a lost Event must never fail or retry a reconcile step.
+    """
+
+    def __init__(self, api: KubeApi, *, component: str = MANAGED_BY) -> None:
+        self._api = api
+        self._component = component
+        self._instance = os.environ.get("HOSTNAME", component)
+
+    async def normal(self, invitation: EventTarget, reason: str, message: str) -> None:
+        await self._post(invitation, "Normal", reason, message)
+
+    async def warning(self, invitation: EventTarget, reason: str, message: str) -> None:
+        await self._post(invitation, "Warning", reason, message)
+
+    async def _post(self, target: EventTarget, type_: str, reason: str, message: str) -> None:
+        reference = target.reference()
+        meta = reference["metadata"]
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": reference["apiVersion"],
+                "kind": reference["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": self._component},
+            "reportingComponent": self._component,
+            "reportingInstance": self._instance[:128],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self._api.create_event(meta["namespace"], body)
+        except KubeError as exc:
+            logger.warning(
+                "could not post Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc
+            )
+
+
+class EventTarget(Protocol):
+    def reference(self) -> dict[str, Any]: ...
 
 
 class _AlreadyExists(KubeError):

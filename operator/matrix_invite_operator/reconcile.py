@@ -124,9 +124,9 @@ def _known_status(raw: dict[str, Any]) -> dict[str, Any]:
 class EventSink(Protocol):
     """Kubernetes Events on an Invitation (reasons are CamelCase, messages carry no secrets)."""
 
-    def normal(self, invitation: Invitation, reason: str, message: str) -> None: ...
+    async def normal(self, invitation: Invitation, reason: str, message: str) -> None: ...
 
-    def warning(self, invitation: Invitation, reason: str, message: str) -> None: ...
+    async def warning(self, invitation: Invitation, reason: str, message: str) -> None: ...
 
 
 class InvitationMailer(Protocol):
@@ -267,32 +267,34 @@ async def _finish(
         await writer.write(status)
     except KubeNotFound:
         return status  # deleted while we worked: nothing left to report on
-    announce_phase_change(deps.events, invitation, before, status)
+    await announce_phase_change(deps.events, invitation, before, status)
     return status
 
 
-def announce_phase_change(
+async def announce_phase_change(
     events: EventSink, invitation: Invitation, before: Phase | None, status: InvitationStatus
 ) -> None:
     """One Event per transition into a terminal or failed phase."""
     if status.phase == before:
         return
     if status.phase is Phase.ACCEPTED:
-        events.normal(
+        await events.normal(
             invitation,
             "InvitationAccepted",
             f"The token was used {status.times_used} of {status.usage_limit} times",
         )
     elif status.phase is Phase.EXPIRED:
-        events.normal(invitation, "InvitationExpired", f"The token expired at {status.expires_at}")
+        await events.normal(
+            invitation, "InvitationExpired", f"The token expired at {status.expires_at}"
+        )
     elif status.phase is Phase.REVOKED and not invitation.spec.revoked:
-        events.warning(
+        await events.warning(
             invitation,
             "RevokedOutsideGit",
             "The token was revoked in MAS, not through the spec; it stays revoked",
         )
     elif status.phase is Phase.FAILED:
-        events.warning(invitation, "Stalled", status.message or "")
+        await events.warning(invitation, "Stalled", status.message or "")
 
 
 async def _rotate_if_readdressed(
@@ -303,7 +305,7 @@ async def _rotate_if_readdressed(
     if status.token_id is None or status.issued_to in (None, invitation.spec.email):
         return
     await deps.backend.revoke(status.token_id)
-    deps.events.normal(
+    await deps.events.normal(
         invitation, "TokenRevoked", "Revoked the token of the previous address; issuing a new one"
     )
     secret_name = status.secret_name or secret_name_for(invitation.name)
@@ -345,7 +347,7 @@ async def _ensure_token(
         ):
             return state
         if state is None:
-            deps.events.warning(
+            await deps.events.warning(
                 invitation,
                 "DriftCorrected",
                 f"Token {token_id} is missing in MAS (restored database?); issuing it again "
@@ -354,7 +356,7 @@ async def _ensure_token(
         else:
             # Someone replaced the Secret: the mailed token and the stored one disagree.
             await deps.backend.revoke(token_id)
-            deps.events.warning(
+            await deps.events.warning(
                 invitation,
                 "DriftCorrected",
                 f"The Secret no longer matches token {token_id}; revoked it and issuing the "
@@ -362,7 +364,9 @@ async def _ensure_token(
             )
     state = await deps.backend.issue(token, usage_limit=spec.usage_limit, expires_at=expiry)
     await writer.record(token_id=state.id, issued_to=spec.email)
-    deps.events.normal(invitation, "TokenIssued", f"Registration token {state.id} issued in MAS")
+    await deps.events.normal(
+        invitation, "TokenIssued", f"Registration token {state.id} issued in MAS"
+    )
     return state
 
 
@@ -379,9 +383,9 @@ async def _converge(
         state = await deps.backend.update(state.id, usage_limit=spec.usage_limit, expires_at=expiry)
         what = f"usage limit {spec.usage_limit}, expiry {rfc3339(expiry)}"
         if spec_changed:
-            deps.events.normal(invitation, "TokenUpdated", f"Token {state.id} now has {what}")
+            await deps.events.normal(invitation, "TokenUpdated", f"Token {state.id} now has {what}")
         else:
-            deps.events.warning(
+            await deps.events.warning(
                 invitation,
                 "DriftCorrected",
                 f"Token {state.id} was changed outside Git; set back to {what}",
@@ -391,12 +395,12 @@ async def _converge(
     if spec.revoked and not state.revoked:
         revoked = await deps.backend.revoke(state.id)
         state = revoked or state
-        deps.events.normal(
+        await deps.events.normal(
             invitation, "TokenRevoked", f"Token {state.id} revoked, as the spec asks"
         )
     elif not spec.revoked and state.revoked and requested:
         state = await deps.backend.unrevoke(state.id)
-        deps.events.normal(invitation, "TokenUnrevoked", f"Token {state.id} is valid again")
+        await deps.events.normal(invitation, "TokenUnrevoked", f"Token {state.id} is valid again")
     if requested != spec.revoked:
         await writer.record(revocation_requested=spec.revoked)
     return state
@@ -424,7 +428,9 @@ async def _mail_if_due(
         resend_handled=invitation.resend_request,
     )
     what = "mailed again" if resend else "mailed"
-    deps.events.normal(invitation, "MailSent", f"Invitation {what} to {invitation.spec.email}")
+    await deps.events.normal(
+        invitation, "MailSent", f"Invitation {what} to {invitation.spec.email}"
+    )
 
 
 async def finalize(deps: Dependencies, invitation: Invitation) -> None:
@@ -435,7 +441,7 @@ async def finalize(deps: Dependencies, invitation: Invitation) -> None:
     async with deps.lock_for(invitation):
         state = await deps.backend.revoke(token_id)
         if state is not None:
-            deps.events.normal(
+            await deps.events.normal(
                 invitation,
                 "TokenRevoked",
                 f"Token {token_id} revoked: the Invitation is being deleted",

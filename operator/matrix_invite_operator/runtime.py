@@ -14,12 +14,12 @@ import httpx
 
 from .backends.mas import MasAdminClient, MasTokenBackend
 from .backends.oauth import ClientCredentialsAuth
-from .kube import KubeApi, KubeConnection, kube_http_client
+from .kube import KubeApi, KubeConnection, KubeEvents, kube_http_client
 from .mail.invitation import SmtpInvitationMailer
 from .mail.render import MailRenderer, validate_registration_url_template
 from .mail.send import Mailer
 from .mail.throttle import MailThrottle
-from .reconcile import Dependencies, EventSink
+from .reconcile import Dependencies
 from .settings import Settings
 
 
@@ -80,18 +80,19 @@ def build_mailer(settings: Settings) -> SmtpInvitationMailer:
 
 
 async def build_dependencies(
-    settings: Settings, *, events: EventSink, kube: KubeConnection | None = None
+    settings: Settings, *, kube: KubeConnection | None = None
 ) -> Dependencies:
     mailer = build_mailer(settings)
     mas_http = mas_http_client(settings)
     backend = build_mas_backend(settings, mas_http)
     kube_http = kube_http_client(kube or KubeConnection.discover())
+    kube_api = KubeApi(kube_http)
     deps = Dependencies(
         settings=settings,
         backend=backend,
-        kube=KubeApi(kube_http),
+        kube=kube_api,
         mailer=mailer,
-        events=events,
+        events=KubeEvents(kube_api),
     )
     deps.resources = Clients(mas=mas_http, kube=kube_http)
     return deps

@@ -10,6 +10,7 @@ Drift (a token missing, or limits changed outside Git) is handed to `reconcile`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -103,9 +104,12 @@ async def sync_invitations(
         ):
             continue
         token = tokens.get(status.token_id)
-        if token is None and not fresh:
-            continue
         try:
+            if token is None and not fresh:
+                # Newer than the cached listing: only one that is due to expire is worth a read.
+                if not _due(status, now):
+                    continue
+                token = await deps.backend.read(status.token_id)
             expiry = desired_expiry(invitation, deps.settings)
             if needs_reconcile(invitation, token, expiry):
                 report.reconciled += 1
@@ -126,12 +130,33 @@ async def sync_invitations(
             async with deps.lock_for(invitation):
                 await StatusWriter(deps.kube, invitation).write(updated)
             report.patched += 1
-            announce_phase_change(deps.events, invitation, status.phase, updated)
+            await announce_phase_change(deps.events, invitation, status.phase, updated)
         except KubeNotFound:
             continue
         except OperatorError as exc:
             report.failed += 1
             logger.warning("sync of %s/%s failed: %s", invitation.namespace, invitation.name, exc)
+
+
+def _due(status: InvitationStatus, now: dt.datetime) -> bool:
+    expires = status.expires_at
+    return expires is not None and not status.expired and _parse_time(expires) <= now
+
+
+def _parse_time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def any_due(bodies: Iterable[Mapping[str, Any]], now: dt.datetime) -> bool:
+    """Whether some Invitation reached its expiry but does not show it yet."""
+    return any(_due(InvitationStatus.model_validate(_expiry_fields(body)), now) for body in bodies)
+
+
+def _expiry_fields(body: Mapping[str, Any]) -> dict[str, Any]:
+    status = body.get("status") or {}
+    if status.get("phase") != Phase.SENT.value:
+        return {}
+    return {"expiresAt": status.get("expiresAt"), "expired": status.get("expired")}
 
 
 def next_expiry(bodies: Iterable[Mapping[str, Any]], now: dt.datetime) -> dt.datetime | None:
@@ -142,7 +167,7 @@ def next_expiry(bodies: Iterable[Mapping[str, Any]], now: dt.datetime) -> dt.dat
         expires = status.get("expiresAt")
         if not expires or status.get("expired") or status.get("phase") != Phase.SENT.value:
             continue
-        moment = dt.datetime.fromisoformat(expires.replace("Z", "+00:00"))
+        moment = _parse_time(expires)
         if moment > now:
             upcoming.append(moment)
     return min(upcoming, default=None)
@@ -158,6 +183,7 @@ class StatusSync:
         self.last_report: SyncReport | None = None
         self.passes = 0
         self._outage_logged = False
+        self._wake = asyncio.Event()
 
     async def list_tokens(self, report: SyncReport) -> dict[str, TokenState] | None:
         tokens: dict[str, TokenState] = {}
@@ -190,19 +216,26 @@ class StatusSync:
         self.last_report = report
         return report
 
+    def wake(self) -> None:
+        """An Invitation changed: recompute when to wake next (its expiry may be the nearest)."""
+        self._wake.set()
+
     async def run_forever(self) -> None:
         interval = self.deps.settings.sync_interval_seconds
         next_list = time.monotonic()
         while True:
-            due = time.monotonic() >= next_list
-            if due:
+            list_due = time.monotonic() >= next_list
+            if list_due:
                 next_list = time.monotonic() + interval
-            try:
-                await self.run_pass(list_backend=due)
-            except Exception:  # the loop must outlive any one bad pass
-                logger.exception("status sync pass failed")
+            if list_due or any_due(self.registry.values(), self.deps.clock()):
+                try:
+                    await self.run_pass(list_backend=list_due)
+                except Exception:  # the loop must outlive any one bad pass
+                    logger.exception("status sync pass failed")
             sleep = next_list - time.monotonic()
             upcoming = next_expiry(self.registry.values(), self.deps.clock())
             if upcoming is not None:
-                sleep = min(sleep, (upcoming - self.deps.clock()).total_seconds() + 0.5)
-            await asyncio.sleep(max(sleep, 0.5))
+                sleep = min(sleep, (upcoming - self.deps.clock()).total_seconds() + 0.2)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(sleep, 1.0))

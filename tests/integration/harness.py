@@ -115,6 +115,18 @@ class InvitationsApi:
     def event_reasons(self, name: str) -> list[str]:
         return [e["reason"] for e in self.events(name)]
 
+    def wait_for_events(self, name: str, *reasons: str, timeout: float = 10.0) -> list[Body]:
+        """Events are posted after the status write: wait until all `reasons` are there."""
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self.events(name)
+            if set(reasons) <= {e["reason"] for e in events}:
+                return events
+            if time.monotonic() > deadline:
+                seen = sorted({e["reason"] for e in events})
+                raise AssertionError(f"events {reasons} not all posted on {name}; seen {seen}")
+            time.sleep(0.25)
+
 
 def condition(body: Body, type_: str) -> Body | None:
     for item in (body.get("status") or {}).get("conditions", []):

@@ -75,7 +75,7 @@ def test_invitation_is_issued_stored_mailed_and_reported(
     # Nothing of the token leaks into the Invitation or its Events.
     assert token not in str(invitations.get("ada"))
     assert token not in str(invitations.events("ada"))
-    assert {"TokenIssued", "MailSent"} <= set(invitations.event_reasons("ada"))
+    invitations.wait_for_events("ada", "TokenIssued", "MailSent")
 
 
 def test_restart_issues_no_second_token_and_no_second_mail(
