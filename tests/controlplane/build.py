@@ -1,0 +1,242 @@
+"""Builds and caches the control-plane binaries.
+
+The binaries: etcd, kube-apiserver, kube-controller-manager and kubectl.
+
+Owns the translation from the Go wrapper modules under ``tests/controlplane/go/`` to executables
+in a cache directory outside the repository::
+
+    ${MATRIX_INVITE_CACHE:-~/.cache/matrix-invite-operator}/controlplane/<key>/bin/
+
+``<key>`` names the pinned Kubernetes and etcd versions plus a hash of every go.mod, go.sum and Go
+source file and of the link flags, so editing any of them triggers a rebuild and nothing else does.
+A build goes to a temporary directory that is renamed into place, under a file lock, so concurrent
+pytest workers (or a demo and a test run) never see half-written binaries or build twice.
+
+Run ``python -m tests.controlplane.build`` to build (if needed) and print the bin directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+GO_DIR = Path(__file__).resolve().parent / "go"
+KUBE_MODULE = GO_DIR / "kube"
+ETCD_MODULE = GO_DIR / "etcd"
+
+BINARY_NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+
+# A cold build compiles ~2000 packages on 2 cores; only a hung toolchain should ever hit this.
+BUILD_TIMEOUT_SECONDS = 3600
+OUTPUT_TAIL_LINES = 60
+# No symbol table or DWARF: halves the binaries and the link time.
+STRIP_LDFLAGS = "-s -w"
+
+
+class BuildError(RuntimeError):
+    """The Go toolchain is missing or a ``go build`` failed; the message carries its output tail."""
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """Absolute paths of the four built executables."""
+
+    bin_dir: Path
+    kube_version: str
+    etcd_version: str
+
+    @property
+    def etcd(self) -> Path:
+        return self.bin_dir / "etcd"
+
+    @property
+    def kube_apiserver(self) -> Path:
+        return self.bin_dir / "kube-apiserver"
+
+    @property
+    def kube_controller_manager(self) -> Path:
+        return self.bin_dir / "kube-controller-manager"
+
+    @property
+    def kubectl(self) -> Path:
+        return self.bin_dir / "kubectl"
+
+
+def _required_version(go_mod: Path, module: str) -> str:
+    text = go_mod.read_text(encoding="utf-8")
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(v\S+)", text, re.MULTILINE)
+    if match is None:
+        raise BuildError(f"{go_mod} does not require {module}")
+    return match.group(1)
+
+
+def kube_version() -> str:
+    """The pinned ``k8s.io/kubernetes`` version, e.g. ``v1.34.12``."""
+    return _required_version(KUBE_MODULE / "go.mod", "k8s.io/kubernetes")
+
+
+def etcd_version() -> str:
+    """The pinned ``go.etcd.io/etcd/server/v3`` version, e.g. ``v3.6.16``."""
+    return _required_version(ETCD_MODULE / "go.mod", "go.etcd.io/etcd/server/v3")
+
+
+def kube_ldflags(version: str) -> str:
+    """Link flags that stamp the real version; without them the server reports v0.0.0."""
+    match = re.fullmatch(r"v(\d+)\.(\d+)\.\d+.*", version)
+    if match is None:
+        raise BuildError(f"unexpected Kubernetes version {version!r}")
+    major, minor = match.groups()
+    flags = [STRIP_LDFLAGS]
+    # kubectl reports its client version from client-go's copy of these variables.
+    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {package}.gitVersion={version}",
+            f"-X {package}.gitMajor={major}",
+            f"-X {package}.gitMinor={minor}",
+            f"-X {package}.gitTreeState=clean",
+        ]
+    return " ".join(flags)
+
+
+def _source_files() -> list[Path]:
+    files = [
+        p
+        for p in GO_DIR.rglob("*")
+        if p.is_file() and (p.suffix == ".go" or p.name in {"go.mod", "go.sum"})
+    ]
+    return sorted(files)
+
+
+def cache_key() -> str:
+    """Directory name for the current pins: versions for humans, a content hash for correctness."""
+    kube, etcd = kube_version(), etcd_version()
+    digest = hashlib.sha256()
+    digest.update(f"{STRIP_LDFLAGS}\0{kube_ldflags(kube)}\0".encode())
+    for path in _source_files():
+        digest.update(path.relative_to(GO_DIR).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return f"kube-{kube}_etcd-{etcd}_{digest.hexdigest()[:16]}"
+
+
+def cache_root() -> Path:
+    """``$MATRIX_INVITE_CACHE`` or ``~/.cache/matrix-invite-operator``."""
+    configured = os.environ.get("MATRIX_INVITE_CACHE")
+    base = Path(configured) if configured else Path.home() / ".cache" / "matrix-invite-operator"
+    return base.expanduser() / "controlplane"
+
+
+def _complete(bin_dir: Path) -> bool:
+    return all(os.access(bin_dir / name, os.X_OK) for name in BINARY_NAMES)
+
+
+def _go_build(module: Path, out_dir: Path, ldflags: str) -> None:
+    go = shutil.which("go")
+    if go is None:
+        raise BuildError(
+            "the Go toolchain ('go') is not on PATH; it is needed to build the test control plane"
+        )
+    env = dict(os.environ)
+    env["CGO_ENABLED"] = "0"
+    # -buildvcs=false: the wrapper modules live inside this git repository, whose state is
+    # irrelevant to the binaries and may not even have a commit yet.
+    env["GOFLAGS"] = "-mod=mod -buildvcs=false"
+    # With a trailing slash, -o means a directory and Go names each binary after its package.
+    cmd = [go, "build", "-trimpath", "-ldflags", ldflags, "-o", f"{out_dir}{os.sep}", "./cmd/..."]
+    started = time.monotonic()
+    try:
+        result = subprocess.run(
+            cmd,
+            cwd=module,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=BUILD_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        output = (
+            exc.output
+            if isinstance(exc.output, str)
+            else (exc.output or b"").decode(errors="replace")
+        )
+        raise BuildError(
+            f"go build in {module} timed out after {BUILD_TIMEOUT_SECONDS}s\n{_tail(output)}"
+        ) from exc
+    if result.returncode != 0:
+        raise BuildError(
+            f"go build in {module} failed with exit code {result.returncode}: {' '.join(cmd)}\n"
+            f"{_tail(result.stdout)}"
+        )
+    print(
+        f"controlplane: built {module.name} in {time.monotonic() - started:.0f}s", file=sys.stderr
+    )
+
+
+def _tail(output: str) -> str:
+    return "\n".join(output.splitlines()[-OUTPUT_TAIL_LINES:])
+
+
+def ensure_binaries() -> Binaries:
+    """Return the cached binaries for the current pins, building them first if needed.
+
+    Safe to call from several processes at once: one builds, the others wait on the lock.
+    Raises :class:`BuildError` on any failure.
+    """
+    kube, etcd = kube_version(), etcd_version()
+    key_dir = cache_root() / cache_key()
+    bin_dir = key_dir / "bin"
+    binaries = Binaries(bin_dir=bin_dir, kube_version=kube, etcd_version=etcd)
+    if _complete(bin_dir):
+        return binaries
+
+    key_dir.mkdir(parents=True, exist_ok=True)
+    with open(key_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _complete(bin_dir):
+            return binaries
+        if bin_dir.exists():
+            # Only reachable if someone deleted a binary by hand: start over.
+            shutil.rmtree(bin_dir)
+        print(
+            f"controlplane: building Kubernetes {kube} and etcd {etcd} into {bin_dir} "
+            "(the first build downloads modules and takes many minutes)",
+            file=sys.stderr,
+        )
+        staging = Path(tempfile.mkdtemp(prefix="bin.tmp-", dir=key_dir))
+        try:
+            _go_build(ETCD_MODULE, staging, STRIP_LDFLAGS)
+            _go_build(KUBE_MODULE, staging, kube_ldflags(kube))
+            missing = [name for name in BINARY_NAMES if not (staging / name).is_file()]
+            if missing:
+                raise BuildError(f"go build produced no {', '.join(missing)} in {staging}")
+            # mkdtemp creates 0700; the binaries' directory should be like any other.
+            staging.chmod(0o755)
+            os.rename(staging, bin_dir)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    return binaries
+
+
+def main() -> int:
+    try:
+        binaries = ensure_binaries()
+    except BuildError as exc:
+        print(f"controlplane: BUILD FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(binaries.bin_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

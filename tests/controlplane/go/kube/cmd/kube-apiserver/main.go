@@ -1,0 +1,18 @@
+// Command kube-apiserver is the upstream kube-apiserver built from the pinned k8s.io/kubernetes module;
+// the blank imports mirror upstream's cmd/kube-apiserver so behaviour matches a release binary.
+package main
+
+import (
+	"os"
+	_ "time/tzdata" // CronJob time zones must validate without the host's zoneinfo
+
+	"k8s.io/component-base/cli"
+	_ "k8s.io/component-base/logs/json/register"
+	_ "k8s.io/component-base/metrics/prometheus/clientgo"
+	_ "k8s.io/component-base/metrics/prometheus/version"
+	"k8s.io/kubernetes/cmd/kube-apiserver/app"
+)
+
+func main() {
+	os.Exit(cli.Run(app.NewAPIServerCommand()))
+}
