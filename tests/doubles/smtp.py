@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -195,6 +195,8 @@ class ReceivedMessage:
     rcpt_tos: tuple[str, ...]
     message: EmailMessage
     raw: bytes
+    #: `time.monotonic()` when the server accepted the DATA (rate-limit tests count per window).
+    received_at: float = field(default_factory=time.monotonic)
 
     @property
     def subject(self) -> str:
