@@ -107,8 +107,9 @@ def main() -> int:
             print(f"(the token value lives only in Secret {status['secretName']} and the mail)")
 
             if args.keep:
+                kubeconfig = cp.kubeconfig_path
                 banner(
-                    f"Still running. Try: kubectl --kubeconfig {cp.kubeconfig_path} -n {NAMESPACE} get inv"
+                    f"Still running. Try: kubectl --kubeconfig {kubeconfig} -n {NAMESPACE} get inv"
                 )
                 print("Ctrl-C stops everything.", flush=True)
                 signal.sigwait({signal.SIGINT, signal.SIGTERM})
