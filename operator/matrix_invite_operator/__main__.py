@@ -70,24 +70,33 @@ def render_mail(args: argparse.Namespace) -> int:
     settings = _load_settings()
     token = SecretStr(args.token)
     expires = dt.datetime.now(dt.UTC) + settings.default_validity
-    context = MailContext(
-        email=args.email,
-        display_name=args.display_name,
-        token=token,
-        registration_url=expand_registration_url(
-            settings.registration_url, token=token, email=args.email
-        ),
-        expires_at=expires,
-        usage_limit=args.usage_limit,
-        inviter=settings.inviter_name or settings.server_name,
-        server_name=settings.server_name,
-        locale=args.locale or settings.default_locale,
-        timezone=settings.mail_timezone,
-    )
+    try:
+        context = MailContext(
+            email=args.email,
+            display_name=args.display_name,
+            token=token,
+            registration_url=expand_registration_url(
+                settings.registration_url, token=token, email=args.email
+            ),
+            expires_at=expires,
+            usage_limit=args.usage_limit,
+            inviter=settings.inviter_name or settings.server_name,
+            server_name=settings.server_name,
+            locale=args.locale or settings.default_locale,
+            timezone=settings.mail_timezone,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigurationError(f"cannot render the mail: {problems}") from None
     rendered = MailRenderer(settings.mail_template_dir).render(context)
+    try:
+        Path(args.html).write_text(rendered.html, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot write the HTML part to {args.html}: {exc.strerror}"
+        ) from None
     print(f"Subject: {rendered.subject}\n")
     print(rendered.text)
-    Path(args.html).write_text(rendered.html, encoding="utf-8")
     print(f"(HTML part written to {args.html})", file=sys.stderr)
     return 0
 

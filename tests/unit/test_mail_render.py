@@ -226,6 +226,17 @@ def test_script_display_name_is_escaped_in_html_and_plain_in_text(
     assert "Eve &lt;b&gt;&amp; co&lt;/b&gt;" in mail.html
 
 
+def test_script_display_name_is_escaped_in_the_german_html_too(renderer: MailRenderer) -> None:
+    evil = "<script>alert(1)</script>"
+    mail = render(renderer, locale="de", display_name=evil, inviter="Eve <b>& Co</b>")
+
+    assert f"Hallo {evil}," in mail.text
+    assert "<script>" not in mail.html
+    assert "<b>" not in mail.html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in mail.html
+    assert "Eve &lt;b&gt;&amp; Co&lt;/b&gt;" in mail.html
+
+
 @pytest.mark.parametrize("locale", ["en", "de"])
 def test_usage_limit_line_only_when_more_than_one(renderer: MailRenderer, locale: Locale) -> None:
     marker = "up to 5 registrations" if locale == "en" else "bis zu 5 Registrierungen"

@@ -1,0 +1,116 @@
+"""`matrix-invite-operator render-mail`, run as the admin would: a subprocess, settings from env."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TOKEN = "ExampleToken0123456789ab"  # the command's documented default
+
+
+def render_mail(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MATRIX_INVITE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "matrix_invite_operator", "render-mail", *args],
+        cwd=cwd,
+        env={**clean, **env},
+        capture_output=True,
+        encoding="utf-8",
+        timeout=60,
+        check=False,
+    )
+
+
+def test_german_preview_prints_the_text_part_and_writes_the_html_part(tmp_path: Path) -> None:
+    result = render_mail(
+        tmp_path, "--locale", "de", "--email", "jörg@example.org", "--display-name", "Jörg"
+    )
+
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("Subject: Einladung zum Matrix-Server example.org\n\n")
+    assert "Hallo Jörg," in out
+    assert "jörg@example.org" in out
+    assert TOKEN in out.splitlines()
+    assert TOKEN not in out.splitlines()[0]
+    assert "https://auth.example.org/register" in out
+    assert "Er ist NICHT das Registrierungs-Token." in out
+    assert " Uhr (UTC)." in out
+    assert "<" not in out  # the text part only
+
+    html_path = tmp_path / "invitation.html"
+    assert f"HTML part written to {html_path.name}" in result.stderr
+    html = html_path.read_text(encoding="utf-8")
+    assert html.lstrip().lower().startswith("<!doctype html")
+    assert 'lang="de"' in html
+    assert "Hallo Jörg," in html
+    assert f">{TOKEN}</code>" in html
+
+
+def test_settings_come_from_the_environment_and_smtp_is_never_touched(tmp_path: Path) -> None:
+    result = render_mail(
+        tmp_path,
+        "--email",
+        "ada@example.org",
+        "--display-name",
+        "<script>alert(1)</script>",
+        "--token",
+        "Tok3nFromTheCommandLine",
+        "--usage-limit",
+        "3",
+        "--html",
+        str(tmp_path / "ada.html"),
+        MATRIX_INVITE_REGISTRATION_URL="https://chat.example.net/invite?token={token}&to={email}",
+        MATRIX_INVITE_SERVER_NAME="example.net",
+        MATRIX_INVITE_INVITER_NAME="Grace Hopper",
+        MATRIX_INVITE_MAIL_TIMEZONE="Europe/Berlin",
+        MATRIX_INVITE_DEFAULT_VALIDITY="48h",
+        # A relay that does not exist and a password file that is missing: not needed here.
+        MATRIX_INVITE_SMTP_HOST="smtp.invalid",
+        MATRIX_INVITE_SMTP_USERNAME="nobody",
+        MATRIX_INVITE_SMTP_PASSWORD_FILE=str(tmp_path / "missing"),
+    )
+
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("Subject: Invitation to the Matrix server example.net\n")
+    assert "Hello <script>alert(1)</script>," in out  # plain text needs no escaping
+    assert "Grace Hopper has invited you" in out
+    assert (
+        "https://chat.example.net/invite?token=Tok3nFromTheCommandLine&to=ada%40example.org" in out
+    )
+    assert "(Europe/Berlin, UTC+" in out
+    assert "up to 3 registrations" in out
+
+    html = (tmp_path / "ada.html").read_text(encoding="utf-8")
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert (
+        'href="https://chat.example.net/invite?token=Tok3nFromTheCommandLine&amp;to=ada%40example.org"'
+        in html
+    )
+
+
+def test_bad_input_ends_with_one_sentence_not_a_traceback(tmp_path: Path) -> None:
+    bad_limit = render_mail(tmp_path, "--email", "ada@example.org", "--usage-limit", "0")
+    bad_url = render_mail(
+        tmp_path, "--email", "ada@example.org", MATRIX_INVITE_REGISTRATION_URL="https://x/{user}"
+    )
+
+    assert bad_limit.returncode == 2
+    assert bad_limit.stderr.startswith(
+        "matrix-invite-operator: cannot render the mail: usage_limit"
+    )
+    assert bad_url.returncode == 2
+    assert "only {token} and {email} are allowed" in bad_url.stderr
+    bad_path = render_mail(
+        tmp_path, "--email", "ada@example.org", "--html", str(tmp_path / "no" / "such.html")
+    )
+    assert bad_path.returncode == 2
+    assert "cannot write the HTML part to" in bad_path.stderr
+    for result in (bad_limit, bad_url, bad_path):
+        assert "Traceback" not in result.stderr
+        assert result.stdout == ""
+    assert not (tmp_path / "invitation.html").exists()
