@@ -24,8 +24,9 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Builds etcd, kube-apiserver, kube-controller-manager and kubectl from the Go module proxy into
-# ~/.cache/matrix-invite-operator (once per pinned version; the first build takes minutes).
+# Builds etcd, kube-apiserver, kube-controller-manager, kubectl and the kstatus checker
+# (tests/kstatus) from the Go module proxy into ~/.cache/matrix-invite-operator (once per pinned
+# version; the first build takes minutes).
 controlplane: install
 	$(BIN)/python -m tests.controlplane.build
 

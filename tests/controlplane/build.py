@@ -12,7 +12,12 @@ source file and of the link flags, so editing any of them triggers a rebuild and
 A build goes to a temporary directory that is renamed into place, under a file lock, so concurrent
 pytest workers (or a demo and a test run) never see half-written binaries or build twice.
 
-Run ``python -m tests.controlplane.build`` to build (if needed) and print the bin directory.
+The kstatus checker (``tests/kstatus/``, the real ``sigs.k8s.io/cli-utils`` kstatus library for
+the status tests) is cached the same way, under ``kstatus-<cli-utils version>_<hash>/bin/``, with a
+key of its own so that neither pin rebuilds the other.
+
+Run ``python -m tests.controlplane.build`` to build both (if needed) and print the control plane's
+bin directory and then the kstatus binary.
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ from pathlib import Path
 GO_DIR = Path(__file__).resolve().parent / "go"
 KUBE_MODULE = GO_DIR / "kube"
 ETCD_MODULE = GO_DIR / "etcd"
+KSTATUS_MODULE = GO_DIR.parents[1] / "kstatus"
 
 BINARY_NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+KSTATUS_NAME = "kstatus"
 
 # A cold build compiles ~2000 packages on 2 cores; only a hung toolchain should ever hit this.
 BUILD_TIMEOUT_SECONDS = 3600
@@ -89,6 +96,11 @@ def etcd_version() -> str:
     return _required_version(ETCD_MODULE / "go.mod", "go.etcd.io/etcd/server/v3")
 
 
+def kstatus_version() -> str:
+    """The pinned ``sigs.k8s.io/cli-utils`` version of the kstatus checker, e.g. ``v0.37.2``."""
+    return _required_version(KSTATUS_MODULE / "go.mod", "sigs.k8s.io/cli-utils")
+
+
 def kube_ldflags(version: str) -> str:
     """Link flags that stamp the real version; without them the server reports v0.0.0."""
     match = re.fullmatch(r"v(\d+)\.(\d+)\.\d+.*", version)
@@ -107,10 +119,10 @@ def kube_ldflags(version: str) -> str:
     return " ".join(flags)
 
 
-def _source_files() -> list[Path]:
+def _source_files(root: Path = GO_DIR) -> list[Path]:
     files = [
         p
-        for p in GO_DIR.rglob("*")
+        for p in root.rglob("*")
         if p.is_file() and (p.suffix == ".go" or p.name in {"go.mod", "go.sum"})
     ]
     return sorted(files)
@@ -127,6 +139,16 @@ def cache_key() -> str:
     return f"kube-{kube}_etcd-{etcd}_{digest.hexdigest()[:16]}"
 
 
+def kstatus_cache_key() -> str:
+    """Directory name for the kstatus checker: its cli-utils pin plus a hash of its module."""
+    digest = hashlib.sha256()
+    digest.update(f"{STRIP_LDFLAGS}\0".encode())
+    for path in _source_files(KSTATUS_MODULE):
+        digest.update(path.relative_to(KSTATUS_MODULE).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return f"kstatus-{kstatus_version()}_{digest.hexdigest()[:16]}"
+
+
 def cache_root() -> Path:
     """``$MATRIX_INVITE_CACHE`` or ``~/.cache/matrix-invite-operator``."""
     configured = os.environ.get("MATRIX_INVITE_CACHE")
@@ -138,7 +160,7 @@ def _complete(bin_dir: Path) -> bool:
     return all(os.access(bin_dir / name, os.X_OK) for name in BINARY_NAMES)
 
 
-def _go_build(module: Path, out_dir: Path, ldflags: str) -> None:
+def _go_build(module: Path, out_dir: Path, ldflags: str, packages: str = "./cmd/...") -> None:
     go = shutil.which("go")
     if go is None:
         raise BuildError(
@@ -150,7 +172,7 @@ def _go_build(module: Path, out_dir: Path, ldflags: str) -> None:
     # irrelevant to the binaries and may not even have a commit yet.
     env["GOFLAGS"] = "-mod=mod -buildvcs=false"
     # With a trailing slash, -o means a directory and Go names each binary after its package.
-    cmd = [go, "build", "-trimpath", "-ldflags", ldflags, "-o", f"{out_dir}{os.sep}", "./cmd/..."]
+    cmd = [go, "build", "-trimpath", "-ldflags", ldflags, "-o", f"{out_dir}{os.sep}", packages]
     started = time.monotonic()
     try:
         result = subprocess.run(
@@ -228,13 +250,53 @@ def ensure_binaries() -> Binaries:
     return binaries
 
 
+def ensure_kstatus() -> Path:
+    """Return the cached kstatus checker for the current pin, building it first if needed.
+
+    Same guarantees as :func:`ensure_binaries`: one builder under a file lock, an atomic rename
+    into place, :class:`BuildError` on any failure.
+    """
+    key_dir = cache_root() / kstatus_cache_key()
+    bin_dir = key_dir / "bin"
+    binary = bin_dir / KSTATUS_NAME
+    if os.access(binary, os.X_OK):
+        return binary
+
+    key_dir.mkdir(parents=True, exist_ok=True)
+    with open(key_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.access(binary, os.X_OK):
+            return binary
+        if bin_dir.exists():
+            shutil.rmtree(bin_dir)
+        print(
+            f"controlplane: building the kstatus checker (cli-utils {kstatus_version()}) "
+            f"into {bin_dir}",
+            file=sys.stderr,
+        )
+        staging = Path(tempfile.mkdtemp(prefix="bin.tmp-", dir=key_dir))
+        try:
+            # The main package is the module root, so the binary is named after the module path.
+            _go_build(KSTATUS_MODULE, staging, STRIP_LDFLAGS, packages=".")
+            if not (staging / KSTATUS_NAME).is_file():
+                raise BuildError(f"go build produced no {KSTATUS_NAME} in {staging}")
+            staging.chmod(0o755)
+            os.rename(staging, bin_dir)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    return binary
+
+
 def main() -> int:
     try:
         binaries = ensure_binaries()
+        kstatus = ensure_kstatus()
     except BuildError as exc:
         print(f"controlplane: BUILD FAILED: {exc}", file=sys.stderr)
         return 1
     print(binaries.bin_dir)
+    print(kstatus)
     return 0
 
 
