@@ -16,8 +16,12 @@ The kstatus checker (``tests/kstatus/``, the real ``sigs.k8s.io/cli-utils`` ksta
 the status tests) is cached the same way, under ``kstatus-<cli-utils version>_<hash>/bin/``, with a
 key of its own so that neither pin rebuilds the other.
 
-Run ``python -m tests.controlplane.build`` to build both (if needed) and print the control plane's
-bin directory and then the kstatus binary.
+helm (``go/helm/``, for the chart tests in ``tests/deploy``) is cached the same way, under
+``helm-<helm version>_<hash>/bin/``; the control plane's key covers only ``go/etcd`` and
+``go/kube``.
+
+Run ``python -m tests.controlplane.build`` to build all three (if needed) and print the control
+plane's bin directory, then the kstatus binary, then helm.
 """
 
 from __future__ import annotations
@@ -38,9 +42,12 @@ GO_DIR = Path(__file__).resolve().parent / "go"
 KUBE_MODULE = GO_DIR / "kube"
 ETCD_MODULE = GO_DIR / "etcd"
 KSTATUS_MODULE = GO_DIR.parents[1] / "kstatus"
+HELM_MODULE = GO_DIR / "helm"
 
 BINARY_NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
 KSTATUS_NAME = "kstatus"
+HELM_NAME = "helm"
+HELM_PACKAGE = "helm.sh/helm/v3/cmd/helm"
 
 # A cold build compiles ~2000 packages on 2 cores; only a hung toolchain should ever hit this.
 BUILD_TIMEOUT_SECONDS = 3600
@@ -133,7 +140,7 @@ def cache_key() -> str:
     kube, etcd = kube_version(), etcd_version()
     digest = hashlib.sha256()
     digest.update(f"{STRIP_LDFLAGS}\0{kube_ldflags(kube)}\0".encode())
-    for path in _source_files():
+    for path in [*_source_files(ETCD_MODULE), *_source_files(KUBE_MODULE)]:
         digest.update(path.relative_to(GO_DIR).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return f"kube-{kube}_etcd-{etcd}_{digest.hexdigest()[:16]}"
@@ -288,15 +295,71 @@ def ensure_kstatus() -> Path:
     return binary
 
 
+def helm_version() -> str:
+    """The pinned ``helm.sh/helm/v3`` version, e.g. ``v3.22.0``."""
+    return _required_version(HELM_MODULE / "go.mod", "helm.sh/helm/v3")
+
+
+def helm_ldflags() -> str:
+    # Without it `helm version` reports only the minor version compiled into the module.
+    return f"{STRIP_LDFLAGS} -X helm.sh/helm/v3/internal/version.version={helm_version()}"
+
+
+def helm_cache_key() -> str:
+    """Directory name for helm: its pin plus a hash of its wrapper module and link flags."""
+    digest = hashlib.sha256()
+    digest.update(f"{helm_ldflags()}\0".encode())
+    for path in _source_files(HELM_MODULE):
+        digest.update(path.relative_to(HELM_MODULE).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return f"helm-{helm_version()}_{digest.hexdigest()[:16]}"
+
+
+def ensure_helm() -> Path:
+    """Return the cached helm for the current pin, building it first if needed.
+
+    Same guarantees as :func:`ensure_binaries`: one builder under a file lock, an atomic rename
+    into place, :class:`BuildError` on any failure.
+    """
+    key_dir = cache_root() / helm_cache_key()
+    bin_dir = key_dir / "bin"
+    binary = bin_dir / HELM_NAME
+    if os.access(binary, os.X_OK):
+        return binary
+
+    key_dir.mkdir(parents=True, exist_ok=True)
+    with open(key_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.access(binary, os.X_OK):
+            return binary
+        if bin_dir.exists():
+            shutil.rmtree(bin_dir)
+        print(f"controlplane: building helm {helm_version()} into {bin_dir}", file=sys.stderr)
+        staging = Path(tempfile.mkdtemp(prefix="bin.tmp-", dir=key_dir))
+        try:
+            # helm's command is a main package of the required module (a `tool` in go.mod).
+            _go_build(HELM_MODULE, staging, helm_ldflags(), packages=HELM_PACKAGE)
+            if not (staging / HELM_NAME).is_file():
+                raise BuildError(f"go build produced no {HELM_NAME} in {staging}")
+            staging.chmod(0o755)
+            os.rename(staging, bin_dir)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    return binary
+
+
 def main() -> int:
     try:
         binaries = ensure_binaries()
         kstatus = ensure_kstatus()
+        helm = ensure_helm()
     except BuildError as exc:
         print(f"controlplane: BUILD FAILED: {exc}", file=sys.stderr)
         return 1
     print(binaries.bin_dir)
     print(kstatus)
+    print(helm)
     return 0
 
 
