@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 
 from .errors import MailThrottled, PermanentError, TransientError
+from .metrics import OperatorMetrics
 from .models import GROUP, PLURAL, RESEND_ANNOTATION, VERSION, Phase
 from .reconcile import Dependencies, Invitation, finalize, reconcile
 from .runtime import build_dependencies, close_dependencies
@@ -70,11 +71,25 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # Kopf turns handler log lines of this level and above into Events; INFO would flood them.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    # Namespaces are given literally and the CRD ships with the operator: no need to list
+    # namespaces or watch CRDs, which would need cluster-wide rights (least privilege, see the
+    # chart's RBAC). The CRD must exist when the operator starts.
+    settings.scanning.disabled = True
     config: Settings = memo.get("config") or Settings()
     memo.config = config
-    memo.deps = await build_dependencies(config)
+    metrics: OperatorMetrics = memo.get("metrics") or OperatorMetrics()
+    memo.metrics = metrics
+    memo.deps = await build_dependencies(config, metrics=metrics)
     memo.registry = memo.get("registry") or {}
     memo.sync = StatusSync(memo.deps, memo.registry)
+    metrics.observe_state(lambda: memo.registry, lambda: memo.sync.last_success)
+    if config.metrics_port:
+        try:
+            memo.metrics_server = metrics.serve(config.bind_address, config.metrics_port)
+        except OSError as exc:
+            raise kopf.PermanentError(
+                f"cannot serve metrics on {config.bind_address}:{config.metrics_port}: {exc}"
+            ) from exc
     memo.sync_task = asyncio.create_task(memo.sync.run_forever(), name="status-sync")
 
 
@@ -86,6 +101,10 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         await asyncio.gather(task, return_exceptions=True)
     if memo.get("deps") is not None:
         await close_dependencies(memo.deps)
+    server = memo.get("metrics_server")
+    if server is not None:
+        server.shutdown()
+        server.server_close()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -114,15 +133,26 @@ def _retry_delay(config: Settings, retry: int, error: TransientError) -> float:
     )
 
 
+def _count_error(memo: kopf.Memo, error: BaseException) -> None:
+    metrics: OperatorMetrics | None = memo.get("metrics")
+    if metrics is not None and not isinstance(error, MailThrottled):  # waiting is no error
+        metrics.record_reconcile_error(error)
+
+
 async def _run(body: kopf.Body, memo: kopf.Memo, retry: int) -> None:
     deps: Dependencies = memo.deps
     config: Settings = memo.config
     try:
         await reconcile(deps, Invitation.from_body(dict(body)))
     except PermanentError as exc:
+        _count_error(memo, exc)
         raise kopf.PermanentError(str(exc)) from exc
     except TransientError as exc:
+        _count_error(memo, exc)
         raise kopf.TemporaryError(str(exc), delay=_retry_delay(config, retry, exc)) from exc
+    except Exception as exc:
+        _count_error(memo, exc)
+        raise
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
@@ -150,8 +180,10 @@ async def invitation_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: 
     try:
         await finalize(deps, Invitation.from_body(dict(body)))
     except TransientError as exc:
+        _count_error(memo, exc)
         raise kopf.TemporaryError(str(exc), delay=_retry_delay(memo.config, retry, exc)) from exc
     except PermanentError as exc:
+        _count_error(memo, exc)
         # Letting the object go would leave a working token behind; keep the finalizer, retry
         # slowly, and tell the admin how to get out if they accept that.
         raise kopf.TemporaryError(

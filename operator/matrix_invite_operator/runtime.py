@@ -12,14 +12,15 @@ from dataclasses import dataclass
 
 import httpx
 
-from .backends.mas import MasAdminClient, MasTokenBackend
+from .backends.mas import MasAdminClient, MasTokenBackend, RequestObserver
 from .backends.oauth import ClientCredentialsAuth
 from .kube import KubeApi, KubeConnection, KubeEvents, kube_http_client
 from .mail.invitation import SmtpInvitationMailer
 from .mail.render import MailRenderer, validate_registration_url_template
 from .mail.send import Mailer
 from .mail.throttle import MailThrottle
-from .reconcile import Dependencies
+from .metrics import OperatorMetrics
+from .reconcile import Dependencies, InvitationMailer
 from .settings import Settings
 
 
@@ -44,7 +45,9 @@ def mas_http_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
-def build_mas_backend(settings: Settings, http: httpx.AsyncClient) -> MasTokenBackend:
+def build_mas_backend(
+    settings: Settings, http: httpx.AsyncClient, *, on_request: RequestObserver | None = None
+) -> MasTokenBackend:
     settings.require_backend()
     if settings.mas_url is None or settings.mas_client_id is None:  # require_backend said so
         raise AssertionError("unreachable")
@@ -55,7 +58,9 @@ def build_mas_backend(settings: Settings, http: httpx.AsyncClient) -> MasTokenBa
         issuer=str(settings.mas_url),
         client_auth_method=settings.mas_client_auth_method,
     )
-    return MasTokenBackend(MasAdminClient(http, str(settings.mas_url), auth=auth))
+    return MasTokenBackend(
+        MasAdminClient(http, str(settings.mas_url), auth=auth, on_request=on_request)
+    )
 
 
 def build_mailer(settings: Settings) -> SmtpInvitationMailer:
@@ -80,11 +85,18 @@ def build_mailer(settings: Settings) -> SmtpInvitationMailer:
 
 
 async def build_dependencies(
-    settings: Settings, *, kube: KubeConnection | None = None
+    settings: Settings,
+    *,
+    kube: KubeConnection | None = None,
+    metrics: OperatorMetrics | None = None,
 ) -> Dependencies:
-    mailer = build_mailer(settings)
+    mailer: InvitationMailer = build_mailer(settings)
+    if metrics is not None:
+        mailer = metrics.counting_mailer(mailer)
     mas_http = mas_http_client(settings)
-    backend = build_mas_backend(settings, mas_http)
+    backend = build_mas_backend(
+        settings, mas_http, on_request=metrics.record_mas_request if metrics else None
+    )
     kube_http = kube_http_client(kube or KubeConnection.discover())
     kube_api = KubeApi(kube_http)
     deps = Dependencies(

@@ -182,6 +182,7 @@ class StatusSync:
         self.tokens: dict[str, TokenState] = {}
         self.last_report: SyncReport | None = None
         self.passes = 0
+        self.last_success: float | None = None  # Unix time of the last pass that listed MAS
         self._outage_logged = False
         self._wake = asyncio.Event()
 
@@ -214,6 +215,8 @@ class StatusSync:
         )
         self.passes += 1
         self.last_report = report
+        if list_backend:
+            self.last_success = time.time()
         return report
 
     def wake(self) -> None:
