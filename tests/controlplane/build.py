@@ -301,8 +301,16 @@ def helm_version() -> str:
 
 
 def helm_ldflags() -> str:
-    # Without it `helm version` reports only the minor version compiled into the module.
-    return f"{STRIP_LDFLAGS} -X helm.sh/helm/v3/internal/version.version={helm_version()}"
+    """Link flags as helm's Makefile sets them: its version, and the Kubernetes version that
+    `helm template` and `helm lint` assume (1.<client-go minor>); without them v1.20.0."""
+    client_go = _required_version(HELM_MODULE / "go.mod", "k8s.io/client-go")
+    match = re.fullmatch(r"v0\.(\d+)\.\d+.*", client_go)
+    if match is None:
+        raise BuildError(f"unexpected k8s.io/client-go version {client_go!r} in helm's go.mod")
+    flags = [STRIP_LDFLAGS, f"-X helm.sh/helm/v3/internal/version.version={helm_version()}"]
+    for package in ("helm.sh/helm/v3/pkg/chartutil", "helm.sh/helm/v3/pkg/lint/rules"):
+        flags += [f"-X {package}.k8sVersionMajor=1", f"-X {package}.k8sVersionMinor={match[1]}"]
+    return " ".join(flags)
 
 
 def helm_cache_key() -> str:
