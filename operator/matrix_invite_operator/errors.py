@@ -22,11 +22,20 @@ class TransientError(OperatorError):
 
 
 class PermanentError(OperatorError):
-    """Cannot succeed until someone changes the Invitation or the operator's configuration."""
+    """Cannot succeed until someone changes the Invitation or the operator's configuration.
+
+    `needs_spec_change` says which: an Invitation error waits for its next edit; an error in
+    the operator's environment (credentials, CA bundle, RBAC) is still retried slowly, so the
+    Invitation heals by itself once the admin fixes the environment.
+    """
+
+    needs_spec_change = True
 
 
 class ConfigurationError(PermanentError):
     """The operator's own settings are missing or contradictory."""
+
+    needs_spec_change = False
 
 
 class InvalidSpecError(PermanentError):
@@ -46,6 +55,14 @@ class BackendUnavailable(BackendError, TransientError):
 
 class BackendAuthError(BackendError, PermanentError):
     """The backend refused our credentials (401 after renewal, 403 invalid_scope, bad client)."""
+
+    needs_spec_change = False
+
+
+class BackendTlsError(BackendError, PermanentError):
+    """The backend's TLS certificate is not trusted: a CA bundle is missing or wrong."""
+
+    needs_spec_change = False
 
 
 class BackendRejected(BackendError, PermanentError):
@@ -75,6 +92,12 @@ class MailRejectedError(MailError, PermanentError):
     """An SMTP 5xx reply (e.g. unknown recipient) or refused login: needs a human."""
 
 
+class MailSetupError(MailRejectedError):
+    """The relay refused our login or TLS: the operator's mail settings need fixing."""
+
+    needs_spec_change = False
+
+
 class MailThrottled(MailError, TransientError):
     """The operator's own send-rate limit has no free slot yet; `retry_after` says when to come
     back (spread over the waiting Invitations, so they do not all return at once)."""
@@ -93,6 +116,8 @@ class KubeUnavailable(KubeError, TransientError):
 
 class KubeForbidden(KubeError, PermanentError):
     """RBAC does not allow what the operator tried: the install lacks a rule."""
+
+    needs_spec_change = False
 
 
 class KubeNotFound(KubeError):

@@ -68,8 +68,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = FINALIZER
-    # Kopf turns handler log lines of this level and above into Events; INFO would flood them.
-    settings.posting.level = logging.WARNING
+    # Our own Events tell the story (reconcile.py); Kopf's would add one per retry.
+    settings.posting.enabled = False
     settings.watching.server_timeout = 300
     # Namespaces are given literally and the CRD ships with the operator: no need to list
     # namespaces or watch CRDs, which would need cluster-wide rights (least privilege, see the
@@ -146,6 +146,9 @@ async def _run(body: kopf.Body, memo: kopf.Memo, retry: int) -> None:
         await reconcile(deps, Invitation.from_body(dict(body)))
     except PermanentError as exc:
         _count_error(memo, exc)
+        if not exc.needs_spec_change:
+            # Stalled in status, yet retried slowly: fixing the environment heals it.
+            raise kopf.TemporaryError(str(exc), delay=config.retry_max_seconds) from exc
         raise kopf.PermanentError(str(exc)) from exc
     except TransientError as exc:
         _count_error(memo, exc)

@@ -252,6 +252,8 @@ async def _finish(
 ) -> InvitationStatus:
     now = deps.clock()
     before = writer.status.phase
+    previous_ready = writer.status.condition("Ready")
+    previous_reason = previous_ready.reason if previous_ready is not None else None
     status = compute_status(
         writer.status,
         spec=invitation.spec,
@@ -268,6 +270,9 @@ async def _finish(
     except KubeNotFound:
         return status  # deleted while we worked: nothing left to report on
     await announce_phase_change(deps.events, invitation, before, status)
+    if reconciling is not None and previous_reason != reconciling.reason:
+        # Once per cause, not once per retry: the condition carries the details meanwhile.
+        await deps.events.warning(invitation, reconciling.reason, reconciling.message)
     return status
 
 
@@ -435,11 +440,9 @@ async def _mail_if_due(
 
 async def finalize(deps: Dependencies, invitation: Invitation) -> None:
     """Deletion: revoke the token (unknown or already revoked counts as done)."""
-    token_id = invitation.status.token_id
-    if token_id is None:
-        return
     async with deps.lock_for(invitation):
-        state = await deps.backend.revoke(token_id)
+        token_id = invitation.status.token_id or await _unrecorded_token_id(deps, invitation)
+        state = await deps.backend.revoke(token_id) if token_id is not None else None
         if state is not None:
             await deps.events.normal(
                 invitation,
@@ -447,3 +450,19 @@ async def finalize(deps: Dependencies, invitation: Invitation) -> None:
                 f"Token {token_id} revoked: the Invitation is being deleted",
             )
     deps.locks.pop(invitation.uid, None)
+
+
+async def _unrecorded_token_id(deps: Dependencies, invitation: Invitation) -> str | None:
+    """A token issued just before a crash, its id never recorded: find it by the Secret's value.
+
+    Without this, deleting such an Invitation would leave a working token behind in MAS.
+    """
+    name = invitation.status.secret_name or secret_name_for(invitation.name)
+    token = await deps.kube.read_token_secret(invitation.namespace, name, invitation.uid)
+    if token is None:
+        return None
+    wanted = token.get_secret_value()
+    async for state in deps.backend.list_all():
+        if secrets.compare_digest(state.token.get_secret_value(), wanted):
+            return state.id
+    return None

@@ -27,6 +27,7 @@ import os
 import re
 import secrets
 import signal
+import ssl
 import string
 import sys
 import threading
@@ -69,6 +70,7 @@ _TEMPLATE_PATTERNS = [
 
 ClientAuthMethod = Literal["client_secret_basic", "client_secret_post"]
 FaultTarget = Literal["admin", "token", "discovery", "any"]
+WriteMoment = Literal["before", "after"]
 RouteKind = Literal["admin", "token", "discovery", "control", "other"]
 
 JsonObject = dict[str, Any]
@@ -414,8 +416,10 @@ class MasDouble:
         public_base: str | None = None,
         spec: AdminApiSpec | None = None,
         version: str = MAS_VERSION,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        self.tls = tls
         self.port = port
         self.access_token_lifetime = access_token_lifetime
         self.public_base = public_base
@@ -440,6 +444,7 @@ class MasDouble:
         self._delays: dict[FaultTarget, float] = {}
         self._drops = 0
         self._manglers: list[Callable[[Any], Any]] = []
+        self._write_hooks: list[tuple[WriteMoment, Callable[[], None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -511,7 +516,7 @@ class MasDouble:
             app, access_log=None, handle_signals=False, shutdown_timeout=1.0
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.tls)
         await site.start()
         address = self._runner.addresses[0]
         self.port = int(address[1])
@@ -527,7 +532,8 @@ class MasDouble:
         if self._thread is None:
             raise RuntimeError("MasDouble is not running")
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def issuer(self) -> str:
@@ -672,8 +678,30 @@ class MasDouble:
         with self._lock:
             self._manglers.append(mangle)
 
+    def on_next_write(self, action: Callable[[], None], *, when: WriteMoment) -> None:
+        """Run `action` once, at the next Admin API write (POST/PUT).
+
+        "before": the write never takes effect (as if the sender died before it arrived);
+        "after": it took effect and the answer never leaves. Crash tests kill the operator
+        here to hit the exact step boundary."""
+        with self._lock:
+            self._write_hooks.append((when, action))
+
+    def _run_write_hook(self, kind: RouteKind, method: str, moment: WriteMoment) -> bool:
+        """Whether a hook ran (the write is then cut off)."""
+        if kind != "admin" or method not in ("POST", "PUT"):
+            return False
+        with self._lock:
+            index = next((i for i, (w, _) in enumerate(self._write_hooks) if w == moment), None)
+            action = self._write_hooks.pop(index)[1] if index is not None else None
+        if action is None:
+            return False
+        action()
+        return True
+
     def clear_faults(self) -> None:
         with self._lock:
+            self._write_hooks.clear()
             self._faults.clear()
             self._delays.clear()
             self._drops = 0
@@ -794,7 +822,16 @@ class MasDouble:
             if fault is not None and not fault.commit:
                 response = self._fault_response(fault, kind)
             else:
-                response = await self._run(handler, request)
+                cut = self._run_write_hook(kind, request.method, "before")
+                if not cut:
+                    response = await self._run(handler, request)
+                if cut or (
+                    200 <= response.status < 300
+                    and self._run_write_hook(kind, request.method, "after")
+                ):
+                    if request.transport is not None:
+                        request.transport.close()
+                    raise asyncio.CancelledError
                 if fault is not None:
                     response = self._fault_response(fault, kind)
                 elif self._should_drop(kind, request.method, response.status):

@@ -356,6 +356,7 @@ class SmtpDouble:
             (mode == "starttls") if auth_require_tls is None else auth_require_tls
         )
         self._on_message = on_message
+        self._next_message_action: Callable[[], None] | None = None
         self._own_dir: Path | None = None
         self._cert_dir = cert_dir
         self._certs: Certificates | None = None
@@ -643,6 +644,16 @@ class SmtpDouble:
             self._lock.notify_all()
         if self._on_message is not None:
             self._on_message(received)
+        with self._lock:
+            action, self._next_message_action = self._next_message_action, None
+        if action is not None:
+            action()
+
+    def on_next_message(self, action: Callable[[], None]) -> None:
+        """Run `action` once, when the next message is stored and before the client hears 250:
+        the relay has the mail, the sender does not know it yet (the duplicate-mail window)."""
+        with self._lock:
+            self._next_message_action = action
 
 
 # --- standalone -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import datetime as dt
 import enum
 import json
 import secrets
+import ssl
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -29,6 +30,7 @@ from matrix_invite_operator.backends.oauth import retry_after_seconds
 from matrix_invite_operator.errors import (
     BackendAuthError,
     BackendRejected,
+    BackendTlsError,
     BackendUnavailable,
     OperatorError,
     TokenConflict,
@@ -368,6 +370,12 @@ class MasAdminClient:
                 ) from exc
             except httpx.RequestError as exc:
                 outcome = RequestOutcome.CONNECTION_ERROR
+                untrusted = _certificate_error(exc)
+                if untrusted is not None:
+                    raise BackendTlsError(
+                        f"MAS at {_origin(exc)} presented a TLS certificate we do not trust "
+                        f"({untrusted}); if MAS uses a private CA, set MATRIX_INVITE_MAS_CA_BUNDLE"
+                    ) from exc
                 raise MasUnavailable(
                     f"No answer from MAS at {_origin(exc)} to {call.method} {call.endpoint} "
                     f"({type(exc).__name__})",
@@ -442,6 +450,16 @@ _OUTCOME_BY_STATUS = {
     403: RequestOutcome.UNAUTHORIZED,
     429: RequestOutcome.RATE_LIMITED,
 }
+
+
+def _certificate_error(exc: BaseException) -> str | None:
+    """The verification failure inside a connection error, if that is what it was."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return str(seen.verify_message or seen.reason or "verification failed")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def rfc3339(when: dt.datetime) -> str:
@@ -522,6 +540,8 @@ def _origin(exc: httpx.RequestError) -> str:
 
 class MasTokenBackend:
     """`TokenBackend` over MAS: every method is safe to repeat."""
+
+    name = "MAS"
 
     def __init__(self, client: MasAdminClient, *, page_size: int = 100) -> None:
         self._client = client

@@ -33,6 +33,7 @@ from ..errors import (
     InvalidSpecError,
     MailError,
     MailRejectedError,
+    MailSetupError,
     MailTemporaryError,
 )
 from .render import RenderedMail
@@ -289,7 +290,7 @@ class Mailer:
                 if not client.supports_extension("starttls"):
                     # Not a hiccup: the relay is configured without TLS on this port, and
                     # waiting will not change that. Falling back to plain text is not an option.
-                    raise MailRejectedError(
+                    raise MailSetupError(
                         f"{where} does not offer STARTTLS; configure TLS on the relay, use the "
                         "implicit TLS port, or set the SMTP TLS mode to none for a local relay"
                     )
@@ -299,7 +300,7 @@ class Mailer:
                 stage = "login"
                 await client.ehlo()
                 if not client.supports_extension("auth"):
-                    raise MailRejectedError(
+                    raise MailSetupError(
                         f"{where} does not offer SMTP AUTH on this connection, but a username "
                         "is configured"
                     )
@@ -359,7 +360,7 @@ class Mailer:
             # (private CA not configured, wrong host name, expired certificate); retrying would
             # only hide the misconfiguration behind backoff.
             reason = cert_error.verify_message or cert_error.reason or "verification failed"
-            return MailRejectedError(
+            return MailSetupError(
                 f"{where}: TLS certificate is not trusted ({reason}); if the relay uses a private "
                 "CA, set the SMTP CA bundle (ca_bundle / MATRIX_INVITE_SMTP_CA_BUNDLE)"
             )
@@ -375,7 +376,7 @@ class Mailer:
                 return MailTemporaryError(
                     f"{where}: SMTP login for user {self.username!r} temporarily refused: {reply}"
                 )
-            return MailRejectedError(
+            return MailSetupError(
                 f"SMTP login refused for user {self.username!r} ({where}): {reply}"
             )
         if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
