@@ -79,10 +79,16 @@ def operator_env(
 
 @pytest.fixture
 def start_operator(
-    operator_env: dict[str, str], tmp_path: Path
+    operator_env: dict[str, str],
+    tmp_path: Path,
+    control_plane: ControlPlane,
+    namespace: str,
+    mas: MasDouble,
 ) -> Iterator[Callable[..., OperatorProcess]]:
     """Start the operator (again); every process started here is stopped at teardown."""
     started: list[OperatorProcess] = []
+    invitations_of_test = InvitationsApi(control_plane, namespace)
+    mas_of_test = mas
 
     def start(**overrides: str) -> OperatorProcess:
         process = OperatorProcess(
@@ -94,6 +100,45 @@ def start_operator(
     yield start
     for process in started:
         process.stop()
+    assert_no_secret_leaks(started, invitations_of_test, mas_of_test)
+
+
+def assert_no_secret_leaks(
+    processes: list[OperatorProcess], invitations: InvitationsApi, mas: MasDouble
+) -> None:
+    """No token value, client secret or SMTP password in logs, Events or Invitations.
+
+    Runs after every integration test that started an operator, so the whole suite's logs,
+    Events, Invitations (annotations included) and exception texts are searched.
+    """
+    secrets_known = {t["token"] for t in mas.tokens()} | {MAS_CLIENT_SECRET, SMTP_PASSWORD}
+    haystacks = {f"operator log {p.log_path.name}": p.logs() for p in processes}
+    haystacks["events"] = invitations.kubectl("get", "events", "-o", "yaml")
+    haystacks["invitations"] = invitations.kubectl("get", "invitations", "-o", "yaml")
+    LEAK_LEDGER.searched += len(haystacks)
+    LEAK_LEDGER.secrets += len(secrets_known)
+    leaks = [where for where, text in haystacks.items() for value in secrets_known if value in text]
+    LEAK_LEDGER.leaks += len(leaks)
+    assert leaks == [], f"secret values leaked into: {sorted(set(leaks))}"
+
+
+class _LeakLedger:
+    """Totals over the session, printed in the terminal summary."""
+
+    searched = 0
+    secrets = 0
+    leaks = 0
+
+
+LEAK_LEDGER = _LeakLedger()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if LEAK_LEDGER.searched:
+        terminalreporter.write_line(
+            f"secret hygiene: searched {LEAK_LEDGER.searched} logs/Event/Invitation dumps for "
+            f"{LEAK_LEDGER.secrets} secret values, {LEAK_LEDGER.leaks} leaks"
+        )
 
 
 @pytest.fixture

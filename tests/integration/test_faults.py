@@ -1,0 +1,395 @@
+"""Faults, restarts and crashes: after each scenario the invariants of `invariants.py` hold.
+
+MAS and SMTP faults come from the doubles' knobs; crashes are SIGKILLs timed by the doubles at
+the exact step boundary (a write reaching MAS, a mail reaching the relay); the API server and
+etcd are restarted for real. A long sync interval keeps MAS faults aimed at the reconcile steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.controlplane.cluster import ControlPlane
+from tests.doubles.mas import TOKENS_PATH, MasDouble
+from tests.doubles.smtp import SmtpDouble
+from tests.integration.conftest import MAS_CLIENT_ID, MAS_CLIENT_SECRET
+from tests.integration.harness import Body, InvitationsApi, condition
+from tests.integration.invariants import InvariantReport, check_invariants
+from tests.operator_process import OperatorProcess, free_port
+
+pytestmark = pytest.mark.integration
+
+QUIET_SYNC = {"MATRIX_INVITE_SYNC_INTERVAL_SECONDS": "300"}
+SCENARIOS: list[tuple[str, InvariantReport]] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def scenario_table() -> Iterator[None]:
+    yield
+    if SCENARIOS:
+        rows = [
+            f"{name:<44} {r.invitations:>3} {r.checks:>6} {len(r.violations):>10} "
+            f"{r.duplicate_mails:>10}"
+            for name, r in SCENARIOS
+        ]
+        header = f"{'scenario':<44} {'inv':>3} {'checks':>6} {'violations':>10} {'dup. mails':>10}"
+        print("\n" + "\n".join([header, *rows]))
+
+
+def settle(
+    name: str,
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    *,
+    duplicate_mail_allowed: bool = False,
+) -> InvariantReport:
+    report = check_invariants(invitations, mas, smtp, duplicate_mail_allowed=duplicate_mail_allowed)
+    SCENARIOS.append((name, report))
+    assert report.violations == []
+    return report
+
+
+def ready_reason(body: Body) -> str | None:
+    ready = condition(body, "Ready")
+    return ready["reason"] if ready else None
+
+
+def wait_reason(invitations: InvitationsApi, name: str, reason: str, timeout: float = 20) -> Body:
+    return invitations.wait_for(
+        name, lambda b: ready_reason(b) == reason, timeout=timeout, what=f"reason {reason}"
+    )
+
+
+def writes(mas: MasDouble, status: int | None = None) -> int:
+    return mas.request_count("POST", TOKENS_PATH, status)
+
+
+# --- MAS ---------------------------------------------------------------------------------------
+
+
+def test_mas_500s_show_as_reconciling_then_heal(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    start_operator(**QUIET_SYNC)
+    mas.fail_next(3, 500)
+    invitations.apply("a", email="a@example.org")
+    pending = wait_reason(invitations, "a", "MasUnavailable")
+    assert condition(pending, "Reconciling")["status"] == "True"  # type: ignore[index]
+    assert pending["status"]["phase"] == "Pending"
+    invitations.wait_for_phase("a", "Sent", timeout=30)
+    settle("MAS answers 500 three times", invitations, mas, smtp)
+
+
+def test_mas_timeouts_heal_without_a_second_token(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    start_operator(MATRIX_INVITE_HTTP_TIMEOUT_SECONDS="1", **QUIET_SYNC)
+    mas.delay(2.5)  # longer than the client waits; MAS still carries the create out later
+    invitations.apply("slowpoke", email="slowpoke@example.org")
+    wait_reason(invitations, "slowpoke", "MasUnavailable")
+    mas.delay(0)
+    invitations.wait_for_phase("slowpoke", "Sent", timeout=30)
+    assert len(mas.tokens()) == 1
+    settle("MAS times out", invitations, mas, smtp)
+
+
+def test_slow_mas_is_only_slow(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    start_operator(**QUIET_SYNC)
+    mas.delay(0.7)
+    invitations.apply("slow", email="slow@example.org")
+    invitations.wait_for_phase("slow", "Sent", timeout=30)
+    assert writes(mas) == 1
+    settle("MAS answers slowly", invitations, mas, smtp)
+
+
+def test_mas_refusing_connections_until_it_starts(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    port = free_port()
+    start_operator(MATRIX_INVITE_MAS_URL=f"http://127.0.0.1:{port}", **QUIET_SYNC)
+    invitations.apply("early", email="early@example.org")
+    body = wait_reason(invitations, "early", "MasUnavailable")
+    assert "127.0.0.1" in body["status"]["message"]
+    with MasDouble(port=port, client_id=MAS_CLIENT_ID, client_secret=MAS_CLIENT_SECRET) as late:
+        invitations.wait_for_phase("early", "Sent", timeout=40)
+        settle("MAS refuses connections, then starts", invitations, late, smtp)
+        assert late.spec_violations == []
+
+
+def test_expired_access_token_is_renewed_once(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    start_operator(**QUIET_SYNC)
+    invitations.apply("first", email="first@example.org")
+    invitations.wait_for_phase("first", "Sent")
+    issued = mas.access_tokens_issued
+    mas.expire_access_tokens()
+    invitations.apply("second", email="second@example.org")
+    invitations.wait_for_phase("second", "Sent")
+    assert mas.request_count("POST", TOKENS_PATH, 401) == 1
+    assert mas.access_tokens_issued == issued + 1
+    settle("access token expires (401, renewed)", invitations, mas, smtp)
+
+
+def test_lost_create_response_finds_the_token(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    start_operator(**QUIET_SYNC)
+    mas.drop_response_after_commit_next(1)
+    invitations.apply("lost", email="lost@example.org")
+    invitations.wait_for_phase("lost", "Sent", timeout=30)
+    assert len(mas.tokens()) == 1
+    assert writes(mas, 409) + writes(mas, 201) >= 2 or writes(mas, 0) >= 1
+    settle("create answered by a dropped connection", invitations, mas, smtp)
+
+
+def test_racing_create_500_finds_the_token(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    start_operator(**QUIET_SYNC)
+    mas.fail_next(1, 500, commit=True)  # MAS created it, then answered 500
+    invitations.apply("race", email="race@example.org")
+    invitations.wait_for_phase("race", "Sent", timeout=30)
+    assert len(mas.tokens()) == 1
+    assert writes(mas, 500) == 1
+    settle("create answered 500 after committing", invitations, mas, smtp)
+
+
+# --- SMTP --------------------------------------------------------------------------------------
+
+
+def test_relay_refusing_connections_then_accepting(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    start_operator(**QUIET_SYNC)
+    smtp.refuse_connections()
+    invitations.apply("mailme", email="mailme@example.org")
+    body = wait_reason(invitations, "mailme", "MailDeferred")
+    assert "connection refused" in body["status"]["message"]
+    smtp.accept_connections()
+    invitations.wait_for_phase("mailme", "Sent", timeout=30)
+    assert len(smtp.messages) == 1
+    settle("relay refuses connections, then accepts", invitations, mas, smtp)
+
+
+def test_relay_answering_4xx_is_retried(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    start_operator(**QUIET_SYNC)
+    smtp.reject_next(2, code=451, message="4.7.1 Greylisted, try again later")
+    invitations.apply("grey", email="grey@example.org")
+    invitations.wait_for_phase("grey", "Sent", timeout=30)
+    assert len(smtp.messages) == 1
+    settle("relay answers 451 twice", invitations, mas, smtp)
+
+
+def test_relay_answering_5xx_stalls_with_its_reply(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    start_operator(**QUIET_SYNC)
+    smtp.reject_next(1, code=550, message="5.1.1 No such user here")
+    invitations.apply("nobody", email="nobody@example.org")
+    body = invitations.wait_for_phase("nobody", "Failed", timeout=20)
+    assert condition(body, "Stalled")["status"] == "True"  # type: ignore[index]
+    assert "No such user here" in body["status"]["message"]
+    settle("relay answers 550 unknown recipient", invitations, mas, smtp)
+
+
+def test_untrusted_relay_certificate_stalls_then_heals(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    start_operator(**QUIET_SYNC)
+    smtp.break_tls()
+    invitations.apply("tls", email="tls@example.org")
+    body = invitations.wait_for_phase("tls", "Failed", timeout=20)
+    assert "MATRIX_INVITE_SMTP_CA_BUNDLE" in body["status"]["message"]
+    # Stalled for Flux, yet retried slowly: fixing the relay heals it without touching Git.
+    smtp.fix_tls()
+    invitations.wait_for_phase("tls", "Sent", timeout=30)
+    settle("relay presents an untrusted certificate", invitations, mas, smtp)
+
+
+def test_refused_smtp_login_stalls_and_says_so_once_per_retry(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+    tmp_path: Path,
+) -> None:
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-password")
+    operator = start_operator(MATRIX_INVITE_SMTP_PASSWORD_FILE=str(wrong), **QUIET_SYNC)
+    invitations.apply("login", email="login@example.org")
+    body = invitations.wait_for_phase("login", "Failed", timeout=20)
+    assert "SMTP login refused" in body["status"]["message"]
+    time.sleep(6)  # one slow retry (5 s in tests) later the operator is still up
+    assert operator.returncode is None
+    refusals = operator.logs().count("SMTP login refused")
+    assert 1 <= refusals <= 6, f"{refusals} log lines about one refused login: a flood"
+    settle("SMTP login refused", invitations, mas, smtp)
+
+
+# --- crashes at step boundaries -----------------------------------------------------------------
+
+
+def test_crash_after_the_secret_write(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    first = start_operator(**QUIET_SYNC)
+    mas.on_next_write(first.kill, when="before")  # the Secret exists, the create never lands
+    invitations.apply("c1", email="c1@example.org")
+    _wait_dead(first)
+    assert mas.tokens() == []
+    start_operator(**QUIET_SYNC)
+    invitations.wait_for_phase("c1", "Sent", timeout=30)
+    settle("SIGKILL after the Secret write", invitations, mas, smtp)
+
+
+def test_crash_after_the_mas_create(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    first = start_operator(**QUIET_SYNC)
+    mas.on_next_write(first.kill, when="after")  # created in MAS, id never recorded
+    invitations.apply("c2", email="c2@example.org")
+    _wait_dead(first)
+    assert len(mas.tokens()) == 1
+    assert invitations.status("c2").get("tokenId") is None
+    start_operator(**QUIET_SYNC)
+    invitations.wait_for_phase("c2", "Sent", timeout=30)
+    assert len(mas.tokens()) == 1
+    assert writes(mas, 409) == 1
+    settle("SIGKILL after the MAS create", invitations, mas, smtp)
+
+
+def test_crash_after_the_relay_accepted_the_mail(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    first = start_operator(**QUIET_SYNC)
+    smtp.on_next_message(first.kill)  # the relay has the mail; the status never records it
+    invitations.apply("c3", email="c3@example.org")
+    _wait_dead(first)
+    start_operator(**QUIET_SYNC)
+    invitations.wait_for_phase("c3", "Sent", timeout=30)
+    assert len(smtp.messages) == 2, "the documented window: one duplicate, same token"
+    first_mail, second_mail = smtp.messages
+    assert first_mail.message["Message-ID"] == second_mail.message["Message-ID"]
+    settle(
+        "SIGKILL between relay accept and status write",
+        invitations,
+        mas,
+        smtp,
+        duplicate_mail_allowed=True,
+    )
+
+
+def test_deleted_while_down_after_an_unrecorded_create_leaves_no_orphan(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    first = start_operator(**QUIET_SYNC)
+    mas.on_next_write(first.kill, when="after")
+    invitations.apply("orphan", email="orphan@example.org")
+    _wait_dead(first)
+    invitations.kubectl("delete", "invitation", "orphan", "--wait=false")
+    start_operator(**QUIET_SYNC)
+    invitations.wait_gone("orphan", timeout=30)
+    (token,) = mas.tokens()
+    assert token["valid"] is False
+    assert token["revoked_at"] is not None
+    settle("deleted while down, token id never recorded", invitations, mas, smtp)
+
+
+# --- the control plane itself ------------------------------------------------------------------
+
+
+def test_api_server_restart(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+    control_plane: ControlPlane,
+) -> None:
+    operator = start_operator(**QUIET_SYNC)
+    invitations.apply("before", email="before@example.org")
+    invitations.wait_for_phase("before", "Sent")
+    control_plane.restart_apiserver()
+    invitations.apply("after", email="after@example.org")
+    invitations.wait_for_phase("after", "Sent", timeout=60)
+    assert operator.returncode is None
+    settle("kube-apiserver restarted", invitations, mas, smtp)
+
+
+def test_etcd_restart(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+    control_plane: ControlPlane,
+) -> None:
+    operator = start_operator(**QUIET_SYNC)
+    invitations.apply("e1", email="e1@example.org")
+    invitations.wait_for_phase("e1", "Sent")
+    control_plane.restart_etcd()
+    invitations.apply("e2", email="e2@example.org")
+    invitations.wait_for_phase("e2", "Sent", timeout=60)
+    assert operator.returncode is None
+    settle("etcd restarted", invitations, mas, smtp)
+
+
+def _wait_dead(process: OperatorProcess, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while process.returncode is None:
+        if time.monotonic() > deadline:
+            raise AssertionError("the crash hook never fired")
+        time.sleep(0.1)
