@@ -1,5 +1,6 @@
-"""Fixtures shared by all test layers; the control-plane fixtures come from tests.controlplane."""
+"""Fixtures shared by all test layers: the control plane (tests.controlplane) and a real Synapse
+(tests.servers)."""
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.controlplane.fixtures"]
+pytest_plugins = ["tests.controlplane.fixtures", "tests.servers.fixtures"]

@@ -38,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from .runtime import build_mailer
 
     settings = _load_settings()
-    settings.require_backend()
-    settings.mas_client_secret_value()
+    settings.require_backend()  # and reads the backend's credential file
     build_mailer(settings)  # fails now, not on the first Invitation, if mail cannot work
     kopf.configure(
         verbose=args.verbose,
@@ -105,8 +104,7 @@ def check_config(_: argparse.Namespace) -> int:
     from .runtime import build_mailer
 
     settings = _load_settings()
-    settings.require_backend()
-    settings.mas_client_secret_value()
+    settings.require_backend()  # and reads the backend's credential file
     build_mailer(settings)
     print("configuration OK")
     return 0

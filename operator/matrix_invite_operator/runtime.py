@@ -1,7 +1,8 @@
 """Builds the operator's long-lived dependencies from `Settings`, and closes them again.
 
-One `httpx.AsyncClient` for MAS (explicit timeouts, verified TLS or a custom CA bundle), one for
-the Kubernetes API, the token backend, the mail renderer and the SMTP mailer: created once at
+One `httpx.AsyncClient` for the token backend (explicit timeouts, verified TLS or a custom CA
+bundle), one for the Kubernetes API, the token backend (MAS or Synapse, as `settings.backend`
+says: the only place that looks), the mail renderer and the SMTP mailer: created once at
 startup and kept in Kopf's memo, never as module globals.
 """
 
@@ -9,11 +10,14 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
+from .backends import TokenBackend
 from .backends.mas import MasAdminClient, MasTokenBackend, RequestObserver
 from .backends.oauth import ClientCredentialsAuth
+from .backends.synapse import SynapseAdminClient, SynapseTokenBackend
 from .kube import KubeApi, KubeConnection, KubeEvents, kube_http_client
 from .mail.invitation import SmtpInvitationMailer
 from .mail.render import MailRenderer, validate_registration_url_template
@@ -34,8 +38,9 @@ class Clients:
 
 def mas_http_client(settings: Settings) -> httpx.AsyncClient:
     verify: ssl.SSLContext | bool = True
-    if settings.mas_ca_bundle is not None:
-        verify = ssl.create_default_context(cafile=str(settings.mas_ca_bundle))
+    ca_bundle = settings.backend_ca_bundle()
+    if ca_bundle is not None:
+        verify = ssl.create_default_context(cafile=str(ca_bundle))
     timeout = settings.http_timeout_seconds
     return httpx.AsyncClient(
         verify=verify,
@@ -61,6 +66,23 @@ def build_mas_backend(
     return MasTokenBackend(
         MasAdminClient(http, str(settings.mas_url), auth=auth, on_request=on_request)
     )
+
+
+def build_synapse_backend(settings: Settings, http: httpx.AsyncClient) -> SynapseTokenBackend:
+    settings.require_backend()
+    if settings.synapse_url is None:  # require_backend said so
+        raise AssertionError("unreachable")
+    client = SynapseAdminClient(
+        http, str(settings.synapse_url), settings.synapse_admin_token_value()
+    )
+    return SynapseTokenBackend(client)
+
+
+def build_backend(settings: Settings, http: httpx.AsyncClient, **mas_options: Any) -> TokenBackend:
+    """The token backend this installation uses: the one place that branches on it."""
+    if settings.backend == "synapse":
+        return build_synapse_backend(settings, http)
+    return build_mas_backend(settings, http, **mas_options)
 
 
 def build_mailer(settings: Settings) -> SmtpInvitationMailer:
@@ -94,7 +116,7 @@ async def build_dependencies(
     if metrics is not None:
         mailer = metrics.counting_mailer(mailer)
     mas_http = mas_http_client(settings)
-    backend = build_mas_backend(
+    backend = build_backend(
         settings, mas_http, on_request=metrics.record_mas_request if metrics else None
     )
     kube_http = kube_http_client(kube or KubeConnection.discover())

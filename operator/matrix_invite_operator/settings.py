@@ -43,8 +43,10 @@ class Settings(BaseSettings):
         env_prefix="MATRIX_INVITE_", extra="ignore", frozen=True, hide_input_in_errors=True
     )
 
-    # --- token backend: MAS Admin API ---
-    backend: Literal["mas"] = "mas"
+    # --- token backend: which one, then MAS Admin API or Synapse admin API ---
+    backend: Literal["mas", "synapse"] = Field(
+        "mas", description="Where registration tokens live: MAS, or Synapse without MAS"
+    )
     mas_url: AnyHttpUrl | None = Field(
         None, description="Base URL of MAS's listener serving `adminapi` (e.g. http://mas:8081)"
     )
@@ -59,6 +61,14 @@ class Settings(BaseSettings):
     )
     mas_ca_bundle: Path | None = Field(
         None, description="PEM bundle to trust instead of the system CAs"
+    )
+    synapse_url: AnyHttpUrl | None = Field(
+        None, description="Base URL of Synapse's client listener (the admin API lives there)"
+    )
+    synapse_admin_token: SecretStr | None = None
+    synapse_admin_token_file: Path | None = None
+    synapse_ca_bundle: Path | None = Field(
+        None, description="PEM bundle to trust for Synapse; MATRIX_INVITE_MAS_CA_BUNDLE if unset"
     )
     http_timeout_seconds: float = Field(10.0, gt=0, le=300)
 
@@ -143,6 +153,20 @@ class Settings(BaseSettings):
             env="MATRIX_INVITE_MAS_CLIENT_SECRET_FILE",
         )
 
+    def synapse_admin_token_value(self) -> SecretStr:
+        return _secret_from(
+            "Synapse admin access token",
+            self.synapse_admin_token,
+            self.synapse_admin_token_file,
+            env="MATRIX_INVITE_SYNAPSE_ADMIN_TOKEN_FILE",
+        )
+
+    def backend_ca_bundle(self) -> Path | None:
+        """The CA bundle for the chosen backend's HTTPS (None: the system CAs)."""
+        if self.backend == "synapse" and self.synapse_ca_bundle is not None:
+            return self.synapse_ca_bundle
+        return self.mas_ca_bundle
+
     def smtp_password_value(self) -> SecretStr | None:
         if self.smtp_username is None:
             return None
@@ -154,7 +178,18 @@ class Settings(BaseSettings):
         )
 
     def require_backend(self) -> None:
-        """Fail at startup, with one clear sentence, when the backend cannot be reached at all."""
+        """Fail at startup, with one clear sentence, when the backend cannot be reached at all.
+
+        Checks the settings of the chosen backend only, and reads its credential file once.
+        """
+        if self.backend == "synapse":
+            missing = [] if self.synapse_url is not None else ["MATRIX_INVITE_SYNAPSE_URL"]
+            if self.synapse_admin_token is None and self.synapse_admin_token_file is None:
+                missing.append("MATRIX_INVITE_SYNAPSE_ADMIN_TOKEN_FILE (or _TOKEN)")
+            if missing:
+                raise ConfigurationError("the Synapse backend needs " + ", ".join(missing))
+            self.synapse_admin_token_value()
+            return
         missing = [
             name
             for name, value in (
@@ -167,6 +202,7 @@ class Settings(BaseSettings):
             missing.append("MATRIX_INVITE_MAS_CLIENT_SECRET_FILE (or _SECRET)")
         if missing:
             raise ConfigurationError("the MAS backend needs " + ", ".join(missing))
+        self.mas_client_secret_value()
 
 
 def _secret_from(what: str, value: SecretStr | None, path: Path | None, *, env: str) -> SecretStr:

@@ -1,8 +1,9 @@
 """The token backend interface: what the reconciler needs from a homeserver's token store.
 
 A backend issues, reads, lists, updates, revokes and un-revokes registration tokens. The
-reconciler only sees `TokenBackend` and `TokenState`; MAS is the first implementation
-(`backends.mas`). Token values travel as `SecretStr` so that no repr or log line shows them.
+reconciler only sees `TokenBackend` and `TokenState`; the implementations are MAS
+(`backends.mas`) and Synapse's admin API (`backends.synapse`), and `runtime` picks one. Token
+values travel as `SecretStr` so that no repr or log line shows them.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class TokenState(BaseModel):
 
 class TokenBackend(Protocol):
     """What the reconciler may ask of a token store. Every method is safe to repeat."""
+
+    @property
+    def name(self) -> str:
+        """The store's name for Events and messages: "MAS", "Synapse"."""
+        ...
 
     async def issue(
         self, token: SecretStr, *, usage_limit: int | None, expires_at: dt.datetime | None

@@ -1,0 +1,459 @@
+"""The Synapse token backend: registration tokens through Synapse's admin API.
+
+`SynapseAdminClient` speaks HTTP to `/_synapse/admin/v1/registration_tokens` over one injected
+`httpx.AsyncClient` (whose lifetime, TLS and timeouts belong to the caller) with a server
+admin's access token, parses the answers into pydantic models and maps every failure onto our
+error tree. `SynapseTokenBackend` implements `TokenBackend` on top of it.
+
+Synapse's semantics, mapped honestly:
+- A token has no id: the token string is the key. Our `tokenId` is shown in status, so it must
+  not reveal the token: it is `syn-` + the first 24 hex digits of the value's SHA-256. The
+  backend keeps an in-memory map id → value, learned from `issue` and `list_all`; an id it does
+  not know (after a restart) makes it list once to rebuild the map.
+- `completed` is `times_used`; `pending` (registrations past the token stage but unfinished) is
+  `pending`. `valid` is computed as Synapse checks it: pending + completed below the limit and
+  the expiry ahead.
+- There is no revocation: `revoke` deletes the token and answers with the state it had, marked
+  revoked; afterwards the token is unknown. `unrevoke` creates it again with the value and limits
+  remembered at deletion (the reconciler itself re-issues a deleted token from the Secret).
+- Expiry is milliseconds since the epoch, and Synapse refuses an expiry in the past.
+- A duplicate create answers 400 `M_INVALID_PARAM`: `issue` then looks the token up and returns
+  it, so issuing is idempotent.
+Token values stay `SecretStr`; Synapse echoes tokens in some error texts, which are scrubbed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from matrix_invite_operator.backends import TokenState
+from matrix_invite_operator.backends.oauth import retry_after_seconds
+from matrix_invite_operator.errors import (
+    BackendAuthError,
+    BackendRejected,
+    BackendUnavailable,
+    TokenNotFound,
+)
+
+TOKENS_PATH = "/_synapse/admin/v1/registration_tokens"
+TOKEN_ID_PREFIX = "syn-"  # noqa: S105 - a prefix, not a credential
+TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
+
+_SERVER_ERROR_RETRY_AFTER = 15.0
+_UNREACHABLE_RETRY_AFTER = 10.0
+_MAX_ERROR_TEXT = 300
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MILLISECOND = dt.timedelta(milliseconds=1)
+
+
+def token_id_for(token: SecretStr) -> str:
+    """Our id for a Synapse token: stable, short, and no help in guessing the token."""
+    digest = hashlib.sha256(token.get_secret_value().encode()).hexdigest()
+    return TOKEN_ID_PREFIX + digest[:24]
+
+
+def to_millis(moment: dt.datetime) -> int:
+    """An aware datetime as whole milliseconds since the epoch (sub-millisecond parts dropped)."""
+    if moment.utcoffset() is None:
+        raise ValueError("Synapse timestamps must be timezone-aware")
+    return (moment - _EPOCH) // _MILLISECOND
+
+
+def from_millis(millis: int) -> dt.datetime:
+    return _EPOCH + millis * _MILLISECOND
+
+
+# --- admin API models ----------------------------------------------------------------------
+
+
+class _SynapseModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+_Model = TypeVar("_Model", bound=_SynapseModel)
+
+
+class RegistrationToken(_SynapseModel):
+    """One registration token as Synapse's admin API returns it."""
+
+    token: SecretStr = Field(min_length=1, max_length=64)
+    uses_allowed: int | None = Field(None, ge=0)
+    pending: int = Field(0, ge=0)
+    completed: int = Field(0, ge=0)
+    expiry_time: int | None = None
+
+    @property
+    def id(self) -> str:
+        return token_id_for(self.token)
+
+    @property
+    def expires_at(self) -> dt.datetime | None:
+        return from_millis(self.expiry_time) if self.expiry_time is not None else None
+
+    def valid_at(self, now: dt.datetime) -> bool:
+        """Synapse's own check: a use left (pending ones count) and not expired."""
+        uses_left = self.uses_allowed is None or self.pending + self.completed < self.uses_allowed
+        return uses_left and (self.expiry_time is None or self.expiry_time > to_millis(now))
+
+    def to_state(self, now: dt.datetime) -> TokenState:
+        return TokenState(
+            id=self.id,
+            token=self.token,
+            valid=self.valid_at(now),
+            usage_limit=self.uses_allowed,
+            times_used=self.completed,
+            pending=self.pending,
+            expires_at=self.expires_at,
+        )
+
+
+class RegistrationTokenList(_SynapseModel):
+    registration_tokens: list[RegistrationToken]
+
+
+# --- the client -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    method: str
+    endpoint: str  # a path template, for messages and counting: never a token value
+    path: str
+    body: Mapping[str, Any] | None = None
+    params: Mapping[str, str] | None = None
+    secret: str | None = None  # the token this call is about: scrubbed from error texts
+
+
+class SynapseAdminClient:
+    """Typed calls to Synapse's registration token admin API over a caller-owned httpx client."""
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str, admin_token: SecretStr) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"Synapse base URL must be http(s)://..., got {base_url!r}")
+        self._http = http
+        self._api = base_url.rstrip("/") + TOKENS_PATH
+        self._admin_token = admin_token
+        # Requests by "METHOD endpoint template": lets tests and benchmarks count round trips.
+        self.requests: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(api={self._api!r})"
+
+    async def create_token(
+        self, token: SecretStr, *, uses_allowed: int | None, expiry_time: int | None
+    ) -> RegistrationToken:
+        value = token.get_secret_value()
+        body = {"token": value, "uses_allowed": uses_allowed, "expiry_time": expiry_time}
+        call = _Call("POST", "/new", "/new", body=body, secret=value)
+        return _parse(RegistrationToken, *await self._send(call))
+
+    async def get_token(self, token: SecretStr) -> RegistrationToken:
+        return _parse(RegistrationToken, *await self._send(_one("GET", token)))
+
+    async def list_tokens(self) -> list[RegistrationToken]:
+        answer = _parse(RegistrationTokenList, *await self._send(_Call("GET", "", "")))
+        return answer.registration_tokens
+
+    async def update_token(self, token: SecretStr, **fields: int | None) -> RegistrationToken:
+        """PUT only the given fields (`uses_allowed`, `expiry_time`); None clears one."""
+        call = dataclasses.replace(_one("PUT", token), body=fields)
+        return _parse(RegistrationToken, *await self._send(call))
+
+    async def delete_token(self, token: SecretStr) -> None:
+        await self._send(_one("DELETE", token))
+
+    async def _send(self, call: _Call) -> tuple[httpx.Response, str]:
+        """The successful response and the request as words for messages; else our error."""
+        self.requests[f"{call.method} {call.endpoint or '/'}"] += 1
+        what = f"{call.method} {TOKENS_PATH}{call.endpoint}"
+        try:
+            response = await self._http.request(
+                call.method,
+                self._api + call.path,
+                params=call.params,
+                json=call.body,
+                headers={
+                    "Accept": "application/json",
+                    "Authorization": f"Bearer {self._admin_token.get_secret_value()}",
+                },
+            )
+        except httpx.TimeoutException as exc:
+            raise BackendUnavailable(
+                f"Synapse did not answer {what} in time ({type(exc).__name__})",
+                retry_after=_UNREACHABLE_RETRY_AFTER,
+            ) from exc
+        except httpx.RequestError as exc:
+            raise BackendUnavailable(
+                f"No answer from Synapse at {_origin(exc)} to {what} ({type(exc).__name__})",
+                retry_after=_UNREACHABLE_RETRY_AFTER,
+            ) from exc
+        _raise_for_status(call, what, response)
+        return response, what
+
+
+def _one(method: str, token: SecretStr) -> _Call:
+    value = token.get_secret_value()
+    # Our alphabet needs no quoting, but a value in the path is quoted all the same.
+    return _Call(method, "/{token}", "/" + quote(value, safe=""), secret=value)
+
+
+def _raise_for_status(call: _Call, what: str, response: httpx.Response) -> None:
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    errcode, reason = _error_of(response, call.secret)
+    if status == 404 and errcode == "M_NOT_FOUND" and call.secret is not None:
+        raise TokenNotFound("Synapse holds no such registration token")
+    if status == 404:
+        raise BackendRejected(
+            f"Synapse answered {what} with 404 ({errcode or 'no errcode'}): check "
+            "MATRIX_INVITE_SYNAPSE_URL and that the listener it points at serves the client "
+            "resource (the admin API lives there)"
+        )
+    if status in (401, 403):
+        raise BackendAuthError(
+            f"Synapse refused the admin access token for {what} ({status} {errcode}: {reason}): "
+            "the token in MATRIX_INVITE_SYNAPSE_ADMIN_TOKEN_FILE must be a valid access token of "
+            "a server admin"
+        )
+    if status == 429 or status >= 500:
+        raise BackendUnavailable(
+            f"Synapse answered {what} with {status}: {reason}",
+            retry_after=retry_after_seconds(response, _SERVER_ERROR_RETRY_AFTER),
+        )
+    raise BackendRejected(f"Synapse rejected {what} with {status} {errcode}: {reason}")
+
+
+def _error_of(response: httpx.Response, secret: str | None) -> tuple[str | None, str]:
+    try:
+        document = json.loads(response.content)
+    except ValueError:
+        document = None
+    errcode: str | None = None
+    if isinstance(document, dict):
+        code = document.get("errcode")
+        errcode = code if isinstance(code, str) else None
+        error = document.get("error")
+        text = error if isinstance(error, str) else "no error text"
+    else:
+        text = " ".join(response.text.split()) or response.reason_phrase or "empty body"
+    if secret:
+        text = text.replace(secret, "<token>")
+    if len(text) > _MAX_ERROR_TEXT:
+        text = text[: _MAX_ERROR_TEXT - 1] + "…"
+    return errcode, text
+
+
+def _parse(model: type[_Model], response: httpx.Response, what: str) -> _Model:
+    try:
+        document = json.loads(response.content)
+    except ValueError as exc:
+        raise BackendRejected(
+            f"Synapse answered {what} with {response.status_code} but the body is not JSON: "
+            "does MATRIX_INVITE_SYNAPSE_URL point at Synapse?"
+        ) from exc
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        fields = sorted({".".join(map(str, e["loc"])) or "<root>" for e in exc.errors()})
+    # Outside the handler: the ValidationError quotes input values, token values among them.
+    raise BackendRejected(
+        f"Synapse answered {what} with an unexpected shape (problem at {', '.join(fields[:5])})"
+    )
+
+
+def _origin(exc: httpx.RequestError) -> str:
+    try:
+        url = exc.request.url
+    except RuntimeError:
+        return "the configured URL"
+    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+
+
+# --- the TokenBackend -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Known:
+    """What we remember of one token: its value, and its limits for a later `unrevoke`."""
+
+    token: SecretStr
+    uses_allowed: int | None = None
+    expiry_time: int | None = None
+
+
+class SynapseTokenBackend:
+    """`TokenBackend` over Synapse's admin API: every method is safe to repeat."""
+
+    name = "Synapse"
+
+    def __init__(
+        self,
+        client: SynapseAdminClient,
+        *,
+        relist_after: float = 30.0,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
+        self._client = client
+        self._known: dict[str, _Known] = {}
+        self._listed_at: float | None = None
+        self._relist_after = relist_after
+        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._client!r}, known={len(self._known)})"
+
+    @property
+    def client(self) -> SynapseAdminClient:
+        return self._client
+
+    async def issue(
+        self, token: SecretStr, *, usage_limit: int | None, expires_at: dt.datetime | None
+    ) -> TokenState:
+        if not TOKEN_PATTERN.match(token.get_secret_value()):
+            raise BackendRejected(
+                "Synapse only accepts registration tokens of 1 to 64 characters from "
+                "[A-Za-z0-9._~-]; the Secret's token is not one"
+            )
+        expiry_time = to_millis(expires_at) if expires_at is not None else None
+        if expiry_time is not None and expiry_time <= to_millis(self._clock()):
+            raise BackendRejected(
+                "Synapse cannot hold a registration token whose expiry has passed; set "
+                "spec.expiresAt or spec.validFor so that the Invitation expires in the future"
+            )
+        try:
+            created = await self._client.create_token(
+                token, uses_allowed=usage_limit, expiry_time=expiry_time
+            )
+        except BackendRejected:
+            # 400 M_INVALID_PARAM also means "already exists": then return what exists.
+            existing = await self._get(token)
+            if existing is None:
+                raise
+            return existing
+        except BackendUnavailable:
+            # A lost answer may hide a token that now exists: look once before giving up.
+            try:
+                existing = await self._get(token)
+            except BackendUnavailable:
+                existing = None
+            if existing is None:
+                raise
+            return existing
+        return self._remember(created)
+
+    async def read(self, token_id: str) -> TokenState | None:
+        token = await self._value_of(token_id)
+        if token is None:
+            return None
+        return await self._get(token)
+
+    async def list_all(self) -> AsyncIterator[TokenState]:
+        for token in await self._list():
+            yield token.to_state(self._clock())
+
+    async def update(
+        self, token_id: str, *, usage_limit: int | None, expires_at: dt.datetime | None
+    ) -> TokenState:
+        token = await self._value_of(token_id)
+        current = await self._get(token) if token is not None else None
+        if token is None or current is None:
+            raise TokenNotFound(f"Synapse has no registration token with id {token_id}")
+        # Only what differs: Synapse refuses to (re)set an expiry in the past, even unchanged.
+        fields: dict[str, int | None] = {}
+        if current.usage_limit != usage_limit:
+            fields["uses_allowed"] = usage_limit
+        if current.expires_at != expires_at:
+            expiry_time = to_millis(expires_at) if expires_at is not None else None
+            if expiry_time is not None and expiry_time <= to_millis(self._clock()):
+                raise BackendRejected(
+                    f"Synapse cannot move token {token_id}'s expiry into the past; to end the "
+                    "invitation now, set spec.revoked to true"
+                )
+            fields["expiry_time"] = expiry_time
+        if not fields:
+            return current
+        try:
+            updated = await self._client.update_token(token, **fields)
+        except TokenNotFound as exc:
+            raise TokenNotFound(f"Synapse has no registration token with id {token_id}") from exc
+        return self._remember(updated)
+
+    async def revoke(self, token_id: str) -> TokenState | None:
+        """Synapse cannot revoke: delete the token, answer with its last state marked revoked."""
+        token = await self._value_of(token_id)
+        if token is None:
+            return None
+        current = await self._get(token)
+        if current is None:
+            return None  # deleted already: revoked as far as Synapse can tell
+        with contextlib.suppress(TokenNotFound):  # deleted meanwhile: the same outcome
+            await self._client.delete_token(token)
+        return current.model_copy(update={"valid": False, "revoked_at": self._clock()})
+
+    async def unrevoke(self, token_id: str) -> TokenState:
+        """Create a deleted token again with the value and limits it had; present = success."""
+        known = self._known.get(token_id)
+        token = known.token if known is not None else await self._value_of(token_id)
+        if token is not None:
+            current = await self._get(token)
+            if current is not None:
+                return current
+        if known is None:
+            raise TokenNotFound(
+                f"Synapse has no registration token with id {token_id}, and its value is not "
+                "known here: issue it again from the Secret"
+            )
+        expires_at = from_millis(known.expiry_time) if known.expiry_time is not None else None
+        return await self.issue(known.token, usage_limit=known.uses_allowed, expires_at=expires_at)
+
+    async def aclose(self) -> None:
+        """Nothing to release: the HTTP client belongs to the caller."""
+
+    # --- the id → value map -----------------------------------------------------------------
+
+    def _remember(self, token: RegistrationToken) -> TokenState:
+        self._known[token.id] = _Known(token.token, token.uses_allowed, token.expiry_time)
+        return token.to_state(self._clock())
+
+    async def _get(self, token: SecretStr) -> TokenState | None:
+        try:
+            found = await self._client.get_token(token)
+        except TokenNotFound:
+            return None
+        return self._remember(found)
+
+    async def _list(self) -> list[RegistrationToken]:
+        tokens = await self._client.list_tokens()
+        for token in tokens:
+            self._remember(token)
+        self._listed_at = time.monotonic()
+        return tokens
+
+    async def _value_of(self, token_id: str) -> SecretStr | None:
+        """The token behind our id; lists (at most every `relist_after` s) to learn unknown ids."""
+        known = self._known.get(token_id)
+        if known is not None:
+            return known.token
+        if not token_id.startswith(TOKEN_ID_PREFIX):
+            return None  # not an id this backend made (e.g. a MAS ULID after switching)
+        fresh = (
+            self._listed_at is not None and time.monotonic() - self._listed_at < self._relist_after
+        )
+        if not fresh:
+            await self._list()
+        known = self._known.get(token_id)
+        return known.token if known is not None else None

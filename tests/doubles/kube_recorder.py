@@ -1,0 +1,131 @@
+"""A stand-in for the Kubernetes API that only counts: every request is recorded, every write OK.
+
+For measuring what a sync pass writes (`bench/sync_cost.py`, `tests/contract/test_sync_cost.py`):
+the operator's own `KubeApi` talks plain HTTP to it, so each status patch and each Event it would
+send to a real API server shows up here, with its JSON body, and nothing is patched in. It never
+serves reads (404), so a code path that reads Kubernetes during a pass shows up as well.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(frozen=True)
+class KubeRequest:
+    method: str
+    path: str
+    content_type: str | None
+    body: Any
+
+    @property
+    def is_write(self) -> bool:
+        return self.method in WRITE_METHODS
+
+    @property
+    def is_status_patch(self) -> bool:
+        return self.method == "PATCH" and self.path.endswith("/status")
+
+    @property
+    def is_event(self) -> bool:
+        return self.method == "POST" and self.path.endswith("/events")
+
+
+class KubeRecorder:
+    """`with KubeRecorder() as kube: KubeApi(httpx.AsyncClient(base_url=kube.url))`."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self._lock = threading.Lock()
+        self._requests: list[KubeRequest] = []
+        self._server = ThreadingHTTPServer((host, 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="kube-recorder", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=10)
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def requests(self) -> list[KubeRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def writes(self) -> list[KubeRequest]:
+        return [r for r in self.requests() if r.is_write]
+
+    def status_patches(self) -> list[KubeRequest]:
+        return [r for r in self.requests() if r.is_status_patch]
+
+    def events(self) -> list[KubeRequest]:
+        return [r for r in self.requests() if r.is_event]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    def _record(self, request: KubeRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = raw.decode(errors="replace")
+                recorder._record(
+                    KubeRequest(self.command, self.path, self.headers.get("Content-Type"), body)
+                )
+                found = self.command in WRITE_METHODS
+                answer = json.dumps(
+                    {} if found else {"kind": "Status", "status": "Failure", "code": 404}
+                ).encode()
+                self.send_response(200 if found else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet: the recorder is the log."""
+
+        return Handler

@@ -1,0 +1,1 @@
+"""Real servers the tests start as subprocesses (not doubles): Synapse."""

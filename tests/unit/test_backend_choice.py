@@ -1,0 +1,94 @@
+"""Choosing the token backend: settings checked per backend, one place that builds it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from matrix_invite_operator.backends.mas import MasTokenBackend
+from matrix_invite_operator.backends.synapse import SynapseTokenBackend
+from matrix_invite_operator.errors import ConfigurationError
+from matrix_invite_operator.runtime import build_backend
+from matrix_invite_operator.settings import Settings
+from pydantic import SecretStr
+
+
+def test_mas_stays_the_default() -> None:
+    assert Settings().backend == "mas"
+
+
+def test_synapse_needs_its_url_and_admin_token_but_nothing_of_mas() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Settings(backend="synapse").require_backend()
+    message = str(raised.value)
+    assert "MATRIX_INVITE_SYNAPSE_URL" in message
+    assert "MATRIX_INVITE_SYNAPSE_ADMIN_TOKEN_FILE" in message
+    assert "MAS" not in message
+
+    Settings(
+        backend="synapse", synapse_url="http://synapse:8008", synapse_admin_token=SecretStr("t")
+    ).require_backend()
+
+
+def test_the_admin_token_file_is_read_and_wins(tmp_path: Path) -> None:
+    path = tmp_path / "admin-token"
+    path.write_text("syt_from_the_file\n")
+    settings = Settings(
+        backend="synapse",
+        synapse_url="http://synapse:8008",
+        synapse_admin_token=SecretStr("stale"),
+        synapse_admin_token_file=path,
+    )
+    settings.require_backend()
+    assert settings.synapse_admin_token_value().get_secret_value() == "syt_from_the_file"
+
+
+def test_an_unreadable_admin_token_file_fails_at_startup(tmp_path: Path) -> None:
+    settings = Settings(
+        backend="synapse",
+        synapse_url="http://synapse:8008",
+        synapse_admin_token_file=tmp_path / "missing",
+    )
+    with pytest.raises(ConfigurationError, match="Synapse admin access token"):
+        settings.require_backend()
+
+
+def test_mas_settings_are_still_required_for_mas() -> None:
+    with pytest.raises(ConfigurationError, match="the MAS backend needs"):
+        Settings(synapse_url="http://synapse:8008").require_backend()
+
+
+def test_the_ca_bundle_is_the_chosen_backends(tmp_path: Path) -> None:
+    mas_ca, synapse_ca = tmp_path / "mas.pem", tmp_path / "synapse.pem"
+    assert Settings(mas_ca_bundle=mas_ca, synapse_ca_bundle=synapse_ca).backend_ca_bundle() == (
+        mas_ca
+    )
+    both = Settings(backend="synapse", mas_ca_bundle=mas_ca, synapse_ca_bundle=synapse_ca)
+    assert both.backend_ca_bundle() == synapse_ca
+    shared = Settings(backend="synapse", mas_ca_bundle=mas_ca)
+    assert shared.backend_ca_bundle() == mas_ca
+
+
+async def test_build_backend_builds_the_configured_one() -> None:
+    async with httpx.AsyncClient() as http:
+        synapse = build_backend(
+            Settings(
+                backend="synapse",
+                synapse_url="http://synapse:8008",
+                synapse_admin_token=SecretStr("t"),
+            ),
+            http,
+        )
+        assert isinstance(synapse, SynapseTokenBackend)
+        assert synapse.name == "Synapse"
+        mas = build_backend(
+            Settings(
+                mas_url="http://mas:8081",
+                mas_client_id="01J44RKQYM4G3TNVANTMTDYTX6",
+                mas_client_secret=SecretStr("s"),
+            ),
+            http,
+        )
+        assert isinstance(mas, MasTokenBackend)
+        assert mas.name == "MAS"
