@@ -1,0 +1,390 @@
+"""The chart renders and lints for every mode, says exactly what it should, and its schema refuses
+bad values. helm is the real one, built from the Go module proxy; nothing here needs a cluster."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from matrix_invite_operator.settings import Settings
+
+from tests.deploy.chart import (
+    CHART_CRD_FILE,
+    CHART_DIR,
+    CRD_FILE,
+    HelmError,
+    Manifest,
+    by_kind,
+    env_of,
+    key,
+    lint,
+    one,
+    pod_template,
+    render,
+    render_text,
+)
+
+NETWORK_POLICY_VALUES: dict[str, Any] = {
+    "networkPolicy": {
+        "enabled": True,
+        "apiServer": {"to": [{"ipBlock": {"cidr": "172.18.0.2/32"}}]},
+        "mas": {
+            "to": [
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ess"}},
+                    "podSelector": {
+                        "matchLabels": {"app.kubernetes.io/name": "matrix-authentication-service"}
+                    },
+                }
+            ]
+        },
+        "smtp": {"to": [{"ipBlock": {"cidr": "192.0.2.25/32"}}]},
+        "metricsFrom": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ],
+    }
+}
+CONFIGURED: dict[str, Any] = {
+    "mas": {
+        "url": "http://ess-matrix-authentication-service.ess.svc:8081",
+        "clientId": "01J44RKQYM4G3TNVANTMTDYTX6",
+        "clientSecret": {"existingSecret": "invite-mas", "key": "secret"},
+        "caBundle": {"configMap": "internal-ca", "key": "ca.pem"},
+    },
+    "smtp": {
+        "host": "smtp.example.org",
+        "username": "invitations@example.org",
+        "password": {"existingSecret": "invite-smtp", "key": "password"},
+    },
+}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "configured": CONFIGURED,
+    "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "cluster-wide": {"clusterWide": True},
+    "network-policy": NETWORK_POLICY_VALUES,
+    "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"r": "p"}}}},
+}
+
+# The operator's rights, rule by rule (why each is needed: templates/_helpers.tpl, "mio.rules").
+EXPECTED_RULES = [
+    {
+        "apiGroups": ["matrix-invite.dev"],
+        "resources": ["invitations"],
+        "verbs": ["list", "watch", "patch"],
+    },
+    {"apiGroups": ["matrix-invite.dev"], "resources": ["invitations/status"], "verbs": ["patch"]},
+    {
+        "apiGroups": ["matrix-invite.dev"],
+        "resources": ["invitations/finalizers"],
+        "verbs": ["update"],
+    },
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
+
+
+def schema() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((CHART_DIR / "values.schema.json").read_text())
+    return loaded
+
+
+def chart_values() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    return loaded
+
+
+# --- the CRD -----------------------------------------------------------------------------------
+
+
+def test_chart_crd_file_is_a_byte_for_byte_copy_of_crds() -> None:
+    assert CHART_CRD_FILE.read_bytes() == CRD_FILE.read_bytes(), (
+        "charts/.../files/crds differs from crds/: run `make chart-crds`"
+    )
+
+
+def test_rendered_crd_is_the_repository_crd_plus_labels_and_keep() -> None:
+    crd = one(render(), "CustomResourceDefinition")
+    expected = yaml.safe_load(CRD_FILE.read_text())
+    meta = crd["metadata"]
+    assert meta.pop("annotations") == {"helm.sh/resource-policy": "keep"}
+    labels = meta.pop("labels")
+    assert expected["metadata"].pop("labels").items() <= labels.items()
+    assert labels["app.kubernetes.io/managed-by"] == "Helm"
+    assert crd == expected
+
+
+def test_crds_can_be_left_out_or_let_go() -> None:
+    assert not by_kind(render({"crds": {"enabled": False}}), "CustomResourceDefinition")
+    crd = one(
+        render({"crds": {"keep": False, "annotations": {"example.org/a": "b"}}}),
+        "CustomResourceDefinition",
+    )
+    assert crd["metadata"]["annotations"] == {"example.org/a": "b"}
+
+
+# --- lint and template of every variant --------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_lint_passes(variant: str) -> None:
+    result = lint(VARIANTS[variant])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[ERROR]" not in result.stdout
+    assert "[WARNING]" not in result.stdout
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_template_renders_the_workload_for_every_variant(variant: str) -> None:
+    objects = render(VARIANTS[variant])
+    kinds = {o["kind"] for o in objects}
+    assert {"CustomResourceDefinition", "ServiceAccount", "Deployment", "Service"} <= kinds
+    assert len({key(o) for o in objects}) == len(objects), "two objects share a name"
+    assert all(
+        "matrix-invite-operator" in o["metadata"]["name"] or o["kind"] == "CustomResourceDefinition"
+        for o in objects
+    )
+
+
+def test_default_is_namespaced_to_the_release_namespace() -> None:
+    objects = render(namespace="invites")
+    assert not by_kind(objects, "ClusterRole")
+    assert not by_kind(objects, "ClusterRoleBinding")
+    role, binding = one(objects, "Role"), one(objects, "RoleBinding")
+    assert role["metadata"]["namespace"] == "invites"
+    assert role["rules"] == EXPECTED_RULES
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "matrix-invite-operator", "namespace": "invites"}
+    ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    # The Pod's own namespace, so that a kustomize `namespace:` cannot leave it behind.
+    assert env_of(objects)["MATRIX_INVITE_NAMESPACES"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}
+    }
+
+
+def test_namespaced_mode_grants_each_watched_namespace_and_no_other() -> None:
+    objects = render({"watchNamespaces": ["team-a", "team-b"]}, namespace="operators")
+    roles = by_kind(objects, "Role")
+    bindings = by_kind(objects, "RoleBinding")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert all(r["rules"] == EXPECTED_RULES for r in roles)
+    assert all(
+        b["subjects"][0]
+        == {"kind": "ServiceAccount", "name": "matrix-invite-operator", "namespace": "operators"}
+        for b in bindings
+    )
+    assert not by_kind(objects, "ClusterRole")
+    assert env_of(objects)["MATRIX_INVITE_NAMESPACES"] == "team-a,team-b"
+
+
+def test_cluster_wide_mode_uses_one_cluster_role_with_the_same_rules() -> None:
+    objects = render({"clusterWide": True})
+    assert not by_kind(objects, "Role")
+    assert not by_kind(objects, "RoleBinding")
+    assert one(objects, "ClusterRole")["rules"] == EXPECTED_RULES
+    binding = one(objects, "ClusterRoleBinding")
+    assert binding["roleRef"]["kind"] == "ClusterRole"
+    assert binding["subjects"][0]["kind"] == "ServiceAccount"
+    assert env_of(objects)["MATRIX_INVITE_NAMESPACES"] == ""
+    assert Settings(namespaces="").namespaces == []  # "" means the whole cluster
+
+
+def test_rbac_can_be_left_to_the_admin() -> None:
+    objects = render({"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "x"}})
+    assert not {"Role", "RoleBinding", "ServiceAccount"} & {o["kind"] for o in objects}
+    assert pod_template(objects)["spec"]["serviceAccountName"] == "x"
+
+
+# --- the Deployment ----------------------------------------------------------------------------
+
+
+def test_deployment_runs_one_standalone_replica_with_a_liveness_probe() -> None:
+    deployment = one(render(), "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["args"] == ["run"]  # `run` is Kopf standalone, see __main__.run
+    probe = container["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": 8080, "metrics": 9090}
+    assert probe["port"] == "health"
+    env = env_of([deployment])
+    assert (env["MATRIX_INVITE_LIVENESS_PORT"], env["MATRIX_INVITE_METRICS_PORT"]) == (
+        "8080",
+        "9090",
+    )
+
+
+def test_pod_meets_the_restricted_profile_with_a_read_only_root() -> None:
+    pod = pod_template(render())["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    context = container["securityContext"]
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    tmp = {"name": "tmp", "mountPath": "/tmp"}  # noqa: S108
+    assert tmp in container["volumeMounts"]
+    assert any(v["name"] == "tmp" and "emptyDir" in v for v in pod["volumes"])
+
+
+def test_credentials_come_from_existing_secrets_as_files() -> None:
+    objects = render(CONFIGURED)
+    pod = pod_template(objects)["spec"]
+    (container,) = pod["containers"]
+    env = env_of(objects)
+    assert "MATRIX_INVITE_MAS_CLIENT_SECRET" not in env
+    assert "MATRIX_INVITE_SMTP_PASSWORD" not in env
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for variable, volume, secret, key_ in [
+        ("MATRIX_INVITE_MAS_CLIENT_SECRET_FILE", "mas-client-secret", "invite-mas", "secret"),
+        ("MATRIX_INVITE_SMTP_PASSWORD_FILE", "smtp-password", "invite-smtp", "password"),
+    ]:
+        source = volumes[volume]["secret"]
+        assert source["secretName"] == secret
+        (item,) = source["items"]
+        assert item["key"] == key_
+        assert env[variable] == f"{mounts[volume]}/{item['path']}"
+    ca = volumes["mas-ca"]["configMap"]
+    assert env["MATRIX_INVITE_MAS_CA_BUNDLE"] == f"{mounts['mas-ca']}/{ca['items'][0]['path']}"
+    assert env["MATRIX_INVITE_MAS_URL"] == CONFIGURED["mas"]["url"]
+    assert env["MATRIX_INVITE_MAS_CLIENT_ID"] == CONFIGURED["mas"]["clientId"]
+    assert env["MATRIX_INVITE_SMTP_USERNAME"] == "invitations@example.org"
+
+
+@pytest.mark.parametrize("variant", ["default", "configured", "cluster-wide"])
+def test_every_variable_the_chart_sets_is_a_setting_the_operator_reads(variant: str) -> None:
+    env = env_of(render(VARIANTS[variant]))
+    names = {n.removeprefix("MATRIX_INVITE_").lower() for n in env}
+    assert names <= set(Settings.model_fields), names - set(Settings.model_fields)
+    plain = {k: v for k, v in env.items() if isinstance(v, str)}
+    files = {k: "/dev/null" for k in plain if k.endswith("_FILE") or k.endswith("_BUNDLE")}
+    Settings.model_validate(  # what the Pod would start with parses
+        {k.removeprefix("MATRIX_INVITE_").lower(): v for k, v in {**plain, **files}.items()}
+    )
+
+
+def test_metrics_can_be_turned_off() -> None:
+    objects = render({"metrics": {"enabled": False}})
+    assert not by_kind(objects, "Service")
+    assert env_of(objects)["MATRIX_INVITE_METRICS_PORT"] == "0"
+
+
+def test_service_monitor_scrapes_the_metrics_service() -> None:
+    objects = render(VARIANTS["service-monitor"])
+    service = one(objects, "Service")
+    monitor = one(objects, "ServiceMonitor")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert monitor["metadata"]["labels"]["r"] == "p"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"] == "metrics"
+    assert (
+        service["spec"]["selector"].items() <= pod_template(objects)["metadata"]["labels"].items()
+    )
+
+
+def test_network_policy_allows_only_dns_api_server_mas_and_smtp() -> None:
+    objects = render(NETWORK_POLICY_VALUES)
+    policy = one(objects, "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["podSelector"]["matchLabels"].items() <= (
+        pod_template(objects)["metadata"]["labels"].items()
+    )
+    egress = policy["egress"]
+    assert len(egress) == 4
+    assert all(rule.get("to") for rule in egress), "a rule without peers allows everything"
+    assert [rule["to"] for rule in egress[1:]] == [
+        NETWORK_POLICY_VALUES["networkPolicy"][name]["to"] for name in ("apiServer", "mas", "smtp")
+    ]
+    assert {p["port"] for p in egress[0]["ports"]} == {53}
+    (ingress,) = policy["ingress"]
+    assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert not by_kind(render(), "NetworkPolicy")
+
+
+# --- values.schema.json ------------------------------------------------------------------------
+
+
+def test_schema_is_valid_and_accepts_the_defaults_and_every_variant() -> None:
+    jsonschema.Draft7Validator.check_schema(schema())
+    for values in VARIANTS.values():
+        jsonschema.validate(_merged(values), schema(), cls=jsonschema.Draft7Validator)
+
+
+BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
+    "cluster-wide with namespaces": (
+        {"clusterWide": True, "watchNamespaces": ["a"]},
+        "watchNamespaces",
+    ),
+    "namespace not a DNS label": ({"watchNamespaces": ["Team_A"]}, "watchNamespaces"),
+    "MAS URL without scheme": ({"mas": {"url": "mas:8081"}}, "mas/url"),
+    "MAS client id not a ULID": ({"mas": {"clientId": "operator"}}, "mas/clientId"),
+    "unknown SMTP TLS mode": ({"smtp": {"tls": "ssl"}}, "smtp/tls"),
+    "SMTP port out of range": ({"smtp": {"port": 70000}}, "smtp/port"),
+    "SMTP login without a password Secret": ({"smtp": {"username": "bot"}}, "existingSecret"),
+    "NetworkPolicy without peers": ({"networkPolicy": {"enabled": True}}, "networkPolicy"),
+    "validity not a Go duration": (
+        {"invitations": {"defaultValidity": "7d"}},
+        "defaultValidity",
+    ),
+    "unsupported locale": ({"mail": {"defaultLocale": "fr"}}, "defaultLocale"),
+    "sender name on two lines": ({"mail": {"fromName": "a\nb"}}, "fromName"),
+    "image digest not a digest": ({"image": {"digest": "latest"}}, "digest"),
+    "replicas are not configurable": ({"replicas": 2}, "replicas"),
+    "typo in a key": ({"metrics": {"enable": False}}, "enable"),
+    "unknown log format": ({"logFormat": "xml"}, "logFormat"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_VALUES)
+def test_schema_rejects_bad_values(case: str) -> None:
+    values, where = BAD_VALUES[case]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(_merged(values), schema(), cls=jsonschema.Draft7Validator)
+    with pytest.raises(HelmError) as refused:
+        render(values)
+    assert "values don't meet the specifications of the schema" in refused.value.stderr
+    assert where in refused.value.stderr
+
+
+def _merged(overrides: dict[str, Any]) -> dict[str, Any]:
+    def merge(base: Any, extra: Any) -> Any:
+        if isinstance(base, dict) and isinstance(extra, dict):
+            return {
+                k: merge(base.get(k), extra[k]) if k in extra else base[k] for k in {*base, *extra}
+            }
+        return extra
+
+    merged: dict[str, Any] = merge(chart_values(), overrides)
+    return merged
+
+
+def test_values_yaml_documents_every_key_it_sets() -> None:
+    text = (CHART_DIR / "values.yaml").read_text()
+    # Each top-level key has a comment or is self-explanatory by its block.
+    assert re.search(r"^clusterWide: false$", text, re.MULTILINE)
+    assert set(chart_values()) <= set(schema()["properties"])
+
+
+def _names(objects: list[Manifest]) -> set[str]:
+    return {o["metadata"]["name"] for o in objects}
+
+
+def test_release_name_and_overrides_shape_every_name() -> None:
+    objects = render(release="invites", namespace="x")
+    assert "invites-matrix-invite-operator" in _names(objects)
+    objects = render({"fullnameOverride": "mio"}, namespace="x")
+    assert {"mio", "mio-metrics"} <= _names(objects)
+    assert render_text(namespace="x").count("namespace: x") >= 4
