@@ -179,7 +179,41 @@ class StatusWriter:
 
 
 def desired_expiry(invitation: Invitation, settings: Settings) -> dt.datetime:
-    return invitation.spec.expiry(invitation.created, settings.default_validity)
+    """When the token should expire, in whole milliseconds: the finest any backend keeps
+    (Synapse counts milliseconds), so a stored expiry never differs from the desired one."""
+    expiry = invitation.spec.expiry(invitation.created, settings.default_validity)
+    return expiry.replace(microsecond=expiry.microsecond // 1000 * 1000)
+
+
+def missing_token_state(
+    invitation: Invitation, expiry: dt.datetime, now: dt.datetime
+) -> TokenState | None:
+    """What a token the backend no longer holds amounts to, when issuing it again would be wrong.
+
+    Synapse cannot revoke, so revoking deletes the token there, and Synapse admins delete spent
+    or expired tokens; MAS may lose one in a restored database. Issuing it again from the Secret
+    would undo the spec's revocation or hand out uses beyond the limit, so a missing token of an
+    Invitation that is revoked, used up or past its expiry is reported from what status last
+    showed. None means: nothing stands against issuing it again.
+    """
+    status, spec = invitation.status, invitation.spec
+    used = status.times_used or 0
+    if status.token_id is None or not (spec.revoked or used >= spec.usage_limit or expiry <= now):
+        return None
+    return TokenState(
+        id=status.token_id,
+        token=SecretStr(""),  # the value lives in the Secret; nothing here reads it
+        valid=False,
+        usage_limit=spec.usage_limit,
+        times_used=used,
+        expires_at=expiry,
+        last_used_at=_parse_time(status.last_used_at),
+        revoked_at=now if spec.revoked else None,
+    )
+
+
+def _parse_time(text: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
 def check_spec(invitation: Invitation, settings: Settings, now: dt.datetime) -> dt.datetime:
@@ -216,19 +250,22 @@ async def reconcile(deps: Dependencies, invitation: Invitation) -> InvitationSta
             token_state = await _converge(deps, invitation, writer, token_state, expiry)
             await _mail_if_due(deps, invitation, writer, token, token_state)
         except PermanentError as exc:
-            await _finish(deps, invitation, writer, token_state, stalled=_problem(exc))
+            problem = _problem(exc, deps.backend.name)
+            await _finish(deps, invitation, writer, token_state, stalled=problem)
             raise
         except TransientError as exc:
-            await _finish(deps, invitation, writer, token_state, reconciling=_problem(exc))
+            problem = _problem(exc, deps.backend.name)
+            await _finish(deps, invitation, writer, token_state, reconciling=problem)
             raise
         return await _finish(deps, invitation, writer, token_state)
 
 
-def _problem(exc: Exception) -> Problem:
+def _problem(exc: Exception, backend: str = "MAS") -> Problem:
+    prefix = backend.capitalize()  # "MAS" → MasUnavailable as ever; "Synapse" → SynapseUnavailable
     reason = {
-        "BackendUnavailable": "MasUnavailable",
-        "BackendAuthError": "MasAuthFailed",
-        "BackendRejected": "MasRejected",
+        "BackendUnavailable": f"{prefix}Unavailable",
+        "BackendAuthError": f"{prefix}AuthFailed",
+        "BackendRejected": f"{prefix}Rejected",
         "MailTemporaryError": "MailDeferred",
         "MailRejectedError": "MailRejected",
         "MailThrottled": "WaitingForMailSlot",
@@ -352,11 +389,24 @@ async def _ensure_token(
         ):
             return state
         if state is None:
+            settled = missing_token_state(invitation, expiry, deps.clock())
+            if settled is not None:
+                return settled  # revoked, spent or expired: not to be issued again
+        if state is None and writer.status.revocation_requested:
+            # The spec revoked it and now no longer does; a backend that revokes by deleting
+            # (Synapse) has nothing left to un-revoke, so it is issued again from the Secret.
+            await deps.events.normal(
+                invitation,
+                "TokenUnrevoked",
+                f"Token {token_id} was deleted in {deps.backend.name} when it was revoked; "
+                "issuing it again from the Secret",
+            )
+        elif state is None:
             await deps.events.warning(
                 invitation,
                 "DriftCorrected",
-                f"Token {token_id} is missing in MAS (restored database?); issuing it again "
-                "from the Secret",
+                f"Token {token_id} is missing in {deps.backend.name} (deleted by hand, or a "
+                "restored database?); issuing it again from the Secret",
             )
         else:
             # Someone replaced the Secret: the mailed token and the stored one disagree.
@@ -370,7 +420,7 @@ async def _ensure_token(
     state = await deps.backend.issue(token, usage_limit=spec.usage_limit, expires_at=expiry)
     await writer.record(token_id=state.id, issued_to=spec.email)
     await deps.events.normal(
-        invitation, "TokenIssued", f"Registration token {state.id} issued in MAS"
+        invitation, "TokenIssued", f"Registration token {state.id} issued in {deps.backend.name}"
     )
     return state
 

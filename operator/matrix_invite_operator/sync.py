@@ -27,6 +27,7 @@ from .reconcile import (
     StatusWriter,
     announce_phase_change,
     desired_expiry,
+    missing_token_state,
     reconcile,
 )
 from .status import compute_status
@@ -111,6 +112,9 @@ async def sync_invitations(
                     continue
                 token = await deps.backend.read(status.token_id)
             expiry = desired_expiry(invitation, deps.settings)
+            if token is None:
+                # Revoked by deletion (Synapse), spent or expired: nothing to repair.
+                token = missing_token_state(invitation, expiry, now)
             if needs_reconcile(invitation, token, expiry):
                 report.reconciled += 1
                 await reconcile(deps, invitation)

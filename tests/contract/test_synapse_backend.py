@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from matrix_invite_operator.backends.synapse import (
 from matrix_invite_operator.errors import (
     BackendAuthError,
     BackendRejected,
+    BackendTlsError,
     BackendUnavailable,
     TokenNotFound,
 )
@@ -331,3 +333,13 @@ async def test_an_unexpected_shape_is_rejected_without_echoing_values() -> None:
     with pytest.raises(BackendRejected, match="unexpected shape") as raised:
         [s async for s in mocked(lambda _: httpx.Response(200, json=body)).list_all()]
     assert value not in str(raised.value)
+
+
+async def test_an_untrusted_certificate_says_which_ca_bundle_to_set() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        error = httpx.ConnectError("handshake failed", request=request)
+        error.__cause__ = ssl.SSLCertVerificationError(1, "certificate verify failed")
+        raise error
+
+    with pytest.raises(BackendTlsError, match="MATRIX_INVITE_SYNAPSE_CA_BUNDLE"):
+        [s async for s in mocked(handler).list_all()]

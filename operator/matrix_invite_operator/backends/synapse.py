@@ -30,6 +30,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -44,6 +45,7 @@ from matrix_invite_operator.backends.oauth import retry_after_seconds
 from matrix_invite_operator.errors import (
     BackendAuthError,
     BackendRejected,
+    BackendTlsError,
     BackendUnavailable,
     TokenNotFound,
 )
@@ -196,6 +198,13 @@ class SynapseAdminClient:
                 retry_after=_UNREACHABLE_RETRY_AFTER,
             ) from exc
         except httpx.RequestError as exc:
+            untrusted = _certificate_error(exc)
+            if untrusted is not None:
+                raise BackendTlsError(
+                    f"Synapse at {_origin(exc)} presented a TLS certificate we do not trust "
+                    f"({untrusted}); if Synapse uses a private CA, set "
+                    "MATRIX_INVITE_SYNAPSE_CA_BUNDLE"
+                ) from exc
             raise BackendUnavailable(
                 f"No answer from Synapse at {_origin(exc)} to {what} ({type(exc).__name__})",
                 retry_after=_UNREACHABLE_RETRY_AFTER,
@@ -273,6 +282,17 @@ def _parse(model: type[_Model], response: httpx.Response, what: str) -> _Model:
     raise BackendRejected(
         f"Synapse answered {what} with an unexpected shape (problem at {', '.join(fields[:5])})"
     )
+
+
+def _certificate_error(exc: BaseException) -> str | None:
+    """The verification failure inside a connection error, if that is what it was."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            detail = getattr(seen, "verify_message", None) or getattr(seen, "reason", None)
+            return str(detail or "verification failed")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _origin(exc: httpx.RequestError) -> str:
