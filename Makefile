@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install lint format test unit controlplane demo clean
+.PHONY: install lint format test unit controlplane demo clean chart-crds deploy-manifests e2e-kind
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,8 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Builds etcd, kube-apiserver, kube-controller-manager, kubectl and the kstatus checker
-# (tests/kstatus) from the Go module proxy into ~/.cache/matrix-invite-operator (once per pinned
+# Builds etcd, kube-apiserver, kube-controller-manager, kubectl, the kstatus checker
+# (tests/kstatus) and helm (for tests/deploy) from the Go module proxy into ~/.cache/matrix-invite-operator (once per pinned
 # version; the first build takes minutes).
 controlplane: install
 	$(BIN)/python -m tests.controlplane.build
@@ -38,6 +38,18 @@ test: lint controlplane
 
 demo: install controlplane
 	$(BIN)/python -m tests.demo
+
+# The chart templates a copy of crds/ (helm reads only files inside the chart); tests/deploy
+# fails when the copy or deploy/ (the kustomize base rendered from the chart) is stale.
+chart-crds:
+	cp crds/invitations.matrix-invite.dev.yaml charts/matrix-invite-operator/files/crds/
+
+deploy-manifests: install chart-crds
+	$(BIN)/python -m tests.deploy.manifests
+
+# Needs Docker, kind and kubectl on PATH; CI has no Docker, so this never runs there.
+e2e-kind: install
+	PYTHON=$(abspath $(BIN)/python) hack/e2e-kind.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache demo-state
