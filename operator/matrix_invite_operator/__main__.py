@@ -35,11 +35,11 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     from . import handlers  # noqa: F401  (registers the Kopf handlers)
-    from .runtime import build_mailer
 
+    # Settings that cannot even be parsed stop here. Missing credentials or unusable mail
+    # settings do not: the operator runs, and every Invitation says what to fix (Stalled),
+    # instead of a crash loop that only `kubectl logs` explains.
     settings = _load_settings()
-    settings.require_backend()  # and reads the backend's credential file
-    build_mailer(settings)  # fails now, not on the first Invitation, if mail cannot work
     kopf.configure(
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,

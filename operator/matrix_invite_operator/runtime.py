@@ -8,6 +8,7 @@ startup and kept in Kopf's memo, never as module globals.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from .backends import TokenBackend
 from .backends.mas import MasAdminClient, MasTokenBackend, RequestObserver
 from .backends.oauth import ClientCredentialsAuth
 from .backends.synapse import SynapseAdminClient, SynapseTokenBackend
+from .errors import ConfigurationError
 from .kube import KubeApi, KubeConnection, KubeEvents, kube_http_client
 from .mail.invitation import SmtpInvitationMailer
 from .mail.render import MailRenderer, validate_registration_url_template
@@ -26,6 +28,9 @@ from .mail.throttle import MailThrottle
 from .metrics import OperatorMetrics
 from .reconcile import Dependencies, InvitationMailer
 from .settings import Settings
+from .unconfigured import UnconfiguredBackend, UnconfiguredMailer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,13 +117,23 @@ async def build_dependencies(
     kube: KubeConnection | None = None,
     metrics: OperatorMetrics | None = None,
 ) -> Dependencies:
-    mailer: InvitationMailer = build_mailer(settings)
+    mailer: InvitationMailer
+    try:
+        mailer = build_mailer(settings)
+    except ConfigurationError as problem:
+        logger.error("mail is misconfigured, no invitation will be sent: %s", problem)
+        mailer = UnconfiguredMailer(problem)
     if metrics is not None:
         mailer = metrics.counting_mailer(mailer)
     mas_http = mas_http_client(settings)
-    backend = build_backend(
-        settings, mas_http, on_request=metrics.record_mas_request if metrics else None
-    )
+    backend: TokenBackend
+    try:
+        backend = build_backend(
+            settings, mas_http, on_request=metrics.record_mas_request if metrics else None
+        )
+    except ConfigurationError as problem:
+        logger.error("the token backend is misconfigured, nothing will be issued: %s", problem)
+        backend = UnconfiguredBackend(problem)
     kube_http = kube_http_client(kube or KubeConnection.discover())
     kube_api = KubeApi(kube_http)
     deps = Dependencies(

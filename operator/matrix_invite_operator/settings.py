@@ -196,7 +196,7 @@ class Settings(BaseSettings):
                 ("MATRIX_INVITE_MAS_URL", self.mas_url),
                 ("MATRIX_INVITE_MAS_CLIENT_ID", self.mas_client_id),
             )
-            if value is None
+            if not value
         ]
         if self.mas_client_secret is None and self.mas_client_secret_file is None:
             missing.append("MATRIX_INVITE_MAS_CLIENT_SECRET_FILE (or _SECRET)")

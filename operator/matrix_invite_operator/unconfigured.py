@@ -1,0 +1,70 @@
+"""Stand-ins for a token backend or mailer whose configuration cannot work.
+
+The operator keeps running with them instead of exiting into a crash loop: every Invitation
+shows `Stalled` with the one sentence that says what to set, the log repeats it once per slow
+retry, and fixing the configuration (a restart with the right environment) heals everything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, NoReturn
+
+from pydantic import SecretStr
+
+from .backends import TokenState
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .reconcile import Invitation
+
+
+class UnconfiguredBackend:
+    """A `TokenBackend` that answers every call with the configuration error."""
+
+    name = "unconfigured"
+
+    def __init__(self, problem: ConfigurationError) -> None:
+        self._message = str(problem)
+
+    def _fail(self) -> NoReturn:
+        raise ConfigurationError(self._message)
+
+    async def issue(
+        self, token: SecretStr, *, usage_limit: int | None, expires_at: dt.datetime | None
+    ) -> TokenState:
+        self._fail()
+
+    async def read(self, token_id: str) -> TokenState | None:
+        self._fail()
+
+    async def list_all(self) -> AsyncIterator[TokenState]:
+        self._fail()
+        yield  # pragma: no cover - makes this an async generator like the real ones
+
+    async def update(
+        self, token_id: str, *, usage_limit: int | None, expires_at: dt.datetime | None
+    ) -> TokenState:
+        self._fail()
+
+    async def revoke(self, token_id: str) -> TokenState | None:
+        self._fail()
+
+    async def unrevoke(self, token_id: str) -> TokenState:
+        self._fail()
+
+    async def aclose(self) -> None:
+        return None
+
+
+class UnconfiguredMailer:
+    """An `InvitationMailer` that answers every send with the configuration error."""
+
+    def __init__(self, problem: ConfigurationError) -> None:
+        self._message = str(problem)
+
+    async def send_invitation(
+        self, invitation: Invitation, *, token: SecretStr, token_state: TokenState
+    ) -> None:
+        raise ConfigurationError(self._message)
