@@ -1,0 +1,34 @@
+# The operator image: `docker build -t matrix-invite-operator .`
+# It cannot be built in this project's CI (no Docker there); `make e2e-kind` builds and runs it
+# where Docker is available, and .github/workflows/release.yml publishes it on tags.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+WORKDIR /src
+RUN python -m venv /opt/venv
+COPY pyproject.toml README.md ./
+COPY operator ./operator
+# Every dependency ships wheels, so no compiler is needed even here. pip compiles the .pyc files
+# now: the running container has a read-only root filesystem and never writes them.
+RUN /opt/venv/bin/pip install --no-warn-script-location . \
+ && /opt/venv/bin/pip uninstall --yes pip setuptools wheel \
+ && /opt/venv/bin/matrix-invite-operator --version
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="matrix-invite-operator" \
+      org.opencontainers.image.description="Invitations in Git become MAS registration tokens, Secrets and invitation mails" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH
+# Only the virtualenv: no pip, no build tools, no source tree.
+COPY --from=build /opt/venv /opt/venv
+# A numeric user, so that Kubernetes can check runAsNonRoot without /etc/passwd.
+USER 65532:65532
+WORKDIR /tmp
+EXPOSE 8080 9090
+ENTRYPOINT ["matrix-invite-operator"]
+CMD ["run"]
