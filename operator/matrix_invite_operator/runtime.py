@@ -92,18 +92,7 @@ def build_backend(settings: Settings, http: httpx.AsyncClient, **mas_options: An
 
 def build_mailer(settings: Settings) -> SmtpInvitationMailer:
     validate_registration_url_template(settings.registration_url)
-    mailer = Mailer(
-        host=settings.smtp_host,
-        port=settings.smtp_port,
-        tls=settings.smtp_tls,
-        username=settings.smtp_username,
-        password=settings.smtp_password_value(),
-        ca_bundle=settings.smtp_ca_bundle,
-        allow_insecure_auth=settings.smtp_allow_insecure_auth,
-        timeout=settings.smtp_timeout_seconds,
-        sender_email=settings.mail_from,
-        sender_name=settings.mail_from_name,
-    )
+    mailer = Mailer.from_settings(settings)
     renderer = MailRenderer(settings.mail_template_dir)
     renderer.check()  # a broken admin template fails at startup, not on the first Invitation
     rate = settings.mail_rate_per_minute

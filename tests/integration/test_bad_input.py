@@ -24,22 +24,47 @@ from tests.operator_process import OperatorProcess
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize(
-    ("spec", "message"),
-    [
-        (
-            {"email": "ada@example.org", "favouriteColour": "blue"},
-            'unknown field "spec.favouriteColour"',
-        ),
-        ({"email": "a" * 250 + "@example.org"}, "spec.email: Too long"),
-        ({"email": "ada@example.org", "displayName": "x" * 257}, "spec.displayName: Too long"),
-        ({"email": "ada@example.org", "validFor": "1" * 40 + "h"}, "spec.validFor: Too long"),
-        ({"email": "ada@example.org", "locale": "fr"}, "spec.locale: Unsupported value"),
-        ({"email": "ada@example.org", "resend": "again\nand again"}, "spec.resend"),
-    ],
-    ids=["unknown-field", "long-email", "long-name", "long-duration", "locale", "crlf-resend"],
-)
-def test_api_server_rejects_more_bad_invitations(
+# Each case with the words of the API server's answer that tell the admin what is wrong.
+REJECTED = {
+    "malformed": ({"email": "not-an-address"}, "spec.email: Invalid value"),
+    "display-name-form": ({"email": "Ada <ada@example.org>"}, "spec.email: Invalid value"),
+    "both-expiries": (
+        {"email": "ada@example.org", "expiresAt": "2030-01-01T00:00:00Z", "validFor": "24h"},
+        "set either expiresAt or validFor, not both",
+    ),
+    "limit-0": ({"email": "ada@example.org", "usageLimit": 0}, "spec.usageLimit: Invalid value"),
+    "limit-101": (
+        {"email": "ada@example.org", "usageLimit": 101},
+        "spec.usageLimit: Invalid value",
+    ),
+    "crlf-name": (
+        {"email": "ada@example.org", "displayName": "Ada\r\nBcc: x@example.org"},
+        "spec.displayName: Invalid value",
+    ),
+    "bad-duration": (
+        {"email": "ada@example.org", "validFor": "a week"},
+        "spec.validFor: Invalid value",
+    ),
+    "unknown-field": (
+        {"email": "ada@example.org", "favouriteColour": "blue"},
+        'unknown field "spec.favouriteColour"',
+    ),
+    "long-email": ({"email": "a" * 250 + "@example.org"}, "spec.email: Too long"),
+    "long-name": (
+        {"email": "ada@example.org", "displayName": "x" * 257},
+        "spec.displayName: Too long",
+    ),
+    "long-duration": (
+        {"email": "ada@example.org", "validFor": "1" * 40 + "h"},
+        "spec.validFor: Too long",
+    ),
+    "locale": ({"email": "ada@example.org", "locale": "fr"}, "spec.locale: Unsupported value"),
+    "crlf-resend": ({"email": "ada@example.org", "resend": "again\nand again"}, "spec.resend"),
+}
+
+
+@pytest.mark.parametrize(("spec", "message"), REJECTED.values(), ids=REJECTED.keys())
+def test_api_server_rejects_bad_invitations(
     invitations: InvitationsApi, spec: dict[str, object], message: str
 ) -> None:
     result = invitations.cp.kubectl(

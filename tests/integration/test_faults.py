@@ -183,7 +183,7 @@ def test_racing_create_500_finds_the_token(
     settle("create answered 500 after committing", invitations, mas, smtp)
 
 
-# --- SMTP --------------------------------------------------------------------------------------
+# --- SMTP (4xx retried and 5xx stalling: tests/integration/test_mail_delivery.py) -------------
 
 
 def test_relay_refusing_connections_then_accepting(
@@ -201,35 +201,6 @@ def test_relay_refusing_connections_then_accepting(
     invitations.wait_for_phase("mailme", "Sent", timeout=30)
     assert len(smtp.messages) == 1
     settle("relay refuses connections, then accepts", invitations, mas, smtp)
-
-
-def test_relay_answering_4xx_is_retried(
-    invitations: InvitationsApi,
-    mas: MasDouble,
-    smtp: SmtpDouble,
-    start_operator: Callable[..., OperatorProcess],
-) -> None:
-    start_operator(**QUIET_SYNC)
-    smtp.reject_next(2, code=451, message="4.7.1 Greylisted, try again later")
-    invitations.apply("grey", email="grey@example.org")
-    invitations.wait_for_phase("grey", "Sent", timeout=30)
-    assert len(smtp.messages) == 1
-    settle("relay answers 451 twice", invitations, mas, smtp)
-
-
-def test_relay_answering_5xx_stalls_with_its_reply(
-    invitations: InvitationsApi,
-    mas: MasDouble,
-    smtp: SmtpDouble,
-    start_operator: Callable[..., OperatorProcess],
-) -> None:
-    start_operator(**QUIET_SYNC)
-    smtp.reject_next(1, code=550, message="5.1.1 No such user here")
-    invitations.apply("nobody", email="nobody@example.org")
-    body = invitations.wait_for_phase("nobody", "Failed", timeout=20)
-    assert condition(body, "Stalled")["status"] == "True"  # type: ignore[index]
-    assert "No such user here" in body["status"]["message"]
-    settle("relay answers 550 unknown recipient", invitations, mas, smtp)
 
 
 def test_untrusted_relay_certificate_stalls_then_heals(
