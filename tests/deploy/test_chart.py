@@ -388,3 +388,26 @@ def test_release_name_and_overrides_shape_every_name() -> None:
     objects = render({"fullnameOverride": "mio"}, namespace="x")
     assert {"mio", "mio-metrics"} <= _names(objects)
     assert render_text(namespace="x").count("namespace: x") >= 4
+
+
+# --- the install guide -------------------------------------------------------------------------
+
+
+def test_the_install_guides_helm_release_values_render() -> None:
+    """docs/install-flux.md's HelmRelease values pass the schema and render what they promise."""
+    guide = (CHART_DIR.parents[1] / "docs" / "install-flux.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", guide, re.DOTALL)
+    documents = [
+        d for block in blocks if "..." not in block for d in yaml.safe_load_all(block) if d
+    ]
+    (release,) = [d for d in documents if d.get("kind") == "HelmRelease"]
+    assert release["spec"]["install"]["crds"] == release["spec"]["upgrade"]["crds"]
+    objects = render(release["spec"]["values"], namespace="matrix-invite")
+    env = env_of(objects)
+    assert env["MATRIX_INVITE_MAS_CLIENT_ID"] == "01J44RKQYM4G3TNVANTMTDYTX6"
+    assert len(one(objects, "NetworkPolicy")["spec"]["egress"]) == 4
+    kustomizations = [d for d in documents if d.get("kind") == "Kustomization"]
+    (invitations,) = [k for k in kustomizations if k["metadata"]["name"] == "invitations"]
+    assert invitations["spec"]["dependsOn"] == [{"name": "matrix-invite-operator"}]
+    (check,) = invitations["spec"]["healthCheckExprs"]
+    assert (check["apiVersion"], check["kind"]) == ("matrix-invite.dev/v1alpha1", "Invitation")
