@@ -1,5 +1,8 @@
 """Integration fixtures: the real control plane, the MAS double, the SMTP double, the operator.
 
+The operator uses MAS unless a test asks for Synapse (a real one from tests.servers) by
+overriding or parametrizing the `backend` fixture.
+
 Each test gets its own namespace and its own operator process watching only that namespace,
 so tests cannot see each other's Invitations and a killed operator takes nothing else down.
 """
@@ -16,6 +19,7 @@ from tests.doubles.mas import MasDouble
 from tests.doubles.smtp import SmtpDouble
 from tests.integration.harness import InvitationsApi
 from tests.operator_process import OperatorProcess
+from tests.servers.synapse import SynapseServer
 
 SMTP_USER = "operator@example.org"
 SMTP_PASSWORD = "smtp-password-for-tests-only"
@@ -38,6 +42,12 @@ def smtp() -> Iterator[SmtpDouble]:
 
 
 @pytest.fixture
+def backend() -> str:
+    """The token backend the operator is configured with: "mas" (default) or "synapse"."""
+    return "mas"
+
+
+@pytest.fixture
 def secrets_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "secrets"
     directory.mkdir()
@@ -53,9 +63,11 @@ def operator_env(
     mas: MasDouble,
     smtp: SmtpDouble,
     secrets_dir: Path,
+    backend: str,
+    request: pytest.FixtureRequest,
 ) -> dict[str, str]:
     host, port = smtp.address
-    return {
+    env = {
         "KUBECONFIG": str(control_plane.kubeconfig_path),
         "MATRIX_INVITE_NAMESPACES": namespace,
         "MATRIX_INVITE_MAS_URL": mas.url,
@@ -75,6 +87,21 @@ def operator_env(
         "MATRIX_INVITE_RETRY_BASE_SECONDS": "1",
         "MATRIX_INVITE_RETRY_MAX_SECONDS": "5",
     }
+    if backend == "synapse":
+        synapse: SynapseServer = request.getfixturevalue("synapse")
+        (secrets_dir / "synapse-admin-token").write_text(synapse.admin_token)
+        for name in [k for k in env if k.startswith("MATRIX_INVITE_MAS_")]:
+            del env[name]
+        env.update(
+            {
+                "MATRIX_INVITE_BACKEND": "synapse",
+                "MATRIX_INVITE_SYNAPSE_URL": synapse.url,
+                "MATRIX_INVITE_SYNAPSE_ADMIN_TOKEN_FILE": str(secrets_dir / "synapse-admin-token"),
+                "MATRIX_INVITE_SERVER_NAME": synapse.server_name,
+                "MATRIX_INVITE_REGISTRATION_URL": "https://app.element.io/#/register",
+            }
+        )
+    return env
 
 
 @pytest.fixture
@@ -84,11 +111,16 @@ def start_operator(
     control_plane: ControlPlane,
     namespace: str,
     mas: MasDouble,
+    backend: str,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Callable[..., OperatorProcess]]:
     """Start the operator (again); every process started here is stopped at teardown."""
     started: list[OperatorProcess] = []
     invitations_of_test = InvitationsApi(control_plane, namespace)
     mas_of_test = mas
+    synapse: SynapseServer | None = (
+        request.getfixturevalue("synapse") if backend == "synapse" else None
+    )
 
     def start(**overrides: str) -> OperatorProcess:
         process = OperatorProcess(
@@ -100,11 +132,17 @@ def start_operator(
     yield start
     for process in started:
         process.stop()
-    assert_no_secret_leaks(started, invitations_of_test, mas_of_test)
+    synapse_secrets = (
+        {t["token"] for t in synapse.tokens()} | {synapse.admin_token} if synapse else set()
+    )
+    assert_no_secret_leaks(started, invitations_of_test, mas_of_test, synapse_secrets)
 
 
 def assert_no_secret_leaks(
-    processes: list[OperatorProcess], invitations: InvitationsApi, mas: MasDouble
+    processes: list[OperatorProcess],
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    extra: set[str] | frozenset[str] = frozenset(),
 ) -> None:
     """No token value, client secret or SMTP password in logs, Events or Invitations.
 
@@ -112,6 +150,7 @@ def assert_no_secret_leaks(
     Events, Invitations (annotations included) and exception texts are searched.
     """
     secrets_known = {t["token"] for t in mas.tokens()} | {MAS_CLIENT_SECRET, SMTP_PASSWORD}
+    secrets_known |= extra
     haystacks = {f"operator log {p.log_path.name}": p.logs() for p in processes}
     haystacks["events"] = invitations.kubectl("get", "events", "-o", "yaml")
     haystacks["invitations"] = invitations.kubectl("get", "invitations", "-o", "yaml")

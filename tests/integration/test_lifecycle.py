@@ -1,4 +1,9 @@
-"""The Invitation lifecycle on the real API server: usage, expiry, edits, deletion and drift."""
+"""The Invitation lifecycle on the real API server: usage, expiry, edits, deletion and drift.
+
+Tests marked `BOTH_BACKENDS` run once with MAS (the double) and once with Synapse (a real
+homeserver, real registrations), asking the token store through `tests.integration.token_stores`;
+the others describe what only MAS does (its ids, its revocation outside Git).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,13 @@ from tests.doubles.smtp import SmtpDouble
 from tests.integration.conftest import MAS_CLIENT_ID, MAS_CLIENT_SECRET
 from tests.integration.harness import Body, InvitationsApi, condition
 from tests.integration.outside_admin import OutsideAdmin
+from tests.integration.token_stores import MasStore, StoredToken, SynapseStore, TokenStore
 from tests.operator_process import OperatorProcess
+from tests.servers.synapse import SynapseServer
 
 pytestmark = pytest.mark.integration
+
+BOTH_BACKENDS = pytest.mark.parametrize("backend", ["mas", "synapse"])
 
 
 @pytest.fixture
@@ -27,6 +36,26 @@ def operator(start_operator: Callable[..., OperatorProcess]) -> Iterator[Operato
 @pytest.fixture
 def admin(mas: MasDouble) -> OutsideAdmin:
     return OutsideAdmin(mas.url, MAS_CLIENT_ID, MAS_CLIENT_SECRET)
+
+
+@pytest.fixture
+def store(backend: str, request: pytest.FixtureRequest) -> TokenStore:
+    if backend == "synapse":
+        synapse: SynapseServer = request.getfixturevalue("synapse")
+        return SynapseStore(synapse)
+    return MasStore(request.getfixturevalue("mas"), request.getfixturevalue("admin"))
+
+
+def token_of(invitations: InvitationsApi, body: Body) -> tuple[str, str]:
+    """(tokenId, token value) of an Invitation, the value read from its Secret."""
+    status = body["status"]
+    return status["tokenId"], invitations.secret_token(status["secretName"])
+
+
+def held(store: TokenStore, token_id: str, token: str) -> StoredToken:
+    found = store.stored(token_id, token)
+    assert found is not None, f"{store.name} lost token {token_id}"
+    return found
 
 
 def sent(invitations: InvitationsApi, name: str, **spec: object) -> Body:
@@ -47,24 +76,27 @@ def as_time(value: object) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+@BOTH_BACKENDS
 @pytest.mark.usefixtures("operator")
-def test_single_use_invitation_is_accepted(invitations: InvitationsApi, mas: MasDouble) -> None:
+def test_single_use_invitation_is_accepted(invitations: InvitationsApi, store: TokenStore) -> None:
     body = sent(invitations, "ada", email="ada@example.org")
-    mas.simulate_registration(body["status"]["tokenId"])
+    store.use(*token_of(invitations, body))
     accepted = invitations.wait_for_phase("ada", "Accepted", timeout=15)
     status = accepted["status"]
     assert (status["timesUsed"], status["valid"], status["usageLimit"]) == (1, False, 1)
-    assert status["lastUsedAt"]
+    if store.reports_last_use:
+        assert status["lastUsedAt"]
     ready = condition(accepted, "Ready")
     assert ready is not None
     assert (ready["status"], ready["reason"]) == ("True", "Accepted")
     invitations.wait_for_events("ada", "InvitationAccepted")
 
 
+@BOTH_BACKENDS
 @pytest.mark.usefixtures("operator")
-def test_partly_used_invitation_stays_sent(invitations: InvitationsApi, mas: MasDouble) -> None:
+def test_partly_used_invitation_stays_sent(invitations: InvitationsApi, store: TokenStore) -> None:
     body = sent(invitations, "team", email="team@example.org", usageLimit=3)
-    mas.simulate_registration(body["status"]["tokenId"])
+    store.use(*token_of(invitations, body))
     used = invitations.wait_for(
         "team", lambda b: b["status"].get("timesUsed") == 1, timeout=15, what="timesUsed 1"
     )
@@ -72,8 +104,9 @@ def test_partly_used_invitation_stays_sent(invitations: InvitationsApi, mas: Mas
     assert used["status"]["lastSyncedAt"]
 
 
+@BOTH_BACKENDS
 def test_short_validity_expires_promptly(
-    invitations: InvitationsApi, mas: MasDouble, start_operator: Callable[..., OperatorProcess]
+    invitations: InvitationsApi, store: TokenStore, start_operator: Callable[..., OperatorProcess]
 ) -> None:
     # A sync interval far beyond the validity: only the expiry wake-up can flip it in time.
     start_operator(MATRIX_INVITE_SYNC_INTERVAL_SECONDS="300")
@@ -90,33 +123,35 @@ def test_short_validity_expires_promptly(
     (event,) = [e for e in events if e["reason"] == "InvitationExpired"]
     flipped = as_time(event["firstTimestamp"])
     assert dt.timedelta(0) <= flipped - expires < dt.timedelta(seconds=3)
-    assert (
-        mas_token(mas, body["status"]["tokenId"])["revoked_at"] is None
-    )  # expiry is not revocation
+    assert not store.revoked(*token_of(invitations, body))  # expiry is not revocation
 
 
+@BOTH_BACKENDS
 @pytest.mark.usefixtures("operator")
-def test_revoke_and_unrevoke_through_the_spec(invitations: InvitationsApi, mas: MasDouble) -> None:
+def test_revoke_and_unrevoke_through_the_spec(
+    invitations: InvitationsApi, store: TokenStore
+) -> None:
     body = sent(invitations, "rev", email="rev@example.org")
-    token_id = body["status"]["tokenId"]
+    token_id, token = token_of(invitations, body)
     invitations.patch_spec("rev", revoked=True)
     revoked = invitations.wait_for_phase("rev", "Revoked")
     assert (revoked["status"]["revoked"], revoked["status"]["valid"]) == (True, False)
-    assert mas_token(mas, token_id)["revoked_at"] is not None
+    assert store.revoked(token_id, token)
 
     invitations.patch_spec("rev", revoked=False)
     again = invitations.wait_for_phase("rev", "Sent")
     assert again["status"]["tokenId"] == token_id
     assert (again["status"]["revoked"], again["status"]["valid"]) == (False, True)
-    assert mas_token(mas, token_id)["revoked_at"] is None
+    assert not store.revoked(token_id, token)
     invitations.wait_for_events("rev", "TokenRevoked", "TokenUnrevoked")
-    assert len(mas.tokens()) == 1
+    assert store.count() == 1
 
 
+@BOTH_BACKENDS
 @pytest.mark.usefixtures("operator")
-def test_raise_limit_and_extend_expiry(invitations: InvitationsApi, mas: MasDouble) -> None:
+def test_raise_limit_and_extend_expiry(invitations: InvitationsApi, store: TokenStore) -> None:
     body = sent(invitations, "edit", email="edit@example.org", validFor="24h")
-    token_id = body["status"]["tokenId"]
+    token_id, token = token_of(invitations, body)
     created = as_time(body["metadata"]["creationTimestamp"])
 
     invitations.patch_spec("edit", usageLimit=3, validFor="72h")
@@ -128,9 +163,9 @@ def test_raise_limit_and_extend_expiry(invitations: InvitationsApi, mas: MasDoub
         ),
         what="usageLimit 3",
     )
-    stored = mas_token(mas, token_id)
-    assert stored["usage_limit"] == 3
-    assert as_time(stored["expires_at"]) == created + dt.timedelta(hours=72)
+    stored = held(store, token_id, token)
+    assert stored.usage_limit == 3
+    assert stored.expires_at == created + dt.timedelta(hours=72)
     assert edited["status"]["expiresAt"] == stored_time(created + dt.timedelta(hours=72))
     assert edited["status"]["tokenId"] == token_id  # edited in place, not reissued
     invitations.wait_for_events("edit", "TokenUpdated")
@@ -140,9 +175,10 @@ def stored_time(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
+@BOTH_BACKENDS
 @pytest.mark.usefixtures("operator")
 def test_new_address_gets_a_new_token_and_the_old_one_stops_working(
-    invitations: InvitationsApi, mas: MasDouble, smtp: SmtpDouble
+    invitations: InvitationsApi, store: TokenStore, smtp: SmtpDouble
 ) -> None:
     body = sent(invitations, "moved", email="old@example.org")
     old_id = body["status"]["tokenId"]
@@ -161,28 +197,30 @@ def test_new_address_gets_a_new_token_and_the_old_one_stops_working(
     new_token = invitations.secret_token(moved["status"]["secretName"])
     assert new_id != old_id
     assert new_token != old_token
-    assert mas_token(mas, old_id)["valid"] is False
-    assert mas_token(mas, old_id)["revoked_at"] is not None
-    assert mas_token(mas, new_id)["token"] == new_token
-    assert mas_token(mas, new_id)["valid"] is True
+    old = store.stored(old_id, old_token)
+    assert old is None or old.valid is False
+    assert store.revoked(old_id, old_token)
+    assert held(store, new_id, new_token).token == new_token
+    assert held(store, new_id, new_token).valid is True
     mails = smtp.wait_for_sync(2, timeout=5)
     assert [m.rcpt_tos for m in mails] == [("old@example.org",), ("new@example.org",)]
     assert new_token in (mails[1].text or "")
     assert old_token not in (mails[1].text or "")
 
 
+@BOTH_BACKENDS
 @pytest.mark.usefixtures("operator")
 def test_deletion_revokes_the_token_and_removes_the_secret(
-    invitations: InvitationsApi, mas: MasDouble
+    invitations: InvitationsApi, store: TokenStore
 ) -> None:
     body = sent(invitations, "bye", email="bye@example.org")
-    token_id = body["status"]["tokenId"]
+    token_id, token = token_of(invitations, body)
     secret_name = body["status"]["secretName"]
     assert "matrix-invite.dev/revoke-token" in body["metadata"]["finalizers"]
 
     invitations.kubectl("delete", "invitation", "bye", "--wait=false")
     invitations.wait_gone("bye", timeout=30)
-    assert mas_token(mas, token_id)["revoked_at"] is not None
+    assert store.revoked(token_id, token)
     # kube-controller-manager's garbage collector removes the owned Secret.
     deadline_ok = _eventually(lambda: invitations.secret(secret_name) is None, timeout=30)
     assert deadline_ok, "the Secret outlived its Invitation"
@@ -213,19 +251,20 @@ def test_token_lost_in_mas_is_recreated_from_the_secret(
     assert len(smtp.messages) == 1, "the invitee already has this token: no second mail"
 
 
+@BOTH_BACKENDS
 @pytest.mark.usefixtures("operator")
 def test_limits_changed_outside_git_are_set_back(
-    invitations: InvitationsApi, mas: MasDouble, admin: OutsideAdmin
+    invitations: InvitationsApi, store: TokenStore
 ) -> None:
     body = sent(invitations, "drift", email="drift@example.org", validFor="24h")
-    token_id = body["status"]["tokenId"]
-    admin.set_limits(token_id, usage_limit=50, expires_at=None)
+    token_id, token = token_of(invitations, body)
+    store.set_limits(token_id, token, usage_limit=50, expires_at=None)
 
     def restored() -> bool:
-        stored = mas_token(mas, token_id)
-        return stored["usage_limit"] == 1 and stored["expires_at"] is not None
+        stored = held(store, token_id, token)
+        return stored.usage_limit == 1 and stored.expires_at is not None
 
-    assert _eventually(restored, timeout=20), mas_token(mas, token_id)
+    assert _eventually(restored, timeout=20), held(store, token_id, token)
     invitations.wait_for_events("drift", "DriftCorrected")
     assert invitations.status("drift")["phase"] == "Sent"
 
