@@ -61,9 +61,18 @@ CONFIGURED: dict[str, Any] = {
         "password": {"existingSecret": "invite-smtp", "key": "password"},
     },
 }
+SYNAPSE: dict[str, Any] = {
+    "backend": "synapse",
+    "synapse": {
+        "url": "http://synapse.matrix.svc:8008",
+        "adminToken": {"existingSecret": "invite-synapse", "key": "access-token"},
+        "caBundle": {"configMap": "internal-ca", "key": "ca.pem"},
+    },
+}
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "configured": CONFIGURED,
+    "synapse": SYNAPSE,
     "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
     "cluster-wide": {"clusterWide": True},
     "network-policy": NETWORK_POLICY_VALUES,
@@ -263,7 +272,27 @@ def test_credentials_come_from_existing_secrets_as_files() -> None:
     assert env["MATRIX_INVITE_SMTP_USERNAME"] == "invitations@example.org"
 
 
-@pytest.mark.parametrize("variant", ["default", "configured", "cluster-wide"])
+def test_synapse_backend_gets_its_url_and_admin_token_as_a_file() -> None:
+    objects = render(SYNAPSE)
+    env = env_of(objects)
+    assert env["MATRIX_INVITE_BACKEND"] == "synapse"
+    assert env["MATRIX_INVITE_SYNAPSE_URL"] == "http://synapse.matrix.svc:8008"
+    assert "MATRIX_INVITE_SYNAPSE_ADMIN_TOKEN" not in env
+    pod = pod_template(objects)["spec"]
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    source = volumes["synapse-admin-token"]["secret"]
+    assert source["secretName"] == "invite-synapse"
+    (item,) = source["items"]
+    assert item["key"] == "access-token"
+    token_file = f"{mounts['synapse-admin-token']}/{item['path']}"
+    assert env["MATRIX_INVITE_SYNAPSE_ADMIN_TOKEN_FILE"] == token_file
+    assert env["MATRIX_INVITE_SYNAPSE_CA_BUNDLE"].startswith(mounts["synapse-ca"] + "/")
+    assert env_of(render())["MATRIX_INVITE_BACKEND"] == "mas"
+
+
+@pytest.mark.parametrize("variant", ["default", "configured", "synapse", "cluster-wide"])
 def test_every_variable_the_chart_sets_is_a_setting_the_operator_reads(variant: str) -> None:
     env = env_of(render(VARIANTS[variant]))
     names = {n.removeprefix("MATRIX_INVITE_").lower() for n in env}
@@ -345,6 +374,8 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "replicas are not configurable": ({"replicas": 2}, "replicas"),
     "typo in a key": ({"metrics": {"enable": False}}, "enable"),
     "unknown log format": ({"logFormat": "xml"}, "logFormat"),
+    "unknown backend": ({"backend": "dendrite"}, "backend"),
+    "Synapse URL without scheme": ({"synapse": {"url": "synapse:8008"}}, "synapse/url"),
 }
 
 
