@@ -83,6 +83,7 @@ def render_mail(args: argparse.Namespace) -> int:
             server_name=settings.server_name,
             locale=args.locale or settings.default_locale,
             timezone=settings.mail_timezone,
+            sign_up=settings.backend,
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

@@ -68,7 +68,10 @@ def test_the_mailed_token_registers_one_matrix_user_and_the_invitation_is_accept
     assert re.fullmatch(r"syn-[0-9a-f]{24}", token_id)
     assert token not in token_id
     assert token == invitations.secret_token(body["status"]["secretName"])
-    assert "https://app.element.io/#/register" in (smtp.messages[0].text or "")
+    text = smtp.messages[0].text or ""
+    assert "https://app.element.io/#/register" in text
+    assert "It opens Element" in text
+    assert "6-digit" not in text  # Element asking Synapse involves no emailed code
     stored = synapse.token(token)
     assert stored is not None
     assert (stored["uses_allowed"], stored["completed"]) == (1, 0)

@@ -55,6 +55,7 @@ class SmtpInvitationMailer:
             server_name=settings.server_name,
             locale=spec.locale or settings.default_locale,
             timezone=settings.mail_timezone,
+            sign_up=settings.backend,  # where the token is typed in: MAS's page or Element
         )
 
     async def send_invitation(

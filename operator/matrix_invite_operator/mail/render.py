@@ -17,11 +17,15 @@ Variables available to templates:
     inviter           str         who invites
     server_name       str         the Matrix server name
     locale            "en" | "de"
+    sign_up           "mas" | "synapse"  how the invitee signs up: MAS's own page (with its
+                                   6-digit email code) or a Matrix client such as Element
+                                   that asks Synapse for the token
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import string
 import zoneinfo
 from collections.abc import Mapping
@@ -40,6 +44,8 @@ from ..errors import ConfigurationError
 
 Locale = Literal["en", "de"]
 LOCALES: tuple[Locale, ...] = ("en", "de")
+SignUp = Literal["mas", "synapse"]
+SIGN_UPS: tuple[SignUp, ...] = ("mas", "synapse")
 TEMPLATE_FILES: tuple[str, ...] = ("subject.txt", "body.txt", "body.html")
 
 _URL_PLACEHOLDERS = frozenset({"token", "email"})
@@ -75,6 +81,7 @@ class MailContext(BaseModel):
     server_name: str = Field(min_length=1)
     locale: Locale = "en"
     timezone: str = "UTC"
+    sign_up: SignUp = "mas"
 
     @field_validator("expires_at")
     @classmethod
@@ -232,6 +239,7 @@ class MailRenderer:
             "inviter": ctx.inviter,
             "server_name": ctx.server_name,
             "locale": ctx.locale,
+            "sign_up": ctx.sign_up,
         }
         subject = self._render_one(f"{ctx.locale}/subject.txt", variables, token).strip()
         text = self._render_one(f"{ctx.locale}/body.txt", variables, token)
@@ -259,9 +267,10 @@ class MailRenderer:
         return RenderedMail(subject=subject, text=_tidy_text(text), html=html.strip() + "\n")
 
     def check(self) -> None:
-        """Render every locale once with sample values: broken admin templates fail at startup."""
+        """Render every locale and sign-up once with sample values: broken admin templates fail
+        at startup."""
         sample_token = SecretStr("SampleToken12")
-        for locale in LOCALES:
+        for locale, sign_up in itertools.product(LOCALES, SIGN_UPS):
             self.render(
                 MailContext(
                     email="invitee@example.org",
@@ -273,6 +282,7 @@ class MailRenderer:
                     inviter="Sample Admin",
                     server_name="example.org",
                     locale=locale,
+                    sign_up=sign_up,
                 )
             )
 
