@@ -261,6 +261,14 @@ class KubeApi:
             content_type="application/merge-patch+json",
         )
 
+    async def get_invitation(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._request(
+                "GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+            )
+        except KubeNotFound:
+            return None
+
     async def create_event(self, namespace: str, body: dict[str, Any]) -> None:
         await self._request("POST", f"/api/v1/namespaces/{namespace}/events", json=body)
 

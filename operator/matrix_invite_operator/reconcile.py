@@ -240,24 +240,54 @@ def _days(delta: dt.timedelta) -> str:
 async def reconcile(deps: Dependencies, invitation: Invitation) -> InvitationStatus:
     """Run all steps for one Invitation; returns the status it wrote."""
     async with deps.lock_for(invitation):
-        writer = StatusWriter(deps.kube, invitation)
-        token_state: TokenState | None = None
-        try:
-            expiry = check_spec(invitation, deps.settings, deps.clock())
-            await _rotate_if_readdressed(deps, invitation, writer)
-            token = await _ensure_secret(deps, invitation, writer)
-            token_state = await _ensure_token(deps, invitation, writer, token, expiry)
-            token_state = await _converge(deps, invitation, writer, token_state, expiry)
-            await _mail_if_due(deps, invitation, writer, token, token_state)
-        except PermanentError as exc:
-            problem = _problem(exc, deps.backend.name)
-            await _finish(deps, invitation, writer, token_state, stalled=problem)
-            raise
-        except TransientError as exc:
-            problem = _problem(exc, deps.backend.name)
-            await _finish(deps, invitation, writer, token_state, reconciling=problem)
-            raise
-        return await _finish(deps, invitation, writer, token_state)
+        return await _reconcile_locked(deps, invitation)
+
+
+async def repair_drift(
+    deps: Dependencies,
+    invitation: Invitation,
+    drifted: Callable[[Invitation, TokenState | None], bool],
+) -> bool:
+    """Reconcile an Invitation the sync pass found drifted, if it still is.
+
+    The sync pass compares a listing with its watch cache; either may be older than a handler
+    that just ran. Deciding on them could set an edited limit back, or mark a settled
+    Invitation Pending during an outage. So: under the Invitation's lock, read both afresh
+    and decide again. Returns whether it reconciled.
+    """
+    async with deps.lock_for(invitation):
+        body = await deps.kube.get_invitation(invitation.namespace, invitation.name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return False
+        current = Invitation.from_body(body)
+        token_id = current.status.token_id
+        if token_id is None or current.status.observed_generation != current.generation:
+            return False  # a handler owns it now
+        if not drifted(current, await deps.backend.read(token_id)):
+            return False
+        await _reconcile_locked(deps, current)
+        return True
+
+
+async def _reconcile_locked(deps: Dependencies, invitation: Invitation) -> InvitationStatus:
+    writer = StatusWriter(deps.kube, invitation)
+    token_state: TokenState | None = None
+    try:
+        expiry = check_spec(invitation, deps.settings, deps.clock())
+        await _rotate_if_readdressed(deps, invitation, writer)
+        token = await _ensure_secret(deps, invitation, writer)
+        token_state = await _ensure_token(deps, invitation, writer, token, expiry)
+        token_state = await _converge(deps, invitation, writer, token_state, expiry)
+        await _mail_if_due(deps, invitation, writer, token, token_state)
+    except PermanentError as exc:
+        problem = _problem(exc, deps.backend.name)
+        await _finish(deps, invitation, writer, token_state, stalled=problem)
+        raise
+    except TransientError as exc:
+        problem = _problem(exc, deps.backend.name)
+        await _finish(deps, invitation, writer, token_state, reconciling=problem)
+        raise
+    return await _finish(deps, invitation, writer, token_state)
 
 
 def _problem(exc: Exception, backend: str = "MAS") -> Problem:

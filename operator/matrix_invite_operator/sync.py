@@ -14,7 +14,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from .reconcile import (
     announce_phase_change,
     desired_expiry,
     missing_token_state,
-    reconcile,
+    repair_drift,
 )
 from .status import compute_status
 
@@ -104,20 +104,19 @@ async def sync_invitations(
             or (stalled is not None and stalled.status == "True")
         ):
             continue
+        if not fresh and not _due(status, now):
+            continue  # an expiry wake-up only flips what is due; drift waits for a listing
         token = tokens.get(status.token_id)
         try:
             if token is None and not fresh:
-                # Newer than the cached listing: only one that is due to expire is worth a read.
-                if not _due(status, now):
-                    continue
-                token = await deps.backend.read(status.token_id)
+                token = await deps.backend.read(status.token_id)  # newer than the listing
             expiry = desired_expiry(invitation, deps.settings)
             if token is None:
                 # Revoked by deletion (Synapse), spent or expired: nothing to repair.
                 token = missing_token_state(invitation, expiry, now)
-            if needs_reconcile(invitation, token, expiry):
-                report.reconciled += 1
-                await reconcile(deps, invitation)
+            if fresh and needs_reconcile(invitation, token, expiry):
+                if await repair_drift(deps, invitation, _drift_check(deps, now)):
+                    report.reconciled += 1
                 continue
             updated = compute_status(
                 status, spec=invitation.spec, generation=invitation.generation, token=token, now=now
@@ -140,6 +139,18 @@ async def sync_invitations(
         except OperatorError as exc:
             report.failed += 1
             logger.warning("sync of %s/%s failed: %s", invitation.namespace, invitation.name, exc)
+
+
+def _drift_check(
+    deps: Dependencies, now: dt.datetime
+) -> Callable[[Invitation, TokenState | None], bool]:
+    def drifted(invitation: Invitation, token: TokenState | None) -> bool:
+        expiry = desired_expiry(invitation, deps.settings)
+        return needs_reconcile(
+            invitation, token or missing_token_state(invitation, expiry, now), expiry
+        )
+
+    return drifted
 
 
 def _due(status: InvitationStatus, now: dt.datetime) -> bool:

@@ -84,7 +84,7 @@ EXPECTED_RULES = [
     {
         "apiGroups": ["matrix-invite.dev"],
         "resources": ["invitations"],
-        "verbs": ["list", "watch", "patch"],
+        "verbs": ["get", "list", "watch", "patch"],
     },
     {"apiGroups": ["matrix-invite.dev"], "resources": ["invitations/status"], "verbs": ["patch"]},
     {

@@ -58,6 +58,8 @@ app.kubernetes.io/part-of: matrix-invite-operator
 {{/*
 The operator's rights, the same in a Role and a ClusterRole. Each rule is used by the code:
 - invitations list/watch: Kopf's watch (one per namespace, or cluster-wide).
+- invitations get: the sync pass reads an Invitation afresh before repairing drift
+  (reconcile.py repair_drift), so a stale watch cache never undoes an edit.
 - invitations patch: Kopf's finalizer and its progress annotations (matrix-invite.dev/...).
 - invitations/status patch: every status write (kube.py patch_invitation_status).
 - invitations/finalizers update: the token Secret's ownerReference sets blockOwnerDeletion,
@@ -71,7 +73,7 @@ listed, watched or deleted (garbage collection deletes them with their Invitatio
 {{- define "mio.rules" -}}
 - apiGroups: ["matrix-invite.dev"]
   resources: ["invitations"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["matrix-invite.dev"]
   resources: ["invitations/status"]
   verbs: ["patch"]
