@@ -58,11 +58,17 @@ def test_every_documented_metric_is_served(
     invitations.wait_for_phase("late", "Failed")
     smtp.wait_for_sync(1, timeout=5)
 
-    deadline = time.monotonic() + 15
-    while True:  # the sync pass runs every 2 s here
+    # The gauges read the operator's watch cache, which trails the API by one watch event, and
+    # the sync pass runs every 2 s here: wait until both have caught up.
+    deadline = time.monotonic() + 20
+    while True:
         samples = scrape(process)
         synced = value(samples, "matrix_invite_last_successful_sync_timestamp_seconds")
-        if synced > 0 or time.monotonic() > deadline:
+        phases = (
+            value(samples, "matrix_invite_invitations", phase="Sent"),
+            value(samples, "matrix_invite_invitations", phase="Failed"),
+        )
+        if (synced > 0 and phases == (1, 1)) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
 
