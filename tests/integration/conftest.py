@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.controlplane.cluster import ControlPlane
+from tests.deploy.rbac import OPERATOR_USER, bind_chart_rbac
 from tests.doubles.mas import MasDouble
 from tests.doubles.smtp import SmtpDouble
 from tests.integration.harness import InvitationsApi
@@ -67,8 +68,11 @@ def operator_env(
     request: pytest.FixtureRequest,
 ) -> dict[str, str]:
     host, port = smtp.address
+    # Least privilege, proven by every test: the operator runs as a non-admin identity bound
+    # to exactly the RBAC the chart renders for its namespace, never as cluster admin.
+    bind_chart_rbac(control_plane, namespace, OPERATOR_USER)
     env = {
-        "KUBECONFIG": str(control_plane.kubeconfig_path),
+        "KUBECONFIG": str(control_plane.kubeconfig_for(OPERATOR_USER)),
         "MATRIX_INVITE_NAMESPACES": namespace,
         "MATRIX_INVITE_MAS_URL": mas.url,
         "MATRIX_INVITE_MAS_CLIENT_ID": MAS_CLIENT_ID,
