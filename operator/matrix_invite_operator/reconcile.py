@@ -412,6 +412,7 @@ async def _ensure_token(
 ) -> TokenState:
     spec = invitation.spec
     token_id = writer.status.token_id
+    same_value_again = False
     if token_id is not None:
         state = await deps.backend.read(token_id)
         if state is not None and secrets.compare_digest(
@@ -422,6 +423,7 @@ async def _ensure_token(
             settled = missing_token_state(invitation, expiry, deps.clock())
             if settled is not None:
                 return settled  # revoked, spent or expired: not to be issued again
+            same_value_again = True
         if state is None and writer.status.revocation_requested:
             # The spec revoked it and now no longer does; a backend that revokes by deleting
             # (Synapse) has nothing left to un-revoke, so it is issued again from the Secret.
@@ -448,7 +450,12 @@ async def _ensure_token(
                 "Secret's token",
             )
     state = await deps.backend.issue(token, usage_limit=spec.usage_limit, expires_at=expiry)
-    await writer.record(token_id=state.id, issued_to=spec.email)
+    # The lost token's value issued again: whoever was mailed it holds this one already, so the
+    # mail record moves to the new id (MAS gives it a new one) instead of mailing it twice.
+    carried: dict[str, str] = {}
+    if same_value_again and writer.status.mailed_token_id == token_id:
+        carried["mailed_token_id"] = state.id
+    await writer.record(token_id=state.id, issued_to=spec.email, **carried)
     await deps.events.normal(
         invitation, "TokenIssued", f"Registration token {state.id} issued in {deps.backend.name}"
     )
