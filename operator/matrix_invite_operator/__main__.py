@@ -64,9 +64,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render_mail(args: argparse.Namespace) -> int:
-    from .mail.render import MailContext, MailRenderer, expand_registration_url
+    from .mail.invitation import sign_up_for
+    from .mail.render import MailContext, MailRenderer, SignUp, expand_registration_url
 
     settings = _load_settings()
+    sign_up: SignUp = {
+        None: sign_up_for(settings),
+        "password": "mas-password",
+        "upstream": "mas-upstream",
+        "synapse": "synapse",
+    }[args.sign_up]
     token = SecretStr(args.token)
     expires = dt.datetime.now(dt.UTC) + settings.default_validity
     try:
@@ -83,7 +90,8 @@ def render_mail(args: argparse.Namespace) -> int:
             server_name=settings.server_name,
             locale=args.locale or settings.default_locale,
             timezone=settings.mail_timezone,
-            sign_up=settings.backend,
+            sign_up=sign_up,
+            upstream_provider=settings.mas_upstream_provider_name,
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -126,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     mail.add_argument("--locale", choices=["en", "de"])
     mail.add_argument("--usage-limit", type=int, default=1)
     mail.add_argument("--token", default="ExampleToken0123456789ab")
+    mail.add_argument(
+        "--sign-up",
+        choices=["password", "upstream", "synapse"],
+        help="which sign-up steps to show: MAS password registration, MAS through an upstream "
+        "identity provider, or Element with Synapse (default: from the settings)",
+    )
     mail.add_argument("--html", default="invitation.html", help="where to write the HTML part")
     mail.set_defaults(func=render_mail)
 

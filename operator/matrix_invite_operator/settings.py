@@ -71,6 +71,16 @@ class Settings(BaseSettings):
         None, description="PEM bundle to trust for Synapse; MATRIX_INVITE_MAS_CA_BUNDLE if unset"
     )
     http_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    mas_sign_up: Literal["password", "upstream"] = Field(
+        "password",
+        description="How invitees sign up in MAS's web UI: password registration, or through an "
+        "upstream identity provider (the mail's steps follow); ignored with the Synapse backend",
+    )
+    mas_upstream_provider_name: str | None = Field(
+        None,
+        max_length=100,
+        description="The provider's name on MAS's \"Continue with ...\" button, e.g. Authentik",
+    )
 
     # --- mail ---
     smtp_host: str = "localhost"
@@ -130,12 +140,20 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("mail_from_name", "inviter_name", "server_name", "mail_from")
+    @field_validator(
+        "mail_from_name", "inviter_name", "server_name", "mail_from", "mas_upstream_provider_name"
+    )
     @classmethod
     def _single_line(cls, value: str | None) -> str | None:
         if value is not None and ("\r" in value or "\n" in value):
             raise ValueError("must be a single line")
         return value
+
+    @field_validator("mas_upstream_provider_name")
+    @classmethod
+    def _blank_provider_is_unset(cls, value: str | None) -> str | None:
+        # An empty variable (a chart value left "") means "not configured", not a blank label.
+        return value.strip() if value and value.strip() else None
 
     @model_validator(mode="after")
     def _validity_bounds(self) -> Settings:

@@ -69,10 +69,14 @@ SYNAPSE: dict[str, Any] = {
         "caBundle": {"configMap": "internal-ca", "key": "ca.pem"},
     },
 }
+MAS_UPSTREAM: dict[str, Any] = {
+    "mas": {"signUp": "upstream", "upstreamProviderName": 'Corp <SSO> "Login"'},
+}
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "configured": CONFIGURED,
     "synapse": SYNAPSE,
+    "mas-upstream": MAS_UPSTREAM,
     "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
     "cluster-wide": {"clusterWide": True},
     "network-policy": NETWORK_POLICY_VALUES,
@@ -292,7 +296,18 @@ def test_synapse_backend_gets_its_url_and_admin_token_as_a_file() -> None:
     assert env_of(render())["MATRIX_INVITE_BACKEND"] == "mas"
 
 
-@pytest.mark.parametrize("variant", ["default", "configured", "synapse", "cluster-wide"])
+def test_mas_sign_up_and_provider_name_reach_the_operator() -> None:
+    env = env_of(render(MAS_UPSTREAM))
+    assert env["MATRIX_INVITE_MAS_SIGN_UP"] == "upstream"
+    assert env["MATRIX_INVITE_MAS_UPSTREAM_PROVIDER_NAME"] == 'Corp <SSO> "Login"'
+    default = env_of(render())
+    assert default["MATRIX_INVITE_MAS_SIGN_UP"] == "password"
+    assert "MATRIX_INVITE_MAS_UPSTREAM_PROVIDER_NAME" not in default  # empty: the mail's wording
+
+
+@pytest.mark.parametrize(
+    "variant", ["default", "configured", "synapse", "mas-upstream", "cluster-wide"]
+)
 def test_every_variable_the_chart_sets_is_a_setting_the_operator_reads(variant: str) -> None:
     env = env_of(render(VARIANTS[variant]))
     names = {n.removeprefix("MATRIX_INVITE_").lower() for n in env}
@@ -375,6 +390,15 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "typo in a key": ({"metrics": {"enable": False}}, "enable"),
     "unknown log format": ({"logFormat": "xml"}, "logFormat"),
     "unknown backend": ({"backend": "dendrite"}, "backend"),
+    "unknown MAS sign-up": ({"mas": {"signUp": "oidc"}}, "signUp"),
+    "provider name on two lines": (
+        {"mas": {"upstreamProviderName": "a\nb"}},
+        "upstreamProviderName",
+    ),
+    "provider name too long": (
+        {"mas": {"upstreamProviderName": "x" * 101}},
+        "upstreamProviderName",
+    ),
     "Synapse URL without scheme": ({"synapse": {"url": "synapse:8008"}}, "synapse/url"),
 }
 

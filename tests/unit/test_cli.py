@@ -114,3 +114,74 @@ def test_bad_input_ends_with_one_sentence_not_a_traceback(tmp_path: Path) -> Non
         assert "Traceback" not in result.stderr
         assert result.stdout == ""
     assert not (tmp_path / "invitation.html").exists()
+
+
+def test_sign_up_upstream_previews_the_identity_provider_steps(tmp_path: Path) -> None:
+    result = render_mail(
+        tmp_path,
+        "--email",
+        "ada@example.org",
+        "--sign-up",
+        "upstream",
+        MATRIX_INVITE_MAS_UPSTREAM_PROVIDER_NAME="Authentik <SSO>",
+    )
+
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    steps = [
+        '2. Choose "Continue with Authentik <SSO>".',
+        "3. Log in at Authentik <SSO>",
+        "paste the token from this invitation",
+        "5. Confirm or choose your username and display name.",
+    ]
+    positions = [out.index(step) for step in steps]
+    assert positions == sorted(positions)
+    assert TOKEN in out.splitlines()
+    assert "you do not choose a password for Matrix" in out
+    assert "and a password" not in out
+    html = (tmp_path / "invitation.html").read_text(encoding="utf-8")
+    assert "Continue with Authentik &lt;SSO&gt;" in html
+    assert "<SSO>" not in html
+
+
+def test_sign_up_comes_from_the_settings_and_the_option_overrides_them(tmp_path: Path) -> None:
+    upstream = render_mail(
+        tmp_path, "--locale", "de", "--email", "a@example.org", MATRIX_INVITE_MAS_SIGN_UP="upstream"
+    )
+    password = render_mail(
+        tmp_path,
+        "--email",
+        "a@example.org",
+        "--sign-up",
+        "password",
+        MATRIX_INVITE_MAS_SIGN_UP="upstream",
+    )
+    synapse = render_mail(tmp_path, "--email", "a@example.org", "--sign-up", "synapse")
+    default = render_mail(tmp_path, "--email", "a@example.org")
+
+    for result in (upstream, password, synapse, default):
+        assert result.returncode == 0, result.stderr
+    assert "Schaltfläche „Weiter mit …“ der Anmeldung Ihrer" in upstream.stdout
+    assert "Sie wählen hier kein Passwort für Matrix" in upstream.stdout
+    assert "2. Choose a username and enter your email address and a password." in password.stdout
+
+    def steady(out: str) -> list[str]:  # the expiry is counted from now: it may tick over
+        return [line for line in out.splitlines() if "expires on" not in line]
+
+    assert steady(password.stdout) == steady(default.stdout)
+    assert "It opens Element" in synapse.stdout
+
+
+def test_an_unknown_sign_up_is_refused(tmp_path: Path) -> None:
+    bad_setting = render_mail(tmp_path, "--email", "a@example.org", MATRIX_INVITE_MAS_SIGN_UP="sso")
+    bad_option = render_mail(tmp_path, "--email", "a@example.org", "--sign-up", "sso")
+
+    assert bad_setting.returncode == 2
+    assert bad_setting.stderr.startswith(
+        "matrix-invite-operator: invalid configuration: MATRIX_INVITE_MAS_SIGN_UP:"
+    )
+    assert bad_option.returncode == 2
+    assert "--sign-up: invalid choice: 'sso'" in bad_option.stderr
+    for result in (bad_setting, bad_option):
+        assert "Traceback" not in result.stderr
+        assert result.stdout == ""

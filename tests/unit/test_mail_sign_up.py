@@ -1,8 +1,11 @@
-"""The sign-up steps in the mail follow the backend: MAS's page, or Element asking Synapse.
+"""The sign-up steps in the mail follow the installation: MAS's password registration, MAS
+through an upstream identity provider, or Element asking Synapse.
 
-MAS's own sign-up page mails a 6-digit code besides asking for the token, so its steps tell the
-two apart. With Synapse the invitee signs up in a Matrix client (Element) that asks for the
-token; there is no code to mention, but a sign-up left halfway holds a pending use.
+MAS's password registration mails a 6-digit code besides asking for the token, so its steps tell
+the two apart. Through an upstream provider (Authentik, say) the invitee chooses no password and
+is asked for the token after logging in there. With Synapse the invitee signs up in a Matrix
+client (Element) that asks for the token; there is no code to mention, but a sign-up left
+halfway holds a pending use.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ TOKEN = "Zq7Rk2Lm9Xw4Pb8Tn3Vc6Hd1"
 ELEMENT = "https://app.element.io/#/register"
 
 
-def render(sign_up: str, locale: Locale = "en") -> RenderedMail:
+def render(
+    sign_up: str, locale: Locale = "en", upstream_provider: str | None = None
+) -> RenderedMail:
     return MailRenderer().render(
         MailContext.model_validate(
             {
@@ -38,6 +43,7 @@ def render(sign_up: str, locale: Locale = "en") -> RenderedMail:
                 "server_name": "example.org",
                 "locale": locale,
                 "sign_up": sign_up,
+                "upstream_provider": upstream_provider,
             }
         )
     )
@@ -47,7 +53,7 @@ def visible(html: str) -> str:
     return " ".join(re.sub(r"<[^>]+>", " ", html).split())
 
 
-def test_mas_stays_the_default() -> None:
+def test_mas_password_registration_stays_the_default() -> None:
     ctx = MailContext(
         email="a@example.org",
         token=SecretStr(TOKEN),
@@ -55,9 +61,11 @@ def test_mas_stays_the_default() -> None:
         inviter="x",
         server_name="example.org",
     )
-    assert ctx.sign_up == "mas"
-    with pytest.raises(ValueError, match="sign_up"):
-        MailContext.model_validate({**ctx.model_dump(), "sign_up": "dendrite"})
+    assert ctx.sign_up == "mas-password"
+    assert ctx.upstream_provider is None
+    for wrong in ("dendrite", "mas"):
+        with pytest.raises(ValueError, match="sign_up"):
+            MailContext.model_validate({**ctx.model_dump(), "sign_up": wrong})
 
 
 @pytest.mark.parametrize(
@@ -107,7 +115,7 @@ def test_synapse_mail_mentions_no_6_digit_code(locale: Locale) -> None:
 
 @pytest.mark.parametrize("locale", ["en", "de"])
 def test_mas_mail_keeps_its_code_steps_and_no_element(locale: Locale) -> None:
-    mail = render("mas", locale)
+    mail = render("mas-password", locale)
     code = "6-digit" if locale == "en" else "6-stellig"
     for part in (mail.text, visible(mail.html)):
         assert code in part
@@ -125,7 +133,7 @@ def test_html_steps_match_the_text_steps(locale: Locale) -> None:
     assert mail.html.count("<li") == 5
 
 
-def test_the_mailer_chooses_the_sign_up_from_the_backend_setting() -> None:
+def test_the_mailer_chooses_the_sign_up_from_the_backend_and_mas_sign_up_settings() -> None:
     invitation = Invitation(
         namespace="ns",
         name="ada",
@@ -136,18 +144,217 @@ def test_the_mailer_chooses_the_sign_up_from_the_backend_setting() -> None:
         status=InvitationStatus(),
     )
     state = TokenState(id="syn-x", token=SecretStr(TOKEN), valid=True, usage_limit=1, times_used=0)
-    for backend in ("mas", "synapse"):
-        mailer = build_mailer(Settings(backend=backend, registration_url=ELEMENT))
-        ctx = mailer.context_for(invitation, token=SecretStr(TOKEN), token_state=state)
-        assert ctx.sign_up == backend
+    for backend, mas_sign_up, expected in [
+        ("mas", "password", "mas-password"),
+        ("mas", "upstream", "mas-upstream"),
+        ("synapse", "password", "synapse"),
+        ("synapse", "upstream", "synapse"),  # MAS's setting means nothing without MAS
+    ]:
+        settings = Settings(
+            backend=backend,
+            mas_sign_up=mas_sign_up,
+            mas_upstream_provider_name="Authentik",
+            registration_url=ELEMENT,
+        )
+        ctx = build_mailer(settings).context_for(
+            invitation, token=SecretStr(TOKEN), token_state=state
+        )
+        assert ctx.sign_up == expected
+        assert ctx.upstream_provider == "Authentik"
 
 
-def test_the_startup_check_renders_both_sign_ups(tmp_path: Path) -> None:
+def test_the_startup_check_renders_every_sign_up(tmp_path: Path) -> None:
     MailRenderer().check()
     # An admin template broken only in the Synapse branch fails at startup, not on a mail.
     (tmp_path / "en").mkdir()
     (tmp_path / "en" / "body.txt").write_text(
         '{{ token }}{% if sign_up == "synapse" %}{{ no_such_variable }}{% endif %}'
     )
+    with pytest.raises(ConfigurationError, match="no_such_variable"):
+        MailRenderer(tmp_path).check()
+
+
+# --- MAS password registration: unchanged, byte for byte -------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures" / "mail"
+FIXTURE_CASES: dict[str, dict[str, object]] = {
+    "full": {
+        "display_name": "Jörg <Müller> & Co",
+        "usage_limit": 3,
+        "expires_at": dt.datetime(2026, 12, 4, 18, 0, tzinfo=dt.UTC),
+        "timezone": "Europe/Berlin",
+    },
+    "bare": {"display_name": None, "usage_limit": 1, "expires_at": None},
+}
+
+
+@pytest.mark.parametrize("case", FIXTURE_CASES)
+@pytest.mark.parametrize("locale", ["en", "de"])
+@pytest.mark.parametrize("provider", [None, "Authentik"])
+def test_mas_password_mail_is_byte_for_byte_what_it_was(
+    locale: Locale, case: str, provider: str | None
+) -> None:
+    """The fixtures were rendered before the upstream sign-up existed; a provider name set for
+    another installation's sake changes nothing in the password mail."""
+    mail = MailRenderer().render(
+        MailContext.model_validate(
+            {
+                "email": "joerg@example.org",
+                "token": SecretStr("Zq7Rk2Lm9Xw4"),
+                "registration_url": "https://auth.example.org/register",
+                "inviter": "Alice Admin",
+                "server_name": "example.org",
+                "locale": locale,
+                "sign_up": "mas-password",
+                "upstream_provider": provider,
+                **FIXTURE_CASES[case],
+            }
+        )
+    )
+    stem = FIXTURES / f"mas-password-{locale}-{case}"
+    assert mail.subject + "\n" == Path(f"{stem}.subject.txt").read_text(encoding="utf-8")
+    assert mail.text == Path(f"{stem}.txt").read_text(encoding="utf-8")
+    assert mail.html == Path(f"{stem}.html").read_text(encoding="utf-8")
+
+
+# --- MAS through an upstream identity provider ------------------------------------------------
+
+UPSTREAM_STEPS: dict[str, list[str]] = {
+    "en": [
+        "1. Open the link above.",
+        '2. Choose "Continue with Authentik".',
+        "3. Log in at Authentik with the account your organisation",
+        "when you are asked for a registration token,\n   paste the token from this invitation",
+        "The token is asked\n   for only after that login.",
+        "5. Confirm or choose your username and display name.",
+        "you do not choose a password for Matrix here",
+        "If the server asks you to confirm your email address with a 6-digit code,\n"
+        "that code is not the registration token.",
+    ],
+    "de": [
+        "1. Öffnen Sie den Link oben.",
+        "2. Wählen Sie „Weiter mit Authentik“.",
+        "3. Melden Sie sich bei Authentik mit dem Konto an",
+        "Registrierungs-Token gefragt werden, fügen Sie das Token aus dieser",
+        "Das Token wird erst nach dieser Anmeldung",
+        "5. Bestätigen oder wählen Sie Ihren Benutzernamen und Anzeigenamen.",
+        "Sie wählen hier kein Passwort für Matrix",
+        "Dieser Code ist nicht das Registrierungs-Token.",
+    ],
+}
+
+UPSTREAM_HTML_STEPS: dict[str, list[str]] = {
+    "en": [
+        "Continue with Authentik",
+        "Log in at Authentik",
+        "asked for a registration token , paste",
+        "Confirm or choose your username",
+        "you do not choose a password",
+    ],
+    "de": [
+        "Weiter mit Authentik",
+        "Melden Sie sich bei Authentik",
+        "nach einem Registrierungs-Token gefragt",
+        "Bestätigen oder wählen Sie Ihren Benutzernamen",
+        "Sie wählen hier kein Passwort",
+    ],
+}
+
+
+@pytest.mark.parametrize("locale", ["en", "de"])
+def test_upstream_steps_come_in_the_order_mas_asks(locale: Locale) -> None:
+    mail = render("mas-upstream", locale, upstream_provider="Authentik")
+    positions = [mail.text.index(step) for step in UPSTREAM_STEPS[locale]]
+    assert positions == sorted(positions)
+    assert mail.html.count("<li") == 5
+    html = visible(mail.html)
+    positions = [html.index(TOKEN)] + [html.index(step) for step in UPSTREAM_HTML_STEPS[locale]]
+    assert positions == sorted(positions)
+
+
+@pytest.mark.parametrize("locale", ["en", "de"])
+def test_upstream_mail_shows_the_token_and_asks_for_no_password(locale: Locale) -> None:
+    mail = render("mas-upstream", locale, upstream_provider="Authentik")
+    assert TOKEN not in mail.subject
+    for part in (mail.text, visible(mail.html)):
+        assert TOKEN in part
+        assert "Authentik" in part
+        assert "Element" not in part
+        # No password to choose: neither MAS's nor Element's password step.
+        assert "Choose a username and" not in part
+        assert "and a password" not in part
+        assert "und ein Passwort" not in part
+        assert "ein Passwort ein" not in part
+        # The 6-digit code appears once: only to say it is not the token.
+        code = "6-digit" if locale == "en" else "6-stellig"
+        assert part.count(code) == 1
+
+
+@pytest.mark.parametrize("locale", ["en", "de"])
+def test_upstream_provider_name_is_escaped_in_html(locale: Locale) -> None:
+    mail = render("mas-upstream", locale, upstream_provider="Corp <SSO> & Co")
+    assert "Corp <SSO> & Co" in mail.text  # plain text needs no escaping
+    assert "<SSO>" not in mail.html
+    assert mail.html.count("Corp &lt;SSO&gt; &amp; Co") == 3  # button, login step, note
+
+
+@pytest.mark.parametrize(
+    ("locale", "button", "fallback"),
+    [
+        ("en", '"Continue with ..." button', "in through your organisation's login."),
+        ("de", "Schaltfläche „Weiter mit …“", "über die Anmeldung Ihrer Organisation an."),
+    ],
+)
+def test_upstream_without_a_provider_name_describes_the_button(
+    locale: Locale, button: str, fallback: str
+) -> None:
+    mail = render("mas-upstream", locale)
+    text = " ".join(mail.text.split())
+    assert button in text
+    assert fallback in text
+    assert "None" not in text
+    assert TOKEN in mail.text
+    assert mail.html.count("<li") == 5
+
+
+@pytest.mark.parametrize("provider", ["Auth\nentik", "x" * 101])
+def test_the_upstream_provider_name_is_one_bounded_line(provider: str) -> None:
+    values: dict[str, object] = {
+        "email": "a@example.org",
+        "token": SecretStr(TOKEN),
+        "registration_url": ELEMENT,
+        "inviter": "x",
+        "server_name": "example.org",
+        "sign_up": "mas-upstream",
+    }
+    with pytest.raises(ValueError, match="upstream_provider"):
+        MailContext.model_validate({**values, "upstream_provider": provider})
+    with pytest.raises(ValueError, match="mas_upstream_provider_name"):
+        Settings(mas_upstream_provider_name=provider)
+
+
+def test_upstream_settings_defaults_and_blank_provider() -> None:
+    settings = Settings()
+    assert settings.mas_sign_up == "password"
+    assert settings.mas_upstream_provider_name is None
+    assert Settings(mas_upstream_provider_name="  ").mas_upstream_provider_name is None
+    assert Settings(mas_upstream_provider_name=" Authentik ").mas_upstream_provider_name == (
+        "Authentik"
+    )
+    with pytest.raises(ValueError, match="mas_sign_up"):
+        Settings(mas_sign_up="oidc")
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        '{% if sign_up == "mas-upstream" %}{{ no_such_variable }}{% endif %}',
+        '{% if sign_up == "mas-upstream" and not upstream_provider %}{{ no_such_variable }}'
+        "{% endif %}",
+    ],
+)
+def test_the_startup_check_renders_the_upstream_branches(tmp_path: Path, broken: str) -> None:
+    (tmp_path / "de").mkdir()
+    (tmp_path / "de" / "body.txt").write_text("{{ token }}" + broken)
     with pytest.raises(ConfigurationError, match="no_such_variable"):
         MailRenderer(tmp_path).check()

@@ -13,12 +13,20 @@ from pydantic import SecretStr
 
 from ..backends import TokenState
 from ..settings import Settings
-from .render import MailContext, MailRenderer, expand_registration_url
+from .render import MailContext, MailRenderer, SignUp, expand_registration_url
 from .send import Mailer, build_message
 from .throttle import MailThrottle
 
 if TYPE_CHECKING:
     from ..reconcile import Invitation
+
+
+def sign_up_for(settings: Settings) -> SignUp:
+    """Where the invitee types the token in: Element (Synapse), or MAS's web UI after a password
+    registration or after logging in at an upstream identity provider."""
+    if settings.backend == "synapse":
+        return "synapse"
+    return "mas-upstream" if settings.mas_sign_up == "upstream" else "mas-password"
 
 
 class SmtpInvitationMailer:
@@ -55,7 +63,8 @@ class SmtpInvitationMailer:
             server_name=settings.server_name,
             locale=spec.locale or settings.default_locale,
             timezone=settings.mail_timezone,
-            sign_up=settings.backend,  # where the token is typed in: MAS's page or Element
+            sign_up=sign_up_for(settings),
+            upstream_provider=settings.mas_upstream_provider_name,
         )
 
     async def send_invitation(

@@ -17,9 +17,12 @@ Variables available to templates:
     inviter           str         who invites
     server_name       str         the Matrix server name
     locale            "en" | "de"
-    sign_up           "mas" | "synapse"  how the invitee signs up: MAS's own page (with its
-                                   6-digit email code) or a Matrix client such as Element
-                                   that asks Synapse for the token
+    sign_up           how the invitee signs up:
+                        "mas-password"  MAS's password registration (with its 6-digit email code)
+                        "mas-upstream"  MAS through an upstream identity provider (no password)
+                        "synapse"       a Matrix client such as Element that asks Synapse
+    upstream_provider str | None  the provider's name on MAS's "Continue with ..." button, or
+                                  None when not configured (the templates then describe it)
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ from ..errors import ConfigurationError
 
 Locale = Literal["en", "de"]
 LOCALES: tuple[Locale, ...] = ("en", "de")
-SignUp = Literal["mas", "synapse"]
-SIGN_UPS: tuple[SignUp, ...] = ("mas", "synapse")
+SignUp = Literal["mas-password", "mas-upstream", "synapse"]
+SIGN_UPS: tuple[SignUp, ...] = ("mas-password", "mas-upstream", "synapse")
+UPSTREAM_PROVIDER_MAX_LENGTH = 100
 TEMPLATE_FILES: tuple[str, ...] = ("subject.txt", "body.txt", "body.html")
 
 _URL_PLACEHOLDERS = frozenset({"token", "email"})
@@ -81,7 +85,8 @@ class MailContext(BaseModel):
     server_name: str = Field(min_length=1)
     locale: Locale = "en"
     timezone: str = "UTC"
-    sign_up: SignUp = "mas"
+    sign_up: SignUp = "mas-password"
+    upstream_provider: str | None = Field(None, max_length=UPSTREAM_PROVIDER_MAX_LENGTH)
 
     @field_validator("expires_at")
     @classmethod
@@ -97,10 +102,17 @@ class MailContext(BaseModel):
         _zone(value)
         return value
 
-    @field_validator("display_name")
+    @field_validator("display_name", "upstream_provider")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value if value and value.strip() else None
+
+    @field_validator("upstream_provider")
+    @classmethod
+    def _single_line(cls, value: str | None) -> str | None:
+        if value is not None and ("\r" in value or "\n" in value):
+            raise ValueError("must be a single line")
+        return value
 
 
 @dataclass(frozen=True)
@@ -240,6 +252,7 @@ class MailRenderer:
             "server_name": ctx.server_name,
             "locale": ctx.locale,
             "sign_up": ctx.sign_up,
+            "upstream_provider": ctx.upstream_provider,
         }
         subject = self._render_one(f"{ctx.locale}/subject.txt", variables, token).strip()
         text = self._render_one(f"{ctx.locale}/body.txt", variables, token)
@@ -270,7 +283,11 @@ class MailRenderer:
         """Render every locale and sign-up once with sample values: broken admin templates fail
         at startup."""
         sample_token = SecretStr("SampleToken12")
-        for locale, sign_up in itertools.product(LOCALES, SIGN_UPS):
+        # An upstream sign-up is rendered with and without a provider name: both branches exist.
+        providers: tuple[str | None, ...] = ("Sample Provider", None)
+        for locale, sign_up, provider in itertools.product(LOCALES, SIGN_UPS, providers):
+            if provider is None and sign_up != "mas-upstream":
+                continue
             self.render(
                 MailContext(
                     email="invitee@example.org",
@@ -283,6 +300,7 @@ class MailRenderer:
                     server_name="example.org",
                     locale=locale,
                     sign_up=sign_up,
+                    upstream_provider=provider,
                 )
             )
 
