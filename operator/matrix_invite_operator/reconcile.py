@@ -48,6 +48,12 @@ logger = logging.getLogger(__name__)
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 TOKEN_LENGTH = 24
 
+#: Invitations reconciled at once; the rest wait their turn in order. As many as the MAS client
+#: keeps connections (`runtime.MAS_CONNECTIONS`): with hundreds in flight, the surplus queued
+#: inside the HTTP pools instead, where the wait counts against the request timeout, so a burst
+#: on a busy machine failed with PoolTimeout and backed off for minutes (docs/performance.md).
+CONCURRENT_RECONCILES = 10
+
 
 def generate_token() -> SecretStr:
     """A fresh registration token: 24 characters of [A-Za-z0-9] (~143 bits), easy to paste."""
@@ -148,6 +154,9 @@ class Dependencies:
     events: EventSink
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(CONCURRENT_RECONCILES)
+    )
     resources: object = None  # what `runtime` opened and must close; opaque here
 
     def lock_for(self, invitation: Invitation) -> asyncio.Lock:
@@ -239,7 +248,7 @@ def _days(delta: dt.timedelta) -> str:
 
 async def reconcile(deps: Dependencies, invitation: Invitation) -> InvitationStatus:
     """Run all steps for one Invitation; returns the status it wrote."""
-    async with deps.lock_for(invitation):
+    async with deps.slots, deps.lock_for(invitation):
         return await _reconcile_locked(deps, invitation)
 
 
@@ -527,7 +536,7 @@ async def _mail_if_due(
 
 async def finalize(deps: Dependencies, invitation: Invitation) -> None:
     """Deletion: revoke the token (unknown or already revoked counts as done)."""
-    async with deps.lock_for(invitation):
+    async with deps.slots, deps.lock_for(invitation):
         token_id = invitation.status.token_id or await _unrecorded_token_id(deps, invitation)
         state = await deps.backend.revoke(token_id) if token_id is not None else None
         if state is not None:

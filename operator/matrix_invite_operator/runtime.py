@@ -32,6 +32,8 @@ from .unconfigured import UnconfiguredBackend, UnconfiguredMailer
 
 logger = logging.getLogger(__name__)
 
+MAS_CONNECTIONS = 10
+
 
 @dataclass
 class Clients:
@@ -50,7 +52,11 @@ def mas_http_client(settings: Settings) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         verify=verify,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-        limits=httpx.Limits(max_connections=10, max_keepalive_connections=5),
+        # Kept open, all of them: `reconcile.CONCURRENT_RECONCILES` use them at once, and a
+        # connection closed after each request costs a TLS handshake for the next.
+        limits=httpx.Limits(
+            max_connections=MAS_CONNECTIONS, max_keepalive_connections=MAS_CONNECTIONS
+        ),
         headers={"User-Agent": "matrix-invite-operator"},
     )
 
