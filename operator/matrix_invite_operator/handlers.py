@@ -108,8 +108,13 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def remember(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Keep the sync pass's view of all Invitations current, without listing them each pass."""
+async def remember(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the sync pass's view of all Invitations current, without listing them each pass.
+
+    A coroutine, not a function: Kopf runs plain functions in a thread pool, which cost a
+    thread hand-off (and a fight for the GIL) on every watch event, and woke the sync loop
+    from the wrong thread.
+    """
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     if type == "DELETED":
         memo.registry.pop(key, None)
