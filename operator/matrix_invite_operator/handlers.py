@@ -119,12 +119,13 @@ async def remember(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any)
     if type == "DELETED":
         memo.registry.pop(key, None)
         return
-    memo.registry[key] = {
+    entry = {
         "metadata": dict(body["metadata"]),
         "spec": dict(body.get("spec") or {}),
         "status": dict(body.get("status") or {}),
     }
-    memo.sync.wake()
+    memo.registry[key] = entry
+    memo.sync.wake(entry)
 
 
 def _retry_delay(config: Settings, retry: int, error: TransientError) -> float:
