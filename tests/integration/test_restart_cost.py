@@ -1,0 +1,91 @@
+"""A restart with settled Invitations in place costs nothing: no MAS write, no mail, no API write.
+
+The count-based half of the restart benchmark (bench/run.py, 5,000 Invitations; the seconds
+until idle stay there): here at a size CI affords. "Idle" is a count, not a clock: Kopf has
+logged "Resuming is processed" once per Invitation, and the sync loop has listed MAS after that.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.doubles.mas import DISCOVERY_PATH, OAUTH_TOKEN_PATH, TOKENS_PATH, MasDouble
+from tests.doubles.smtp import SmtpDouble
+from tests.integration.harness import InvitationsApi
+from tests.operator_process import OperatorProcess
+
+pytestmark = pytest.mark.integration
+
+COUNT = 60
+
+
+def settled(invitations: InvitationsApi) -> dict[str, dict[str, Any]]:
+    """Every Invitation of the namespace that is Sent for its generation, by name."""
+    items = json.loads(invitations.kubectl("get", "invitations", "-o", "json"))["items"]
+    return {
+        item["metadata"]["name"]: item
+        for item in items
+        if (item.get("status") or {}).get("phase") == "Sent"
+        and item["status"].get("observedGeneration") == item["metadata"]["generation"]
+    }
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.5)
+
+
+def test_restart_makes_no_mas_write_no_mail_and_no_api_write(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    first = start_operator(MATRIX_INVITE_MAIL_RATE_PER_MINUTE="0")  # no waiting for slots
+    manifests = [
+        yaml.safe_load(invitations.manifest(f"guest-{i:03d}", email=f"guest{i}@example.org"))
+        for i in range(COUNT)
+    ]
+    invitations.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
+    wait_for(f"{COUNT} Invitations Sent", lambda: len(settled(invitations)) == COUNT, 180)
+    smtp.wait_for_sync(COUNT, timeout=10)
+    first.stop()
+
+    before = settled(invitations)
+    versions = {name: body["metadata"]["resourceVersion"] for name, body in before.items()}
+    mails = len(smtp.messages)
+    mas.reset_request_log()
+
+    second = start_operator(MATRIX_INVITE_MAIL_RATE_PER_MINUTE="0")
+    resumed = "Resuming is processed: 1 succeeded"
+    wait_for(
+        f"{COUNT} Invitations resumed",
+        lambda: second.logs().count(resumed) >= COUNT,
+        120,
+    )
+    # Then one full sync pass (every 2 s here), which compares each Invitation with MAS.
+    listed = mas.request_count("GET", TOKENS_PATH)
+    wait_for(
+        "a sync pass after resuming", lambda: mas.request_count("GET", TOKENS_PATH) > listed, 30
+    )
+    time.sleep(2)
+
+    after = settled(invitations)
+    assert after.keys() == before.keys()
+    changed = [n for n, body in after.items() if body["metadata"]["resourceVersion"] != versions[n]]
+    assert changed == [], f"Invitations written on restart: {changed[:5]}"
+    assert len(smtp.messages) == mails, "a restart must not mail anyone"
+    requests = Counter((r.method, r.path_template) for r in mas.request_log())
+    reads = {("GET", TOKENS_PATH), ("POST", OAUTH_TOKEN_PATH), ("GET", DISCOVERY_PATH)}
+    assert set(requests) <= reads, f"MAS requests other than listing: {requests}"
+    assert second.returncode is None, second.log_tail()
