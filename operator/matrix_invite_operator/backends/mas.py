@@ -23,9 +23,10 @@ from typing import Any, Literal, TypeAlias, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
 from matrix_invite_operator.backends import TokenState
+from matrix_invite_operator.backends.answers import parse_answer
 from matrix_invite_operator.backends.oauth import retry_after_seconds
 from matrix_invite_operator.errors import (
     BackendAuthError,
@@ -477,22 +478,12 @@ def _token_path(token_id: str) -> str:
 
 
 def _parse(model: type[_Model], response: httpx.Response, call: _Call) -> _Model:
-    what = f"{call.method} {call.endpoint}"
-    try:
-        document = json.loads(response.content)
-    except ValueError as exc:
-        raise BackendRejected(
-            f"MAS answered {what} with {response.status_code} but the body is not JSON: "
-            "does the MAS URL point at MAS?"
-        ) from exc
-    try:
-        return model.model_validate(document)
-    except ValidationError as exc:
-        fields = sorted({".".join(map(str, e["loc"])) or "<root>" for e in exc.errors()})
-    # Raised outside the handler so the ValidationError, whose text quotes input values (token
-    # values among them), is neither the cause nor the context of what we raise.
-    raise BackendRejected(
-        f"MAS answered {what} with an unexpected shape (problem at {', '.join(fields[:5])})"
+    return parse_answer(
+        model,
+        response,
+        backend="MAS",
+        what=f"{call.method} {call.endpoint}",
+        hint="does the MAS URL point at MAS?",
     )
 
 

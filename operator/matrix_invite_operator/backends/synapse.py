@@ -38,9 +38,10 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from matrix_invite_operator.backends import TokenState
+from matrix_invite_operator.backends.answers import parse_answer
 from matrix_invite_operator.backends.oauth import retry_after_seconds
 from matrix_invite_operator.errors import (
     BackendAuthError,
@@ -267,20 +268,12 @@ def _error_of(response: httpx.Response, secret: str | None) -> tuple[str | None,
 
 
 def _parse(model: type[_Model], response: httpx.Response, what: str) -> _Model:
-    try:
-        document = json.loads(response.content)
-    except ValueError as exc:
-        raise BackendRejected(
-            f"Synapse answered {what} with {response.status_code} but the body is not JSON: "
-            "does MATRIX_INVITE_SYNAPSE_URL point at Synapse?"
-        ) from exc
-    try:
-        return model.model_validate(document)
-    except ValidationError as exc:
-        fields = sorted({".".join(map(str, e["loc"])) or "<root>" for e in exc.errors()})
-    # Outside the handler: the ValidationError quotes input values, token values among them.
-    raise BackendRejected(
-        f"Synapse answered {what} with an unexpected shape (problem at {', '.join(fields[:5])})"
+    return parse_answer(
+        model,
+        response,
+        backend="Synapse",
+        what=what,
+        hint="does MATRIX_INVITE_SYNAPSE_URL point at Synapse?",
     )
 
 
