@@ -119,8 +119,11 @@ async def remember(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any)
     if type == "DELETED":
         memo.registry.pop(key, None)
         return
+    # Without managedFields: nothing here reads them, and they were 60 % of what the registry
+    # held per Invitation (17 KiB of Python objects, 7 KiB without; docs/performance.md).
+    metadata = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
     entry = {
-        "metadata": dict(body["metadata"]),
+        "metadata": metadata,
         "spec": dict(body.get("spec") or {}),
         "status": dict(body.get("status") or {}),
     }
