@@ -600,6 +600,15 @@ def test_fail_next_after_commit(mas_double: MasDouble, api: httpx.Client) -> Non
     assert [t["token"] for t in mas_double.tokens()] == ["x"]
 
 
+def test_fail_next_for_one_method_leaves_other_methods_alone(
+    mas_double: MasDouble, api: httpx.Client
+) -> None:
+    mas_double.fail_next(1, status=500, method="POST")
+    assert api.get(TOKENS_PATH).status_code == 200
+    assert api.post(TOKENS_PATH, json={"token": "y"}).status_code == 500
+    assert api.post(TOKENS_PATH, json={"token": "y"}).status_code == 201
+
+
 def test_fail_next_with_plain_text(mas_double: MasDouble, api: httpx.Client) -> None:
     mas_double.fail_next(1, status=400, text="Failed to parse the request body as JSON")
     answer = api.get(TOKENS_PATH)

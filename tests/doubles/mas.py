@@ -357,6 +357,7 @@ class Fault:
     commit: bool
     retry_after: float | None
     text: str | None
+    method: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -649,15 +650,21 @@ class MasDouble:
         commit: bool = False,
         retry_after: float | None = None,
         text: str | None = None,
+        method: str | None = None,
     ) -> None:
         """The next `n` requests to `target` answer `status` with MAS's error envelope.
+
+        With `method`, only requests of that method take the fault: a sync pass's GET running
+        at the same moment must not swallow a fault meant for a create.
 
         With `commit`, the request is carried out first and only the answer is replaced: the
         500 MAS gives when two creates of one value race, after the other one won. With
         `text`, the answer is that plain text instead, as MAS's body parser rejections are.
         """
         with self._lock:
-            self._faults.extend(Fault(status, target, commit, retry_after, text) for _ in range(n))
+            self._faults.extend(
+                Fault(status, target, commit, retry_after, text, method) for _ in range(n)
+            )
 
     def delay(self, seconds: float, *, target: FaultTarget = "admin") -> None:
         """Hold every later request to `target` for `seconds` before handling it (0 clears)."""
@@ -785,10 +792,10 @@ class MasDouble:
             return "control"
         return "other"
 
-    def _take_fault(self, kind: RouteKind) -> Fault | None:
+    def _take_fault(self, kind: RouteKind, method: str) -> Fault | None:
         with self._lock:
             for index, fault in enumerate(self._faults):
-                if fault.target in ("any", kind):
+                if fault.target in ("any", kind) and fault.method in (None, method):
                     return self._faults.pop(index)
             return None
 
@@ -818,7 +825,7 @@ class MasDouble:
                 status = response.status
                 return response
             await self._hold(kind)
-            fault = self._take_fault(kind)
+            fault = self._take_fault(kind, request.method)
             if fault is not None and not fault.commit:
                 response = self._fault_response(fault, kind)
             else:
@@ -1319,6 +1326,7 @@ class MasDouble:
                 commit=bool(spec.get("commit", False)),
                 retry_after=spec.get("retry_after"),
                 text=spec.get("text"),
+                method=spec.get("method"),
             )
         if "delay" in body:
             spec = body["delay"]

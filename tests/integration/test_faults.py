@@ -79,7 +79,7 @@ def test_mas_500s_show_as_reconciling_then_heal(
     start_operator: Callable[..., OperatorProcess],
 ) -> None:
     start_operator(**QUIET_SYNC)
-    mas.fail_next(3, 500)
+    mas.fail_next(3, 500, method="POST")
     invitations.apply("a", email="a@example.org")
     pending = wait_reason(invitations, "a", "MasUnavailable")
     assert condition(pending, "Reconciling")["status"] == "True"  # type: ignore[index]
@@ -175,7 +175,8 @@ def test_racing_create_500_finds_the_token(
     start_operator: Callable[..., OperatorProcess],
 ) -> None:
     start_operator(**QUIET_SYNC)
-    mas.fail_next(1, 500, commit=True)  # MAS created it, then answered 500
+    # MAS created it, then answered 500; only a POST takes the fault, not a sync pass's GET.
+    mas.fail_next(1, 500, commit=True, method="POST")
     invitations.apply("race", email="race@example.org")
     invitations.wait_for_phase("race", "Sent", timeout=30)
     assert len(mas.tokens()) == 1
