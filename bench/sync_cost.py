@@ -65,7 +65,7 @@ from matrix_invite_operator.models import (
 from matrix_invite_operator.reconcile import Dependencies, Invitation
 from matrix_invite_operator.settings import Settings
 from matrix_invite_operator.status import compute_status
-from matrix_invite_operator.sync import StatusSync, SyncReport
+from matrix_invite_operator.sync import Registry, StatusSync, SyncReport, WatchedInvitation
 from pydantic import SecretStr
 
 from tests.doubles.kube_recorder import KubeRecorder, KubeRequest
@@ -194,10 +194,10 @@ class SyncBench:
         if len(tokens) != n:
             raise AssertionError(f"seeded {n} tokens, MAS lists {len(tokens)}")
         created = now - dt.timedelta(hours=1)
-        registry = {}
+        registry: Registry = {}
         for index, token in enumerate(tokens):
             body = invitation_body(index, token, created, now)
-            registry[(NAMESPACE, body["metadata"]["name"])] = body
+            registry[(NAMESPACE, body["metadata"]["name"])] = WatchedInvitation.from_body(body)
         self.token_ids = [token.id for token in tokens]
         kube_http = httpx.AsyncClient(base_url=self.kube.url, timeout=30.0)
         self._clients.append(kube_http)
@@ -247,8 +247,9 @@ class SyncBench:
             if not request.is_status_patch:
                 continue
             *_, namespace, _, name, _ = request.path.split("/")
-            body = self.sync.registry[(namespace, name)]
-            body.update(merge_patch(body, request.body))
+            key = (namespace, name)
+            body = self.sync.registry[key].body()
+            self.sync.registry[key] = WatchedInvitation.from_body(merge_patch(body, request.body))
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

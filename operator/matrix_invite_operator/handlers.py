@@ -21,7 +21,7 @@ from .models import GROUP, PLURAL, RESEND_ANNOTATION, VERSION, Phase
 from .reconcile import Dependencies, Invitation, finalize, reconcile
 from .runtime import build_dependencies, close_dependencies
 from .settings import Settings
-from .sync import StatusSync
+from .sync import StatusSync, WatchedInvitation
 
 FINALIZER = f"{GROUP}/revoke-token"
 SETTLED_PHASES = {Phase.SENT, Phase.ACCEPTED, Phase.EXPIRED, Phase.REVOKED}
@@ -119,16 +119,9 @@ async def remember(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any)
     if type == "DELETED":
         memo.registry.pop(key, None)
         return
-    # Without managedFields: nothing here reads them, and they were 60 % of what the registry
-    # held per Invitation (17 KiB of Python objects, 7 KiB without; docs/performance.md).
-    metadata = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
-    entry = {
-        "metadata": metadata,
-        "spec": dict(body.get("spec") or {}),
-        "status": dict(body.get("status") or {}),
-    }
-    memo.registry[key] = entry
-    memo.sync.wake(entry)
+    watched = WatchedInvitation.from_body(body)
+    memo.registry[key] = watched
+    memo.sync.wake(watched)
 
 
 def _retry_delay(config: Settings, retry: int, error: TransientError) -> float:

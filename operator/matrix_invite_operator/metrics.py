@@ -32,13 +32,14 @@ if TYPE_CHECKING:
 
     from .backends import TokenState
     from .reconcile import Invitation, InvitationMailer
+    from .sync import WatchedInvitation
 
 PREFIX = "matrix_invite"
 
 # MAS answers in milliseconds when healthy; the long tail is the client's own timeout (10 s).
 MAS_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-Registry = Mapping[tuple[str, str], Mapping[str, Any]]
+Registry = Mapping[tuple[str, str], "WatchedInvitation"]
 
 
 class _StateCollector(Collector):
@@ -60,8 +61,8 @@ class _StateCollector(Collector):
         registry = self._invitations()
         # list() copies the values in one step, so a watch event arriving meanwhile on the
         # event loop cannot change the dict under this (scrape) thread's iteration.
-        for body in list(registry.values()) if registry is not None else []:
-            phase = (body.get("status") or {}).get("phase")
+        for watched in list(registry.values()) if registry is not None else []:
+            phase = watched.phase
             counts[phase if phase in counts else "Unknown"] += 1
         for phase, count in counts.items():
             by_phase.add_metric([phase], count)

@@ -5,6 +5,10 @@ through this pass. It costs ceil(N / page size) list requests per interval, howe
 Invitations there are, and patches only Invitations whose status changed. Between passes it
 wakes at the next `expiresAt` and flips expiry from the last listing, without asking MAS.
 Drift (a token missing, or limits changed outside Git) is handed to `reconcile`.
+
+It also owns the registry: what the loop keeps of each watched Invitation between watch events
+(`WatchedInvitation`), packed, because at thousands of Invitations it is most of the operator's
+memory (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -20,7 +25,7 @@ from typing import Any
 
 from .backends import TokenState
 from .errors import InvalidSpecError, KubeNotFound, OperatorError
-from .models import InvitationStatus, Phase, rfc3339
+from .models import RESEND_ANNOTATION, InvitationStatus, Phase, rfc3339
 from .reconcile import (
     Dependencies,
     Invitation,
@@ -51,6 +56,61 @@ class SyncReport:
     reconciled: int = 0
     failed: int = 0
     started: float = field(default_factory=time.monotonic)
+
+
+# The metadata `Invitation.from_body` reads, and whether the object is being deleted.
+_KEPT_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedInvitation:
+    """What the sync loop keeps of one Invitation between watch events.
+
+    A decoded watch event is about 17 KiB of Python objects (managedFields, Kopf's annotations,
+    one object per JSON value). The loop needs the names, generation, spec and status, and reads
+    them once per pass: kept as compact JSON they are about 1.6 KiB. The two fields the loop
+    looks at on every wake-up stay unpacked.
+    """
+
+    phase: str | None
+    # When the loop must flip it to Expired: set only while Sent and not shown expired yet.
+    expires_at: dt.datetime | None
+    packed: bytes
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> WatchedInvitation:
+        metadata = body.get("metadata") or {}
+        kept: dict[str, Any] = {k: metadata[k] for k in _KEPT_METADATA if k in metadata}
+        resend = (metadata.get("annotations") or {}).get(RESEND_ANNOTATION)
+        if resend is not None:
+            kept["annotations"] = {RESEND_ANNOTATION: resend}
+        status = body.get("status") or {}
+        expires = status.get("expiresAt")
+        if status.get("phase") != Phase.SENT.value or status.get("expired"):
+            expires = None  # nothing left for the loop to flip
+        return cls(
+            phase=status.get("phase"),
+            expires_at=_parse_time(expires) if expires else None,
+            packed=json.dumps(
+                {"metadata": kept, "spec": body.get("spec") or {}, "status": status},
+                separators=(",", ":"),
+            ).encode(),
+        )
+
+    def body(self) -> dict[str, Any]:
+        """The kept parts as a body `Invitation.from_body` accepts."""
+        unpacked: dict[str, Any] = json.loads(self.packed)
+        return unpacked
+
+
+Registry = dict[tuple[str, str], WatchedInvitation]
 
 
 def needs_reconcile(invitation: Invitation, token: TokenState | None, expiry: dt.datetime) -> bool:
@@ -164,45 +224,28 @@ def _parse_time(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def any_due(bodies: Iterable[Mapping[str, Any]], now: dt.datetime) -> bool:
+def any_due(watched: Iterable[WatchedInvitation], now: dt.datetime) -> bool:
     """Whether some Invitation reached its expiry but does not show it yet."""
-    return any(_due(InvitationStatus.model_validate(_expiry_fields(body)), now) for body in bodies)
+    return any(w.expires_at is not None and w.expires_at <= now for w in watched)
 
 
-def _expiry_fields(body: Mapping[str, Any]) -> dict[str, Any]:
-    status = body.get("status") or {}
-    if status.get("phase") != Phase.SENT.value:
-        return {}
-    return {"expiresAt": status.get("expiresAt"), "expired": status.get("expired")}
-
-
-def next_expiry(bodies: Iterable[Mapping[str, Any]], now: dt.datetime) -> dt.datetime | None:
+def next_expiry(watched: Iterable[WatchedInvitation], now: dt.datetime) -> dt.datetime | None:
     """The earliest expiry still ahead among Invitations that are not expired yet."""
-    upcoming: list[dt.datetime] = []
-    for body in bodies:
-        status = body.get("status") or {}
-        expires = status.get("expiresAt")
-        if not expires or status.get("expired") or status.get("phase") != Phase.SENT.value:
-            continue
-        moment = _parse_time(expires)
-        if moment > now:
-            upcoming.append(moment)
-    return min(upcoming, default=None)
+    return min(
+        (w.expires_at for w in watched if w.expires_at is not None and w.expires_at > now),
+        default=None,
+    )
 
 
-def expires_before(body: Mapping[str, Any], moment: dt.datetime) -> bool:
+def expires_before(watched: WatchedInvitation, moment: dt.datetime) -> bool:
     """Whether the loop must flip this Invitation to Expired before `moment` (plus the margin)."""
-    status = body.get("status") or {}
-    expires = status.get("expiresAt")
-    if not expires or status.get("expired") or status.get("phase") != Phase.SENT.value:
-        return False
-    return _parse_time(expires) + EXPIRY_MARGIN < moment
+    return watched.expires_at is not None and watched.expires_at + EXPIRY_MARGIN < moment
 
 
 class StatusSync:
     """The background loop; `registry` is kept current by the Kopf event handler."""
 
-    def __init__(self, deps: Dependencies, registry: dict[tuple[str, str], dict[str, Any]]) -> None:
+    def __init__(self, deps: Dependencies, registry: Registry) -> None:
         self.deps = deps
         self.registry = registry
         self.tokens: dict[str, TokenState] = {}
@@ -237,8 +280,11 @@ class StatusSync:
             if tokens is None:
                 return report
             self.tokens = tokens
+        # list() takes the entries in one step; each is unpacked only when its turn comes, so a
+        # pass never holds more than one unpacked body.
+        watched = list(self.registry.values())
         await sync_invitations(
-            self.deps, list(self.registry.values()), self.tokens, report, fresh=list_backend
+            self.deps, (w.body() for w in watched), self.tokens, report, fresh=list_backend
         )
         self.passes += 1
         self.last_report = report
@@ -246,18 +292,18 @@ class StatusSync:
             self.last_success = time.time()
         return report
 
-    def wake(self, body: Mapping[str, Any] | None = None) -> None:
+    def wake(self, watched: WatchedInvitation | None = None) -> None:
         """An Invitation changed: wake the loop if its expiry comes before the planned wake-up.
 
         Called on every watch event, so it looks at this one Invitation only: scanning the
         whole registry on every event is O(N) per event, a quarter of the operator's CPU in a
         burst of 1,000 (docs/performance.md). A wake-up that is not needed is harmless, a
-        missed one is not: with no `body`, or before the loop first sleeps, it wakes.
+        missed one is not: with no `watched`, or before the loop first sleeps, it wakes.
         """
         if (
-            body is not None
+            watched is not None
             and self._wake_at is not None
-            and not expires_before(body, self._wake_at)
+            and not expires_before(watched, self._wake_at)
         ):
             return
         self._wake.set()

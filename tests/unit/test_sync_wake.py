@@ -12,7 +12,7 @@ from matrix_invite_operator.backends import TokenState
 from matrix_invite_operator.models import rfc3339
 from matrix_invite_operator.reconcile import Dependencies
 from matrix_invite_operator.settings import Settings
-from matrix_invite_operator.sync import StatusSync, expires_before
+from matrix_invite_operator.sync import Registry, StatusSync, WatchedInvitation, expires_before
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 
@@ -24,14 +24,18 @@ def body(name: str, expires: dt.datetime | None, **status: Any) -> dict[str, Any
     return {"metadata": {"name": name, "namespace": "ns"}, "spec": {}, "status": fields}
 
 
+def watched(name: str, expires: dt.datetime | None, **status: Any) -> WatchedInvitation:
+    return WatchedInvitation.from_body(body(name, expires, **status))
+
+
 def test_only_an_expiry_before_the_planned_wake_up_wakes() -> None:
     wake_at = NOW + dt.timedelta(seconds=60)
-    assert expires_before(body("soon", NOW + dt.timedelta(seconds=10)), wake_at)
-    assert expires_before(body("due", NOW - dt.timedelta(seconds=10)), wake_at)
-    assert not expires_before(body("later", NOW + dt.timedelta(days=7)), wake_at)
-    assert not expires_before(body("none", None), wake_at)
-    assert not expires_before(body("flipped", NOW, expired=True), wake_at)
-    assert not expires_before(body("pending", NOW, phase="Pending"), wake_at)
+    assert expires_before(watched("soon", NOW + dt.timedelta(seconds=10)), wake_at)
+    assert expires_before(watched("due", NOW - dt.timedelta(seconds=10)), wake_at)
+    assert not expires_before(watched("later", NOW + dt.timedelta(days=7)), wake_at)
+    assert not expires_before(watched("none", None), wake_at)
+    assert not expires_before(watched("flipped", NOW, expired=True), wake_at)
+    assert not expires_before(watched("pending", NOW, phase="Pending"), wake_at)
 
 
 class _NoTokens:
@@ -61,21 +65,22 @@ async def test_the_loop_wakes_for_a_due_invitation_not_for_a_later_one() -> None
             clock=lambda: dt.datetime.now(dt.UTC),
         ),
     )
-    registry: dict[tuple[str, str], dict[str, Any]] = {}
+    registry: Registry = {}
     sync = StatusSync(deps, registry)
     task = asyncio.create_task(sync.run_forever())
     try:
         await passes(sync, 1)  # the first pass lists MAS, then the loop sleeps for an hour
         await asyncio.sleep(0.05)
 
-        later = body("later", dt.datetime.now(dt.UTC) + dt.timedelta(days=7))
+        later = watched("later", dt.datetime.now(dt.UTC) + dt.timedelta(days=7))
         registry[("ns", "later")] = later
         sync.wake(later)
         await asyncio.sleep(0.2)
         assert sync.passes == 1
 
-        due = body("due", dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
-        due["metadata"]["deletionTimestamp"] = rfc3339(NOW)  # the pass skips it, no I/O
+        due_body = body("due", dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+        due_body["metadata"]["deletionTimestamp"] = rfc3339(NOW)  # the pass skips it, no I/O
+        due = WatchedInvitation.from_body(due_body)
         registry[("ns", "due")] = due
         sync.wake(due)
         await passes(sync, 2)
