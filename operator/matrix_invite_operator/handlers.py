@@ -25,6 +25,8 @@ from .sync import StatusSync, WatchedInvitation
 
 FINALIZER = f"{GROUP}/revoke-token"
 SETTLED_PHASES = {Phase.SENT, Phase.ACCEPTED, Phase.EXPIRED, Phase.REVOKED}
+LIST_CHUNK = 200
+WORKER_IDLE_SECONDS = 0.5
 
 
 class _QuietRegistry(logging.Filter):
@@ -71,6 +73,12 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # Our own Events tell the story (reconcile.py); Kopf's would add one per retry.
     settings.posting.enabled = False
     settings.watching.server_timeout = 300
+    # Memory at thousands of Invitations (docs/performance.md). Kopf's worker for an object
+    # keeps that object's last watch event (about 17 KiB of Python objects) while it idles
+    # waiting for more: at its default of 5 s, all workers of a restart were idling at once.
+    settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
+    # And the initial listing comes in pages instead of one response decoded as a whole.
+    settings.watching.chunk_size = LIST_CHUNK
     # Namespaces are given literally and the CRD ships with the operator: no need to list
     # namespaces or watch CRDs, which would need cluster-wide rights (least privilege, see the
     # chart's RBAC). The CRD must exist when the operator starts.
