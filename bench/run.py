@@ -1001,6 +1001,10 @@ async def run_measurements(stack: Stack, args: argparse.Namespace, results: Resu
         print_restart(results.restarts[-1])
 
         if args.fill_to > in_place:
+            if stack.restart_pythonpath:  # the fill runs the code under test, as the burst did
+                if stack.operator is not None:
+                    stack.operator.stop()
+                stack.start_operator()
             more = args.fill_to - in_place
             section(f"3b. fill: {more} more Invitations at once (up to {args.fill_to})")
             results.fill = await measure_burst(stack, watcher, "fill", more, args.timeout * 5)
