@@ -2,7 +2,7 @@
 
 Run from the repository root (the control plane's binaries must be built: ``make controlplane``)::
 
-    .venv/bin/python bench/run.py            # the sizes of issue 8 (about 20-30 minutes)
+    .venv/bin/python bench/run.py            # the sizes of issue 8 (about 15 minutes on 2 cores)
     .venv/bin/python bench/run.py --quick    # small sizes, a few minutes: a smoke test
     .venv/bin/python bench/run.py --burst 500 --fill-to 2000 --sync-sizes 1,100
 
@@ -45,6 +45,7 @@ What it prints, one section per measurement, then a summary against the targets 
 Comparing versions: ``PYTHONPATH=DIR`` (a ``git archive`` of ``operator/``) runs everything with
 that version; ``--restart-with DIR`` only the restarts, so that the restart and memory of one
 version are measured with Invitations another version settled (one whose bursts finish).
+``bench/restart_memory.py`` restarts several versions against one fill.
 
 ``--profile DIR`` records the operator with py-spy (``pip install py-spy``) during the burst,
 the fill and the restarts (collapsed stacks, ``DIR/<phase>.txt``; ``--profile-format`` for
