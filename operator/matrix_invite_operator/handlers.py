@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 
 from .errors import MailThrottled, PermanentError, TransientError
+from .mail.throttle import WAITING_FOR_SLOT
 from .metrics import OperatorMetrics
 from .models import GROUP, PLURAL, RESEND_ANNOTATION, VERSION, Phase
 from .reconcile import Dependencies, Invitation, finalize, reconcile
@@ -36,7 +37,22 @@ class _QuietRegistry(logging.Filter):
         return record.getMessage() != "Handler 'remember' succeeded."
 
 
+class _WaitingIsNoError(logging.Filter):
+    """Kopf logs every TemporaryError at ERROR; waiting for a mail slot is the rate limit doing
+    its job (a hundred Invitations at once wait in line), so it is logged at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and (
+            f"failed temporarily: {WAITING_FOR_SLOT}" in record.getMessage()
+        ):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            # Checked at ERROR when logged: with the level above INFO, drop it here.
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+        return True
+
+
 logging.getLogger("kopf.objects").addFilter(_QuietRegistry())
+logging.getLogger("kopf.objects").addFilter(_WaitingIsNoError())
 
 
 # Kopf leaves every annotation under its storage prefix out of the diff it hands to update

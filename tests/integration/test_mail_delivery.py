@@ -12,6 +12,7 @@ from collections.abc import Callable
 from email.headerregistry import AddressHeader
 
 import pytest
+from matrix_invite_operator.mail.throttle import WAITING_FOR_SLOT
 
 from tests.doubles.smtp import ReceivedMessage, SmtpDouble
 from tests.integration.harness import Body, InvitationsApi, condition
@@ -132,7 +133,7 @@ def test_rate_limit_spaces_mails_and_shows_who_waits_for_a_slot(
 ) -> None:
     per_minute, count = 30, 10  # one slot every 2 s: about 18 s for all ten
     interval = 60 / per_minute
-    start_operator(MATRIX_INVITE_MAIL_RATE_PER_MINUTE=str(per_minute))
+    operator = start_operator(MATRIX_INVITE_MAIL_RATE_PER_MINUTE=str(per_minute))
     names = [f"guest-{i}" for i in range(count)]
     invitations.kubectl(
         "apply",
@@ -178,6 +179,14 @@ def test_rate_limit_spaces_mails_and_shows_who_waits_for_a_slot(
     # No mail twice, nothing left waiting.
     settle(2)
     assert len(smtp.messages) == count
+    # Waiting in line is no error: Kopf's line for each throttled retry is logged at INFO.
+    retries = [
+        line
+        for line in operator.logs().splitlines()
+        if f"failed temporarily: {WAITING_FOR_SLOT}" in line
+    ]
+    assert retries, "each throttled retry is still logged"
+    assert all("[INFO" in line for line in retries), retries[:3]
 
 
 # --- resending ------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ from ..errors import MailThrottled
 #: Invitation was deleted or no longer needs a mail), so it no longer holds a place in line.
 FORGET_AFTER_SECONDS = 30.0
 #: Never tell a caller to come back sooner than this.
+# How a throttled Invitation's message begins; the handlers log these retries below ERROR.
+WAITING_FOR_SLOT = "waiting for a free mail slot"
 MIN_RETRY_SECONDS = 0.1
 
 
@@ -105,7 +107,7 @@ class MailThrottle:
         self._waiting[key] = now + retry_after + max(FORGET_AFTER_SECONDS, 2 * self.interval)
         waiting = len(self._waiting)
         raise MailThrottled(
-            f"waiting for a free mail slot: the operator sends at most {self.per_minute:g} "
+            f"{WAITING_FOR_SLOT}: the operator sends at most {self.per_minute:g} "
             f"mails per minute (MATRIX_INVITE_MAIL_RATE_PER_MINUTE) and {waiting} "
             f"invitation{'s are' if waiting != 1 else ' is'} waiting; this one's turn comes in "
             f"about {retry_after:.0f}s",
