@@ -69,7 +69,7 @@ def build_mas_backend(
         raise AssertionError("unreachable")
     auth = ClientCredentialsAuth(
         settings.mas_client_id,
-        settings.mas_client_secret_value(),
+        settings.mas_client_secret_value,  # read at each renewal: rotation needs no restart
         token_endpoint=str(settings.mas_token_endpoint) if settings.mas_token_endpoint else None,
         issuer=str(settings.mas_url),
         client_auth_method=settings.mas_client_auth_method,
@@ -83,9 +83,7 @@ def build_synapse_backend(settings: Settings, http: httpx.AsyncClient) -> Synaps
     settings.require_backend()
     if settings.synapse_url is None:  # require_backend said so
         raise AssertionError("unreachable")
-    client = SynapseAdminClient(
-        http, str(settings.synapse_url), settings.synapse_admin_token_value()
-    )
+    client = SynapseAdminClient(http, str(settings.synapse_url), settings.synapse_admin_token_value)
     return SynapseTokenBackend(client)
 
 

@@ -2,13 +2,16 @@
 
 Credentials come either as a value or, preferably, as a file mounted from a Secret
 (`..._FILE` variables); the file wins when both are set so that a stale value in a Deployment
-cannot shadow a rotated Secret. Nothing here is ever read from an Invitation.
+cannot shadow a rotated Secret. The clients get credentials as a `SecretSource` and read the file
+again whenever they use it, so a rotated Secret takes effect without a restart once the kubelet
+has updated the mounted file. Nothing here is ever read from an Invitation.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,6 +19,15 @@ from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigurationError
+
+SecretSource = Callable[[], SecretStr]
+"""A credential read when it is used: `Settings.mas_client_secret_value` and its siblings."""
+
+
+def current_secret(secret: SecretStr | SecretSource) -> SecretStr:
+    """The credential as it is now (a file-backed source reads its file again)."""
+    return secret if isinstance(secret, SecretStr) else secret()
+
 
 _GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _GO_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
@@ -161,7 +173,7 @@ class Settings(BaseSettings):
             raise ValueError("default_validity must not exceed max_validity")
         return self
 
-    # --- credentials, resolved lazily so a rotated Secret file is read on the next start ---
+    # --- credentials: each call reads the file again, so these bound methods are SecretSources ---
 
     def mas_client_secret_value(self) -> SecretStr:
         return _secret_from(
@@ -185,9 +197,7 @@ class Settings(BaseSettings):
             return self.synapse_ca_bundle
         return self.mas_ca_bundle
 
-    def smtp_password_value(self) -> SecretStr | None:
-        if self.smtp_username is None:
-            return None
+    def smtp_password_value(self) -> SecretStr:
         return _secret_from(
             "SMTP password",
             self.smtp_password,

@@ -12,6 +12,7 @@ import re
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -29,6 +30,7 @@ from matrix_invite_operator.errors import (
     TokenNotFound,
 )
 from matrix_invite_operator.reconcile import generate_token
+from matrix_invite_operator.settings import Settings
 from pydantic import SecretStr
 
 from tests.operator_process import free_port
@@ -247,6 +249,24 @@ async def test_a_wrong_admin_token_is_an_auth_error(syn: Harness) -> None:
         await SynapseTokenBackend(client).issue(generate_token(), usage_limit=1, expires_at=None)
     assert "401" in str(raised.value)
     assert "syt_not_a_real_token" not in str(raised.value)
+
+
+async def test_a_rotated_admin_token_is_used_from_the_next_request(
+    syn: Harness, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "synapse-admin-token"
+    token_file.write_text("syt_the_old_token")
+    settings = Settings(
+        backend="synapse",
+        synapse_url=syn.synapse.url,
+        synapse_admin_token_file=token_file,
+    )
+    issued = await syn.backend.issue(generate_token(), usage_limit=1, expires_at=None)
+    client = SynapseAdminClient(syn.http, syn.synapse.url, settings.synapse_admin_token_value)
+    with pytest.raises(BackendAuthError):
+        [s async for s in SynapseTokenBackend(client).list_all()]
+    token_file.write_text(syn.synapse.admin_token)  # the same client, no restart
+    assert issued.id in {s.id async for s in SynapseTokenBackend(client).list_all()}
 
 
 async def test_a_non_admin_token_is_an_auth_error(syn: Harness) -> None:

@@ -25,6 +25,7 @@ import httpx
 from pydantic import SecretStr
 
 from matrix_invite_operator.errors import BackendAuthError, BackendUnavailable, ConfigurationError
+from matrix_invite_operator.settings import SecretSource, current_secret
 
 ADMIN_SCOPE = "urn:mas:admin"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -74,7 +75,7 @@ class ClientCredentialsAuth(httpx.Auth):
     def __init__(
         self,
         client_id: str,
-        client_secret: SecretStr,
+        client_secret: SecretStr | SecretSource,
         *,
         token_endpoint: str | None = None,
         issuer: str | None = None,  # only used to discover the token endpoint when not given
@@ -85,9 +86,10 @@ class ClientCredentialsAuth(httpx.Auth):
     ) -> None:
         if not client_id:
             raise ConfigurationError("The MAS client id is empty")
-        if not isinstance(client_secret, SecretStr):
+        if not isinstance(client_secret, SecretStr) and not callable(client_secret):
             raise ConfigurationError("The MAS client secret must be passed as a SecretStr")
-        if not client_secret.get_secret_value():
+        # Read once now, so that a missing or empty secret fails at startup.
+        if not current_secret(client_secret).get_secret_value():
             raise ConfigurationError(f"The client secret for MAS client {client_id} is empty")
         if token_endpoint is None and issuer is None:
             raise ConfigurationError(
@@ -194,7 +196,8 @@ class ClientCredentialsAuth(httpx.Auth):
     def _token_request(self, endpoint: str, timeout: Any) -> httpx.Request:
         form = {"grant_type": "client_credentials", "scope": self.scope}
         headers = {"Accept": "application/json"}
-        secret = self._client_secret.get_secret_value()
+        # Read at every renewal: a rotated Secret heals a rejected client without a restart.
+        secret = current_secret(self._client_secret).get_secret_value()
         if self.client_auth_method == "client_secret_basic":
             # RFC 6749 2.3.1: both parts are form-urlencoded before the Basic encoding.
             pair = f"{quote(self.client_id, safe='')}:{quote(secret, safe='')}"

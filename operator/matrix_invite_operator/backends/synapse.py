@@ -50,6 +50,7 @@ from matrix_invite_operator.errors import (
     BackendUnavailable,
     TokenNotFound,
 )
+from matrix_invite_operator.settings import SecretSource, current_secret
 
 TOKENS_PATH = "/_synapse/admin/v1/registration_tokens"
 TOKEN_ID_PREFIX = "syn-"  # noqa: S105 - a prefix, not a credential
@@ -143,7 +144,9 @@ class _Call:
 class SynapseAdminClient:
     """Typed calls to Synapse's registration token admin API over a caller-owned httpx client."""
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str, admin_token: SecretStr) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, base_url: str, admin_token: SecretStr | SecretSource
+    ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"Synapse base URL must be http(s)://..., got {base_url!r}")
         self._http = http
@@ -182,6 +185,8 @@ class SynapseAdminClient:
         """The successful response and the request as words for messages; else our error."""
         self.requests[f"{call.method} {call.endpoint or '/'}"] += 1
         what = f"{call.method} {TOKENS_PATH}{call.endpoint}"
+        # Read per request: a rotated Secret takes effect without a restart.
+        admin_token = current_secret(self._admin_token).get_secret_value()
         try:
             response = await self._http.request(
                 call.method,
@@ -190,7 +195,7 @@ class SynapseAdminClient:
                 json=call.body,
                 headers={
                     "Accept": "application/json",
-                    "Authorization": f"Bearer {self._admin_token.get_secret_value()}",
+                    "Authorization": f"Bearer {admin_token}",
                 },
             )
         except httpx.TimeoutException as exc:

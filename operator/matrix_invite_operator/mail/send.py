@@ -36,10 +36,11 @@ from ..errors import (
     MailSetupError,
     MailTemporaryError,
 )
+from ..settings import current_secret
 from .render import RenderedMail
 
 if TYPE_CHECKING:
-    from ..settings import Settings
+    from ..settings import SecretSource, Settings
 
 TlsMode = Literal["starttls", "implicit", "none"]
 
@@ -167,7 +168,7 @@ class Mailer:
         port: int,
         tls: TlsMode = "starttls",
         username: str | None = None,
-        password: SecretStr | None = None,
+        password: SecretStr | SecretSource | None = None,
         ca_bundle: Path | None = None,
         allow_insecure_auth: bool = False,
         timeout: float = 30.0,
@@ -197,6 +198,8 @@ class Mailer:
                 "starttls or implicit TLS, or set allow_insecure_auth for a relay on localhost"
             )
         _address(sender_name, sender_email, "sender", ConfigurationError)
+        if password is not None:
+            current_secret(password)  # read once now: an unreadable file fails at startup
 
         self.host = host
         self.port = port
@@ -213,13 +216,14 @@ class Mailer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Mailer:
-        """The mailer the operator's settings describe (reads the password file now)."""
+        """The mailer the operator's settings describe (reads the password file at every login,
+        and once now)."""
         return cls(
             host=settings.smtp_host,
             port=settings.smtp_port,
             tls=settings.smtp_tls,
             username=settings.smtp_username,
-            password=settings.smtp_password_value(),
+            password=settings.smtp_password_value if settings.smtp_username else None,
             ca_bundle=settings.smtp_ca_bundle,
             allow_insecure_auth=settings.smtp_allow_insecure_auth,
             timeout=settings.smtp_timeout_seconds,
@@ -268,6 +272,9 @@ class Mailer:
     async def send(self, message: EmailMessage) -> None:
         """Deliver `message` to the relay; raise MailTemporaryError or MailRejectedError."""
         where = f"SMTP relay {self.host}:{self.port}"
+        # Read per mail: a rotated Secret takes effect without a restart. Read before any
+        # socket exists, so an unreadable file costs the relay nothing.
+        password = current_secret(self._password).get_secret_value() if self._password else ""
         client = aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,
@@ -304,8 +311,7 @@ class Mailer:
                         f"{where} does not offer SMTP AUTH on this connection, but a username "
                         "is configured"
                     )
-                assert self._password is not None
-                await client.login(self.username, self._password.get_secret_value())
+                await client.login(self.username, password)
             stage = "send"
             await client.send_message(message, sender=self.sender_email)
             log.debug("mail %s accepted by %s", message["Message-ID"], where)
@@ -318,7 +324,7 @@ class Mailer:
             raise
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self._hang_up(client, sock)
-            raise self._translate(exc, stage, where) from exc
+            raise self._translate(exc, stage, where, password) from exc
         finally:
             client.close()
 
@@ -342,10 +348,9 @@ class Mailer:
         while sock.fileno() != -1 and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.005)
 
-    def _translate(self, exc: BaseException, stage: str, where: str) -> MailError:
+    def _translate(self, exc: BaseException, stage: str, where: str, secret: str) -> MailError:
         error = self._classify(exc, stage, where)
         text = str(error)
-        secret = self._password.get_secret_value() if self._password is not None else ""
         if len(secret) >= 4 and secret in text:
             # Belt and braces: no library we use echoes the password, but a server reply
             # might, and this text ends up in an Invitation's status.
