@@ -15,6 +15,15 @@ from tests.controlplane.cluster import ControlPlane
 Body = dict[str, Any]
 
 
+def wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
+    """Poll `check` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.5)
+
+
 class InvitationsApi:
     """kubectl on the test control plane, scoped to one namespace."""
 

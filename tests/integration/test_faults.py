@@ -17,7 +17,7 @@ from tests.controlplane.cluster import ControlPlane
 from tests.doubles.mas import TOKENS_PATH, MasDouble
 from tests.doubles.smtp import SmtpDouble
 from tests.integration.conftest import MAS_CLIENT_ID, MAS_CLIENT_SECRET
-from tests.integration.harness import Body, InvitationsApi, condition
+from tests.integration.harness import Body, InvitationsApi, condition, wait_until
 from tests.integration.invariants import InvariantReport, check_invariants
 from tests.operator_process import OperatorProcess, free_port
 
@@ -144,6 +144,8 @@ def test_expired_access_token_is_renewed_once(
     start_operator(**QUIET_SYNC)
     invitations.apply("first", email="first@example.org")
     invitations.wait_for_phase("first", "Sent")
+    # The startup sync pass must be over: its GET would otherwise meet the expired token first.
+    wait_until("the startup sync pass", lambda: mas.request_count("GET", TOKENS_PATH) >= 1, 30)
     issued = mas.access_tokens_issued
     mas.expire_access_tokens()
     invitations.apply("second", email="second@example.org")

@@ -18,7 +18,7 @@ import yaml
 
 from tests.doubles.mas import DISCOVERY_PATH, OAUTH_TOKEN_PATH, TOKENS_PATH, MasDouble
 from tests.doubles.smtp import SmtpDouble
-from tests.integration.harness import InvitationsApi
+from tests.integration.harness import InvitationsApi, wait_until
 from tests.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.integration
@@ -37,14 +37,6 @@ def settled(invitations: InvitationsApi) -> dict[str, dict[str, Any]]:
     }
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.5)
-
-
 def test_restart_makes_no_mas_write_no_mail_and_no_api_write(
     invitations: InvitationsApi,
     mas: MasDouble,
@@ -57,7 +49,7 @@ def test_restart_makes_no_mas_write_no_mail_and_no_api_write(
         for i in range(COUNT)
     ]
     invitations.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
-    wait_for(f"{COUNT} Invitations Sent", lambda: len(settled(invitations)) == COUNT, 180)
+    wait_until(f"{COUNT} Invitations Sent", lambda: len(settled(invitations)) == COUNT, 180)
     smtp.wait_for_sync(COUNT, timeout=10)
     first.stop()
 
@@ -68,14 +60,14 @@ def test_restart_makes_no_mas_write_no_mail_and_no_api_write(
 
     second = start_operator(MATRIX_INVITE_MAIL_RATE_PER_MINUTE="0")
     resumed = "Resuming is processed: 1 succeeded"
-    wait_for(
+    wait_until(
         f"{COUNT} Invitations resumed",
         lambda: second.logs().count(resumed) >= COUNT,
         120,
     )
     # Then one full sync pass (every 2 s here), which compares each Invitation with MAS.
     listed = mas.request_count("GET", TOKENS_PATH)
-    wait_for(
+    wait_until(
         "a sync pass after resuming", lambda: mas.request_count("GET", TOKENS_PATH) > listed, 30
     )
     time.sleep(2)
