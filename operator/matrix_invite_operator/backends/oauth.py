@@ -87,7 +87,9 @@ class ClientCredentialsAuth(httpx.Auth):
         if not client_id:
             raise ConfigurationError("The MAS client id is empty")
         if not isinstance(client_secret, SecretStr) and not callable(client_secret):
-            raise ConfigurationError("The MAS client secret must be passed as a SecretStr")
+            raise ConfigurationError(
+                "The MAS client secret must be passed as a SecretStr or a function returning one"
+            )
         # Read once now, so that a missing or empty secret fails at startup.
         if not current_secret(client_secret).get_secret_value():
             raise ConfigurationError(f"The client secret for MAS client {client_id} is empty")

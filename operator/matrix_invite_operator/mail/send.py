@@ -274,7 +274,9 @@ class Mailer:
         where = f"SMTP relay {self.host}:{self.port}"
         # Read per mail: a rotated Secret takes effect without a restart. Read before any
         # socket exists, so an unreadable file costs the relay nothing.
-        password = current_secret(self._password).get_secret_value() if self._password else ""
+        password = (
+            current_secret(self._password).get_secret_value() if self._password is not None else ""
+        )
         client = aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,

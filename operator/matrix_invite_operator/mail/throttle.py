@@ -30,9 +30,9 @@ from ..errors import MailThrottled
 #: Invitation was deleted or no longer needs a mail), so it no longer holds a place in line.
 FORGET_AFTER_SECONDS = 30.0
 #: Never tell a caller to come back sooner than this.
-# How a throttled Invitation's message begins; the handlers log these retries below ERROR.
-WAITING_FOR_SLOT = "waiting for a free mail slot"
 MIN_RETRY_SECONDS = 0.1
+#: How a throttled Invitation's message begins; the handlers log these retries below ERROR.
+WAITING_FOR_SLOT = "waiting for a free mail slot"
 
 
 class MailThrottle:
