@@ -104,6 +104,10 @@ class WatchedInvitation:
             ).encode(),
         )
 
+    def due(self, now: dt.datetime) -> bool:
+        """Whether it reached its expiry but does not show it yet."""
+        return self.expires_at is not None and self.expires_at <= now
+
     def body(self) -> dict[str, Any]:
         """The kept parts as a body `Invitation.from_body` accepts."""
         unpacked: dict[str, Any] = json.loads(self.packed)
@@ -226,7 +230,7 @@ def _parse_time(text: str) -> dt.datetime:
 
 def any_due(watched: Iterable[WatchedInvitation], now: dt.datetime) -> bool:
     """Whether some Invitation reached its expiry but does not show it yet."""
-    return any(w.expires_at is not None and w.expires_at <= now for w in watched)
+    return any(w.due(now) for w in watched)
 
 
 def next_expiry(watched: Iterable[WatchedInvitation], now: dt.datetime) -> dt.datetime | None:
@@ -281,8 +285,12 @@ class StatusSync:
                 return report
             self.tokens = tokens
         # list() takes the entries in one step; each is unpacked only when its turn comes, so a
-        # pass never holds more than one unpacked body.
+        # pass never holds more than one unpacked body. An expiry wake-up flips only what is
+        # due, so it unpacks only that.
         watched = list(self.registry.values())
+        if not list_backend:
+            now = self.deps.clock()
+            watched = [w for w in watched if w.due(now)]
         await sync_invitations(
             self.deps, (w.body() for w in watched), self.tokens, report, fresh=list_backend
         )
