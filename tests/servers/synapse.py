@@ -36,7 +36,7 @@ from urllib.parse import quote
 import httpx
 import yaml
 
-from tests.operator_process import free_port
+from tests.operator_process import REPO_ROOT, free_port
 
 SERVER_NAME = "test.local"
 ADMIN_USER = "admin"
@@ -44,6 +44,7 @@ TOKENS_PATH = "/_synapse/admin/v1/registration_tokens"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 
+REGISTRATION_FRAGMENT = REPO_ROOT / "docs" / "examples" / "synapse" / "homeserver-registration.yaml"
 _GENEROUS = {"per_second": 1000, "burst_count": 1000}
 
 
@@ -199,14 +200,15 @@ class SynapseServer:
             "report_stats": False,
             "trusted_key_servers": [],
             "suppress_key_server_warning": True,
-            "enable_registration": True,
-            "registration_requires_token": True,
             "presence": {"enabled": False},
             # The defaults answer 429 within a test suite.
             "rc_registration": _GENEROUS,
             "rc_login": {"address": _GENEROUS, "account": _GENEROUS, "failed_attempts": _GENEROUS},
             "rc_registration_token_validity": _GENEROUS,
         }
+        # The registration lines docs/synapse.md tells admins to add: what the guide shows is what
+        # every Synapse test runs with.
+        config.update(yaml.safe_load(REGISTRATION_FRAGMENT.read_text(encoding="utf-8")))
         self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
 
     def _wait_healthy(self, timeout: float) -> None:
