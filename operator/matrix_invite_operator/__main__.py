@@ -1,4 +1,5 @@
-"""Command line: `run` starts the operator, `render-mail` previews a mail, `check-config` checks.
+"""Command line: `run` starts the operator, `render-mail` previews a mail, `check-config` reads
+the settings, `doctor` checks MAS and SMTP as the operator will use them.
 
 `run` reads `Settings` from the environment first and stops with one clear sentence when the
 configuration cannot work, instead of entering a crash loop inside Kopf.
@@ -119,6 +120,29 @@ def check_config(_: argparse.Namespace) -> int:
     return 0
 
 
+def doctor(_: argparse.Namespace) -> int:
+    import asyncio
+
+    from .doctor import Finding, Verdict, run_doctor
+
+    try:
+        settings = _load_settings()
+        settings.require_backend()  # and reads the backend's credential file
+    except ConfigurationError as problem:
+        print(Finding(Verdict.FAIL, "settings", str(problem)).line())
+        return 1
+    where = settings.mas_url if settings.backend == "mas" else settings.synapse_url
+    print(
+        Finding(
+            Verdict.OK,
+            "settings",
+            f"backend {settings.backend} at {where}, sign-up "
+            f"{settings.mas_sign_up}, server name {settings.server_name}",
+        ).line()
+    )
+    return asyncio.run(run_doctor(settings))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="matrix-invite-operator")
     parser.add_argument("--version", action="version", version=__version__)
@@ -146,9 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate the environment's configuration")
     check.set_defaults(func=check_config)
 
+    diagnose = sub.add_parser(
+        "doctor",
+        help="check MAS and SMTP step by step, as the operator will use them (writes nothing)",
+    )
+    diagnose.set_defaults(func=doctor)
+
     args = parser.parse_args(argv)
     if args.func is not run:  # Kopf configures logging for `run` itself
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         result: int = args.func(args)
     except OperatorError as exc:

@@ -64,6 +64,13 @@ def mas_http_client(settings: Settings) -> httpx.AsyncClient:
 def build_mas_backend(
     settings: Settings, http: httpx.AsyncClient, *, on_request: RequestObserver | None = None
 ) -> MasTokenBackend:
+    return MasTokenBackend(mas_admin_client(settings, http, on_request=on_request))
+
+
+def mas_admin_client(
+    settings: Settings, http: httpx.AsyncClient, *, on_request: RequestObserver | None = None
+) -> MasAdminClient:
+    """The Admin API client with its client-credentials auth, as the settings describe them."""
     settings.require_backend()
     if settings.mas_url is None or settings.mas_client_id is None:  # require_backend said so
         raise AssertionError("unreachable")
@@ -74,9 +81,7 @@ def build_mas_backend(
         issuer=str(settings.mas_url),
         client_auth_method=settings.mas_client_auth_method,
     )
-    return MasTokenBackend(
-        MasAdminClient(http, str(settings.mas_url), auth=auth, on_request=on_request)
-    )
+    return MasAdminClient(http, str(settings.mas_url), auth=auth, on_request=on_request)
 
 
 def build_synapse_backend(settings: Settings, http: httpx.AsyncClient) -> SynapseTokenBackend:
