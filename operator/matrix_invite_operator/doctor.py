@@ -19,12 +19,13 @@ from typing import cast
 
 import httpx
 
-from .backends.mas import MasAdminClient, SiteConfig, certificate_error
+from .backends.mas import MasAdminClient, SiteConfig, UpstreamProvider, certificate_error
 from .backends.oauth import ClientCredentialsAuth
 from .errors import MailError, OperatorError
 from .mail.send import Mailer
 from .runtime import mas_admin_client, mas_http_client
 from .settings import Settings
+from .sign_up import SignUpFacts, facts_from
 
 _ESS_MAS_URL = "http://<release>-matrix-authentication-service.<namespace>.svc.cluster.local:8080"
 _RESTART = "then restart MAS (kubectl rollout restart), which reads its config only at start"
@@ -97,9 +98,11 @@ class Doctor:
             yield await self._token(http, auth)
             yield await self._admin_api(client)
             site = await client.site_config()
-            for finding in self._site(site, await client.server_version()):
+            providers = await client.enabled_upstream_providers()
+            facts = facts_from(self.settings, site, providers)
+            for finding in self._site(site, await client.server_version(), facts):
                 yield finding
-            async for finding in self._providers(client, site):
+            for finding in self._providers(providers, site, facts):
                 yield finding
             yield await self._token_list(client)
         except _Stopped as stopped:
@@ -157,9 +160,9 @@ class Doctor:
             raise _Stopped("admin api", str(exc)) from exc
         return _ok("admin api", f"MAS {version} answers /api/admin/v1/version and /site-config")
 
-    def _site(self, site: SiteConfig, version: str) -> list[Finding]:
+    def _site(self, site: SiteConfig, version: str, facts: SignUpFacts) -> list[Finding]:
         settings = self.settings
-        upstream = settings.mas_sign_up == "upstream"
+        upstream = facts.sign_up == "mas-upstream"
         findings: list[Finding] = []
         if site.password_registration_enabled:
             findings.append(_ok("password registration", "enabled"))
@@ -207,7 +210,9 @@ class Doctor:
             if site.captcha_enabled
             else _ok("captcha", "off")
         )
-        if site.server_name == settings.server_name:
+        if settings.server_name is None:
+            findings.append(_ok("server name", f"{site.server_name} (from MAS)"))
+        elif site.server_name == settings.server_name:
             findings.append(_ok("server name", site.server_name))
         else:
             findings.append(
@@ -220,14 +225,11 @@ class Doctor:
             )
         return findings
 
-    async def _providers(self, client: MasAdminClient, site: SiteConfig) -> AsyncIterator[Finding]:
-        try:
-            providers = await client.enabled_upstream_providers()
-        except OperatorError as exc:
-            raise _Stopped("upstream providers", str(exc)) from exc
-        upstream = self.settings.mas_sign_up == "upstream"
+    def _providers(
+        self, providers: list[UpstreamProvider], site: SiteConfig, facts: SignUpFacts
+    ) -> list[Finding]:
         if not providers:
-            if upstream:
+            if facts.sign_up == "mas-upstream":
                 raise _Stopped(
                     "upstream providers",
                     "none enabled, but MATRIX_INVITE_MAS_SIGN_UP (mas.signUp) is upstream: add "
@@ -235,19 +237,24 @@ class Doctor:
                 )
             if not site.password_registration_enabled:
                 raise _Stopped("sign-up", "MAS offers neither password nor upstream sign-up")
-            return
+            return []
+        findings = []
         gated = [p.name for p in providers if p.attributes.registration_token_required]
         if gated:
-            yield _ok("upstream providers", "token required by " + ", ".join(gated))
+            findings.append(_ok("upstream providers", "token required by " + ", ".join(gated)))
         for provider in providers:
             if not provider.attributes.registration_token_required:
-                yield Finding(
-                    Verdict.WARN,
-                    "upstream providers",
-                    f"{provider.name} lets anyone with an account there sign up WITHOUT A TOKEN: "
-                    "set registration_token_required: true in the fragment that already "
-                    f"defines that provider (never in a copy: ESS appends lists), {_RESTART}",
+                findings.append(
+                    Finding(
+                        Verdict.WARN,
+                        "upstream providers",
+                        f"{provider.name} lets anyone with an account there sign up "
+                        "WITHOUT A TOKEN: set registration_token_required: true in the "
+                        "fragment that already defines that provider (never in a copy: ESS "
+                        f"appends lists), {_RESTART}",
+                    )
                 )
+        return findings
 
     async def _token_list(self, client: MasAdminClient) -> Finding:
         try:

@@ -71,7 +71,7 @@ def doctor(
 def healthy_lines(mas_url: str, smtp: SmtpDouble) -> list[str]:
     host, port = smtp.address
     return [
-        f"OK    settings: backend mas at {mas_url}/, sign-up password, server name example.org",
+        f"OK    settings: backend mas at {mas_url}/, sign-up from MAS, server name from MAS",
         f"OK    reachable: {mas_url} answers (404) (plain HTTP)",
         f"OK    discovery: token endpoint {mas_url}{OAUTH_TOKEN_PATH}",
         f"OK    token: client {DEFAULT_CLIENT_ID} got an access token with urn:mas:admin "
@@ -82,7 +82,7 @@ def healthy_lines(mas_url: str, smtp: SmtpDouble) -> list[str]:
         "OK    email verification: required: MAS mails a 6-digit code, so MAS needs its own email "
         "section (ESS sets none; check with mas-cli config dump)",
         "OK    captcha: off",
-        "OK    server name: example.org",
+        "OK    server name: example.org (from MAS)",
         "OK    token list: readable",
         f"OK    smtp: {host}:{port} with STARTTLS, login as {SMTP_USER} accepted (nothing sent)",
     ]
@@ -232,7 +232,7 @@ def test_upstream_sign_up_lists_the_providers_and_warns_about_an_open_one(
         "OK    password registration: off: invitees sign up upstream",
         "SKIP  registration token: no password registration",
         "OK    captcha: off",
-        "OK    server name: example.org",
+        "OK    server name: example.org (from MAS)",
         "OK    upstream providers: token required by Authentik",
         "WARN  upstream providers: GitHub lets anyone with an account there sign up WITHOUT A "
         "TOKEN: set registration_token_required: true in the fragment that already defines that "
@@ -247,7 +247,7 @@ def test_a_server_name_mas_does_not_serve_fails(
     tmp_path: Path, mas_double: MasDouble, smtp: SmtpDouble
 ) -> None:
     mas_double.configure_site(server_name="matrix.example.com")
-    result = doctor(tmp_path, mas_double.url, smtp)
+    result = doctor(tmp_path, mas_double.url, smtp, MATRIX_INVITE_SERVER_NAME="example.org")
     assert (
         "FAIL  server name: MAS serves matrix.example.com but the mail names example.org: set "
         "MATRIX_INVITE_SERVER_NAME (invitations.serverName) to matrix.example.com"
