@@ -279,3 +279,23 @@ def test_settings_that_cannot_work_are_the_first_and_only_line(
         "FAIL  settings: the MAS backend needs MATRIX_INVITE_MAS_CLIENT_ID"
     ]
     assert result.returncode == 1
+
+
+def test_the_synapse_backend_checks_settings_and_smtp_only(
+    tmp_path: Path, smtp: SmtpDouble
+) -> None:
+    (tmp_path / "synapse-token").write_text("syt_not_printed_anywhere")
+    result = doctor(
+        tmp_path,
+        "http://127.0.0.1:9",
+        smtp,
+        MATRIX_INVITE_BACKEND="synapse",
+        MATRIX_INVITE_SYNAPSE_URL="http://127.0.0.1:9",
+        MATRIX_INVITE_SYNAPSE_ADMIN_TOKEN_FILE=str(tmp_path / "synapse-token"),
+    )
+    lines = result.stdout.splitlines()
+    assert lines[1] == "SKIP  backend: synapse: only the settings and SMTP are checked"
+    assert lines[2].startswith("OK    smtp: ")
+    assert len(lines) == 3
+    assert "syt_not_printed_anywhere" not in result.stdout
+    assert result.returncode == 0
