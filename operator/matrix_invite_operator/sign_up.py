@@ -128,7 +128,12 @@ class SiteWatch:
         return facts
 
     async def run_forever(self, interval: float) -> None:
-        """Refresh every `interval` seconds (at once if never read); failures keep the facts."""
+        """Refresh every `interval` seconds (at once if never read); failures keep the facts.
+
+        Returns at once when there is no MAS to read (Synapse backend, or MAS not configured).
+        """
+        if self._client is None:
+            return
         failing = False
         while True:
             if self.read_once:

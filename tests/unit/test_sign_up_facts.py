@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
 from matrix_invite_operator.backends.mas import SiteConfig, UpstreamProvider
 from matrix_invite_operator.errors import TransientError
 from matrix_invite_operator.settings import Settings
-from matrix_invite_operator.sign_up import facts_from
+from matrix_invite_operator.sign_up import SiteWatch, facts_from
 
 SITE = SiteConfig(
     server_name="example.org",
@@ -86,3 +89,17 @@ def test_registration_without_a_token_is_reported_with_every_open_door() -> None
 def test_synapse_needs_its_server_name_set() -> None:
     facts = facts_from(Settings(backend="synapse", server_name="example.org"))
     assert (facts.sign_up, facts.server_name) == ("synapse", "example.org")
+
+
+def test_a_watch_without_mas_returns_at_once_instead_of_spinning() -> None:
+    # A loop that never awaits would freeze the operator's event loop (probes, handlers); run
+    # it in a thread of its own, so that such a bug fails this test instead of hanging it.
+    watch = SiteWatch(Settings(backend="synapse", server_name="example.org"), None)
+    runner = threading.Thread(
+        target=asyncio.run, args=(watch.run_forever(interval=3600),), daemon=True
+    )
+    runner.start()
+    runner.join(timeout=2)
+    assert not runner.is_alive(), "run_forever spins (or waits) without MAS to read"
+    assert watch.facts.sign_up == "synapse"
+    assert not watch.read_once
