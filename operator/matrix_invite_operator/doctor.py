@@ -96,11 +96,11 @@ class Doctor:
             yield await self._reachable(http, base)
             yield await self._discovery(http, auth)
             yield await self._token(http, auth)
-            yield await self._admin_api(client)
-            site = await client.site_config()
+            found, version, site = await self._admin_api(client)
+            yield found
             providers = await client.enabled_upstream_providers()
             facts = facts_from(self.settings, site, providers)
-            for finding in self._site(site, await client.server_version(), facts):
+            for finding in self._site(site, version, facts):
                 yield finding
             for finding in self._providers(providers, site, facts):
                 yield finding
@@ -132,12 +132,12 @@ class Doctor:
             )
         try:
             endpoint = await auth.discover(http)
-        except OperatorError as exc:
+        except (OperatorError, httpx.RequestError) as exc:
             raise _Stopped(
                 "discovery",
-                f"{exc}. MATRIX_INVITE_MAS_URL (mas.url) must point at the MAS listener serving "
-                "discovery and the Admin API: on ESS port 8080 (8081 serves only health and "
-                "metrics)",
+                f"{_text(exc)}. MATRIX_INVITE_MAS_URL (mas.url) must point at the MAS listener "
+                "serving discovery and the Admin API: on ESS port 8080 (8081 serves only health "
+                "and metrics)",
             ) from exc
         return _ok("discovery", f"token endpoint {endpoint}")
 
@@ -152,13 +152,14 @@ class Doctor:
             f"({auth.client_auth_method})",
         )
 
-    async def _admin_api(self, client: MasAdminClient) -> Finding:
+    async def _admin_api(self, client: MasAdminClient) -> tuple[Finding, str, SiteConfig]:
         try:
             version = await client.server_version()
-            await client.site_config()
+            site = await client.site_config()
         except OperatorError as exc:
             raise _Stopped("admin api", str(exc)) from exc
-        return _ok("admin api", f"MAS {version} answers /api/admin/v1/version and /site-config")
+        found = _ok("admin api", f"MAS {version} answers /api/admin/v1/version and /site-config")
+        return found, version, site
 
     def _site(self, site: SiteConfig, version: str, facts: SignUpFacts) -> list[Finding]:
         settings = self.settings
@@ -297,8 +298,15 @@ class Doctor:
 
 def _text(exc: BaseException) -> str:
     if isinstance(exc, httpx.RequestError):
-        return f"no answer from the token endpoint ({type(exc).__name__})"
+        return f"no answer from {_origin(exc)} ({type(exc).__name__})"
     return str(exc)
+
+
+def _origin(exc: httpx.RequestError) -> str:
+    try:
+        return str(exc.request.url.copy_with(query=None))
+    except RuntimeError:  # an error raised before a request existed
+        return "MAS"
 
 
 def _unreachable(exc: httpx.RequestError, base: str) -> str:
