@@ -128,9 +128,10 @@ async def build_dependencies(
     metrics: OperatorMetrics | None = None,
 ) -> Dependencies:
     mas_http = mas_http_client(settings)
+    observer = metrics.record_mas_request if metrics is not None else None
     site = SiteWatch(
         settings,
-        mas_admin_client(settings, mas_http)
+        mas_admin_client(settings, mas_http, on_request=observer)
         if settings.backend == "mas" and _mas_configured(settings)
         else None,
     )
@@ -145,9 +146,7 @@ async def build_dependencies(
         metrics.observe_sign_up(lambda: site.facts if site.read_once else None)
     backend: TokenBackend
     try:
-        backend = build_backend(
-            settings, mas_http, on_request=metrics.record_mas_request if metrics else None
-        )
+        backend = build_backend(settings, mas_http, on_request=observer)
     except ConfigurationError as problem:
         logger.error("the token backend is misconfigured, nothing will be issued: %s", problem)
         backend = UnconfiguredBackend(problem)
