@@ -16,11 +16,12 @@ import enum
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import cast
+from urllib.parse import urlsplit
 
 import httpx
 
 from .backends.mas import MasAdminClient, SiteConfig, UpstreamProvider, certificate_error
-from .backends.oauth import ClientCredentialsAuth
+from .backends.oauth import DISCOVERY_PATH, ClientCredentialsAuth
 from .errors import MailError, OperatorError
 from .mail.send import Mailer
 from .runtime import mas_admin_client, mas_http_client
@@ -95,6 +96,7 @@ class Doctor:
         try:
             yield await self._reachable(http, base)
             yield await self._discovery(http, auth)
+            yield await self._registration_link(http, base)
             yield await self._token(http, auth)
             found, version, site = await self._admin_api(client)
             yield found
@@ -140,6 +142,27 @@ class Doctor:
                 "and metrics)",
             ) from exc
         return _ok("discovery", f"token endpoint {endpoint}")
+
+    async def _registration_link(self, http: httpx.AsyncClient, base: str) -> Finding:
+        """The mail's link must lead to MAS's public host: the issuer its discovery names."""
+        link = self.settings.registration_url
+        try:
+            answer = await http.get(base + DISCOVERY_PATH)
+            issuer = answer.json().get("issuer") if answer.status_code == 200 else None
+        except (httpx.RequestError, ValueError, AttributeError):
+            issuer = None
+        if not isinstance(issuer, str) or not urlsplit(issuer).netloc:
+            return Finding(Verdict.SKIP, "registration link", "MAS's discovery names no issuer")
+        public = urlsplit(issuer)
+        if urlsplit(link).netloc == public.netloc:
+            return _ok("registration link", f"{link} is on MAS's public host")
+        return Finding(
+            Verdict.WARN,
+            "registration link",
+            f"{link} is not on MAS's public host {public.netloc}: set "
+            "MATRIX_INVITE_REGISTRATION_URL (invitations.registrationUrl) to "
+            f"{public.scheme}://{public.netloc}/register",
+        )
 
     async def _token(self, http: httpx.AsyncClient, auth: ClientCredentialsAuth) -> Finding:
         try:

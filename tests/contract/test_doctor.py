@@ -53,6 +53,7 @@ def doctor(
         "MATRIX_INVITE_SMTP_CA_BUNDLE": str(smtp.ca_path),
         "MATRIX_INVITE_SMTP_TIMEOUT_SECONDS": "5",
         "MATRIX_INVITE_HTTP_TIMEOUT_SECONDS": "5",
+        "MATRIX_INVITE_REGISTRATION_URL": f"{mas_url}/register",
     }
     result = subprocess.run(
         [sys.executable, "-m", "matrix_invite_operator", "doctor"],
@@ -74,6 +75,7 @@ def healthy_lines(mas_url: str, smtp: SmtpDouble) -> list[str]:
         f"OK    settings: backend mas at {mas_url}/, sign-up from MAS, server name from MAS",
         f"OK    reachable: {mas_url} answers (404) (plain HTTP)",
         f"OK    discovery: token endpoint {mas_url}{OAUTH_TOKEN_PATH}",
+        f"OK    registration link: {mas_url}/register is on MAS's public host",
         f"OK    token: client {DEFAULT_CLIENT_ID} got an access token with urn:mas:admin "
         "(client_secret_basic)",
         "OK    admin api: MAS 1.22.0 answers /api/admin/v1/version and /site-config",
@@ -106,15 +108,15 @@ def test_a_wrong_client_secret_names_the_settings_to_check(
 ) -> None:
     result = doctor(tmp_path, mas_double.url, smtp, client_secret="wrong-client-secret")
     lines = result.stdout.splitlines()
-    assert lines[3] == (
+    assert lines[4] == (
         f"FAIL  token: MAS refused the client credentials for client {DEFAULT_CLIENT_ID}: check "
         "that MATRIX_INVITE_MAS_CLIENT_ID and the secret in MATRIX_INVITE_MAS_CLIENT_SECRET_FILE "
         "(chart values mas.clientId, mas.clientSecret.existingSecret and .key) match the client "
         "in MAS's config, which MAS reads only at start (restart MAS after rotating), and that "
         "it has client_auth_method: client_secret_basic (MATRIX_INVITE_MAS_CLIENT_AUTH_METHOD)"
     )
-    assert lines[4].startswith("OK    smtp: "), "SMTP is checked even after MAS failed"
-    assert len(lines) == 5
+    assert lines[5].startswith("OK    smtp: "), "SMTP is checked even after MAS failed"
+    assert len(lines) == 6
     assert result.returncode == 1
 
 
@@ -123,7 +125,7 @@ def test_a_client_missing_from_admin_clients_gets_mas_s_answer_and_the_fix(
 ) -> None:
     with MasDouble(admin_client=False) as mas:
         result = doctor(tmp_path, mas.url, smtp)
-    assert result.stdout.splitlines()[3] == (
+    assert result.stdout.splitlines()[4] == (
         f"FAIL  token: MAS will not grant the urn:mas:admin scope to client {DEFAULT_CLIENT_ID} "
         "(403 invalid_scope): the client must be listed in policy.data.admin_clients of the MAS "
         "configuration (on ESS: in the matrixAuthenticationService.additional fragment; restart "
@@ -209,7 +211,7 @@ def test_registration_without_a_token_fails_loudly_with_the_key_for_the_version(
     with MasDouble(version=version) as mas:
         mas.configure_site(password_registration_token_required=False)
         result = doctor(tmp_path, mas.url, smtp)
-    assert result.stdout.splitlines()[6] == (
+    assert result.stdout.splitlines()[7] == (
         "FAIL  registration token: NOT REQUIRED: ANYONE CAN SIGN UP, the invitations protect "
         f"nothing. Set {key}, then restart MAS (kubectl rollout restart), which reads its config "
         "only at start"
@@ -228,7 +230,7 @@ def test_upstream_sign_up_lists_the_providers_and_warns_about_an_open_one(
     mas_double.add_upstream_provider("Retired", registration_token_required=False, enabled=False)
     result = doctor(tmp_path, mas_double.url, smtp, MATRIX_INVITE_MAS_SIGN_UP="upstream")
     lines = result.stdout.splitlines()
-    assert lines[5:12] == [
+    assert lines[6:13] == [
         "OK    password registration: off: invitees sign up upstream",
         "SKIP  registration token: no password registration",
         "OK    captcha: off",
@@ -241,6 +243,28 @@ def test_upstream_sign_up_lists_the_providers_and_warns_about_an_open_one(
         "OK    token list: readable",
     ]
     assert result.returncode == 0, "a warning alone does not fail"
+
+
+def test_a_registration_link_off_mas_s_public_host_is_named(
+    tmp_path: Path, smtp: SmtpDouble
+) -> None:
+    with MasDouble(public_base="https://account.example.org/") as mas:
+        url = mas.url
+        result = doctor(
+            tmp_path,
+            url,
+            smtp,
+            MATRIX_INVITE_MAS_TOKEN_ENDPOINT=f"{url}{OAUTH_TOKEN_PATH}",
+            MATRIX_INVITE_REGISTRATION_URL="https://auth.example.org/register",
+        )
+    lines = result.stdout.splitlines()
+    assert lines[2] == f"SKIP  discovery: token endpoint configured: {url}{OAUTH_TOKEN_PATH}"
+    assert lines[3] == (
+        "WARN  registration link: https://auth.example.org/register is not on MAS's public host "
+        "account.example.org: set MATRIX_INVITE_REGISTRATION_URL (invitations.registrationUrl) "
+        "to https://account.example.org/register"
+    )
+    assert result.returncode == 0, result.stdout
 
 
 def test_a_server_name_mas_does_not_serve_fails(
