@@ -24,7 +24,7 @@ from matrix_invite_operator.mail import LOCALES, Locale, MailContext, MailRender
 from pydantic import SecretStr
 
 HERE = Path(__file__).resolve().parent
-WINDOW = "800,1100"
+WINDOW = "800,1250"
 # (display name, address, time zone of the expiry)
 SAMPLES: dict[Locale, tuple[str, str, str]] = {
     "en": ("Ada Lovelace", "ada@example.org", "UTC"),
@@ -45,6 +45,7 @@ def render(locale: Locale) -> str:
         server_name="example.org",
         locale=locale,
         timezone=timezone,
+        element_web_url="https://chat.example.org",
     )
     return MailRenderer().render(context).html
 

@@ -1,4 +1,5 @@
-"""Command line: `run` starts the operator, `render-mail` previews a mail, `check-config` checks.
+"""Command line: `run` starts the operator, `render-mail` previews a mail, `check-config` reads
+the settings, `doctor` checks MAS and SMTP as the operator will use them.
 
 `run` reads `Settings` from the environment first and stops with one clear sentence when the
 configuration cannot work, instead of entering a crash loop inside Kopf.
@@ -64,18 +65,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render_mail(args: argparse.Namespace) -> int:
-    from .mail.invitation import sign_up_for
     from .mail.render import MailContext, MailRenderer, SignUp, expand_registration_url
+    from .sign_up import facts_from
 
     settings = _load_settings()
+    facts = facts_from(settings)
     sign_up: SignUp = {
-        None: sign_up_for(settings),
+        None: facts.sign_up,
         "password": "mas-password",
         "upstream": "mas-upstream",
         "synapse": "synapse",
     }[args.sign_up]
     token = SecretStr(args.token)
     expires = dt.datetime.now(dt.UTC) + settings.default_validity
+    server_name = args.server_name or facts.server_name or "example.org"
     try:
         context = MailContext(
             email=args.email,
@@ -86,12 +89,15 @@ def render_mail(args: argparse.Namespace) -> int:
             ),
             expires_at=expires,
             usage_limit=args.usage_limit,
-            inviter=settings.inviter_name or settings.server_name,
-            server_name=settings.server_name,
+            inviter=settings.inviter_name or server_name,
+            server_name=server_name,
             locale=args.locale or settings.default_locale,
             timezone=settings.mail_timezone,
             sign_up=sign_up,
-            upstream_provider=settings.mas_upstream_provider_name,
+            upstream_provider=facts.upstream_provider,
+            email_code=not args.no_email_code,
+            captcha=args.captcha,
+            element_web_url=str(settings.element_web_url) if settings.element_web_url else None,
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -119,6 +125,30 @@ def check_config(_: argparse.Namespace) -> int:
     return 0
 
 
+def doctor(_: argparse.Namespace) -> int:
+    import asyncio
+
+    from .doctor import Finding, Verdict, run_doctor
+
+    try:
+        settings = _load_settings()
+        settings.require_backend()  # and reads the backend's credential file
+    except ConfigurationError as problem:
+        print(Finding(Verdict.FAIL, "settings", str(problem)).line())
+        return 1
+    where = settings.mas_url if settings.backend == "mas" else settings.synapse_url
+    print(
+        Finding(
+            Verdict.OK,
+            "settings",
+            f"backend {settings.backend} at {where}, sign-up "
+            f"{settings.mas_sign_up or 'from MAS'}, server name "
+            f"{settings.server_name or 'from MAS'}",
+        ).line()
+    )
+    return asyncio.run(run_doctor(settings))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="matrix-invite-operator")
     parser.add_argument("--version", action="version", version=__version__)
@@ -140,15 +170,29 @@ def main(argv: list[str] | None = None) -> int:
         help="which sign-up steps to show: MAS password registration, MAS through an upstream "
         "identity provider, or Element with Synapse (default: from the settings)",
     )
+    mail.add_argument(
+        "--no-email-code",
+        action="store_true",
+        help="MAS requires no email verification (password_registration_email_required: false)",
+    )
+    mail.add_argument("--captcha", action="store_true", help="MAS's sign-up asks for a CAPTCHA")
+    mail.add_argument("--server-name", help="default: MATRIX_INVITE_SERVER_NAME, else example.org")
     mail.add_argument("--html", default="invitation.html", help="where to write the HTML part")
     mail.set_defaults(func=render_mail)
 
     check = sub.add_parser("check-config", help="validate the environment's configuration")
     check.set_defaults(func=check_config)
 
+    diagnose = sub.add_parser(
+        "doctor",
+        help="check MAS and SMTP step by step, as the operator will use them (writes nothing)",
+    )
+    diagnose.set_defaults(func=doctor)
+
     args = parser.parse_args(argv)
     if args.func is not run:  # Kopf configures logging for `run` itself
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         result: int = args.func(args)
     except OperatorError as exc:

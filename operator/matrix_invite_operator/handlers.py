@@ -9,13 +9,14 @@ nothing lands in a status field the schema would prune.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Any
 
 import kopf
 
-from .errors import MailThrottled, PermanentError, TransientError
+from .errors import MailThrottled, OperatorError, PermanentError, TransientError
 from .mail.throttle import WAITING_FOR_SLOT
 from .metrics import OperatorMetrics
 from .models import GROUP, PLURAL, RESEND_ANNOTATION, VERSION, Phase
@@ -115,14 +116,23 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
                 f"cannot serve metrics on {config.bind_address}:{config.metrics_port}: {exc}"
             ) from exc
     memo.sync_task = asyncio.create_task(memo.sync.run_forever(), name="status-sync")
+    site = memo.deps.site
+    if site is not None:
+        # Read before the first Invitation is handled when MAS answers, so its mail fits.
+        with contextlib.suppress(OperatorError):
+            await site.refresh()
+        memo.site_task = asyncio.create_task(
+            site.run_forever(config.sync_interval_seconds), name="site-config"
+        )
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    task: asyncio.Task[None] | None = memo.get("sync_task")
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    for name in ("sync_task", "site_task"):
+        task: asyncio.Task[None] | None = memo.get(name)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     if memo.get("deps") is not None:
         await close_dependencies(memo.deps)
     server = memo.get("metrics_server")

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from .backends import TokenState
     from .reconcile import Invitation, InvitationMailer
+    from .sign_up import SignUpFacts
     from .sync import WatchedInvitation
 
 PREFIX = "matrix_invite"
@@ -77,6 +78,25 @@ class _StateCollector(Collector):
         yield synced
 
 
+class _SignUpCollector(Collector):
+    """Whether MAS lets people sign up without a token, read at scrape time."""
+
+    def __init__(self, facts: Callable[[], SignUpFacts | None]) -> None:
+        self._facts = facts
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        facts = self._facts()
+        if facts is None:  # MAS's site-config not read (yet), or the Synapse backend
+            return
+        gauge = GaugeMetricFamily(
+            f"{PREFIX}_registration_not_token_gated",
+            "1 when MAS (password sign-up or an enabled upstream provider) lets people sign up "
+            "without a registration token, so invitations protect nothing; else 0",
+        )
+        gauge.add_metric([], 1.0 if facts.unprotected else 0.0)
+        yield gauge
+
+
 class OperatorMetrics:
     """The operator's metrics on a private registry; pass its methods as callbacks."""
 
@@ -84,6 +104,7 @@ class OperatorMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._invitations: Callable[[], Registry | None] = lambda: None
         self._last_sync: Callable[[], float | None] = lambda: None
+        self._sign_up: Callable[[], SignUpFacts | None] = lambda: None
         self.mas_requests = Counter(
             f"{PREFIX}_mas_requests",
             "MAS Admin API requests, by endpoint template, HTTP method and outcome",
@@ -120,6 +141,7 @@ class OperatorMetrics:
         self.registry.register(
             _StateCollector(lambda: self._invitations(), lambda: self._last_sync())
         )
+        self.registry.register(_SignUpCollector(lambda: self._sign_up()))
 
     def observe_state(
         self, invitations: Callable[[], Registry | None], last_sync: Callable[[], float | None]
@@ -127,6 +149,10 @@ class OperatorMetrics:
         """Where the scrape-time gauges read from: the watched Invitations, the sync loop."""
         self._invitations = invitations
         self._last_sync = last_sync
+
+    def observe_sign_up(self, facts: Callable[[], SignUpFacts | None]) -> None:
+        """Where the registration gauge reads from: MAS's site-config as last read."""
+        self._sign_up = facts
 
     def record_mas_request(self, endpoint: str, method: str, outcome: str, seconds: float) -> None:
         """`MasAdminClient(on_request=...)`: called once per Admin API request."""

@@ -41,6 +41,7 @@ from .models import (
     rfc3339,
 )
 from .settings import Settings
+from .sign_up import SiteWatch
 from .status import Problem, compute_status
 
 logger = logging.getLogger(__name__)
@@ -158,6 +159,8 @@ class Dependencies:
         default_factory=lambda: asyncio.Semaphore(CONCURRENT_RECONCILES)
     )
     resources: object = None  # what `runtime` opened and must close; opaque here
+    # What MAS says about sign-up (`sign_up.SiteWatch`); None: nothing known beyond the settings.
+    site: SiteWatch | None = None
 
     def lock_for(self, invitation: Invitation) -> asyncio.Lock:
         # The Kopf handler and the sync pass may both act on one Invitation: serialise them.
@@ -482,6 +485,9 @@ async def _ensure_token(
     await deps.events.normal(
         invitation, "TokenIssued", f"Registration token {state.id} issued in {deps.backend.name}"
     )
+    unprotected = deps.site.facts.unprotected if deps.site is not None else None
+    if unprotected:
+        await deps.events.warning(invitation, "RegistrationNotTokenGated", unprotected)
     return state
 
 

@@ -2,14 +2,15 @@
 
 One `httpx.AsyncClient` for the token backend (explicit timeouts, verified TLS or a custom CA
 bundle), one for the Kubernetes API, the token backend (MAS or Synapse, as `settings.backend`
-says: the only place that looks), the mail renderer and the SMTP mailer: created once at
-startup and kept in Kopf's memo, never as module globals.
+says: the only place that looks), the mail renderer, the SMTP mailer and the watch on MAS's
+site-config: created once at startup and kept in Kopf's memo, never as module globals.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from .mail.throttle import MailThrottle
 from .metrics import OperatorMetrics
 from .reconcile import Dependencies, InvitationMailer
 from .settings import Settings
+from .sign_up import SignUpFacts, SiteWatch
 from .unconfigured import UnconfiguredBackend, UnconfiguredMailer
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,13 @@ def mas_http_client(settings: Settings) -> httpx.AsyncClient:
 def build_mas_backend(
     settings: Settings, http: httpx.AsyncClient, *, on_request: RequestObserver | None = None
 ) -> MasTokenBackend:
+    return MasTokenBackend(mas_admin_client(settings, http, on_request=on_request))
+
+
+def mas_admin_client(
+    settings: Settings, http: httpx.AsyncClient, *, on_request: RequestObserver | None = None
+) -> MasAdminClient:
+    """The Admin API client with its client-credentials auth, as the settings describe them."""
     settings.require_backend()
     if settings.mas_url is None or settings.mas_client_id is None:  # require_backend said so
         raise AssertionError("unreachable")
@@ -74,9 +83,7 @@ def build_mas_backend(
         issuer=str(settings.mas_url),
         client_auth_method=settings.mas_client_auth_method,
     )
-    return MasTokenBackend(
-        MasAdminClient(http, str(settings.mas_url), auth=auth, on_request=on_request)
-    )
+    return MasAdminClient(http, str(settings.mas_url), auth=auth, on_request=on_request)
 
 
 def build_synapse_backend(settings: Settings, http: httpx.AsyncClient) -> SynapseTokenBackend:
@@ -94,14 +101,24 @@ def build_backend(settings: Settings, http: httpx.AsyncClient, **mas_options: An
     return build_mas_backend(settings, http, **mas_options)
 
 
-def build_mailer(settings: Settings) -> SmtpInvitationMailer:
+def _mas_configured(settings: Settings) -> bool:
+    try:
+        settings.require_backend()
+    except ConfigurationError:
+        return False  # build_backend reports it
+    return True
+
+
+def build_mailer(
+    settings: Settings, *, sign_up: Callable[[], SignUpFacts] | None = None
+) -> SmtpInvitationMailer:
     validate_registration_url_template(settings.registration_url)
     mailer = Mailer.from_settings(settings)
     renderer = MailRenderer(settings.mail_template_dir)
     renderer.check()  # a broken admin template fails at startup, not on the first Invitation
     rate = settings.mail_rate_per_minute
     throttle = MailThrottle(rate) if rate > 0 else None
-    return SmtpInvitationMailer(settings, renderer, mailer, throttle)
+    return SmtpInvitationMailer(settings, renderer, mailer, throttle, sign_up=sign_up)
 
 
 async def build_dependencies(
@@ -110,20 +127,26 @@ async def build_dependencies(
     kube: KubeConnection | None = None,
     metrics: OperatorMetrics | None = None,
 ) -> Dependencies:
+    mas_http = mas_http_client(settings)
+    observer = metrics.record_mas_request if metrics is not None else None
+    site = SiteWatch(
+        settings,
+        mas_admin_client(settings, mas_http, on_request=observer)
+        if settings.backend == "mas" and _mas_configured(settings)
+        else None,
+    )
     mailer: InvitationMailer
     try:
-        mailer = build_mailer(settings)
+        mailer = build_mailer(settings, sign_up=lambda: site.facts)
     except ConfigurationError as problem:
         logger.error("mail is misconfigured, no invitation will be sent: %s", problem)
         mailer = UnconfiguredMailer(problem)
     if metrics is not None:
         mailer = metrics.counting_mailer(mailer)
-    mas_http = mas_http_client(settings)
+        metrics.observe_sign_up(lambda: site.facts if site.read_once else None)
     backend: TokenBackend
     try:
-        backend = build_backend(
-            settings, mas_http, on_request=metrics.record_mas_request if metrics else None
-        )
+        backend = build_backend(settings, mas_http, on_request=observer)
     except ConfigurationError as problem:
         logger.error("the token backend is misconfigured, nothing will be issued: %s", problem)
         backend = UnconfiguredBackend(problem)
@@ -135,6 +158,7 @@ async def build_dependencies(
         kube=kube_api,
         mailer=mailer,
         events=KubeEvents(kube_api),
+        site=site,
     )
     deps.resources = Clients(mas=mas_http, kube=kube_http)
     return deps

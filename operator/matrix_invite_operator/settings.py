@@ -83,15 +83,17 @@ class Settings(BaseSettings):
         None, description="PEM bundle to trust for Synapse; MATRIX_INVITE_MAS_CA_BUNDLE if unset"
     )
     http_timeout_seconds: float = Field(10.0, gt=0, le=300)
-    mas_sign_up: Literal["password", "upstream"] = Field(
-        "password",
+    mas_sign_up: Literal["password", "upstream"] | None = Field(
+        None,
         description="How invitees sign up in MAS's web UI: password registration, or through an "
-        "upstream identity provider (the mail's steps follow); ignored with the Synapse backend",
+        "upstream identity provider (the mail's steps follow); unset: what MAS's site-config "
+        "says; ignored with the Synapse backend",
     )
     mas_upstream_provider_name: str | None = Field(
         None,
         max_length=100,
-        description="The provider's name on MAS's \"Continue with ...\" button, e.g. Authentik",
+        description="The provider's name on MAS's \"Continue with ...\" button, e.g. Authentik; "
+        "unset: the name MAS gives its only enabled provider",
     )
 
     # --- mail ---
@@ -121,7 +123,15 @@ class Settings(BaseSettings):
         "https://auth.example.org/register",
         description="Where invitees sign up; may contain {token} and {email} placeholders",
     )
-    server_name: str = Field("example.org", max_length=253)
+    server_name: str | None = Field(
+        None,
+        max_length=253,
+        description="The Matrix server name the mail names; unset: the one MAS serves "
+        "(required with the Synapse backend)",
+    )
+    element_web_url: AnyHttpUrl | None = Field(
+        None, description="Where the mail tells invitees to log in with Element Web after sign-up"
+    )
     inviter_name: str | None = Field(None, max_length=128)
 
     # --- behaviour ---
@@ -161,11 +171,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a single line")
         return value
 
-    @field_validator("mas_upstream_provider_name")
+    @field_validator("mas_upstream_provider_name", "server_name", "mas_sign_up", mode="before")
     @classmethod
-    def _blank_provider_is_unset(cls, value: str | None) -> str | None:
+    def _blank_is_unset(cls, value: object) -> object:
         # An empty variable (a chart value left "") means "not configured", not a blank label.
-        return value.strip() if value and value.strip() else None
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
 
     @model_validator(mode="after")
     def _validity_bounds(self) -> Settings:

@@ -618,3 +618,18 @@ async def test_reprs_show_no_secrets(mas_double: MasDouble, http: httpx.AsyncCli
     await client.create_token(INVITE)
     for thing in (auth, client, MasTokenBackend(client), client.counter):
         assert_no_secrets(thing)
+
+
+async def test_discovery_and_token_requests_carry_the_clients_user_agent(
+    mas_double: MasDouble,
+) -> None:
+    async with httpx.AsyncClient(
+        timeout=TIMEOUT, headers={"User-Agent": "matrix-invite-operator"}
+    ) as named:
+        await Harness(mas_double, named).client.server_version()
+    agents = {(r.path_template, r.user_agent) for r in mas_double.request_log()}
+    assert agents == {
+        (DISCOVERY_PATH, "matrix-invite-operator"),
+        (OAUTH_TOKEN_PATH, "matrix-invite-operator"),
+        ("/api/admin/v1/version", "matrix-invite-operator"),
+    }

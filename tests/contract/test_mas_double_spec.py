@@ -29,7 +29,9 @@ from tests.doubles.mas import (
     DEFAULT_CLIENT_SECRET,
     DISCOVERY_PATH,
     OAUTH_TOKEN_PATH,
+    PROVIDERS_PATH,
     REVOKE_PATH,
+    SITE_CONFIG_PATH,
     TOKEN_PATH,
     TOKENS_PATH,
     AdminApiSpec,
@@ -215,6 +217,40 @@ def test_version(api: httpx.Client) -> None:
 
 
 # --- create --------------------------------------------------------------------------------
+
+
+def test_site_config_answers_what_mas_is_configured_with(
+    mas_double: MasDouble, api: httpx.Client
+) -> None:
+    answer = api.get(SITE_CONFIG_PATH)
+    assert answer.status_code == 200
+    assert answer.json()["password_registration_token_required"] is True
+    mas_double.configure_site(password_registration_token_required=False, captcha_enabled=True)
+    changed = api.get(SITE_CONFIG_PATH).json()
+    assert (changed["password_registration_token_required"], changed["captcha_enabled"]) == (
+        False,
+        True,
+    )
+    with pytest.raises(ValueError, match="no listeners"):
+        mas_double.configure_site(listeners=[])
+
+
+def test_upstream_providers_filter_and_page(mas_double: MasDouble, api: httpx.Client) -> None:
+    gated = mas_double.add_upstream_provider("Authentik", registration_token_required=True)
+    open_one = mas_double.add_upstream_provider("GitHub", registration_token_required=False)
+    mas_double.add_upstream_provider("Old", registration_token_required=False, enabled=False)
+    everything = api.get(PROVIDERS_PATH).json()
+    assert everything["meta"]["count"] == 3
+    enabled = api.get(PROVIDERS_PATH, params={"filter[enabled]": "true", "count": "false"}).json()
+    assert "meta" not in enabled
+    assert [(p["id"], p["attributes"]["registration_token_required"]) for p in enabled["data"]] == [
+        (gated, True),
+        (open_one, False),
+    ]
+    first = api.get(PROVIDERS_PATH, params={"page[first]": "1"}).json()
+    assert [p["id"] for p in first["data"]] == [gated]
+    assert first["links"]["next"].endswith(f"page[after]={gated}&page[first]=1")
+    assert api.get(PROVIDERS_PATH, params={"filter[enabled]": "maybe"}).status_code == 400
 
 
 def test_create_returns_the_json_api_envelope(mas_double: MasDouble, api: httpx.Client) -> None:

@@ -50,7 +50,7 @@ NETWORK_POLICY_VALUES: dict[str, Any] = {
 }
 CONFIGURED: dict[str, Any] = {
     "mas": {
-        "url": "http://ess-matrix-authentication-service.ess.svc:8081",
+        "url": "http://ess-matrix-authentication-service.ess.svc.cluster.local:8080",
         "clientId": "01J44RKQYM4G3TNVANTMTDYTX6",
         "clientSecret": {"existingSecret": "invite-mas", "key": "secret"},
         "caBundle": {"configMap": "internal-ca", "key": "ca.pem"},
@@ -301,8 +301,13 @@ def test_mas_sign_up_and_provider_name_reach_the_operator() -> None:
     assert env["MATRIX_INVITE_MAS_SIGN_UP"] == "upstream"
     assert env["MATRIX_INVITE_MAS_UPSTREAM_PROVIDER_NAME"] == 'Corp <SSO> "Login"'
     default = env_of(render())
-    assert default["MATRIX_INVITE_MAS_SIGN_UP"] == "password"
-    assert "MATRIX_INVITE_MAS_UPSTREAM_PROVIDER_NAME" not in default  # empty: the mail's wording
+    # Empty values leave these to MAS's site-config (and the mail's own wording).
+    for unset in ("SIGN_UP", "UPSTREAM_PROVIDER_NAME"):
+        assert f"MATRIX_INVITE_MAS_{unset}" not in default
+    assert "MATRIX_INVITE_SERVER_NAME" not in default
+    assert "MATRIX_INVITE_ELEMENT_WEB_URL" not in default
+    web = env_of(render({"invitations": {"elementWebUrl": "https://chat.example.org"}}))
+    assert web["MATRIX_INVITE_ELEMENT_WEB_URL"] == "https://chat.example.org"
 
 
 @pytest.mark.parametrize(
@@ -391,6 +396,10 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "unknown log format": ({"logFormat": "xml"}, "logFormat"),
     "unknown backend": ({"backend": "dendrite"}, "backend"),
     "unknown MAS sign-up": ({"mas": {"signUp": "oidc"}}, "signUp"),
+    "Element Web URL without scheme": (
+        {"invitations": {"elementWebUrl": "chat.example.org"}},
+        "elementWebUrl",
+    ),
     "provider name on two lines": (
         {"mas": {"upstreamProviderName": "a\nb"}},
         "upstreamProviderName",

@@ -57,6 +57,8 @@ TOKEN_PATH = f"{TOKENS_PATH}/{{id}}"
 REVOKE_PATH = f"{TOKEN_PATH}/revoke"
 UNREVOKE_PATH = f"{TOKEN_PATH}/unrevoke"
 VERSION_PATH = f"{ADMIN_PREFIX}/version"
+SITE_CONFIG_PATH = f"{ADMIN_PREFIX}/site-config"
+PROVIDERS_PATH = f"{ADMIN_PREFIX}/upstream-oauth-providers"
 OAUTH_TOKEN_PATH = "/oauth2/token"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 CONTROL_PREFIX = "/__double__"
@@ -367,6 +369,7 @@ class RequestRecord:
     path: str
     status: int  # 0: the connection was dropped without an answer
     seconds: float
+    user_agent: str | None = None
 
 
 class _Reply(Exception):
@@ -446,6 +449,9 @@ class MasDouble:
         self._drops = 0
         self._manglers: list[Callable[[Any], Any]] = []
         self._write_hooks: list[tuple[WriteMoment, Callable[[], None]]] = []
+        # What MAS 1.22 answers at /site-config when configured as docs/install-ess.md says.
+        self.site_config: JsonObject = dict(GUIDE_SITE_CONFIG)
+        self._providers: dict[str, UpstreamProvider] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -742,6 +748,38 @@ class MasDouble:
         with self._lock:
             self._log.clear()
 
+    # --- hooks: what MAS's configuration says --------------------------------------------------
+
+    def configure_site(self, **changes: Any) -> None:
+        """Change what /site-config answers, as a changed MAS config and a restart would."""
+        unknown = set(changes) - set(GUIDE_SITE_CONFIG)
+        if unknown:
+            raise ValueError(f"MAS's site-config has no {', '.join(sorted(unknown))}")
+        with self._lock:
+            self.site_config.update(changes)
+
+    def add_upstream_provider(
+        self,
+        human_name: str | None,
+        *,
+        registration_token_required: bool,
+        enabled: bool = True,
+        issuer: str | None = "https://id.example.org/application/o/matrix/",
+    ) -> str:
+        """An `upstream_oauth2.providers` entry as MAS syncs it into its database; its id."""
+        with self._lock:
+            now = self.now()
+            provider = UpstreamProvider(
+                id=self._ulids.new(now),
+                human_name=human_name,
+                issuer=issuer,
+                created_at=now,
+                disabled_at=None if enabled else now,
+                registration_token_required=registration_token_required,
+            )
+            self._providers[provider.id] = provider
+            return provider.id
+
     # --- HTTP plumbing -------------------------------------------------------------------------
 
     def _add_routes(self, app: web.Application) -> None:
@@ -749,6 +787,8 @@ class MasDouble:
         r.add_get(DISCOVERY_PATH, self._discovery)
         r.add_post(OAUTH_TOKEN_PATH, self._oauth_token)
         r.add_get(VERSION_PATH, self._version)
+        r.add_get(SITE_CONFIG_PATH, self._site_config)
+        r.add_get(PROVIDERS_PATH, self._list_providers)
         r.add_get(TOKENS_PATH, self._list_tokens)
         r.add_post(TOKENS_PATH, self._create_token)
         r.add_get(TOKEN_PATH, self._get_token)
@@ -859,6 +899,7 @@ class MasDouble:
                         request.path,
                         status,
                         time.perf_counter() - started,
+                        request.headers.get("User-Agent"),
                     )
                 )
 
@@ -1034,6 +1075,51 @@ class MasDouble:
     async def _version(self, request: web.Request) -> web.Response:
         self._authorize(request)
         return web.json_response({"version": self.version})
+
+    async def _site_config(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        with self._lock:
+            return web.json_response(dict(self.site_config))
+
+    async def _list_providers(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        raw = request.query.get("filter[enabled]")
+        if raw not in (None, "true", "false"):
+            return _error_response(400, "Invalid filter parameters")
+        try:
+            page = _Pagination.from_query(request.query)
+        except ValueError as exc:
+            return _error_response(400, *exc.args)
+        base = PROVIDERS_PATH + (f"?filter[enabled]={raw}" if raw is not None else "")
+        if page.include_count != "true":
+            base += ("&" if "?" in base else "?") + f"count={page.include_count}"
+        with self._lock:
+            matching = [
+                p
+                for p in sorted(self._providers.values(), key=lambda p: p.id)
+                if raw is None or (p.disabled_at is None) == (raw == "true")
+            ]
+        window = [p for p in matching if page.after is None or p.id > page.after]
+        edges = window[: page.count]
+        links: JsonObject = {"self": page.url(base)}
+        if len(window) > page.count:
+            links["next"] = dataclasses.replace(page, after=edges[-1].id).url(base)
+        answer: JsonObject = {}
+        if page.include_count in ("true", "only"):
+            answer["meta"] = {"count": len(matching)}
+        if page.include_count != "only":
+            answer["data"] = [
+                {
+                    "type": "upstream-oauth-provider",
+                    "id": p.id,
+                    "attributes": p.attributes(),
+                    "links": {"self": f"{PROVIDERS_PATH}/{p.id}"},
+                    "meta": {"page": {"cursor": p.id}},
+                }
+                for p in edges
+            ]
+        answer["links"] = links
+        return web.json_response(answer)
 
     def _path_id(self, request: web.Request) -> str:
         raw = request.match_info["id"]
@@ -1351,6 +1437,43 @@ class MasDouble:
             return web.json_response(
                 {"response": list(self.spec_violations), "request": list(self.request_violations)}
             )
+
+
+GUIDE_SITE_CONFIG: JsonObject = {
+    "server_name": "example.org",
+    "password_login_enabled": True,
+    "password_registration_enabled": True,
+    "password_registration_email_required": True,
+    "password_registration_token_required": True,
+    "registration_token_required": False,
+    "email_change_allowed": True,
+    "displayname_change_allowed": True,
+    "password_change_allowed": True,
+    "account_recovery_allowed": False,
+    "account_deactivation_allowed": True,
+    "captcha_enabled": False,
+    "minimum_password_complexity": 3,
+}
+
+
+@dataclasses.dataclass
+class UpstreamProvider:
+    id: str
+    human_name: str | None
+    issuer: str | None
+    created_at: dt.datetime
+    disabled_at: dt.datetime | None
+    registration_token_required: bool
+
+    def attributes(self) -> JsonObject:
+        return {
+            "issuer": self.issuer,
+            "human_name": self.human_name,
+            "brand_name": None,
+            "created_at": format_rfc3339(self.created_at),
+            "disabled_at": _optional_time(self.disabled_at),
+            "registration_token_required": self.registration_token_required,
+        }
 
 
 @dataclasses.dataclass(frozen=True)

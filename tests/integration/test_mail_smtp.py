@@ -131,7 +131,7 @@ async def test_german_mail_round_trips_over_starttls_with_auth(
     assert "Änne Admin lädt Sie ein" in text
     assert TOKEN in text
     assert TOKEN in html
-    assert "6-stellige Code und das Registrierungs-Token" in text
+    assert "6-stellige Code und das Registrierungstoken" in text
     assert "19:00 Uhr (Europe/Berlin, UTC+1)" in text
 
     assert starttls_auth.auth_attempts == [("PLAIN", USER, True)]

@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.doubles.mas import DISCOVERY_PATH, OAUTH_TOKEN_PATH, TOKENS_PATH, MasDouble
+from tests.doubles.mas import (
+    DISCOVERY_PATH,
+    OAUTH_TOKEN_PATH,
+    PROVIDERS_PATH,
+    SITE_CONFIG_PATH,
+    TOKENS_PATH,
+    MasDouble,
+)
 from tests.doubles.smtp import SmtpDouble
 from tests.integration.harness import InvitationsApi, wait_until
 from tests.operator_process import OperatorProcess
@@ -79,5 +86,6 @@ def test_restart_makes_no_mas_write_no_mail_and_no_api_write(
     assert len(smtp.messages) == mails, "a restart must not mail anyone"
     requests = Counter((r.method, r.path_template) for r in mas.request_log())
     reads = {("GET", TOKENS_PATH), ("POST", OAUTH_TOKEN_PATH), ("GET", DISCOVERY_PATH)}
+    reads |= {("GET", SITE_CONFIG_PATH), ("GET", PROVIDERS_PATH)}  # what the mail must say
     assert set(requests) <= reads, f"MAS requests other than listing: {requests}"
     assert second.returncode is None, second.log_tail()

@@ -36,7 +36,7 @@ def test_german_preview_prints_the_text_part_and_writes_the_html_part(tmp_path: 
     assert TOKEN in out.splitlines()
     assert TOKEN not in out.splitlines()[0]
     assert "https://auth.example.org/register" in out
-    assert "Er ist NICHT das Registrierungs-Token." in out
+    assert "Er ist NICHT das Registrierungstoken." in out
     assert " Uhr (UTC)." in out
     assert "<" not in out  # the text part only
 
@@ -132,7 +132,7 @@ def test_sign_up_upstream_previews_the_identity_provider_steps(tmp_path: Path) -
         '2. Choose "Continue with Authentik <SSO>".',
         "3. Log in at Authentik <SSO>",
         "paste the token from this invitation",
-        "5. Confirm or choose your username and display name.",
+        "5. Confirm or choose your username.",
     ]
     positions = [out.index(step) for step in steps]
     assert positions == sorted(positions)
@@ -163,7 +163,9 @@ def test_sign_up_comes_from_the_settings_and_the_option_overrides_them(tmp_path:
         assert result.returncode == 0, result.stderr
     assert "Schaltfläche „Weiter mit …“ der Anmeldung Ihrer" in upstream.stdout
     assert "Sie wählen hier kein Passwort für Matrix" in upstream.stdout
-    assert "2. Choose a username and enter your email address and a password." in password.stdout
+    assert "2. Choose a username and enter your email address and a password, then" in (
+        password.stdout
+    )
 
     def steady(out: str) -> list[str]:  # the expiry is counted from now: it may tick over
         return [line for line in out.splitlines() if "expires on" not in line]
@@ -185,3 +187,21 @@ def test_an_unknown_sign_up_is_refused(tmp_path: Path) -> None:
     for result in (bad_setting, bad_option):
         assert "Traceback" not in result.stderr
         assert result.stdout == ""
+
+
+def test_the_preview_follows_mas_s_email_verification_and_captcha(tmp_path: Path) -> None:
+    plain = render_mail(tmp_path, "--email", "a@example.org", "--no-email-code", "--captcha")
+    assert plain.returncode == 0, plain.stderr
+    assert "6-digit" not in plain.stdout
+    assert "(a CAPTCHA check)" in plain.stdout
+    assert "4. Finally, you may enter a display name, or skip this step." in plain.stdout
+    web = render_mail(
+        tmp_path,
+        "--email",
+        "a@example.org",
+        "--server-name",
+        "matrix.example.com",
+        MATRIX_INVITE_ELEMENT_WEB_URL="https://chat.example.com",
+    )
+    assert "- in your browser: https://chat.example.com/" in web.stdout
+    assert "provider), enter matrix.example.com." in web.stdout

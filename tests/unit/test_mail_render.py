@@ -108,7 +108,7 @@ def test_greeting_uses_display_name_or_a_neutral_form(
     ("locale", "sentence"),
     [
         ("en", "the 6-digit code and the registration token are two different\nthings"),
-        ("de", "Der 6-stellige Code und das Registrierungs-Token sind\nzwei verschiedene Dinge"),
+        ("de", "Der 6-stellige Code und das Registrierungstoken sind\nzwei verschiedene Dinge"),
     ],
 )
 def test_says_that_the_six_digit_code_is_not_the_token(
@@ -128,9 +128,12 @@ def test_says_that_the_six_digit_code_is_not_the_token(
             [
                 "1. Open the link",
                 "2. Choose a username",
-                "registration token, paste",
+                '"Confirm password"',
+                '"Registration token", paste',
                 "6-digit code, enter",
-                "5. Finally, choose a display name",
+                "5. Finally, you may enter a display name, or skip this step",
+                "After signing up",
+                "Element X",
             ],
         ),
         (
@@ -138,9 +141,12 @@ def test_says_that_the_six_digit_code_is_not_the_token(
             [
                 "1. Öffnen Sie den Link",
                 "2. Wählen Sie einen Benutzernamen",
-                "Registrierungs-Token gefragt",
+                "„Passwort wiederholen“",
+                "„Registrierungstoken“ gefragt",
                 "6-stelligen Code gefragt",
-                "5. Wählen Sie zum Schluss einen Anzeigenamen",
+                "5. Zum Schluss können Sie einen Anzeigenamen eingeben oder diesen Schritt",
+                "Nach der Registrierung",
+                "Element X",
             ],
         ),
     ],

@@ -11,6 +11,7 @@ halfway holds a pending use.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def test_mas_password_registration_stays_the_default() -> None:
                 "Er öffnet die Registrierung von Element",
                 "2. Prüfen Sie, dass als Server example.org",
                 "3. Wählen Sie einen Benutzernamen und ein Passwort",
-                "Registrierungs-Token gefragt",
+                "Registrierungstoken gefragt",
                 "5. Schließen Sie die Registrierung ab",
                 "Registrierung in einem Zug ab",
             ],
@@ -114,12 +115,15 @@ def test_synapse_mail_mentions_no_6_digit_code(locale: Locale) -> None:
 
 
 @pytest.mark.parametrize("locale", ["en", "de"])
-def test_mas_mail_keeps_its_code_steps_and_no_element(locale: Locale) -> None:
+def test_mas_mail_keeps_its_code_steps_and_names_element_only_for_after_sign_up(
+    locale: Locale,
+) -> None:
     mail = render("mas-password", locale)
     code = "6-digit" if locale == "en" else "6-stellig"
     for part in (mail.text, visible(mail.html)):
         assert code in part
-        assert "Element" not in part
+        assert part.count("Element") == 1
+        assert "Element X" in part
 
 
 @pytest.mark.parametrize("locale", ["en", "de"])
@@ -155,12 +159,13 @@ def test_the_mailer_chooses_the_sign_up_from_the_backend_and_mas_sign_up_setting
             mas_sign_up=mas_sign_up,
             mas_upstream_provider_name="Authentik",
             registration_url=ELEMENT,
+            server_name="example.org",
         )
         ctx = build_mailer(settings).context_for(
             invitation, token=SecretStr(TOKEN), token_state=state
         )
         assert ctx.sign_up == expected
-        assert ctx.upstream_provider == "Authentik"
+        assert ctx.upstream_provider == (None if backend == "synapse" else "Authentik")
 
 
 def test_the_startup_check_renders_every_sign_up(tmp_path: Path) -> None:
@@ -174,7 +179,7 @@ def test_the_startup_check_renders_every_sign_up(tmp_path: Path) -> None:
         MailRenderer(tmp_path).check()
 
 
-# --- MAS password registration: unchanged, byte for byte -------------------------------------
+# --- the three MAS sign-up shapes, byte for byte -------------------------------------------
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mail"
 FIXTURE_CASES: dict[str, dict[str, object]] = {
@@ -183,20 +188,31 @@ FIXTURE_CASES: dict[str, dict[str, object]] = {
         "usage_limit": 3,
         "expires_at": dt.datetime(2026, 12, 4, 18, 0, tzinfo=dt.UTC),
         "timezone": "Europe/Berlin",
+        "element_web_url": "https://app.example.org",
     },
     "bare": {"display_name": None, "usage_limit": 1, "expires_at": None},
 }
+#: What MAS's site-config makes of the sign-up: a password with the emailed 6-digit code
+#: (`password_registration_email_required`, MAS's default), a password without it (here with a
+#: CAPTCHA in the full case), and an upstream provider such as Authentik.
+FIXTURE_SHAPES: dict[str, dict[str, dict[str, object]]] = {
+    "email-code": {
+        "full": {"sign_up": "mas-password", "upstream_provider": "Authentik"},
+        "bare": {"sign_up": "mas-password"},
+    },
+    "no-email-code": {
+        "full": {"sign_up": "mas-password", "email_code": False, "captcha": True},
+        "bare": {"sign_up": "mas-password", "email_code": False},
+    },
+    "upstream": {
+        "full": {"sign_up": "mas-upstream", "upstream_provider": "Authentik"},
+        "bare": {"sign_up": "mas-upstream"},
+    },
+}
 
 
-@pytest.mark.parametrize("case", FIXTURE_CASES)
-@pytest.mark.parametrize("locale", ["en", "de"])
-@pytest.mark.parametrize("provider", [None, "Authentik"])
-def test_mas_password_mail_is_byte_for_byte_what_it_was(
-    locale: Locale, case: str, provider: str | None
-) -> None:
-    """The fixtures were rendered before the upstream sign-up existed; a provider name set for
-    another installation's sake changes nothing in the password mail."""
-    mail = MailRenderer().render(
+def fixture_mail(shape: str, locale: Locale, case: str) -> RenderedMail:
+    return MailRenderer().render(
         MailContext.model_validate(
             {
                 "email": "joerg@example.org",
@@ -205,16 +221,35 @@ def test_mas_password_mail_is_byte_for_byte_what_it_was(
                 "inviter": "Alice Admin",
                 "server_name": "example.org",
                 "locale": locale,
-                "sign_up": "mas-password",
-                "upstream_provider": provider,
                 **FIXTURE_CASES[case],
+                **FIXTURE_SHAPES[shape][case],
             }
         )
     )
-    stem = FIXTURES / f"mas-password-{locale}-{case}"
+
+
+@pytest.mark.parametrize("case", FIXTURE_CASES)
+@pytest.mark.parametrize("locale", ["en", "de"])
+@pytest.mark.parametrize("shape", FIXTURE_SHAPES)
+def test_each_sign_up_shape_renders_byte_for_byte_as_pinned(
+    shape: str, locale: Locale, case: str
+) -> None:
+    """Rewrite the fixtures after a deliberate change with
+    `python -m tests.unit.test_mail_sign_up` and read the diff."""
+    mail = fixture_mail(shape, locale, case)
+    stem = FIXTURES / f"mas-{shape}-{locale}-{case}"
     assert mail.subject + "\n" == Path(f"{stem}.subject.txt").read_text(encoding="utf-8")
     assert mail.text == Path(f"{stem}.txt").read_text(encoding="utf-8")
     assert mail.html == Path(f"{stem}.html").read_text(encoding="utf-8")
+
+
+def write_fixtures() -> None:
+    for shape, locale, case in itertools.product(FIXTURE_SHAPES, ("en", "de"), FIXTURE_CASES):
+        mail = fixture_mail(shape, locale, case)  # type: ignore[arg-type]
+        stem = FIXTURES / f"mas-{shape}-{locale}-{case}"
+        Path(f"{stem}.subject.txt").write_text(mail.subject + "\n", encoding="utf-8")
+        Path(f"{stem}.txt").write_text(mail.text, encoding="utf-8")
+        Path(f"{stem}.html").write_text(mail.html, encoding="utf-8")
 
 
 # --- MAS through an upstream identity provider ------------------------------------------------
@@ -224,9 +259,10 @@ UPSTREAM_STEPS: dict[str, list[str]] = {
         "1. Open the link above.",
         '2. Choose "Continue with Authentik".',
         "3. Log in at Authentik with the account your organisation",
-        "when you are asked for a registration token,\n   paste the token from this invitation",
-        "The token is asked\n   for only after that login.",
-        "5. Confirm or choose your username and display name.",
+        'when you are asked for a "Registration\n   token", paste the token from this invitation',
+        "The token\n   is asked for only after that login.",
+        "5. Confirm or choose your username. You may import or enter a display\n"
+        "   name, or skip it.",
         "you do not choose a password for Matrix here",
         "If the server asks you to confirm your email address with a 6-digit code,\n"
         "that code is not the registration token.",
@@ -235,11 +271,11 @@ UPSTREAM_STEPS: dict[str, list[str]] = {
         "1. Öffnen Sie den Link oben.",
         "2. Wählen Sie „Weiter mit Authentik“.",
         "3. Melden Sie sich bei Authentik mit dem Konto an",
-        "Registrierungs-Token gefragt werden, fügen Sie das Token aus dieser",
+        "„Registrierungstoken“ gefragt werden, fügen Sie das Token aus dieser",
         "Das Token wird erst nach dieser Anmeldung",
-        "5. Bestätigen oder wählen Sie Ihren Benutzernamen und Anzeigenamen.",
+        "5. Bestätigen oder wählen Sie Ihren Benutzernamen. Einen Anzeigenamen",
         "Sie wählen hier kein Passwort für Matrix",
-        "Dieser Code ist nicht das Registrierungs-Token.",
+        "Dieser Code ist nicht das Registrierungstoken.",
     ],
 }
 
@@ -247,14 +283,14 @@ UPSTREAM_HTML_STEPS: dict[str, list[str]] = {
     "en": [
         "Continue with Authentik",
         "Log in at Authentik",
-        "asked for a registration token , paste",
+        "asked for a Registration token , paste",
         "Confirm or choose your username",
         "you do not choose a password",
     ],
     "de": [
         "Weiter mit Authentik",
         "Melden Sie sich bei Authentik",
-        "nach einem Registrierungs-Token gefragt",
+        "nach einem Registrierungstoken gefragt",
         "Bestätigen oder wählen Sie Ihren Benutzernamen",
         "Sie wählen hier kein Passwort",
     ],
@@ -266,7 +302,7 @@ def test_upstream_steps_come_in_the_order_mas_asks(locale: Locale) -> None:
     mail = render("mas-upstream", locale, upstream_provider="Authentik")
     positions = [mail.text.index(step) for step in UPSTREAM_STEPS[locale]]
     assert positions == sorted(positions)
-    assert mail.html.count("<li") == 5
+    assert mail.html.count("<li") == 6  # five steps, one app to log in with afterwards
     html = visible(mail.html)
     positions = [html.index(TOKEN)] + [html.index(step) for step in UPSTREAM_HTML_STEPS[locale]]
     assert positions == sorted(positions)
@@ -279,7 +315,8 @@ def test_upstream_mail_shows_the_token_and_asks_for_no_password(locale: Locale) 
     for part in (mail.text, visible(mail.html)):
         assert TOKEN in part
         assert "Authentik" in part
-        assert "Element" not in part
+        assert "It opens Element" not in part
+        assert "Öffnet die Registrierung von Element" not in part
         # No password to choose: neither MAS's nor Element's password step.
         assert "Choose a username and" not in part
         assert "and a password" not in part
@@ -314,7 +351,7 @@ def test_upstream_without_a_provider_name_describes_the_button(
     assert fallback in text
     assert "None" not in text
     assert TOKEN in mail.text
-    assert mail.html.count("<li") == 5
+    assert mail.html.count("<li") == 6
 
 
 @pytest.mark.parametrize("provider", ["Auth\nentik", "x" * 101])
@@ -335,7 +372,8 @@ def test_the_upstream_provider_name_is_one_bounded_line(provider: str) -> None:
 
 def test_upstream_settings_defaults_and_blank_provider() -> None:
     settings = Settings()
-    assert settings.mas_sign_up == "password"
+    assert settings.mas_sign_up is None  # what MAS's site-config says
+    assert Settings(mas_sign_up="").mas_sign_up is None
     assert settings.mas_upstream_provider_name is None
     assert Settings(mas_upstream_provider_name="  ").mas_upstream_provider_name is None
     assert Settings(mas_upstream_provider_name=" Authentik ").mas_upstream_provider_name == (
@@ -358,3 +396,7 @@ def test_the_startup_check_renders_the_upstream_branches(tmp_path: Path, broken:
     (tmp_path / "de" / "body.txt").write_text("{{ token }}" + broken)
     with pytest.raises(ConfigurationError, match="no_such_variable"):
         MailRenderer(tmp_path).check()
+
+
+if __name__ == "__main__":
+    write_fixtures()

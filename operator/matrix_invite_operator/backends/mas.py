@@ -65,6 +65,8 @@ class Endpoint(enum.StrEnum):
     REVOKE = "/user-registration-tokens/{id}/revoke"
     UNREVOKE = "/user-registration-tokens/{id}/unrevoke"
     VERSION = "/version"
+    SITE_CONFIG = "/site-config"
+    UPSTREAM_PROVIDERS = "/upstream-oauth-providers"
 
 
 class RequestOutcome(enum.StrEnum):
@@ -204,14 +206,60 @@ class PaginationMeta(_MasModel):
     count: int | None = None
 
 
-class RegistrationTokenPage(_MasModel):
-    data: list[RegistrationToken] | None = None
+class _ListPage(_MasModel):
     links: PaginationLinks
+
+
+_Page = TypeVar("_Page", bound=_ListPage)
+
+
+class RegistrationTokenPage(_ListPage):
+    data: list[RegistrationToken] | None = None
     meta: PaginationMeta | None = None
 
 
 class VersionResponse(_MasModel):
     version: str
+
+
+class SiteConfig(_MasModel):
+    """What `GET /site-config` says about sign-up. Older MAS leaves out newer flags."""
+
+    server_name: str
+    password_registration_enabled: bool
+    password_registration_email_required: bool = True
+    # MAS 1.19+; older MAS knows only the deprecated `registration_token_required`.
+    password_registration_token_required: bool | None = None
+    registration_token_required: bool = False
+    captcha_enabled: bool = False
+
+    @property
+    def token_required(self) -> bool:
+        """Whether a password sign-up needs a registration token (either key, as MAS ORs them)."""
+        return bool(self.password_registration_token_required) or self.registration_token_required
+
+
+class UpstreamProviderAttributes(_MasModel):
+    human_name: str | None = None
+    issuer: str | None = None
+    disabled_at: AwareDatetime | None = None
+    registration_token_required: bool
+
+
+class UpstreamProvider(_MasModel):
+    """One upstream OAuth 2.0 provider (an `upstream_oauth2.providers` entry) as MAS lists it."""
+
+    id: str = Field(pattern=ULID_PATTERN)
+    attributes: UpstreamProviderAttributes
+
+    @property
+    def name(self) -> str:
+        a = self.attributes
+        return a.human_name or a.issuer or self.id
+
+
+class UpstreamProviderPage(_ListPage):
+    data: list[UpstreamProvider] | None = None
 
 
 # --- the client ---------------------------------------------------------------------------
@@ -252,9 +300,27 @@ class MasAdminClient:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(api={self._api!r})"
 
+    @property
+    def auth(self) -> httpx.Auth | None:
+        return self._auth
+
     async def server_version(self) -> str:
         call = _Call("GET", Endpoint.VERSION, Endpoint.VERSION)
         return (await self._send(call, VersionResponse)).version
+
+    async def site_config(self) -> SiteConfig:
+        call = _Call("GET", Endpoint.SITE_CONFIG, Endpoint.SITE_CONFIG)
+        return await self._send(call, SiteConfig)
+
+    async def enabled_upstream_providers(self, page_size: int = 100) -> list[UpstreamProvider]:
+        """Every upstream provider MAS offers on its login and sign-up pages."""
+        params = {"filter[enabled]": "true", "count": "false"}
+        endpoint = Endpoint.UPSTREAM_PROVIDERS
+        return [
+            provider
+            async for page in self._pages(endpoint, params, page_size, UpstreamProviderPage)
+            for provider in page.data or []
+        ]
 
     async def create_token(
         self,
@@ -290,24 +356,34 @@ class MasAdminClient:
         if unknown:
             raise ValueError(f"Unknown token filters: {', '.join(sorted(unknown))}")
         params = {f"filter[{name}]": str(bool(value)).lower() for name, value in filters.items()}
-        params["page[first]"] = str(page_size)
         # The total would cost MAS a COUNT query per page and we never use it.
         params["count"] = "false"
-        after: str | None = None
-        while True:
-            page_params = dict(params)
-            if after is not None:
-                page_params["page[after]"] = after
-            call = _Call("GET", Endpoint.TOKENS, Endpoint.TOKENS, params=page_params)
-            page = await self._send(call, RegistrationTokenPage)
+        async for page in self._pages(Endpoint.TOKENS, params, page_size, RegistrationTokenPage):
             for token in page.data or []:
                 yield token
+
+    async def _pages(
+        self,
+        endpoint: Endpoint,
+        params: Mapping[str, str],
+        page_size: int,
+        model: type[_Page],
+    ) -> AsyncIterator[_Page]:
+        """Each page of a list, following `links.next` by its `page[after]` cursor."""
+        after: str | None = None
+        while True:
+            page_params = {**params, "page[first]": str(page_size)}
+            if after is not None:
+                page_params["page[after]"] = after
+            call = _Call("GET", endpoint, endpoint, params=page_params)
+            page = await self._send(call, model)
+            yield page
             following = _cursor_after(page.links.next)
             if following is None:
                 return
             if following == after:
                 raise BackendRejected(
-                    "MAS's token list points its next page at the page just read: "
+                    f"MAS's list at {endpoint} points its next page at the page just read: "
                     "stopping instead of looping"
                 )
             after = following
@@ -371,7 +447,7 @@ class MasAdminClient:
                 ) from exc
             except httpx.RequestError as exc:
                 outcome = RequestOutcome.CONNECTION_ERROR
-                untrusted = _certificate_error(exc)
+                untrusted = certificate_error(exc)
                 if untrusted is not None:
                     raise BackendTlsError(
                         f"MAS at {_origin(exc)} presented a TLS certificate we do not trust "
@@ -453,7 +529,7 @@ _OUTCOME_BY_STATUS = {
 }
 
 
-def _certificate_error(exc: BaseException) -> str | None:
+def certificate_error(exc: BaseException) -> str | None:
     """The verification failure inside a connection error, if that is what it was."""
     seen: BaseException | None = exc
     while seen is not None:
@@ -492,7 +568,7 @@ def _cursor_after(next_link: str | None) -> str | None:
         return None
     values = parse_qs(urlsplit(next_link).query).get("page[after]")
     if not values:
-        raise BackendRejected("MAS's token list has a next page link without page[after]")
+        raise BackendRejected("MAS's list has a next page link without page[after]")
     return values[-1]
 
 

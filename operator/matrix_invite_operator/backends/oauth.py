@@ -134,8 +134,10 @@ class ClientCredentialsAuth(httpx.Auth):
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        # Requests we yield ourselves carry no timeout unless we copy the caller's.
+        # Requests we yield ourselves carry neither the caller's timeout nor its client's
+        # headers unless we copy them: MAS's logs should name us on the token endpoint too.
         timeout = request.extensions.get("timeout")
+        user_agent = request.headers.get("User-Agent")
         used: _CachedToken | None = None
         for attempt in (1, 2):
             async with self._lock:
@@ -146,11 +148,11 @@ class ClientCredentialsAuth(httpx.Auth):
                 if self._token is None or self._clock() >= self._token.renew_at:
                     if self._token_endpoint is None:
                         self.discovery_requests += 1
-                        discovery = yield self._discovery_request(timeout)
+                        discovery = yield self._discovery_request(timeout, user_agent)
                         await discovery.aread()
                         self._token_endpoint = self._token_endpoint_from(discovery)
                     self.token_requests += 1
-                    answer = yield self._token_request(self._token_endpoint, timeout)
+                    answer = yield self._token_request(self._token_endpoint, timeout, user_agent)
                     await answer.aread()
                     self._token = self._token_from(answer)
                 used = self._token
@@ -163,14 +165,33 @@ class ClientCredentialsAuth(httpx.Auth):
             f"check that the client keeps the {self.scope} scope and that MAS's clock is sane"
         )
 
+    # --- one step at a time, for `doctor` -------------------------------------------------
+
+    async def discover(self, http: httpx.AsyncClient) -> str:
+        """The token endpoint: the configured one, or what MAS's discovery document names."""
+        if self._token_endpoint is None:
+            request = self._discovery_request(http.timeout.as_dict(), _user_agent_of(http))
+            discovery = await http.send(request)
+            self._token_endpoint = self._token_endpoint_from(discovery)
+        return self._token_endpoint
+
+    async def fetch_token(self, http: httpx.AsyncClient) -> None:
+        """Ask the token endpoint for a new access token now; raise our errors as the flow does."""
+        endpoint = await self.discover(http)
+        request = self._token_request(endpoint, http.timeout.as_dict(), _user_agent_of(http))
+        answer = await http.send(request)
+        async with self._lock:
+            self.token_requests += 1
+            self._token = self._token_from(answer)
+
     # --- token endpoint ----------------------------------------------------------------------
 
-    def _discovery_request(self, timeout: Any) -> httpx.Request:
+    def _discovery_request(self, timeout: Any, user_agent: str | None) -> httpx.Request:
         assert self._issuer is not None
         return httpx.Request(
             "GET",
             self._issuer + DISCOVERY_PATH,
-            headers={"Accept": "application/json"},
+            headers=_headers(user_agent),
             extensions=_timeout_extension(timeout),
         )
 
@@ -195,9 +216,9 @@ class ClientCredentialsAuth(httpx.Auth):
             )
         return urljoin(where, endpoint)
 
-    def _token_request(self, endpoint: str, timeout: Any) -> httpx.Request:
+    def _token_request(self, endpoint: str, timeout: Any, user_agent: str | None) -> httpx.Request:
         form = {"grant_type": "client_credentials", "scope": self.scope}
-        headers = {"Accept": "application/json"}
+        headers = _headers(user_agent)
         # Read at every renewal: a rotated Secret heals a rejected client without a restart.
         secret = current_secret(self._client_secret).get_secret_value()
         if self.client_auth_method == "client_secret_basic":
@@ -231,22 +252,42 @@ class ClientCredentialsAuth(httpx.Auth):
                 f"The MAS token endpoint answered {status}",
                 retry_after=retry_after_seconds(response),
             )
+        said = f"{status} {error}" if isinstance(error, str) and error.isascii() else str(status)
         if error == "invalid_scope" or status == httpx.codes.FORBIDDEN:
             raise BackendAuthError(
-                f"MAS will not grant the {self.scope} scope to client {self.client_id}: the client "
-                "must be listed in policy.data.admin_clients of the MAS configuration"
+                f"MAS will not grant the {self.scope} scope to client {self.client_id} ({said}): "
+                "the client "
+                "must be listed in policy.data.admin_clients of the MAS configuration (on ESS: "
+                "in the matrixAuthenticationService.additional fragment; restart MAS after the "
+                "change)"
             )
         if error == "invalid_client" or status == httpx.codes.UNAUTHORIZED:
             raise BackendAuthError(
-                f"MAS refused the client credentials for client {self.client_id}: check the "
-                "client id, the client secret, and that the client is configured in MAS with "
-                f"client_auth_method: {self.client_auth_method}"
+                f"MAS refused the client credentials for client {self.client_id}: check that "
+                "MATRIX_INVITE_MAS_CLIENT_ID and the secret in "
+                "MATRIX_INVITE_MAS_CLIENT_SECRET_FILE (chart values mas.clientId, "
+                "mas.clientSecret.existingSecret and .key) match the "
+                "client in MAS's config, which MAS reads only at start (restart MAS after "
+                "rotating), and that it has client_auth_method: "
+                f"{self.client_auth_method} (MATRIX_INVITE_MAS_CLIENT_AUTH_METHOD)"
             )
         detail = f" ({error})" if isinstance(error, str) and error.isascii() else ""
         raise BackendAuthError(
             f"The MAS token endpoint refused the client_credentials grant for client "
             f"{self.client_id} with {status}{detail}: check the client's grant_types in MAS"
         )
+
+
+def _user_agent_of(http: httpx.AsyncClient) -> str | None:
+    value: str | None = http.headers.get("User-Agent")
+    return value
+
+
+def _headers(user_agent: str | None) -> dict[str, str]:
+    headers = {"Accept": "application/json"}
+    if user_agent:
+        headers["User-Agent"] = user_agent
+    return headers
 
 
 def _timeout_extension(timeout: Any) -> dict[str, Any]:

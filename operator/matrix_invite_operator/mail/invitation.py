@@ -7,26 +7,20 @@ language) and hands the finished message to the SMTP `Mailer`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
 from ..backends import TokenState
 from ..settings import Settings
-from .render import MailContext, MailRenderer, SignUp, expand_registration_url
+from ..sign_up import SignUpFacts, facts_from
+from .render import MailContext, MailRenderer, expand_registration_url
 from .send import Mailer, build_message
 from .throttle import MailThrottle
 
 if TYPE_CHECKING:
     from ..reconcile import Invitation
-
-
-def sign_up_for(settings: Settings) -> SignUp:
-    """Where the invitee types the token in: Element (Synapse), or MAS's web UI after a password
-    registration or after logging in at an upstream identity provider."""
-    if settings.backend == "synapse":
-        return "synapse"
-    return "mas-upstream" if settings.mas_sign_up == "upstream" else "mas-password"
 
 
 class SmtpInvitationMailer:
@@ -39,8 +33,12 @@ class SmtpInvitationMailer:
         renderer: MailRenderer,
         mailer: Mailer,
         throttle: MailThrottle | None = None,
+        *,
+        sign_up: Callable[[], SignUpFacts] | None = None,
     ) -> None:
         self._settings = settings
+        # What MAS says about sign-up now (`sign_up.SiteWatch`), or the settings alone.
+        self._sign_up = sign_up or (lambda: facts_from(settings))
         self._renderer = renderer
         self._mailer = mailer
         self.throttle = throttle
@@ -50,6 +48,8 @@ class SmtpInvitationMailer:
     ) -> MailContext:
         settings = self._settings
         spec = invitation.spec
+        facts = self._sign_up()
+        server_name = facts.require_server_name()
         return MailContext(
             email=spec.email,
             display_name=spec.display_name,
@@ -59,12 +59,15 @@ class SmtpInvitationMailer:
             ),
             expires_at=token_state.expires_at,
             usage_limit=spec.usage_limit,
-            inviter=settings.inviter_name or settings.server_name,
-            server_name=settings.server_name,
+            inviter=settings.inviter_name or server_name,
+            server_name=server_name,
             locale=spec.locale or settings.default_locale,
             timezone=settings.mail_timezone,
-            sign_up=sign_up_for(settings),
-            upstream_provider=settings.mas_upstream_provider_name,
+            sign_up=facts.sign_up,
+            upstream_provider=facts.upstream_provider,
+            email_code=facts.email_code,
+            captcha=facts.captcha,
+            element_web_url=str(settings.element_web_url) if settings.element_web_url else None,
         )
 
     async def send_invitation(

@@ -23,6 +23,9 @@ Variables available to templates:
                         "synapse"       a Matrix client such as Element that asks Synapse
     upstream_provider str | None  the provider's name on MAS's "Continue with ..." button, or
                                   None when not configured (the templates then describe it)
+    email_code        bool        MAS asks for the 6-digit code it emails (password sign-up)
+    captcha           bool        MAS's sign-up form asks for a CAPTCHA
+    element_web_url   str | None  where to log in with Element Web after signing up
 """
 
 from __future__ import annotations
@@ -87,6 +90,21 @@ class MailContext(BaseModel):
     timezone: str = "UTC"
     sign_up: SignUp = "mas-password"
     upstream_provider: str | None = Field(None, max_length=UPSTREAM_PROVIDER_MAX_LENGTH)
+    email_code: bool = True
+    captcha: bool = False
+    element_web_url: str | None = None
+
+    @field_validator("element_web_url")
+    @classmethod
+    def _web_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise ValueError("must be an absolute http(s) URL")
+        if any(c in value for c in "\r\n\t <>\"'"):
+            raise ValueError("must not contain whitespace, quotes or angle brackets")
+        return value
 
     @field_validator("expires_at")
     @classmethod
@@ -253,6 +271,9 @@ class MailRenderer:
             "locale": ctx.locale,
             "sign_up": ctx.sign_up,
             "upstream_provider": ctx.upstream_provider,
+            "email_code": ctx.email_code,
+            "captcha": ctx.captcha,
+            "element_web_url": ctx.element_web_url,
         }
         subject = self._render_one(f"{ctx.locale}/subject.txt", variables, token).strip()
         text = self._render_one(f"{ctx.locale}/body.txt", variables, token)
@@ -283,11 +304,18 @@ class MailRenderer:
         """Render every locale and sign-up once with sample values: broken admin templates fail
         at startup."""
         sample_token = SecretStr("SampleToken12")
-        # An upstream sign-up is rendered with and without a provider name: both branches exist.
-        providers: tuple[str | None, ...] = ("Sample Provider", None)
-        for locale, sign_up, provider in itertools.product(LOCALES, SIGN_UPS, providers):
-            if provider is None and sign_up != "mas-upstream":
-                continue
+        # Every branch the built-in templates have: upstream with and without a provider name,
+        # password sign-up with and without the email code, with a CAPTCHA, with Element Web.
+        shapes: tuple[tuple[SignUp, str | None, bool, bool, str | None], ...] = (
+            ("mas-password", None, True, False, "https://app.example.org"),
+            ("mas-password", None, False, True, None),
+            ("mas-upstream", "Sample Provider", True, False, None),
+            ("mas-upstream", None, True, False, "https://app.example.org"),
+            ("synapse", None, True, False, None),
+        )
+        for locale, (sign_up, provider, email_code, captcha, web) in itertools.product(
+            LOCALES, shapes
+        ):
             self.render(
                 MailContext(
                     email="invitee@example.org",
@@ -301,6 +329,9 @@ class MailRenderer:
                     locale=locale,
                     sign_up=sign_up,
                     upstream_provider=provider,
+                    email_code=email_code,
+                    captcha=captcha,
+                    element_web_url=web,
                 )
             )
 

@@ -271,6 +271,13 @@ class Mailer:
 
     async def send(self, message: EmailMessage) -> None:
         """Deliver `message` to the relay; raise MailTemporaryError or MailRejectedError."""
+        await self._session(message)
+
+    async def verify(self) -> None:
+        """Connect, secure and log in as `send` does, then hang up without sending (`doctor`)."""
+        await self._session(None)
+
+    async def _session(self, message: EmailMessage | None) -> None:
         where = f"SMTP relay {self.host}:{self.port}"
         # Read per mail: a rotated Secret takes effect without a restart. Read before any
         # socket exists, so an unreadable file costs the relay nothing.
@@ -314,9 +321,10 @@ class Mailer:
                         "is configured"
                     )
                 await client.login(self.username, password)
-            stage = "send"
-            await client.send_message(message, sender=self.sender_email)
-            log.debug("mail %s accepted by %s", message["Message-ID"], where)
+            if message is not None:
+                stage = "send"
+                await client.send_message(message, sender=self.sender_email)
+                log.debug("mail %s accepted by %s", message["Message-ID"], where)
             # The relay already accepted the message with its DATA reply; from here on nothing
             # may fail, or we would send the invitation twice.
             stage = "quit"
