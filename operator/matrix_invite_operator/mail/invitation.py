@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from pydantic import SecretStr
 
 from ..backends import TokenState
+from ..invite_page.page import invite_link
 from ..settings import Settings
 from ..sign_up import SignUpFacts, facts_from
 from .render import MailContext, MailRenderer, expand_registration_url
@@ -50,6 +51,7 @@ class SmtpInvitationMailer:
         spec = invitation.spec
         facts = self._sign_up()
         server_name = facts.require_server_name()
+        locale = spec.locale or settings.default_locale
         return MailContext(
             email=spec.email,
             display_name=spec.display_name,
@@ -61,13 +63,16 @@ class SmtpInvitationMailer:
             usage_limit=spec.usage_limit,
             inviter=settings.inviter_name or server_name,
             server_name=server_name,
-            locale=spec.locale or settings.default_locale,
+            locale=locale,
             timezone=settings.mail_timezone,
             sign_up=facts.sign_up,
             upstream_provider=facts.upstream_provider,
             email_code=facts.email_code,
             captcha=facts.captcha,
             element_web_url=str(settings.element_web_url) if settings.element_web_url else None,
+            invite_url=invite_link(str(settings.invite_page_url), locale, token)
+            if settings.invite_page_url
+            else None,
         )
 
     async def send_invitation(
