@@ -233,7 +233,7 @@ class Chromium:
                 "Emulation.setDeviceMetricsOverride",
                 width=width,
                 height=height,
-                deviceScaleFactor=2 if mobile else 1,
+                deviceScaleFactor=1,
                 mobile=mobile,
             )
             await page.send("Emulation.setFocusEmulationEnabled", enabled=True)

@@ -8,10 +8,11 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 from matrix_invite_operator.invite_page import build_invite_page
 from matrix_invite_operator.settings import Settings
 
-from tests.deploy.chart import HelmError, Manifest, by_kind, env_of, lint, render
+from tests.deploy.chart import REPO_ROOT, HelmError, Manifest, by_kind, env_of, lint, render
 from tests.deploy.test_chart import CONFIGURED
 
 PAGE: dict[str, Any] = {
@@ -135,3 +136,14 @@ def test_the_ingress_serves_the_pages_host_with_tls() -> None:
 def test_the_chart_refuses_a_page_that_cannot_work(values: dict[str, Any], message: str) -> None:
     with pytest.raises(HelmError, match=message):
         render(values)
+
+
+def test_the_guides_values_render_a_working_page() -> None:
+    values = yaml.safe_load((REPO_ROOT / "docs/examples/invite-page/values.yaml").read_text())
+    guide = (REPO_ROOT / "docs/invite-page.md").read_text(encoding="utf-8")
+    marker = "<!-- file: docs/examples/invite-page/values.yaml -->\n```yaml\n"
+    shown = guide.split(marker, 1)[1].split("```", 1)[0]
+    assert shown == (REPO_ROOT / "docs/examples/invite-page/values.yaml").read_text()
+    objects = render(values)
+    assert len(page_objects(objects)) == 3  # Deployment, Service, Ingress
+    assert operator_env(objects)["MATRIX_INVITE_INVITE_PAGE_URL"] == "https://invite.example.org"

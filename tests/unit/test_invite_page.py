@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import http.client
+import os
 import re
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +23,8 @@ from matrix_invite_operator.invite_page.server import InvitePageServer, make_ser
 from matrix_invite_operator.mail import Locale, MailContext, MailRenderer
 from matrix_invite_operator.settings import Settings
 from pydantic import SecretStr
+
+from tests.operator_process import free_port
 
 TOKEN = "Zq7Rk2Lm9Xw4Pb8Tn3Vc6Hd1"
 REGISTER = "https://auth.example.org/register"
@@ -236,3 +243,40 @@ def test_the_mail_leads_with_the_invite_link_and_keeps_token_and_steps() -> None
     assert link not in without.text
     assert link not in without.html
     assert "Accept the invitation" not in without.html
+
+
+def test_serve_invite_page_runs_without_any_credential(tmp_path: Path) -> None:
+    """The real subcommand, as the chart starts it: no MAS client, no SMTP password, no files."""
+    port = free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "MATRIX_INVITE_BIND_ADDRESS": "127.0.0.1",
+        "MATRIX_INVITE_INVITE_PAGE_PORT": str(port),
+        "MATRIX_INVITE_SERVER_NAME": "example.org",
+        "MATRIX_INVITE_REGISTRATION_URL": REGISTER,
+        "MATRIX_INVITE_DEFAULT_LOCALE": "de",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "matrix_invite_operator", "serve-invite-page"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as answer:
+                    body = answer.read()
+                    break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        assert b'<html lang="de">' in body  # no Accept-Language: the default locale
+        assert answer.headers["Referrer-Policy"] == "no-referrer"
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=10)
+    assert b"Traceback" not in output

@@ -12,19 +12,28 @@ import re
 import string
 from dataclasses import dataclass, field
 from importlib import resources
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import jinja2
-from pydantic import SecretStr
 
 from ..errors import ConfigurationError
-from ..mail.render import LOCALES, Locale, MailRenderer, SignUpSteps
+from ..mail.render import LOCALES, Locale, MailRenderer, SignUpSteps, invite_link
 from ..settings import Settings
 from ..sign_up import facts_from
 
 TOKEN_PREFILL_SINCE: tuple[int, ...] | None = None
 """The first MAS release whose `/register?token=` pre-fills the registration token; None while
 no release has it (MAS 1.22 ignores the parameter). Set it when a release ships #5971."""
+
+__all__ = [
+    "STATIC_FILES",
+    "TOKEN_PREFILL_SINCE",
+    "InvitePage",
+    "build_invite_page",
+    "invite_link",
+    "negotiate_locale",
+    "prefills_token",
+]
 
 STATIC_FILES: dict[str, str] = {
     "invite.js": "text/javascript; charset=utf-8",
@@ -81,11 +90,6 @@ _TEXTS: dict[Locale, dict[str, str]] = {
 }
 # fmt: on
 LANGUAGE_NAMES: dict[Locale, str] = {"en": "English", "de": "Deutsch"}
-
-
-def invite_link(base_url: str, locale: Locale, token: SecretStr) -> str:
-    """The mail's link to the page: the token in the fragment, which browsers never send."""
-    return f"{base_url.rstrip('/')}/{locale}/#{quote(token.get_secret_value(), safe='')}"
 
 
 def prefills_token(

@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING
 from pydantic import SecretStr
 
 from ..backends import TokenState
-from ..invite_page.page import invite_link
 from ..settings import Settings
 from ..sign_up import SignUpFacts, facts_from
-from .render import MailContext, MailRenderer, expand_registration_url
+from .render import MailContext, MailRenderer, expand_registration_url, invite_link
 from .send import Mailer, build_message
 from .throttle import MailThrottle
 

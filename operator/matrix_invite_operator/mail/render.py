@@ -249,6 +249,12 @@ def expand_registration_url(template: str, *, token: SecretStr, email: str) -> s
     )
 
 
+def invite_link(base_url: str, locale: Locale, token: SecretStr) -> str:
+    """The link to the invite page (`invite_page/`): the token in the URL fragment, which
+    browsers never send to any server."""
+    return f"{base_url.rstrip('/')}/{locale}/#{quote(token.get_secret_value(), safe='')}"
+
+
 # --- templates ----------------------------------------------------------------------------
 
 
