@@ -16,11 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from matrix_invite_operator.backends import TokenState
 from matrix_invite_operator.errors import ConfigurationError
 from matrix_invite_operator.invite_page import build_invite_page, invite_link, prefills_token
 from matrix_invite_operator.invite_page.page import negotiate_locale
 from matrix_invite_operator.invite_page.server import InvitePageServer, make_server, serve_in_thread
 from matrix_invite_operator.mail import Locale, MailContext, MailRenderer
+from matrix_invite_operator.models import InvitationSpec, InvitationStatus
+from matrix_invite_operator.reconcile import Invitation
+from matrix_invite_operator.runtime import build_mailer
 from matrix_invite_operator.settings import Settings
 from pydantic import SecretStr
 
@@ -280,3 +284,27 @@ def test_serve_invite_page_runs_without_any_credential(tmp_path: Path) -> None:
         process.terminate()
         output, _ = process.communicate(timeout=10)
     assert b"Traceback" not in output
+
+
+def test_the_mailer_links_to_the_page_in_the_invitees_language_only_when_enabled() -> None:
+    state = TokenState(id="01J", token=SecretStr(TOKEN), valid=True, usage_limit=1, times_used=0)
+    german = Invitation(
+        namespace="ns",
+        name="joerg",
+        uid="uid",
+        generation=1,
+        created=dt.datetime(2026, 6, 1, tzinfo=dt.UTC),
+        spec=InvitationSpec(email="joerg@example.org", locale="de"),
+        status=InvitationStatus(),
+    )
+    enabled = settings(invite_page_url="https://invite.example.org")
+    context = build_mailer(enabled).context_for(german, token=SecretStr(TOKEN), token_state=state)
+    assert context.invite_url == f"https://invite.example.org/de/#{TOKEN}"
+    mail = MailRenderer().render(context)
+    assert "Einladung annehmen" in mail.html
+    assert mail.text.index(context.invite_url) < mail.text.index(f"\n{TOKEN}\n")
+
+    disabled = build_mailer(settings()).context_for(
+        german, token=SecretStr(TOKEN), token_state=state
+    )
+    assert disabled.invite_url is None
