@@ -75,28 +75,26 @@ async def test_the_root_follows_the_browsers_language(
         assert await page.evaluate("location.pathname + location.hash") == f"/en/#{TOKEN}"
 
 
+@pytest.mark.parametrize(
+    ("locale", "fragment", "confirmation"),
+    [
+        ("en", TOKEN, "Token copied."),
+        ("de", f"%20{TOKEN}%20", "Token kopiert."),  # escaped blanks around it: the bare token
+    ],
+    ids=["en", "de-escaped-blanks"],
+)
 async def test_the_copy_button_puts_exactly_the_token_on_the_clipboard(
-    chromium: Chromium, invite_page: RunningPage
+    chromium: Chromium, invite_page: RunningPage, locale: Locale, fragment: str, confirmation: str
 ) -> None:
     async with chromium.page() as page:
-        await page.navigate(f"{invite_page.base}/en/#{TOKEN}")
+        await page.navigate(f"{invite_page.base}/{locale}/#{fragment}")
+        assert await page.evaluate("document.getElementById('token').value") == TOKEN
         await page.evaluate("navigator.clipboard.writeText('something else')")
         assert await page.evaluate("navigator.clipboard.readText()") == "something else"
 
         await page.click("#copy")
-        await page.wait_for_text("#copy-status", "Token copied.")
+        await page.wait_for_text("#copy-status", confirmation)
 
-        assert await page.evaluate("navigator.clipboard.readText()") == TOKEN
-
-
-async def test_a_fragment_with_spaces_or_escapes_copies_the_bare_token(
-    chromium: Chromium, invite_page: RunningPage
-) -> None:
-    async with chromium.page() as page:
-        await page.navigate(f"{invite_page.base}/de/#%20{TOKEN}%20")
-        assert await page.evaluate("document.getElementById('token').value") == TOKEN
-        await page.click("#copy")
-        await page.wait_for_text("#copy-status", "Token kopiert.")
         assert await page.evaluate("navigator.clipboard.readText()") == TOKEN
 
 
