@@ -213,3 +213,39 @@ async def test_the_keyboard_reaches_the_token_copy_and_continue_in_order(
             )
         await page.wait_for_text("#copy-status", "Token copied.")
         assert await page.evaluate("navigator.clipboard.readText()") == TOKEN
+
+
+# WCAG 2 contrast of an element's text against the nearest opaque background behind it.
+CONTRAST = """
+(selector) => {
+  const rgb = (c) => c.match(/[\\d.]+/g).map(Number);
+  const lum = ([r, g, b]) => {
+    const ch = [r, g, b].map((v) => { v /= 255;
+      return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+    return 0.2126 * ch[0] + 0.7152 * ch[1] + 0.0722 * ch[2];
+  };
+  const el = document.querySelector(selector);
+  let bg = el, colour;
+  while (bg) {
+    colour = rgb(getComputedStyle(bg).backgroundColor);
+    if (colour.length < 4 || colour[3] > 0) break;
+    bg = bg.parentElement;
+  }
+  const fg = lum(rgb(getComputedStyle(el).color));
+  const back = lum(bg ? colour : [255, 255, 255]);
+  return (Math.max(fg, back) + 0.05) / (Math.min(fg, back) + 0.05);
+}
+"""
+
+
+@pytest.mark.parametrize(
+    "selector",
+    ["h1", "#token", "#copy", "#continue", "#token-help", ".steps li", "footer p", "nav a"],
+)
+async def test_text_meets_wcag_aa_contrast(
+    chromium: Chromium, invite_page: RunningPage, selector: str
+) -> None:
+    async with chromium.page() as page:
+        await page.navigate(f"{invite_page.base}/en/#{TOKEN}")
+        ratio = await page.evaluate(f"({CONTRAST})({json.dumps(selector)})")
+        assert ratio >= 4.5, f"{selector}: {ratio:.2f}:1"
