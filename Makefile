@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install lint format test unit controlplane demo clean chart-crds deploy-manifests e2e-kind
+.PHONY: install lint format test unit controlplane chromium demo clean chart-crds deploy-manifests e2e-kind
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,17 @@ format: install
 controlplane: install
 	$(BIN)/python -m tests.controlplane.build
 
+# Headless Chromium for tests/browser (the invite page) and docs/screenshots: Debian's package.
+# The browser tests fail, never skip, without it; CHROMIUM=/path/to/chrome uses another build.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$CHROMIUM" ] || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; }
+
 unit: install
 	$(BIN)/pytest tests/unit tests/contract $(PYTEST_ARGS)
 
-test: lint controlplane
+test: lint controlplane chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: install controlplane

@@ -1,5 +1,6 @@
 """Command line: `run` starts the operator, `render-mail` previews a mail, `check-config` reads
-the settings, `doctor` checks MAS and SMTP as the operator will use them.
+the settings, `doctor` checks MAS and SMTP as the operator will use them, `serve-invite-page`
+serves the static invite page (no credentials; its own Deployment).
 
 `run` reads `Settings` from the environment first and stops with one clear sentence when the
 configuration cannot work, instead of entering a crash loop inside Kopf.
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render_mail(args: argparse.Namespace) -> int:
+    from .invite_page import invite_link
     from .mail.render import MailContext, MailRenderer, SignUp, expand_registration_url
     from .sign_up import facts_from
 
@@ -79,6 +81,7 @@ def render_mail(args: argparse.Namespace) -> int:
     token = SecretStr(args.token)
     expires = dt.datetime.now(dt.UTC) + settings.default_validity
     server_name = args.server_name or facts.server_name or "example.org"
+    locale = args.locale or settings.default_locale
     try:
         context = MailContext(
             email=args.email,
@@ -91,13 +94,16 @@ def render_mail(args: argparse.Namespace) -> int:
             usage_limit=args.usage_limit,
             inviter=settings.inviter_name or server_name,
             server_name=server_name,
-            locale=args.locale or settings.default_locale,
+            locale=locale,
             timezone=settings.mail_timezone,
             sign_up=sign_up,
             upstream_provider=facts.upstream_provider,
             email_code=not args.no_email_code,
             captcha=args.captcha,
             element_web_url=str(settings.element_web_url) if settings.element_web_url else None,
+            invite_url=invite_link(str(settings.invite_page_url), locale, token)
+            if settings.invite_page_url
+            else None,
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -149,6 +155,25 @@ def doctor(_: argparse.Namespace) -> int:
     return asyncio.run(run_doctor(settings))
 
 
+def serve_invite_page(_: argparse.Namespace) -> int:
+    from .invite_page import build_invite_page
+    from .invite_page.server import make_server
+
+    settings = _load_settings()
+    page = build_invite_page(settings)
+    server = make_server(page, settings.bind_address, settings.invite_page_port)
+    logging.getLogger(__name__).info(
+        "serving the invite page on %s:%s", settings.bind_address, settings.invite_page_port
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="matrix-invite-operator")
     parser.add_argument("--version", action="version", version=__version__)
@@ -188,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         help="check MAS and SMTP step by step, as the operator will use them (writes nothing)",
     )
     diagnose.set_defaults(func=doctor)
+
+    page = sub.add_parser(
+        "serve-invite-page",
+        help="serve the static invite page (reads no credentials; MATRIX_INVITE_INVITE_PAGE_*)",
+    )
+    page.set_defaults(func=serve_invite_page)
 
     args = parser.parse_args(argv)
     if args.func is not run:  # Kopf configures logging for `run` itself

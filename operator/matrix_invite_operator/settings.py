@@ -134,6 +134,30 @@ class Settings(BaseSettings):
     )
     inviter_name: str | None = Field(None, max_length=128)
 
+    # --- the invite page (`serve-invite-page`, a Deployment of its own without credentials) ---
+    invite_page_url: AnyHttpUrl | None = Field(
+        None,
+        description="Public base URL of the invite page, e.g. https://invite.example.org; set: "
+        "the mail's main call to action is <url>/<locale>/#<token> (the token in the fragment)",
+    )
+    invite_page_port: int = Field(
+        8080, ge=1, le=65535, description="Where `serve-invite-page` listens (on bind_address)"
+    )
+    invite_page_email_code: bool = Field(
+        True,
+        description="The page server cannot read MAS's site-config (it has no credentials): "
+        "whether MAS's password sign-up emails a 6-digit code",
+    )
+    invite_page_captcha: bool = Field(
+        False, description="Whether MAS's sign-up asks for a CAPTCHA (for the page's steps)"
+    )
+    invite_page_mas_version: str | None = Field(
+        None,
+        max_length=64,
+        description="MAS's version, e.g. 1.22.0, for the page's version check: from a MAS "
+        "release that pre-fills tokens on, the continue button carries the token",
+    )
+
     # --- behaviour ---
     default_validity: Annotated[dt.timedelta, NoDecode] = dt.timedelta(days=7)
     max_validity: Annotated[dt.timedelta, NoDecode] = dt.timedelta(days=90)

@@ -87,3 +87,10 @@ listed, watched or deleted (garbage collection deletes them with their Invitatio
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
+{{/* The invite page's Pods: a name of their own, so no selector of the operator's matches them. */}}
+{{- define "mio.invitePageSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "mio.name" . }}-invite-page
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: invite-page
+{{- end }}

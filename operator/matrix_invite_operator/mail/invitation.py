@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from ..backends import TokenState
 from ..settings import Settings
 from ..sign_up import SignUpFacts, facts_from
-from .render import MailContext, MailRenderer, expand_registration_url
+from .render import MailContext, MailRenderer, expand_registration_url, invite_link
 from .send import Mailer, build_message
 from .throttle import MailThrottle
 
@@ -50,6 +50,7 @@ class SmtpInvitationMailer:
         spec = invitation.spec
         facts = self._sign_up()
         server_name = facts.require_server_name()
+        locale = spec.locale or settings.default_locale
         return MailContext(
             email=spec.email,
             display_name=spec.display_name,
@@ -61,13 +62,16 @@ class SmtpInvitationMailer:
             usage_limit=spec.usage_limit,
             inviter=settings.inviter_name or server_name,
             server_name=server_name,
-            locale=spec.locale or settings.default_locale,
+            locale=locale,
             timezone=settings.mail_timezone,
             sign_up=facts.sign_up,
             upstream_provider=facts.upstream_provider,
             email_code=facts.email_code,
             captcha=facts.captcha,
             element_web_url=str(settings.element_web_url) if settings.element_web_url else None,
+            invite_url=invite_link(str(settings.invite_page_url), locale, token)
+            if settings.invite_page_url
+            else None,
         )
 
     async def send_invitation(

@@ -26,12 +26,18 @@ Variables available to templates:
     email_code        bool        MAS asks for the 6-digit code it emails (password sign-up)
     captcha           bool        MAS's sign-up form asks for a CAPTCHA
     element_web_url   str | None  where to log in with Element Web after signing up
+    invite_url        str | None  the invitee's invite page link (`https://<host>/<locale>/#<token>`)
+                                  when the invite page is enabled: the mail's main call to action
+
+`body.html` wraps the sign-up steps in `{% block sign_up_steps %}`: the invite page renders that
+block (`MailRenderer.sign_up_steps`), so the page and the mail say the same thing from one source.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
+import re
 import string
 import zoneinfo
 from collections.abc import Mapping
@@ -56,6 +62,8 @@ UPSTREAM_PROVIDER_MAX_LENGTH = 100
 TEMPLATE_FILES: tuple[str, ...] = ("subject.txt", "body.txt", "body.html")
 
 _URL_PLACEHOLDERS = frozenset({"token", "email"})
+STEPS_BLOCK = "sign_up_steps"
+_INLINE_STYLE = re.compile(r'\sstyle="[^"]*"')
 
 # Written out by hand: the operator ships without Babel, and these two tables are all we need.
 # fmt: off
@@ -93,8 +101,9 @@ class MailContext(BaseModel):
     email_code: bool = True
     captcha: bool = False
     element_web_url: str | None = None
+    invite_url: str | None = None
 
-    @field_validator("element_web_url")
+    @field_validator("element_web_url", "invite_url")
     @classmethod
     def _web_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -131,6 +140,19 @@ class MailContext(BaseModel):
         if value is not None and ("\r" in value or "\n" in value):
             raise ValueError("must be a single line")
         return value
+
+
+@dataclass(frozen=True)
+class SignUpSteps:
+    """What the sign-up steps depend on: the parts of `MailContext` that are not per invitee."""
+
+    locale: Locale
+    server_name: str
+    sign_up: SignUp = "mas-password"
+    upstream_provider: str | None = None
+    email_code: bool = True
+    captcha: bool = False
+    element_web_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -227,6 +249,12 @@ def expand_registration_url(template: str, *, token: SecretStr, email: str) -> s
     )
 
 
+def invite_link(base_url: str, locale: Locale, token: SecretStr) -> str:
+    """The link to the invite page (`invite_page/`): the token in the URL fragment, which
+    browsers never send to any server."""
+    return f"{base_url.rstrip('/')}/{locale}/#{quote(token.get_secret_value(), safe='')}"
+
+
 # --- templates ----------------------------------------------------------------------------
 
 
@@ -240,18 +268,11 @@ class MailRenderer:
                 raise ConfigurationError(f"mail template directory {template_dir} does not exist")
             # Looked up first, file by file: an admin may override just the subject.
             loaders.append(jinja2.FileSystemLoader(template_dir))
-        loaders.append(jinja2.PackageLoader("matrix_invite_operator.mail", "templates"))
+        builtin = jinja2.PackageLoader("matrix_invite_operator.mail", "templates")
+        loaders.append(builtin)
         self.template_dir = template_dir
-        self._env = ImmutableSandboxedEnvironment(
-            loader=jinja2.ChoiceLoader(loaders),
-            autoescape=jinja2.select_autoescape(
-                enabled_extensions=("html", "htm"), default_for_string=False, default=False
-            ),
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-            keep_trailing_newline=False,
-        )
+        self._env = _environment(jinja2.ChoiceLoader(loaders))
+        self._builtin = _environment(builtin)
 
     def render(self, ctx: MailContext) -> RenderedMail:
         token = ctx.token.get_secret_value()
@@ -274,6 +295,7 @@ class MailRenderer:
             "email_code": ctx.email_code,
             "captcha": ctx.captcha,
             "element_web_url": ctx.element_web_url,
+            "invite_url": ctx.invite_url,
         }
         subject = self._render_one(f"{ctx.locale}/subject.txt", variables, token).strip()
         text = self._render_one(f"{ctx.locale}/body.txt", variables, token)
@@ -300,6 +322,33 @@ class MailRenderer:
             )
         return RenderedMail(subject=subject, text=_tidy_text(text), html=html.strip() + "\n")
 
+    def sign_up_steps(self, steps: SignUpSteps) -> markupsafe.Markup:
+        """The mail's sign-up steps as an HTML fragment, for the invite page.
+
+        Renders only the `sign_up_steps` block of `<locale>/body.html` (an admin's override when
+        it defines that block, else the built-in one), without the mail's inline styles: the
+        page styles them itself and its Content-Security-Policy forbids inline styles.
+        """
+        name = f"{steps.locale}/body.html"
+        variables = {
+            "sign_up": steps.sign_up,
+            "upstream_provider": steps.upstream_provider,
+            "email_code": steps.email_code,
+            "captcha": steps.captcha,
+            "server_name": steps.server_name,
+            "element_web_url": steps.element_web_url,
+        }
+        try:
+            template = self._env.get_template(name)
+            if STEPS_BLOCK not in template.blocks:
+                template = self._builtin.get_template(name)
+            html = "".join(template.blocks[STEPS_BLOCK](template.new_context(variables)))
+        except jinja2.TemplateError as exc:
+            raise ConfigurationError(f"mail template {name}, block {STEPS_BLOCK}: {exc}") from exc
+        # The block's output is already escaped (autoescaping template); attribute values hold
+        # no raw '"', so this removes whole style attributes and nothing else.
+        return markupsafe.Markup(_INLINE_STYLE.sub("", html).strip())  # noqa: S704
+
     def check(self) -> None:
         """Render every locale and sign-up once with sample values: broken admin templates fail
         at startup."""
@@ -313,8 +362,9 @@ class MailRenderer:
             ("mas-upstream", None, True, False, "https://app.example.org"),
             ("synapse", None, True, False, None),
         )
-        for locale, (sign_up, provider, email_code, captcha, web) in itertools.product(
-            LOCALES, shapes
+        invite_urls = (None, "https://invite.example.org/en/#SampleToken12")
+        for locale, (sign_up, provider, email_code, captcha, web), invite_url in itertools.product(
+            LOCALES, shapes, invite_urls
         ):
             self.render(
                 MailContext(
@@ -332,7 +382,11 @@ class MailRenderer:
                     email_code=email_code,
                     captcha=captcha,
                     element_web_url=web,
+                    invite_url=invite_url,
                 )
+            )
+            self.sign_up_steps(
+                SignUpSteps(locale, "example.org", sign_up, provider, email_code, captcha, web)
             )
 
     def _render_one(self, name: str, variables: Mapping[str, object], token: str) -> str:
@@ -350,6 +404,19 @@ class MailRenderer:
             ) from exc
         except jinja2.TemplateError as exc:
             raise ConfigurationError(f"mail template {name}: {_scrub(exc, token)}") from exc
+
+
+def _environment(loader: jinja2.BaseLoader) -> ImmutableSandboxedEnvironment:
+    return ImmutableSandboxedEnvironment(
+        loader=loader,
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("html", "htm"), default_for_string=False, default=False
+        ),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
 
 
 def _scrub(exc: BaseException, token: str) -> str:

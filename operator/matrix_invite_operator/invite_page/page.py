@@ -1,0 +1,198 @@
+"""Renders the invite page for each locale, once, from the settings and the mail's own steps.
+
+Owns the page's wording (besides the steps, which come from the mail's `sign_up_steps` block so
+that page and mail never disagree), the link format the mail uses, the choice of language from
+`Accept-Language`, and the MAS version check that decides whether the continue button may carry
+the token (`/register?token=...`, proposed in MAS pull request #5971, in no release yet).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+from importlib import resources
+from urllib.parse import urlsplit
+
+import jinja2
+
+from ..errors import ConfigurationError
+from ..mail.render import LOCALES, Locale, MailRenderer, SignUpSteps, invite_link
+from ..settings import Settings
+from ..sign_up import facts_from
+
+TOKEN_PREFILL_SINCE: tuple[int, ...] | None = None
+"""The first MAS release whose `/register?token=` pre-fills the registration token; None while
+no release has it (MAS 1.22 ignores the parameter). Set it when a release ships #5971."""
+
+__all__ = [
+    "STATIC_FILES",
+    "TOKEN_PREFILL_SINCE",
+    "InvitePage",
+    "build_invite_page",
+    "invite_link",
+    "negotiate_locale",
+    "prefills_token",
+]
+
+STATIC_FILES: dict[str, str] = {
+    "invite.js": "text/javascript; charset=utf-8",
+    "invite.css": "text/css; charset=utf-8",
+}
+
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
+
+# fmt: off
+_TEXTS: dict[Locale, dict[str, str]] = {
+    "en": {
+        "title": "Your invitation to {server}",
+        "heading": "You are invited to {server}",
+        "intro": "Someone has invited you to create an account on the Matrix server {server}.",
+        "token_label": "Your registration token",
+        "token_help": "You will paste this token when the sign-up asks for a Registration token.",
+        "copy_button": "Copy token",
+        "copied": "Token copied. Paste it when the sign-up asks for it.",
+        "copy_failed": "Copying did not work: select the token and copy it yourself.",
+        "continue_button": "Continue to sign-up",
+        "continue_prefilled": "The sign-up fills in your token for you.",
+        "no_token": "This link carries no token. Open the link from your invitation email again, "
+                    "or use the registration token written in that email.",
+        "noscript": "Your browser runs no JavaScript, so this page cannot show your token. "
+                    "Your invitation email contains it as well: copy the registration token "
+                    "from that email, choose Continue to sign-up below, and paste the token "
+                    "when the sign-up asks for a Registration token.",
+        "language": "Language",
+        "footer": "Your token stays in your browser: this page never sends it anywhere.",
+    },
+    "de": {
+        "title": "Ihre Einladung zu {server}",
+        "heading": "Sie sind zu {server} eingeladen",
+        "intro": "Sie wurden eingeladen, ein Konto auf dem Matrix-Server {server} anzulegen.",
+        "token_label": "Ihr Registrierungstoken",
+        "token_help": "Sie fügen dieses Token ein, wenn die Registrierung nach einem "
+                      "Registrierungstoken fragt.",
+        "copy_button": "Token kopieren",
+        "copied": "Token kopiert. Fügen Sie es ein, wenn die Registrierung danach fragt.",
+        "copy_failed": "Kopieren hat nicht geklappt: Markieren und kopieren Sie das Token selbst.",
+        "continue_button": "Weiter zur Registrierung",
+        "continue_prefilled": "Die Registrierung übernimmt Ihr Token automatisch.",
+        "no_token": "Dieser Link enthält kein Token. Öffnen Sie den Link aus Ihrer "
+                    "Einladungs-E-Mail noch einmal, oder verwenden Sie das Registrierungstoken "
+                    "aus dieser E-Mail.",
+        "noscript": "Ihr Browser führt kein JavaScript aus, daher kann diese Seite Ihr Token "
+                    "nicht anzeigen. Es steht auch in Ihrer Einladungs-E-Mail: Kopieren Sie das "
+                    "Registrierungstoken aus dieser E-Mail, wählen Sie unten „Weiter zur "
+                    "Registrierung“ und fügen Sie das Token ein, wenn die Registrierung nach "
+                    "einem Registrierungstoken fragt.",
+        "language": "Sprache",
+        "footer": "Ihr Token bleibt in Ihrem Browser: Diese Seite schickt es nirgendwohin.",
+    },
+}
+# fmt: on
+LANGUAGE_NAMES: dict[Locale, str] = {"en": "English", "de": "Deutsch"}
+
+
+def prefills_token(
+    version: str | None, since: tuple[int, ...] | None = TOKEN_PREFILL_SINCE
+) -> bool:
+    """Whether MAS `version` pre-fills the registration token from `/register?token=`."""
+    if version is None or since is None:
+        return False
+    match = _VERSION.match(version.strip())
+    if match is None:
+        return False
+    return tuple(int(part) for part in match.groups()) >= since
+
+
+def negotiate_locale(accept_language: str | None, default: Locale) -> Locale:
+    """The first of our languages the browser lists (quality order), else `default`."""
+    ranked: list[tuple[float, int, str]] = []
+    for position, item in enumerate((accept_language or "").split(",")):
+        tag, _, params = item.strip().partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if tag:
+            ranked.append((-quality, position, tag.split("-")[0].lower()))
+    for negative_quality, _, language in sorted(ranked):
+        if negative_quality < 0 and language in LOCALES:
+            return language
+    return default
+
+
+@dataclass(frozen=True)
+class InvitePage:
+    """The rendered page per locale and its static files, ready to serve."""
+
+    pages: dict[Locale, bytes]
+    static: dict[str, bytes] = field(repr=False)
+    default_locale: Locale = "en"
+
+
+def _continue_url(settings: Settings) -> str:
+    url = settings.registration_url
+    if any(name for _, name, _, _ in string.Formatter().parse(url) if name is not None):
+        raise ConfigurationError(
+            "the invite page links to MATRIX_INVITE_REGISTRATION_URL, which must then be MAS's "
+            f"plain sign-up URL (such as https://auth.example.org/register), not {url!r}"
+        )
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise ConfigurationError(f"MATRIX_INVITE_REGISTRATION_URL {url!r} is not an http(s) URL")
+    return url
+
+
+def build_invite_page(settings: Settings, *, prefill: bool | None = None) -> InvitePage:
+    """Render every locale once. `prefill` overrides the MAS version check (for tests)."""
+    facts = facts_from(settings)
+    if facts.server_name is None:
+        raise ConfigurationError(
+            "the invite page needs the server name: set MATRIX_INVITE_SERVER_NAME "
+            "(chart value invitations.serverName); it cannot ask MAS, having no credentials"
+        )
+    continue_url = _continue_url(settings)
+    if prefill is None:
+        prefill = settings.backend == "mas" and prefills_token(settings.invite_page_mas_version)
+    renderer = MailRenderer(settings.mail_template_dir)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("matrix_invite_operator.invite_page", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    template = env.get_template("page.html")
+    pages: dict[Locale, bytes] = {}
+    for locale in LOCALES:
+        texts = {
+            key: value.format(server=facts.server_name) for key, value in _TEXTS[locale].items()
+        }
+        steps = renderer.sign_up_steps(
+            SignUpSteps(
+                locale=locale,
+                server_name=facts.server_name,
+                sign_up=facts.sign_up,
+                upstream_provider=facts.upstream_provider,
+                email_code=settings.invite_page_email_code,
+                captcha=settings.invite_page_captcha,
+                element_web_url=str(settings.element_web_url) if settings.element_web_url else None,
+            )
+        )
+        html = template.render(
+            locale=locale,
+            texts=texts,
+            languages=LANGUAGE_NAMES,
+            server_name=facts.server_name,
+            continue_url=continue_url,
+            prefill=prefill,
+            steps=steps,
+        )
+        pages[locale] = html.encode("utf-8")
+    static_dir = resources.files("matrix_invite_operator.invite_page") / "static"
+    static = {name: (static_dir / name).read_bytes() for name in STATIC_FILES}
+    return InvitePage(pages=pages, static=static, default_locale=settings.default_locale)
