@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,12 +21,20 @@ from .backends.mas import MasAdminClient, MasTokenBackend, RequestObserver
 from .backends.oauth import ClientCredentialsAuth
 from .backends.synapse import SynapseAdminClient, SynapseTokenBackend
 from .errors import ConfigurationError
+from .homeserver import HomeserverClient
 from .kube import KubeApi, KubeConnection, KubeEvents, kube_http_client
 from .mail.invitation import SmtpInvitationMailer
 from .mail.render import MailRenderer, validate_registration_url_template
 from .mail.send import Mailer
 from .mail.throttle import MailThrottle
 from .metrics import OperatorMetrics
+from .onboarding import (
+    ActingSessions,
+    AdminTokenSessions,
+    Observer,
+    Onboarding,
+    PersonalSessions,
+)
 from .reconcile import Dependencies, InvitationMailer
 from .settings import Settings
 from .unconfigured import UnconfiguredBackend, UnconfiguredMailer
@@ -41,11 +50,12 @@ class Clients:
 
     mas: httpx.AsyncClient
     kube: httpx.AsyncClient
+    homeserver: httpx.AsyncClient | None = None
 
 
-def mas_http_client(settings: Settings) -> httpx.AsyncClient:
+def mas_http_client(settings: Settings, *, ca_bundle: Path | None = None) -> httpx.AsyncClient:
     verify: ssl.SSLContext | bool = True
-    ca_bundle = settings.backend_ca_bundle()
+    ca_bundle = ca_bundle or settings.backend_ca_bundle()
     if ca_bundle is not None:
         verify = ssl.create_default_context(cafile=str(ca_bundle))
     timeout = settings.http_timeout_seconds
@@ -75,7 +85,8 @@ def build_mas_backend(
         client_auth_method=settings.mas_client_auth_method,
     )
     return MasTokenBackend(
-        MasAdminClient(http, str(settings.mas_url), auth=auth, on_request=on_request)
+        MasAdminClient(http, str(settings.mas_url), auth=auth, on_request=on_request),
+        server_name=settings.server_name,
     )
 
 
@@ -129,15 +140,52 @@ async def build_dependencies(
         backend = UnconfiguredBackend(problem)
     kube_http = kube_http_client(kube or KubeConnection.discover())
     kube_api = KubeApi(kube_http)
+    homeserver_http = None
+    homeserver_url = settings.homeserver_client_url()
+    if homeserver_url is not None:
+        homeserver_http = mas_http_client(
+            settings, ca_bundle=settings.synapse_ca_bundle or settings.mas_ca_bundle
+        )
     deps = Dependencies(
         settings=settings,
         backend=backend,
         kube=kube_api,
         mailer=mailer,
         events=KubeEvents(kube_api),
+        onboarding=build_onboarding(
+            settings,
+            backend,
+            homeserver_http,
+            observe=metrics.record_onboarding if metrics is not None else None,
+        ),
     )
-    deps.resources = Clients(mas=mas_http, kube=kube_http)
+    deps.resources = Clients(mas=mas_http, kube=kube_http, homeserver=homeserver_http)
     return deps
+
+
+def build_onboarding(
+    settings: Settings,
+    backend: TokenBackend,
+    http: httpx.AsyncClient | None,
+    *,
+    observe: Observer | None = None,
+) -> Onboarding:
+    """Account lookups always (through the backend); rooms when the operator can act in Matrix:
+    with Synapse's admin token, or with MAS personal sessions of the onboarding user."""
+    url = settings.homeserver_client_url()
+    homeserver = HomeserverClient(http, url) if http is not None and url is not None else None
+    sessions: ActingSessions | None = None
+    if isinstance(backend, SynapseTokenBackend):
+        sessions = AdminTokenSessions(settings.synapse_admin_token_value)
+    elif isinstance(backend, MasTokenBackend) and settings.onboarding_user is not None:
+        sessions = PersonalSessions(
+            backend.client,
+            settings.onboarding_user,
+            server_name=settings.server_name,
+            lifetime_seconds=settings.onboarding_session_seconds,
+            observe=observe,
+        )
+    return Onboarding(settings, backend, homeserver=homeserver, sessions=sessions, observe=observe)
 
 
 async def close_dependencies(deps: Dependencies) -> None:
@@ -146,3 +194,5 @@ async def close_dependencies(deps: Dependencies) -> None:
     if isinstance(clients, Clients):
         await clients.mas.aclose()
         await clients.kube.aclose()
+        if clients.homeserver is not None:
+            await clients.homeserver.aclose()

@@ -20,6 +20,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigurationError
 
+# A room ID or alias (spec.rooms and the notice room); models.py imports it from here.
+ROOM_PATTERN = r"^(![^\s:]+(:[^\s/]+)?|#[^\s:]+:[^\s/]+)$"
+
 SecretSource = Callable[[], SecretStr]
 """A credential read when it is used: `Settings.mas_client_secret_value` and its siblings."""
 
@@ -94,6 +97,31 @@ class Settings(BaseSettings):
         description="The provider's name on MAS's \"Continue with ...\" button, e.g. Authentik",
     )
 
+    # --- onboarding: the account a token created, and the rooms it joins ---
+    homeserver_url: AnyHttpUrl | None = Field(
+        None,
+        description="Synapse's client API, for joining accounts to rooms; "
+        "MATRIX_INVITE_SYNAPSE_URL if unset",
+    )
+    onboarding_user: str | None = Field(
+        None,
+        max_length=255,
+        pattern=r"^[a-z0-9._=/+-]+$",
+        description="MAS username whose short personal sessions join accounts to rooms",
+    )
+    onboarding_session_seconds: int = Field(
+        300, ge=30, le=3600, description="Lifetime of one personal session (revoked after use)"
+    )
+    room_membership: Literal["join", "invite"] = Field(
+        "join", description="Join accounts to spec.rooms, or invite them; per Invitation too"
+    )
+    notice_room: str | None = Field(
+        None,
+        max_length=255,
+        pattern=ROOM_PATTERN,
+        description="Room where the onboarding user posts one notice per accepted invitation",
+    )
+
     # --- mail ---
     smtp_host: str = "localhost"
     smtp_port: int = Field(587, ge=1, le=65535)
@@ -139,6 +167,17 @@ class Settings(BaseSettings):
     bind_address: str = Field("0.0.0.0", description="Where /healthz and /metrics listen")  # noqa: S104
     liveness_port: int = Field(8080, ge=0, le=65535, description="0 turns the probe endpoint off")
     metrics_port: int = Field(9090, ge=0, le=65535)
+
+    @field_validator("onboarding_user", "notice_room", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # An empty variable (a chart value left "") means "not configured".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def homeserver_client_url(self) -> str | None:
+        """Where joins and notices go: the homeserver URL, else Synapse's (Synapse backend)."""
+        url = self.homeserver_url or (self.synapse_url if self.backend == "synapse" else None)
+        return str(url) if url is not None else None
 
     @field_validator("default_validity", "max_validity", mode="before")
     @classmethod
