@@ -361,6 +361,81 @@ class SynapseServer:
         for token in self.tokens():
             self.delete_token(token["token"])
 
+    # --- users, rooms and memberships (onboarding tests) --------------------------------------
+
+    def create_user(self, username: str, *, admin: bool = False) -> tuple[str, str]:
+        """A user made by the admin API (no token needed); its Matrix ID and an access token."""
+        user_id = f"@{username}:{self.server_name}"
+        password = secrets.token_urlsafe(12)
+        answer = self.admin.put(
+            f"/_synapse/admin/v2/users/{quote(user_id)}",
+            json={"password": password, "admin": admin},
+        )
+        answer.raise_for_status()
+        return user_id, self.login(username, password)
+
+    def bind_email(self, user_id: str, email: str) -> None:
+        """Give an account its address, as a sign-up with email verification would."""
+        answer = self.admin.put(
+            f"/_synapse/admin/v2/users/{quote(user_id)}",
+            json={"threepids": [{"medium": "email", "address": email}]},
+        )
+        answer.raise_for_status()
+
+    def logout(self, token: str) -> None:
+        httpx.post(
+            f"{self.url}/_matrix/client/v3/logout",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+
+    def create_room(
+        self, token: str, *, public: bool = False, space: bool = False, alias: str | None = None
+    ) -> str:
+        body: dict[str, Any] = {"preset": "public_chat" if public else "private_chat"}
+        if space:
+            body["creation_content"] = {"type": "m.space"}
+        if alias is not None:
+            body["room_alias_name"] = alias
+        answer = httpx.post(
+            f"{self.url}/_matrix/client/v3/createRoom",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        answer.raise_for_status()
+        room_id: str = answer.json()["room_id"]
+        return room_id
+
+    def invite_and_join(
+        self, owner_token: str, room_id: str, user_id: str, user_token: str
+    ) -> None:
+        """The owner invites the user, who joins, and gets the power to invite (50)."""
+        headers = {"Authorization": f"Bearer {owner_token}"}
+        base = f"{self.url}/_matrix/client/v3/rooms/{quote(room_id)}"
+        httpx.post(f"{base}/invite", json={"user_id": user_id}, headers=headers, timeout=10)
+        joined = httpx.post(
+            f"{base}/join", json={}, headers={"Authorization": f"Bearer {user_token}"}, timeout=10
+        )
+        joined.raise_for_status()
+        levels = httpx.get(f"{base}/state/m.room.power_levels/", headers=headers, timeout=10)
+        levels.raise_for_status()
+        content = levels.json()
+        content.setdefault("users", {})[user_id] = 50
+        httpx.put(
+            f"{base}/state/m.room.power_levels/", json=content, headers=headers, timeout=10
+        ).raise_for_status()
+
+    def membership(self, room_id: str, user_id: str) -> str | None:
+        """The user's membership in the room as Synapse holds it (join, invite, leave...)."""
+        answer = self.admin.get(f"/_synapse/admin/v1/rooms/{quote(room_id)}/state")
+        answer.raise_for_status()
+        for event in answer.json()["state"]:
+            if event["type"] == "m.room.member" and event["state_key"] == user_id:
+                membership: str = event["content"]["membership"]
+                return membership
+        return None
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
