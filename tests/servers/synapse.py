@@ -206,6 +206,11 @@ class SynapseServer:
             "rc_registration": _GENEROUS,
             "rc_login": {"address": _GENEROUS, "account": _GENEROUS, "failed_attempts": _GENEROUS},
             "rc_registration_token_validity": _GENEROUS,
+            # Onboarding tests create rooms, invite and join the admin again and again.
+            "rc_invites": {"per_room": _GENEROUS, "per_user": _GENEROUS, "per_issuer": _GENEROUS},
+            "rc_joins": {"local": _GENEROUS, "remote": _GENEROUS},
+            "rc_joins_per_room": _GENEROUS,
+            "rc_message": _GENEROUS,
         }
         self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
 
@@ -363,10 +368,12 @@ class SynapseServer:
 
     # --- users, rooms and memberships (onboarding tests) --------------------------------------
 
-    def create_user(self, username: str, *, admin: bool = False) -> tuple[str, str]:
+    def create_user(
+        self, username: str, *, admin: bool = False, password: str | None = None
+    ) -> tuple[str, str]:
         """A user made by the admin API (no token needed); its Matrix ID and an access token."""
         user_id = f"@{username}:{self.server_name}"
-        password = secrets.token_urlsafe(12)
+        password = password or secrets.token_urlsafe(12)
         answer = self.admin.put(
             f"/_synapse/admin/v2/users/{quote(user_id)}",
             json={"password": password, "admin": admin},
@@ -413,7 +420,9 @@ class SynapseServer:
         """The owner invites the user, who joins, and gets the power to invite (50)."""
         headers = {"Authorization": f"Bearer {owner_token}"}
         base = f"{self.url}/_matrix/client/v3/rooms/{quote(room_id)}"
-        httpx.post(f"{base}/invite", json={"user_id": user_id}, headers=headers, timeout=10)
+        httpx.post(
+            f"{base}/invite", json={"user_id": user_id}, headers=headers, timeout=10
+        ).raise_for_status()
         joined = httpx.post(
             f"{base}/join", json={}, headers={"Authorization": f"Bearer {user_token}"}, timeout=10
         )
