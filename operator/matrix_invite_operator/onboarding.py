@@ -210,7 +210,12 @@ class Onboarding:
 
     def notice_due(self, spec: InvitationSpec, status: InvitationStatus) -> bool:
         account = spec.account or status.account
-        if self._settings.notice_room is None or account is None or status.notice_posted:
+        # Posted once: None until tried, then True, or False after a failure (logged, an Event).
+        if (
+            self._settings.notice_room is None
+            or account is None
+            or status.notice_posted is not None
+        ):
             return False
         tried = {r.room for r in status.rooms or []}
         return all(room in tried for room in spec.rooms or [])
@@ -404,7 +409,7 @@ class Onboarding:
                         notices.append(Notice("RoomJoinFailed", f"{room}: {refused}", warning=True))
                 status.rooms = [outcomes[r] for r in spec.rooms or [] if r in outcomes] or None
                 if self.notice_due(spec, status):
-                    await self._post_notice(name, spec, status, token)
+                    await self._post_notice(name, spec, status, token, notices)
         except OperatorError as exc:  # no session (nothing was done): each due room failed
             problem = f"no session to act as {self._sessions.actor}: {exc}"
             for room in due:
@@ -412,23 +417,31 @@ class Onboarding:
             status.rooms = [outcomes[r] for r in spec.rooms or [] if r in outcomes] or None
 
     async def _post_notice(
-        self, name: str, spec: InvitationSpec, status: InvitationStatus, token: SecretStr
+        self,
+        name: str,
+        spec: InvitationSpec,
+        status: InvitationStatus,
+        token: SecretStr,
+        notices: list[Notice],
     ) -> None:
         room = self._settings.notice_room
         if room is None or self._homeserver is None:
             return
         outcomes = status.rooms or []
-        placed = [r.room for r in outcomes if r.state is not RoomState.FAILED]
-        failed = [r.room for r in outcomes if r.state is RoomState.FAILED]
         text = f"{spec.email} accepted invitation `{name}` as {status.account}"
-        if placed:
-            text += f"; joined {', '.join(placed)}"
-        if failed:
-            text += f"; failed: {', '.join(failed)}"
+        for state, words in (
+            (RoomState.JOINED, "joined"),
+            (RoomState.INVITED, "invited to"),
+            (RoomState.FAILED, "not yet in"),
+        ):
+            rooms = [r.room for r in outcomes if r.state is state]
+            if rooms:
+                text += f"; {words} {', '.join(rooms)}"
         try:
             await self._homeserver.send_notice(room, text, token)
-        except (MatrixError, OperatorError) as exc:
-            logger.warning("could not post the notice for %s in %s: %s", name, room, exc)
+        except OperatorError as exc:  # MatrixError is one
+            status.notice_posted = False
+            notices.append(Notice("NoticeFailed", f"No notice in {room}: {exc}", warning=True))
             return
         status.notice_posted = True
 

@@ -172,3 +172,44 @@ async def test_onboarding_records_each_room_and_heals_when_the_actor_is_let_in(
     assert not onboarding.due(spec, healed, later + dt.timedelta(hours=1))
     assert observed.count(("join", "joined")) == 2
     assert observed.count(("join", "failed")) == 1
+
+
+async def test_user_not_found_is_retried_and_the_notice_is_posted_once(
+    synapse: SynapseServer, backend: SynapseTokenBackend, homeserver: HomeserverClient
+) -> None:
+    """Synapse learns of a MAS account a moment after MAS lists it: the join retries."""
+    admin_id = f"@admin:{synapse.server_name}"
+    _, owner = synapse.create_user(fresh("owner"))
+    room = synapse.create_room(owner)
+    notices_room = synapse.create_room(owner)
+    for joined in (room, notices_room):
+        synapse.invite_and_join(owner, joined, admin_id, synapse.admin_token)
+    name = fresh("late")
+    account = f"@{name}:{synapse.server_name}"
+    waits: list[float] = []
+
+    async def account_appears_meanwhile(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:  # two "User not found" answers, then Synapse has the account
+            synapse.create_user(name)
+
+    onboarding = Onboarding(
+        Settings(notice_room=notices_room),
+        backend,
+        homeserver=homeserver,
+        sessions=AdminTokenSessions(SecretStr(synapse.admin_token)),
+        sleep=account_appears_meanwhile,
+    )
+    spec = InvitationSpec(email=f"{name}@example.org", rooms=[room], account=account)
+    now = dt.datetime.now(dt.UTC)
+    status, notices = await onboarding.apply(
+        "late", spec, LONG_AGO, InvitationStatus(), None, 1, now
+    )
+    assert {r.room: r.state for r in status.rooms or []} == {room: RoomState.JOINED}
+    assert waits == [0.05, 0.1]
+    assert synapse.membership(room, account) == "join"
+    assert status.notice_posted is True
+    assert notices == []
+    assert not onboarding.due(spec, status, now)
+    texts = synapse.messages(notices_room)
+    assert texts == [f"{name}@example.org accepted invitation `late` as {account}; joined {room}"]

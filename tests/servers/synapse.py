@@ -435,6 +435,16 @@ class SynapseServer:
             f"{base}/state/m.room.power_levels/", json=content, headers=headers, timeout=10
         ).raise_for_status()
 
+    def messages(self, room_id: str) -> list[str]:
+        """The bodies of the room's messages, oldest first (through the admin API)."""
+        answer = self.admin.get(
+            f"/_synapse/admin/v1/rooms/{quote(room_id)}/messages", params={"dir": "f"}
+        )
+        answer.raise_for_status()
+        return [
+            e["content"]["body"] for e in answer.json()["chunk"] if e["type"] == "m.room.message"
+        ]
+
     def membership(self, room_id: str, user_id: str) -> str | None:
         """The user's membership in the room as Synapse holds it (join, invite, leave...)."""
         answer = self.admin.get(f"/_synapse/admin/v1/rooms/{quote(room_id)}/state")
