@@ -71,6 +71,11 @@ class StoredSession:
     revoked_at: dt.datetime | None = None
 
 
+def _single(resource: JsonObject, self_link: str, *, status: int = 200) -> web.Response:
+    """MAS's SingleResponse envelope."""
+    return web.json_response({"data": resource, "links": {"self": self_link}}, status=status)
+
+
 def _random_token() -> str:
     return "mpt_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(30))
 
@@ -243,9 +248,7 @@ class MasAccounts:
             user = self._users.get(user_id)
             if user is None:
                 return _error_response(404, f"User ID {user_id} not found")
-            return web.json_response(
-                {"data": self._user_resource(user), "links": {"self": f"{USERS_PATH}/{user.id}"}}
-            )
+            return _single(self._user_resource(user), f"{USERS_PATH}/{user.id}")
 
     async def _user_by_name(self, request: web.Request) -> web.Response:
         d = self._double
@@ -255,8 +258,7 @@ class MasAccounts:
             user = next((u for u in self._users.values() if u.username == username), None)
             if user is None:
                 return _error_response(404, f"User with username {username!r} not found")
-            link = f"{USERS_PATH}/by-username/{username}"
-            return web.json_response({"data": self._user_resource(user), "links": {"self": link}})
+            return _single(self._user_resource(user), f"{USERS_PATH}/by-username/{username}")
 
     async def _create_session(self, request: web.Request) -> web.Response:
         d = self._double
@@ -292,11 +294,8 @@ class MasAccounts:
                 else now + dt.timedelta(seconds=int(expires_in)),
             )
             self._sessions[session.id] = session
-            link = f"{SESSIONS_PATH}/{session.id}"
-            return web.json_response(
-                {"data": self._session_resource(session, with_token=True), "links": {"self": link}},
-                status=201,
-            )
+            resource = self._session_resource(session, with_token=True)
+            return _single(resource, f"{SESSIONS_PATH}/{session.id}", status=201)
 
     async def _get_session(self, request: web.Request) -> web.Response:
         d = self._double
@@ -306,13 +305,8 @@ class MasAccounts:
             session = self._sessions.get(session_id)
             if session is None:
                 return _error_response(404, f"Personal session with ID {session_id} not found")
-            link = f"{SESSIONS_PATH}/{session.id}"
-            return web.json_response(
-                {
-                    "data": self._session_resource(session, with_token=False),
-                    "links": {"self": link},
-                }
-            )
+            resource = self._session_resource(session, with_token=False)
+            return _single(resource, f"{SESSIONS_PATH}/{session.id}")
 
     async def _revoke_session(self, request: web.Request) -> web.Response:
         d = self._double
@@ -328,9 +322,6 @@ class MasAccounts:
                 )
             session.revoked_at = d.now()
             token = session.access_token
-            answer = {
-                "data": self._session_resource(session, with_token=False),
-                "links": {"self": f"{SESSIONS_PATH}/{session.id}/revoke"},
-            }
+            resource = self._session_resource(session, with_token=False)
         self.on_revoke(token)
-        return web.json_response(answer)
+        return _single(resource, f"{SESSIONS_PATH}/{session.id}/revoke")

@@ -70,6 +70,30 @@ def ready_and_not_stalled(body: Body) -> None:
     assert stalled["status"] == "False"
 
 
+def signed_up(
+    invitations: InvitationsApi,
+    synapse: SynapseServer,
+    smtp: SmtpDouble,
+    name: str,
+    rooms: list[str],
+    *,
+    bound_address: str,
+) -> str:
+    """Invite `name`, register with the mailed token; returns the Matrix ID.
+
+    Synapse's client API registers without an address here; a sign-up with email verification
+    binds one (`bound_address`): that is what the threepid lookup finds.
+    """
+    invitations.apply(name, email=f"{name}@example.org", rooms=rooms)
+    invitations.wait_for_phase(name, "Sent")
+    registration = synapse.register(mailed_token(smtp), username=name)
+    assert registration.ok, registration.body
+    user_id = registration.user_id
+    assert user_id == f"@{name}:{synapse.server_name}"
+    synapse.bind_email(user_id, bound_address)
+    return user_id
+
+
 def whoami_status(synapse: SynapseServer, token: str) -> int:
     return httpx.get(
         f"{synapse.url}/_matrix/client/v3/account/whoami",
@@ -94,21 +118,13 @@ class TestSynapseBackend:
         admin_id = f"@admin:{synapse.server_name}"
         rooms = make_rooms(synapse, admin_id, synapse.admin_token)
         name = f"ada{secrets.token_hex(3)}"
-        email = f"{name}@example.org"
         wanted = [rooms.alias, rooms.private, rooms.space, rooms.closed]
-        invitations.apply("ada", email=email, rooms=wanted)
-        invitations.wait_for_phase("ada", "Sent")
-
-        registration = synapse.register(mailed_token(smtp), username=name)
-        assert registration.ok, registration.body
-        user_id = registration.user_id
-        assert user_id == f"@{name}:{synapse.server_name}"
-        # Synapse's client API registers without an address here; a sign-up with email
-        # verification binds it: that is what the threepid lookup finds.
-        synapse.bind_email(user_id, email)
+        user_id = signed_up(
+            invitations, synapse, smtp, name, wanted, bound_address=f"{name}@example.org"
+        )
 
         body = invitations.wait_for(
-            "ada",
+            name,
             lambda b: settled_rooms(b, wanted),
             timeout=30,
             what="an outcome for every room",
@@ -136,15 +152,15 @@ class TestSynapseBackend:
         assert known is not None
         assert (known["status"], known["reason"]) == ("True", "Found")
         ready_and_not_stalled(body)
-        accepted = [e for e in invitations.events("ada") if e["reason"] == "InvitationAccepted"]
+        accepted = [e for e in invitations.events(name) if e["reason"] == "InvitationAccepted"]
         assert accepted
         assert user_id in accepted[0]["message"]
-        assert user_id in invitations.kubectl("get", "inv", "ada")  # the printer column
+        assert user_id in invitations.kubectl("get", "inv", name)  # the printer column
 
         # The room's owner lets the acting user in: the next retry joins the account.
         synapse.invite_and_join(rooms.owner_token, rooms.closed, admin_id, synapse.admin_token)
         healed = invitations.wait_for(
-            "ada",
+            name,
             lambda b: outcomes(b).get(rooms.closed) == "Joined",
             timeout=40,
             what="the closed room joined after the actor was let in",
@@ -157,9 +173,9 @@ class TestSynapseBackend:
         # A room added later is joined; a room removed stays as it is (nobody is kicked).
         later = synapse.create_room(rooms.owner_token)
         synapse.invite_and_join(rooms.owner_token, later, admin_id, synapse.admin_token)
-        invitations.patch_spec("ada", rooms=[rooms.alias, later])
+        invitations.patch_spec(name, rooms=[rooms.alias, later])
         after = invitations.wait_for(
-            "ada",
+            name,
             lambda b: outcomes(b) == {rooms.alias: "Joined", later: "Joined"},
             timeout=30,
             what="the room added later joined, removed rooms forgotten",
@@ -180,15 +196,17 @@ class TestSynapseBackend:
         admin_id = f"@admin:{synapse.server_name}"
         rooms = make_rooms(synapse, admin_id, synapse.admin_token)
         name = f"bea{secrets.token_hex(3)}"
-        invitations.apply("bea", email=f"{name}@example.org", rooms=[rooms.private])
-        invitations.wait_for_phase("bea", "Sent")
-        registration = synapse.register(mailed_token(smtp), username=name)
-        assert registration.ok
-        assert registration.user_id is not None
-        synapse.bind_email(registration.user_id, f"{name}@elsewhere.example")
+        user_id = signed_up(
+            invitations,
+            synapse,
+            smtp,
+            name,
+            [rooms.private],
+            bound_address=f"{name}@elsewhere.example",
+        )
 
         body = invitations.wait_for(
-            "bea",
+            name,
             lambda b: (condition(b, "AccountKnown") or {}).get("reason") == "AccountNotFound",
             timeout=40,
             what="AccountKnown=False, AccountNotFound",
@@ -204,20 +222,20 @@ class TestSynapseBackend:
         assert (waiting["status"], waiting["reason"]) == ("False", "WaitingForAccount")
         ready_and_not_stalled(body)
         assert body["status"]["accountSearch"]["attempts"] == 3, "a few searches, then it stops"
-        invitations.wait_for_events("bea", "AccountNotFound")
+        invitations.wait_for_events(name, "AccountNotFound")
 
-        invitations.patch_spec("bea", account=registration.user_id)
+        invitations.patch_spec(name, account=user_id)
         done = invitations.wait_for(
-            "bea",
+            name,
             lambda b: outcomes(b) == {rooms.private: "Joined"},
             timeout=30,
             what="the room joined once spec.account names the account",
         )
-        assert done["status"]["account"] == registration.user_id
+        assert done["status"]["account"] == user_id
         named = condition(done, "AccountKnown")
         assert named is not None
         assert (named["status"], named["reason"]) == ("True", "SetInSpec")
-        assert synapse.membership(rooms.private, registration.user_id) == "join"
+        assert synapse.membership(rooms.private, user_id) == "join"
 
 
 class TestMasBackend:
