@@ -48,44 +48,38 @@ class HomeserverClient:
 
     async def admin_join(self, room: str, user_id: str, token: SecretStr) -> str:
         """Join `user_id` to `room` (ID or alias) with Synapse's admin API; the room's ID."""
-        answer = await self._request(
-            "POST", ADMIN_JOIN_PATH + quote(room, safe=""), token, {"user_id": user_id}
-        )
+        path = ADMIN_JOIN_PATH + quote(room, safe="")
+        answer = await self._request("POST", path, token, {"user_id": user_id}, "admin join")
         return str(answer.get("room_id") or room)
 
     async def invite(self, room: str, user_id: str, token: SecretStr) -> str:
         """Invite `user_id` into `room`; an alias is resolved first. The room's ID."""
         room_id = await self.resolve(room, token)
-        await self._request(
-            "POST",
-            f"{CLIENT_PATH}/rooms/{quote(room_id, safe='')}/invite",
-            token,
-            {"user_id": user_id},
-        )
+        path = f"{CLIENT_PATH}/rooms/{quote(room_id, safe='')}/invite"
+        await self._request("POST", path, token, {"user_id": user_id}, "invite")
         return room_id
 
     async def resolve(self, room: str, token: SecretStr) -> str:
         if not room.startswith("#"):
             return room
-        answer = await self._request(
-            "GET", f"{CLIENT_PATH}/directory/room/{quote(room, safe='')}", token, None
-        )
+        path = f"{CLIENT_PATH}/directory/room/{quote(room, safe='')}"
+        answer = await self._request("GET", path, token, None, "alias lookup")
         return str(answer["room_id"])
 
     async def send_notice(self, room: str, text: str, token: SecretStr) -> None:
         room_id = await self.resolve(room, token)
         txn = secrets.token_hex(12)
-        await self._request(
-            "PUT",
-            f"{CLIENT_PATH}/rooms/{quote(room_id, safe='')}/send/m.room.message/{txn}",
-            token,
-            {"msgtype": "m.notice", "body": text},
-        )
+        path = f"{CLIENT_PATH}/rooms/{quote(room_id, safe='')}/send/m.room.message/{txn}"
+        await self._request("PUT", path, token, {"msgtype": "m.notice", "body": text}, "notice")
 
     async def _request(
-        self, method: str, path: str, token: SecretStr, body: dict[str, Any] | None
+        self,
+        method: str,
+        path: str,
+        token: SecretStr,
+        body: dict[str, Any] | None,
+        what: str,
     ) -> dict[str, Any]:
-        what = f"{method} {path.split('/!')[0].split('/%')[0]}"
         try:
             response = await self._http.request(
                 method,
@@ -98,7 +92,8 @@ class HomeserverClient:
             )
         except httpx.HTTPError as exc:
             raise BackendUnavailable(
-                f"No answer from the homeserver to {what} ({type(exc).__name__})",
+                f"No answer from the homeserver at {self._root} to the {what} "
+                f"({type(exc).__name__})",
                 retry_after=10.0,
             ) from exc
         try:
