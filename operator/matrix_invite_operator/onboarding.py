@@ -297,6 +297,10 @@ class Onboarding:
             )
         except OperatorError as exc:
             self._observe("account_lookup", "failed")
+            # An outage is no answer: it does not use up the searches, it waits its backoff.
+            status.account_search = status.account_search.model_copy(
+                update={"attempts": min(attempts, MAX_SEARCHES - 1)}
+            )
             return f"the lookup failed: {exc}"
         self._observe("account_lookup", "found" if found.user_id else "not_found")
         if found.user_id is not None and found.user_id != status.account:

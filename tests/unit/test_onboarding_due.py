@@ -110,6 +110,19 @@ async def test_a_failed_lookup_is_recorded_not_raised_and_leaves_ready_alone() -
     ]
     assert again.condition("Ready") == before.condition("Ready")
 
+    # An outage is no answer: it never uses up the searches, later ones wait their backoff.
+    for hours in range(1, MAX_SEARCHES + 2):
+        later = NOW + dt.timedelta(hours=hours)
+        assert ONBOARDING.due(SPEC, status, later)
+        status, _ = await ONBOARDING.apply("ada", SPEC, NOW, status, None, 1, later)
+        assert status.account_search is not None
+        assert status.account_search.at == rfc3339(later)
+    assert status.account_search is not None
+    assert status.account_search.attempts == MAX_SEARCHES - 1
+    still = status.condition("AccountKnown")
+    assert still is not None
+    assert still.reason == "Searching"
+
 
 async def test_rooms_fail_with_a_clear_sentence_when_nobody_can_act() -> None:
     spec = SPEC.model_copy(update={"account": "@ada:example.org"})
