@@ -19,11 +19,11 @@ import re
 import secrets
 import string
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
-from tests.doubles.mas import _error_response, _Pagination, format_rfc3339
+from tests.doubles.mas import _error_response, _Pagination, _Reply, format_rfc3339
 
 if TYPE_CHECKING:
     from tests.doubles.mas import MasDouble
@@ -38,6 +38,9 @@ USER_EMAILS_PATH = f"{ADMIN_PREFIX}/user-emails"
 SESSIONS_PATH = f"{ADMIN_PREFIX}/personal-sessions"
 SESSION_PATH = f"{SESSIONS_PATH}/{{id}}"
 SESSION_REVOKE_PATH = f"{SESSION_PATH}/revoke"
+
+SESSION_MISSING = "Personal session with ID {id} not found"
+Stored = TypeVar("Stored")
 
 # A scope token as OAuth 2.0 defines it (RFC 6749 3.3): printable ASCII without space, " or \.
 _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
@@ -240,14 +243,18 @@ class MasAccounts:
         answer["links"] = links
         return web.json_response(answer)
 
+    def _found(self, request: web.Request, store: dict[str, Stored], missing: str) -> Stored:
+        """The authorized request's `{id}` looked up in `store` (call under the lock), or 404."""
+        self._double._authorize(request)
+        key = self._double._path_id(request)
+        found = store.get(key)
+        if found is None:
+            raise _Reply(_error_response(404, missing.format(id=key)))
+        return found
+
     async def _get_user(self, request: web.Request) -> web.Response:
-        d = self._double
-        d._authorize(request)
-        user_id = d._path_id(request)
-        with d._lock:
-            user = self._users.get(user_id)
-            if user is None:
-                return _error_response(404, f"User ID {user_id} not found")
+        with self._double._lock:
+            user = self._found(request, self._users, "User ID {id} not found")
             return _single(self._user_resource(user), f"{USERS_PATH}/{user.id}")
 
     async def _user_by_name(self, request: web.Request) -> web.Response:
@@ -298,29 +305,19 @@ class MasAccounts:
             return _single(resource, f"{SESSIONS_PATH}/{session.id}", status=201)
 
     async def _get_session(self, request: web.Request) -> web.Response:
-        d = self._double
-        d._authorize(request)
-        session_id = d._path_id(request)
-        with d._lock:
-            session = self._sessions.get(session_id)
-            if session is None:
-                return _error_response(404, f"Personal session with ID {session_id} not found")
+        with self._double._lock:
+            session = self._found(request, self._sessions, SESSION_MISSING)
             resource = self._session_resource(session, with_token=False)
             return _single(resource, f"{SESSIONS_PATH}/{session.id}")
 
     async def _revoke_session(self, request: web.Request) -> web.Response:
-        d = self._double
-        d._authorize(request)
-        session_id = d._path_id(request)
-        with d._lock:
-            session = self._sessions.get(session_id)
-            if session is None:
-                return _error_response(404, f"Personal session with ID {session_id} not found")
+        with self._double._lock:
+            session = self._found(request, self._sessions, SESSION_MISSING)
             if session.revoked_at is not None:
                 return _error_response(
-                    409, f"Personal session with ID {session_id} is already revoked"
+                    409, f"Personal session with ID {session.id} is already revoked"
                 )
-            session.revoked_at = d.now()
+            session.revoked_at = self._double.now()
             token = session.access_token
             resource = self._session_resource(session, with_token=False)
         self.on_revoke(token)
