@@ -42,6 +42,13 @@ MAS_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 
 Registry = Mapping[tuple[str, str], "WatchedInvitation"]
 
+ONBOARDING_OUTCOMES = {
+    "account_lookup": ("found", "not_found", "failed"),
+    "join": ("joined", "failed"),
+    "invite": ("invited", "joined", "failed"),
+    "personal_session": ("minted", "revoked", "revoke_failed"),
+}
+
 
 class _StateCollector(Collector):
     """Invitations by phase and the last successful sync, read at scrape time."""
@@ -138,6 +145,16 @@ class OperatorMetrics:
             ["reason", "kind"],
             registry=self.registry,
         )
+        self.onboarding = Counter(
+            f"{PREFIX}_onboarding_actions",
+            "After sign-up: account lookups (found, not_found, failed), joins and invites "
+            "(joined, invited, failed), personal sessions (minted, revoked, revoke_failed)",
+            ["action", "outcome"],
+            registry=self.registry,
+        )
+        for action, outcomes in ONBOARDING_OUTCOMES.items():  # present at 0 from the start
+            for outcome in outcomes:
+                self.onboarding.labels(action=action, outcome=outcome)
         self.registry.register(
             _StateCollector(lambda: self._invitations(), lambda: self._last_sync())
         )
@@ -158,6 +175,10 @@ class OperatorMetrics:
         """`MasAdminClient(on_request=...)`: called once per Admin API request."""
         self.mas_requests.labels(endpoint=endpoint, method=method, outcome=outcome).inc()
         self.mas_request_duration.labels(endpoint=endpoint, method=method).observe(seconds)
+
+    def record_onboarding(self, action: str, outcome: str) -> None:
+        """`onboarding.Onboarding(observe=...)`: one lookup, join, invite or session."""
+        self.onboarding.labels(action=action, outcome=outcome).inc()
 
     def record_reconcile_error(self, error: BaseException) -> None:
         kind = (

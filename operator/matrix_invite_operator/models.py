@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from .settings import parse_go_duration
+from .settings import ROOM_PATTERN, parse_go_duration
 
 GROUP = "matrix-invite.dev"
 VERSION = "v1alpha1"
@@ -26,6 +26,12 @@ RESEND_ANNOTATION = f"{GROUP}/resend"
 EMAIL_PATTERN = r'^[^\s@<>()\[\]\\,;:"]{1,64}@[^\s@<>()\[\]\\,;:"]+\.[^\s@<>()\[\]\\,;:"]+$'
 SINGLE_LINE_PATTERN = r"^[^\r\n]*$"
 GO_DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
+# A Matrix user ID (@localpart:server) and a room ID or alias. Room IDs of room version 12 carry
+# no server name (`!opaque`); aliases always do (`#name:server`). Spaces are rooms.
+MATRIX_USER_PATTERN = r"^@[^\s:]+:[^\s/]+$"
+MAX_ROOMS = 20
+
+RoomReference = Annotated[str, Field(max_length=255, pattern=ROOM_PATTERN)]
 
 
 class _CamelModel(BaseModel):
@@ -48,6 +54,16 @@ class InvitationSpec(_CamelModel):
     revoked: bool = False
     locale: Literal["en", "de"] | None = None
     resend: str | None = Field(None, max_length=64, pattern=SINGLE_LINE_PATTERN)
+    rooms: list[RoomReference] | None = Field(None, max_length=MAX_ROOMS)
+    room_membership: Literal["join", "invite"] | None = None
+    account: str | None = Field(None, max_length=255, pattern=MATRIX_USER_PATTERN)
+
+    @field_validator("rooms")
+    @classmethod
+    def _rooms_once(cls, rooms: list[str] | None) -> list[str] | None:
+        if rooms is not None and len(set(rooms)) != len(rooms):
+            raise ValueError("each room may be listed once")
+        return rooms
 
     def expiry(self, created: dt.datetime, default_validity: dt.timedelta) -> dt.datetime:
         """When the token stops working: explicit, or counted from the Invitation's creation."""
@@ -77,6 +93,30 @@ class Condition(_CamelModel):
     observed_generation: int | None = Field(None, ge=0)
 
 
+class RoomState(enum.StrEnum):
+    JOINED = "Joined"
+    INVITED = "Invited"
+    FAILED = "Failed"
+
+
+class RoomStatus(_CamelModel):
+    """What became of one room of `spec.rooms` for the account."""
+
+    room: str = Field(max_length=255)
+    state: RoomState
+    message: str | None = Field(None, max_length=1024)
+    attempts: int = Field(0, ge=0)
+    last_attempt_at: str | None = Field(None, max_length=64)
+
+
+class AccountSearch(_CamelModel):
+    """The last search for the account a token created: for which use count, how often, when."""
+
+    uses: int = Field(ge=0)
+    attempts: int = Field(0, ge=0)
+    at: str = Field(max_length=64)
+
+
 class InvitationStatus(_CamelModel):
     """What the operator reports. Never a token value: only MAS's id for it."""
 
@@ -102,6 +142,10 @@ class InvitationStatus(_CamelModel):
     mailed_token_id: str | None = Field(None, max_length=64)
     mails_sent: int | None = Field(None, ge=0)
     resend_handled: str | None = Field(None, max_length=400)
+    account: str | None = Field(None, max_length=255)
+    account_search: AccountSearch | None = None
+    rooms: list[RoomStatus] | None = Field(None, max_length=MAX_ROOMS)
+    notice_posted: bool | None = None
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

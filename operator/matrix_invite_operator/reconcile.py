@@ -40,6 +40,7 @@ from .models import (
     Phase,
     rfc3339,
 )
+from .onboarding import Notice, Onboarding
 from .settings import Settings
 from .sign_up import SiteWatch
 from .status import Problem, compute_status
@@ -161,6 +162,7 @@ class Dependencies:
     resources: object = None  # what `runtime` opened and must close; opaque here
     # What MAS says about sign-up (`sign_up.SiteWatch`); None: nothing known beyond the settings.
     site: SiteWatch | None = None
+    onboarding: Onboarding | None = None  # who accepted, and their rooms (onboarding.py)
 
     def lock_for(self, invitation: Invitation) -> asyncio.Lock:
         # The Kopf handler and the sync pass may both act on one Invitation: serialise them.
@@ -302,6 +304,7 @@ async def _reconcile_locked(deps: Dependencies, invitation: Invitation) -> Invit
         token_state = await _ensure_token(deps, invitation, writer, token, expiry)
         token_state = await _converge(deps, invitation, writer, token_state, expiry)
         mailed = await _mail_if_due(deps, invitation, writer, token, token_state)
+        notices = await onboard(deps, invitation, writer, token_state)
     except PermanentError as exc:
         problem = _problem(exc, deps.backend.name)
         await _finish(deps, invitation, writer, token_state, stalled=problem)
@@ -313,7 +316,43 @@ async def _reconcile_locked(deps: Dependencies, invitation: Invitation) -> Invit
     status = await _finish(deps, invitation, writer, token_state)
     if mailed is not None:
         await deps.events.normal(invitation, "MailSent", mailed)
+    await post_notices(deps.events, invitation, notices)
     return status
+
+
+#: What onboarding changes in status (`onboarding.Onboarding.apply`).
+ONBOARDING_FIELDS = ("account", "account_search", "rooms", "notice_posted", "conditions")
+
+
+async def onboard(
+    deps: Dependencies, invitation: Invitation, writer: StatusWriter, token: TokenState | None
+) -> list[Notice]:
+    """Stage what onboarding found and did, if anything is due; the Events to post after."""
+    now = deps.clock()
+    current = writer.status
+    if token is not None:  # the use count as the backend says now, not as status last showed
+        current = current.model_copy(
+            update={"times_used": token.times_used, "last_used_at": rfc3339(token.last_used_at)}
+        )
+    if deps.onboarding is None or not deps.onboarding.due(invitation.spec, current, now):
+        return []
+    updated, notices = await deps.onboarding.apply(
+        invitation.name,
+        invitation.spec,
+        invitation.created,
+        current,
+        token,
+        invitation.generation,
+        now,
+    )
+    writer.stage(**{name: getattr(updated, name) for name in ONBOARDING_FIELDS})
+    return notices
+
+
+async def post_notices(events: EventSink, invitation: Invitation, notices: list[Notice]) -> None:
+    for notice in notices:
+        post = events.warning if notice.warning else events.normal
+        await post(invitation, notice.reason, notice.message)
 
 
 def _problem(exc: Exception, backend: str = "MAS") -> Problem:
@@ -376,10 +415,11 @@ async def announce_phase_change(
     if status.phase == before:
         return
     if status.phase is Phase.ACCEPTED:
+        account = f"; the account is {status.account}" if status.account else ""
         await events.normal(
             invitation,
             "InvitationAccepted",
-            f"The token was used {status.times_used} of {status.usage_limit} times",
+            f"The token was used {status.times_used} of {status.usage_limit} times{account}",
         )
     elif status.phase is Phase.EXPIRED:
         await events.normal(

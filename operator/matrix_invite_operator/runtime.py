@@ -12,6 +12,7 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,12 +22,20 @@ from .backends.mas import MasAdminClient, MasTokenBackend, RequestObserver
 from .backends.oauth import ClientCredentialsAuth
 from .backends.synapse import SynapseAdminClient, SynapseTokenBackend
 from .errors import ConfigurationError
+from .homeserver import HomeserverClient
 from .kube import KubeApi, KubeConnection, KubeEvents, kube_http_client
 from .mail.invitation import SmtpInvitationMailer
 from .mail.render import MailRenderer, validate_registration_url_template
 from .mail.send import Mailer
 from .mail.throttle import MailThrottle
 from .metrics import OperatorMetrics
+from .onboarding import (
+    ActingSessions,
+    AdminTokenSessions,
+    Observer,
+    Onboarding,
+    PersonalSessions,
+)
 from .reconcile import Dependencies, InvitationMailer
 from .settings import Settings
 from .sign_up import SignUpFacts, SiteWatch
@@ -43,11 +52,12 @@ class Clients:
 
     mas: httpx.AsyncClient
     kube: httpx.AsyncClient
+    homeserver: httpx.AsyncClient | None = None
 
 
-def mas_http_client(settings: Settings) -> httpx.AsyncClient:
+def mas_http_client(settings: Settings, *, ca_bundle: Path | None = None) -> httpx.AsyncClient:
     verify: ssl.SSLContext | bool = True
-    ca_bundle = settings.backend_ca_bundle()
+    ca_bundle = ca_bundle or settings.backend_ca_bundle()
     if ca_bundle is not None:
         verify = ssl.create_default_context(cafile=str(ca_bundle))
     timeout = settings.http_timeout_seconds
@@ -64,9 +74,16 @@ def mas_http_client(settings: Settings) -> httpx.AsyncClient:
 
 
 def build_mas_backend(
-    settings: Settings, http: httpx.AsyncClient, *, on_request: RequestObserver | None = None
+    settings: Settings,
+    http: httpx.AsyncClient,
+    *,
+    on_request: RequestObserver | None = None,
+    server_name: Callable[[], str] | None = None,
 ) -> MasTokenBackend:
-    return MasTokenBackend(mas_admin_client(settings, http, on_request=on_request))
+    client = mas_admin_client(settings, http, on_request=on_request)
+    if server_name is None:
+        return MasTokenBackend(client)
+    return MasTokenBackend(client, server_name=server_name)
 
 
 def mas_admin_client(
@@ -146,12 +163,20 @@ async def build_dependencies(
         metrics.observe_sign_up(lambda: site.facts if site.read_once else None)
     backend: TokenBackend
     try:
-        backend = build_backend(settings, mas_http, on_request=observer)
+        backend = build_backend(
+            settings, mas_http, on_request=observer, server_name=site.server_name
+        )
     except ConfigurationError as problem:
         logger.error("the token backend is misconfigured, nothing will be issued: %s", problem)
         backend = UnconfiguredBackend(problem)
     kube_http = kube_http_client(kube or KubeConnection.discover())
     kube_api = KubeApi(kube_http)
+    homeserver_http = None
+    homeserver_url = settings.homeserver_client_url()
+    if homeserver_url is not None:
+        homeserver_http = mas_http_client(
+            settings, ca_bundle=settings.synapse_ca_bundle or settings.mas_ca_bundle
+        )
     deps = Dependencies(
         settings=settings,
         backend=backend,
@@ -159,9 +184,42 @@ async def build_dependencies(
         mailer=mailer,
         events=KubeEvents(kube_api),
         site=site,
+        onboarding=build_onboarding(
+            settings,
+            backend,
+            homeserver_http,
+            server_name=site.server_name,
+            observe=metrics.record_onboarding if metrics is not None else None,
+        ),
     )
-    deps.resources = Clients(mas=mas_http, kube=kube_http)
+    deps.resources = Clients(mas=mas_http, kube=kube_http, homeserver=homeserver_http)
     return deps
+
+
+def build_onboarding(
+    settings: Settings,
+    backend: TokenBackend,
+    http: httpx.AsyncClient | None,
+    *,
+    server_name: Callable[[], str],
+    observe: Observer | None = None,
+) -> Onboarding:
+    """Account lookups always (through the backend); rooms when the operator can act in Matrix:
+    with Synapse's admin token, or with MAS personal sessions of the onboarding user."""
+    url = settings.homeserver_client_url()
+    homeserver = HomeserverClient(http, url) if http is not None and url is not None else None
+    sessions: ActingSessions | None = None
+    if isinstance(backend, SynapseTokenBackend):
+        sessions = AdminTokenSessions(settings.synapse_admin_token_value)
+    elif isinstance(backend, MasTokenBackend) and settings.onboarding_user is not None:
+        sessions = PersonalSessions(
+            backend.client,
+            settings.onboarding_user,
+            server_name=server_name,
+            lifetime_seconds=settings.onboarding_session_seconds,
+            observe=observe,
+        )
+    return Onboarding(settings, backend, homeserver=homeserver, sessions=sessions, observe=observe)
 
 
 async def close_dependencies(deps: Dependencies) -> None:
@@ -170,3 +228,5 @@ async def close_dependencies(deps: Dependencies) -> None:
     if isinstance(clients, Clients):
         await clients.mas.aclose()
         await clients.kube.aclose()
+        if clients.homeserver is not None:
+            await clients.homeserver.aclose()

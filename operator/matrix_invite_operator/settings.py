@@ -20,6 +20,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigurationError
 
+# A room ID or alias (spec.rooms and the notice room); models.py imports it from here.
+ROOM_PATTERN = r"^(![^\s:]+(:[^\s/]+)?|#[^\s:]+:[^\s/]+)$"
+
 SecretSource = Callable[[], SecretStr]
 """A credential read when it is used: `Settings.mas_client_secret_value` and its siblings."""
 
@@ -94,6 +97,31 @@ class Settings(BaseSettings):
         max_length=100,
         description="The provider's name on MAS's \"Continue with ...\" button, e.g. Authentik; "
         "unset: the name MAS gives its only enabled provider",
+    )
+
+    # --- onboarding: the account a token created, and the rooms it joins ---
+    homeserver_url: AnyHttpUrl | None = Field(
+        None,
+        description="Synapse's client API, for joining accounts to rooms; "
+        "MATRIX_INVITE_SYNAPSE_URL if unset",
+    )
+    onboarding_user: str | None = Field(
+        None,
+        max_length=255,
+        pattern=r"^[a-z0-9._=/+-]+$",
+        description="MAS username whose short personal sessions join accounts to rooms",
+    )
+    onboarding_session_seconds: int = Field(
+        300, ge=30, le=3600, description="Lifetime of one personal session (revoked after use)"
+    )
+    room_membership: Literal["join", "invite"] = Field(
+        "join", description="Join accounts to spec.rooms, or invite them; per Invitation too"
+    )
+    notice_room: str | None = Field(
+        None,
+        max_length=255,
+        pattern=ROOM_PATTERN,
+        description="Room where the onboarding user posts one notice per accepted invitation",
     )
 
     # --- mail ---
@@ -174,6 +202,11 @@ class Settings(BaseSettings):
     liveness_port: int = Field(8080, ge=0, le=65535, description="0 turns the probe endpoint off")
     metrics_port: int = Field(9090, ge=0, le=65535)
 
+    def homeserver_client_url(self) -> str | None:
+        """Where joins and notices go: the homeserver URL, else Synapse's (Synapse backend)."""
+        url = self.homeserver_url or (self.synapse_url if self.backend == "synapse" else None)
+        return str(url) if url is not None else None
+
     @field_validator("default_validity", "max_validity", mode="before")
     @classmethod
     def _parse_duration(cls, value: object) -> object:
@@ -195,7 +228,14 @@ class Settings(BaseSettings):
             raise ValueError("must be a single line")
         return value
 
-    @field_validator("mas_upstream_provider_name", "server_name", "mas_sign_up", mode="before")
+    @field_validator(
+        "mas_upstream_provider_name",
+        "server_name",
+        "mas_sign_up",
+        "onboarding_user",
+        "notice_room",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # An empty variable (a chart value left "") means "not configured", not a blank label.

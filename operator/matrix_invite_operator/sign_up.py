@@ -105,6 +105,10 @@ class SiteWatch:
         self.facts = facts_from(settings)
         self.read_once = False
 
+    def server_name(self) -> str:
+        """The server name as now known (set, or from MAS); raises while it is unknown."""
+        return self.facts.require_server_name()
+
     async def refresh(self) -> SignUpFacts:
         """Read MAS's site-config and providers now; log when what the mail says changes."""
         if self._client is None:

@@ -86,6 +86,12 @@ def _condition(
     )
 
 
+# Other modules' conditions (onboarding's AccountKnown, RoomsJoined) use the same rules.
+make_condition = _condition
+
+CORE_CONDITIONS = ("Ready", "Reconciling", "Stalled")
+
+
 def compute_status(
     previous: InvitationStatus,
     *,
@@ -144,5 +150,6 @@ def compute_status(
             generation,
             now,
         ),
+        *(c for c in previous.conditions if c.type not in CORE_CONDITIONS),
     ]
     return status

@@ -26,6 +26,7 @@ from typing import Any
 from .backends import TokenState
 from .errors import InvalidSpecError, KubeNotFound, OperatorError
 from .models import RESEND_ANNOTATION, InvitationStatus, Phase, rfc3339
+from .onboarding import Notice
 from .reconcile import (
     Dependencies,
     Invitation,
@@ -33,6 +34,7 @@ from .reconcile import (
     announce_phase_change,
     desired_expiry,
     missing_token_state,
+    post_notices,
     repair_drift,
 )
 from .status import compute_status
@@ -187,6 +189,18 @@ async def sync_invitations(
             updated = compute_status(
                 status, spec=invitation.spec, generation=invitation.generation, token=token, now=now
             )
+            notices: list[Notice] = []
+            if deps.onboarding is not None and deps.onboarding.due(invitation.spec, updated, now):
+                async with deps.lock_for(invitation):
+                    updated, notices = await deps.onboarding.apply(
+                        invitation.name,
+                        invitation.spec,
+                        invitation.created,
+                        updated,
+                        token,
+                        invitation.generation,
+                        now,
+                    )
             synced = status.last_synced_at
             stale = (
                 synced is None
@@ -200,6 +214,7 @@ async def sync_invitations(
                 await StatusWriter(deps.kube, invitation).write(updated)
             report.patched += 1
             await announce_phase_change(deps.events, invitation, status.phase, updated)
+            await post_notices(deps.events, invitation, notices)
         except KubeNotFound:
             continue
         except OperatorError as exc:

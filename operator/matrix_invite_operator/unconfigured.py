@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import SecretStr
 
-from .backends import TokenState
+from .backends import AccountLookup, TokenState
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -52,6 +52,11 @@ class UnconfiguredBackend:
         self._fail()
 
     async def unrevoke(self, token_id: str) -> TokenState:
+        self._fail()
+
+    async def find_account(
+        self, email: str, *, used_at: dt.datetime | None, not_before: dt.datetime
+    ) -> AccountLookup:
         self._fail()
 
     async def aclose(self) -> None:

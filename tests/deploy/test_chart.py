@@ -72,8 +72,18 @@ SYNAPSE: dict[str, Any] = {
 MAS_UPSTREAM: dict[str, Any] = {
     "mas": {"signUp": "upstream", "upstreamProviderName": 'Corp <SSO> "Login"'},
 }
+ONBOARDING: dict[str, Any] = {
+    "onboarding": {
+        "homeserverUrl": "http://ess-synapse-main.ess.svc:8008",
+        "user": "invitebot",
+        "sessionSeconds": 120,
+        "roomMembership": "invite",
+        "noticeRoom": "#admins:example.org",
+    },
+}
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
+    "onboarding": ONBOARDING,
     "configured": CONFIGURED,
     "synapse": SYNAPSE,
     "mas-upstream": MAS_UPSTREAM,
@@ -310,8 +320,20 @@ def test_mas_sign_up_and_provider_name_reach_the_operator() -> None:
     assert web["MATRIX_INVITE_ELEMENT_WEB_URL"] == "https://chat.example.org"
 
 
+def test_onboarding_values_reach_the_operator() -> None:
+    env = env_of(render(ONBOARDING))
+    assert env["MATRIX_INVITE_HOMESERVER_URL"] == "http://ess-synapse-main.ess.svc:8008"
+    assert env["MATRIX_INVITE_ONBOARDING_USER"] == "invitebot"
+    assert env["MATRIX_INVITE_ONBOARDING_SESSION_SECONDS"] == "120"
+    assert env["MATRIX_INVITE_ROOM_MEMBERSHIP"] == "invite"
+    assert env["MATRIX_INVITE_NOTICE_ROOM"] == "#admins:example.org"
+    default = env_of(render())
+    assert default["MATRIX_INVITE_ROOM_MEMBERSHIP"] == "join"
+    assert "MATRIX_INVITE_ONBOARDING_USER" not in default  # empty: no personal sessions
+
+
 @pytest.mark.parametrize(
-    "variant", ["default", "configured", "synapse", "mas-upstream", "cluster-wide"]
+    "variant", ["default", "configured", "synapse", "mas-upstream", "cluster-wide", "onboarding"]
 )
 def test_every_variable_the_chart_sets_is_a_setting_the_operator_reads(variant: str) -> None:
     env = env_of(render(VARIANTS[variant]))

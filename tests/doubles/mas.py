@@ -1,4 +1,5 @@
-"""A test double of Matrix Authentication Service: OAuth token endpoint and registration tokens.
+"""A test double of Matrix Authentication Service: OAuth token endpoint and registration tokens
+(users, user emails and personal sessions live in `mas_accounts.py`).
 
 Owns a real HTTP server (aiohttp, in a background thread with its own event loop) that copies
 what MAS 1.22 does for the operator's calls: the client_credentials grant at `/oauth2/token`,
@@ -452,6 +453,10 @@ class MasDouble:
         # What MAS 1.22 answers at /site-config when configured as docs/install-ess.md says.
         self.site_config: JsonObject = dict(GUIDE_SITE_CONFIG)
         self._providers: dict[str, UpstreamProvider] = {}
+        from tests.doubles.mas_accounts import MasAccounts  # it imports this module
+
+        #: Users, user emails and personal sessions (tests/doubles/mas_accounts.py).
+        self.accounts = MasAccounts(self)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -795,6 +800,7 @@ class MasDouble:
         r.add_put(TOKEN_PATH, self._update_token)
         r.add_post(REVOKE_PATH, self._revoke_token)
         r.add_post(UNREVOKE_PATH, self._unrevoke_token)
+        self.accounts.add_routes(r)
         c = CONTROL_PREFIX
         r.add_get(f"{c}/tokens", self._control_tokens)
         r.add_post(f"{c}/tokens", self._control_add_token)

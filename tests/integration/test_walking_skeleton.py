@@ -116,7 +116,16 @@ def test_kubectl_get_shows_the_printer_columns(
     expires = invitations.status("lin")["expiresAt"]
 
     plain = invitations.kubectl("get", "invitations").splitlines()
-    assert plain[0].split() == ["NAME", "EMAIL", "PHASE", "VALID", "USED", "EXPIRES", "AGE"]
+    assert plain[0].split() == [
+        "NAME",
+        "EMAIL",
+        "PHASE",
+        "VALID",
+        "USED",
+        "EXPIRES",
+        "ACCOUNT",  # who accepted: empty until then (docs/onboarding.md)
+        "AGE",
+    ]
     assert plain[1].split()[:6] == ["lin", "lin@example.org", "Sent", "true", "0", expires]
 
     wide = invitations.kubectl("get", "inv", "-o", "wide").splitlines()
@@ -128,10 +137,12 @@ def test_kubectl_get_shows_the_printer_columns(
         "USED",
         "LIMIT",
         "EXPIRES",
+        "ACCOUNT",
         "READY",
         "MESSAGE",
         "AGE",
     ]
+    # The account cell stays blank until the token is used.
     assert wide[1].split()[:8] == [
         "lin",
         "lin@example.org",

@@ -205,6 +205,11 @@ class SynapseServer:
             "rc_registration": _GENEROUS,
             "rc_login": {"address": _GENEROUS, "account": _GENEROUS, "failed_attempts": _GENEROUS},
             "rc_registration_token_validity": _GENEROUS,
+            # Onboarding tests create rooms, invite and join the admin again and again.
+            "rc_invites": {"per_room": _GENEROUS, "per_user": _GENEROUS, "per_issuer": _GENEROUS},
+            "rc_joins": {"local": _GENEROUS, "remote": _GENEROUS},
+            "rc_joins_per_room": _GENEROUS,
+            "rc_message": _GENEROUS,
         }
         # The registration lines docs/synapse.md tells admins to add: what the guide shows is what
         # every Synapse test runs with.
@@ -362,6 +367,95 @@ class SynapseServer:
     def delete_all_tokens(self) -> None:
         for token in self.tokens():
             self.delete_token(token["token"])
+
+    # --- users, rooms and memberships (onboarding tests) --------------------------------------
+
+    def create_user(
+        self, username: str, *, admin: bool = False, password: str | None = None
+    ) -> tuple[str, str]:
+        """A user made by the admin API (no token needed); its Matrix ID and an access token."""
+        user_id = f"@{username}:{self.server_name}"
+        password = password or secrets.token_urlsafe(12)
+        answer = self.admin.put(
+            f"/_synapse/admin/v2/users/{quote(user_id)}",
+            json={"password": password, "admin": admin},
+        )
+        answer.raise_for_status()
+        return user_id, self.login(username, password)
+
+    def bind_email(self, user_id: str, email: str) -> None:
+        """Give an account its address, as a sign-up with email verification would."""
+        answer = self.admin.put(
+            f"/_synapse/admin/v2/users/{quote(user_id)}",
+            json={"threepids": [{"medium": "email", "address": email}]},
+        )
+        answer.raise_for_status()
+
+    def logout(self, token: str) -> None:
+        httpx.post(
+            f"{self.url}/_matrix/client/v3/logout",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+
+    def create_room(
+        self, token: str, *, public: bool = False, space: bool = False, alias: str | None = None
+    ) -> str:
+        body: dict[str, Any] = {"preset": "public_chat" if public else "private_chat"}
+        if space:
+            body["creation_content"] = {"type": "m.space"}
+        if alias is not None:
+            body["room_alias_name"] = alias
+        answer = httpx.post(
+            f"{self.url}/_matrix/client/v3/createRoom",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        answer.raise_for_status()
+        room_id: str = answer.json()["room_id"]
+        return room_id
+
+    def invite_and_join(
+        self, owner_token: str, room_id: str, user_id: str, user_token: str
+    ) -> None:
+        """The owner invites the user, who joins, and gets the power to invite (50)."""
+        headers = {"Authorization": f"Bearer {owner_token}"}
+        base = f"{self.url}/_matrix/client/v3/rooms/{quote(room_id)}"
+        httpx.post(
+            f"{base}/invite", json={"user_id": user_id}, headers=headers, timeout=10
+        ).raise_for_status()
+        joined = httpx.post(
+            f"{base}/join", json={}, headers={"Authorization": f"Bearer {user_token}"}, timeout=10
+        )
+        joined.raise_for_status()
+        levels = httpx.get(f"{base}/state/m.room.power_levels/", headers=headers, timeout=10)
+        levels.raise_for_status()
+        content = levels.json()
+        content.setdefault("users", {})[user_id] = 50
+        httpx.put(
+            f"{base}/state/m.room.power_levels/", json=content, headers=headers, timeout=10
+        ).raise_for_status()
+
+    def messages(self, room_id: str) -> list[str]:
+        """The bodies of the room's messages, oldest first (through the admin API)."""
+        answer = self.admin.get(
+            f"/_synapse/admin/v1/rooms/{quote(room_id)}/messages", params={"dir": "f"}
+        )
+        answer.raise_for_status()
+        return [
+            e["content"]["body"] for e in answer.json()["chunk"] if e["type"] == "m.room.message"
+        ]
+
+    def membership(self, room_id: str, user_id: str) -> str | None:
+        """The user's membership in the room as Synapse holds it (join, invite, leave...)."""
+        answer = self.admin.get(f"/_synapse/admin/v1/rooms/{quote(room_id)}/state")
+        answer.raise_for_status()
+        for event in answer.json()["state"]:
+            if event["type"] == "m.room.member" and event["state_key"] == user_id:
+                membership: str = event["content"]["membership"]
+                return membership
+        return None
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """The token backend interface: what the reconciler needs from a homeserver's token store.
 
-A backend issues, reads, lists, updates, revokes and un-revokes registration tokens. The
+A backend issues, reads, lists, updates, revokes and un-revokes registration tokens, and finds
+the account a used token created (`find_account`: neither store links the two). The
 reconciler only sees `TokenBackend` and `TokenState`; the implementations are MAS
 (`backends.mas`) and Synapse's admin API (`backends.synapse`), and `runtime` picks one. Token
 values travel as `SecretStr` so that no repr or log line shows them.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, SecretStr
@@ -37,6 +39,14 @@ class TokenState(BaseModel):
 
     def expired(self, now: dt.datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
+
+
+@dataclass(frozen=True)
+class AccountLookup:
+    """Who signed up with an address: a Matrix ID, or None with a sentence saying why not."""
+
+    user_id: str | None
+    reason: str
 
 
 class TokenBackend(Protocol):
@@ -73,6 +83,13 @@ class TokenBackend(Protocol):
 
     async def unrevoke(self, token_id: str) -> TokenState:
         """Undo a revocation; not revoked counts as success. Raises TokenNotFound."""
+        ...
+
+    async def find_account(
+        self, email: str, *, used_at: dt.datetime | None, not_before: dt.datetime
+    ) -> AccountLookup:
+        """The account that signed up with `email` around `used_at` (the token's last use)
+        and not before `not_before` (the Invitation's creation): a few requests at most."""
         ...
 
     async def aclose(self) -> None:

@@ -14,18 +14,19 @@ import dataclasses
 import datetime as dt
 import enum
 import json
+import re
 import secrets
 import ssl
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Literal, TypeAlias, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
-from matrix_invite_operator.backends import TokenState
+from matrix_invite_operator.backends import AccountLookup, TokenState
 from matrix_invite_operator.backends.answers import parse_answer
 from matrix_invite_operator.backends.oauth import retry_after_seconds
 from matrix_invite_operator.errors import (
@@ -33,6 +34,7 @@ from matrix_invite_operator.errors import (
     BackendRejected,
     BackendTlsError,
     BackendUnavailable,
+    ConfigurationError,
     OperatorError,
     TokenConflict,
     TokenNotFound,
@@ -43,6 +45,9 @@ ADMIN_API_PREFIX = "/api/admin/v1"
 TOKEN_FILTERS = ("valid", "revoked", "expired", "used")
 ULID_PATTERN = r"^[0123456789ABCDEFGHJKMNPQRSTVWXYZ]{26}$"
 
+# A token's last use and the account's creation differ by about a millisecond (FACTS); seconds
+# leave room for a slow database without matching a sign-up from another day.
+ACCOUNT_MATCH_TOLERANCE = dt.timedelta(seconds=30)
 _SERVER_ERROR_RETRY_AFTER = 15.0
 _UNREACHABLE_RETRY_AFTER = 10.0
 _MAX_ERROR_TEXT = 300
@@ -67,6 +72,11 @@ class Endpoint(enum.StrEnum):
     VERSION = "/version"
     SITE_CONFIG = "/site-config"
     UPSTREAM_PROVIDERS = "/upstream-oauth-providers"
+    USER_EMAILS = "/user-emails"
+    USER = "/users/{id}"
+    USER_BY_NAME = "/users/by-username/{username}"
+    PERSONAL_SESSIONS = "/personal-sessions"
+    PERSONAL_SESSION_REVOKE = "/personal-sessions/{id}/revoke"
 
 
 class RequestOutcome(enum.StrEnum):
@@ -262,6 +272,52 @@ class UpstreamProviderPage(_ListPage):
     data: list[UpstreamProvider] | None = None
 
 
+class UserEmailAttributes(_MasModel):
+    user_id: str = Field(pattern=ULID_PATTERN)
+    email: str
+    created_at: AwareDatetime
+
+
+class UserEmail(_MasModel):
+    id: str
+    attributes: UserEmailAttributes
+
+
+class UserEmailPage(_MasModel):
+    data: list[UserEmail] | None = None
+
+
+class UserAttributes(_MasModel):
+    username: str
+    created_at: AwareDatetime
+    deactivated_at: AwareDatetime | None = None
+
+
+class User(_MasModel):
+    id: str = Field(pattern=ULID_PATTERN)
+    attributes: UserAttributes
+
+
+class UserResponse(_MasModel):
+    data: User
+
+
+class PersonalSessionAttributes(_MasModel):
+    # Only the create answer carries the token; it is never shown again.
+    access_token: SecretStr | None = None
+    expires_at: AwareDatetime | None = None
+    revoked_at: AwareDatetime | None = None
+
+
+class PersonalSession(_MasModel):
+    id: str = Field(pattern=ULID_PATTERN)
+    attributes: PersonalSessionAttributes
+
+
+class PersonalSessionResponse(_MasModel):
+    data: PersonalSession
+
+
 # --- the client ---------------------------------------------------------------------------
 
 
@@ -275,6 +331,8 @@ class _Call:
     params: Mapping[str, str] | None = None
     # The token value sent in the body: scrubbed from any error text MAS echoes back.
     secret: str | None = None
+    # What a 404 means for a call about something other than a token (None: a missing API).
+    missing: str | None = None
 
 
 class MasAdminClient:
@@ -417,6 +475,55 @@ class MasAdminClient:
         )
         return await self._single(call)
 
+    # --- users and personal sessions (onboarding) ---------------------------------------------
+
+    async def user_emails(self, email: str) -> list[UserEmail]:
+        """The address records matching `email` (MAS ignores case; an address has one owner)."""
+        params = {"filter[email]": email, "page[first]": "10", "count": "false"}
+        call = _Call("GET", Endpoint.USER_EMAILS, Endpoint.USER_EMAILS, params=params)
+        return (await self._send(call, UserEmailPage)).data or []
+
+    async def get_user(self, user_id: str) -> User:
+        path = f"/users/{_ulid(user_id)}"
+        call = _Call("GET", Endpoint.USER, path, missing=f"MAS has no user with id {user_id}")
+        return (await self._send(call, UserResponse)).data
+
+    async def user_by_username(self, username: str) -> User:
+        path = f"/users/by-username/{quote(username, safe='')}"
+        call = _Call(
+            "GET", Endpoint.USER_BY_NAME, path, missing=f"MAS has no user named {username!r}"
+        )
+        return (await self._send(call, UserResponse)).data
+
+    async def create_personal_session(
+        self, actor_user_id: str, *, human_name: str, scope: str, expires_in: int
+    ) -> PersonalSession:
+        body = {
+            "actor_user_id": actor_user_id,
+            "human_name": human_name,
+            "scope": scope,
+            "expires_in": expires_in,
+        }
+        call = _Call(
+            "POST",
+            Endpoint.PERSONAL_SESSIONS,
+            Endpoint.PERSONAL_SESSIONS,
+            body=body,
+            missing=f"MAS has no user with id {actor_user_id} to act as",
+        )
+        return (await self._send(call, PersonalSessionResponse)).data
+
+    async def revoke_personal_session(self, session_id: str) -> None:
+        """Revoke; already revoked (409) counts as done."""
+        path = f"/personal-sessions/{_ulid(session_id)}/revoke"
+        call = _Call(
+            "POST", Endpoint.PERSONAL_SESSION_REVOKE, path, missing="personal session is gone"
+        )
+        try:
+            await self._send(call, PersonalSessionResponse)
+        except SessionAlreadyRevoked:
+            return
+
     # --- plumbing -----------------------------------------------------------------------------
 
     async def _single(self, call: _Call) -> RegistrationToken:
@@ -488,6 +595,10 @@ def _raise_for_status(call: _Call, response: httpx.Response) -> None:
     except httpx.HTTPStatusError as exc:
         if status == httpx.codes.NOT_FOUND and call.token_id is not None:
             raise TokenNotFound(f"MAS has no registration token with id {call.token_id}") from exc
+        if status == httpx.codes.NOT_FOUND and call.missing is not None:
+            raise BackendRejected(f"{call.missing} ({reason})") from exc
+        if status == httpx.codes.CONFLICT and call.endpoint is Endpoint.PERSONAL_SESSION_REVOKE:
+            raise SessionAlreadyRevoked(reason) from exc
         if status == httpx.codes.NOT_FOUND:
             # Not a missing token but a missing API: wrong URL, or no adminapi resource there.
             raise BackendRejected(
@@ -544,6 +655,21 @@ def rfc3339(when: dt.datetime) -> str:
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError("MAS timestamps must be timezone-aware")
     return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+class SessionAlreadyRevoked(BackendRejected):
+    """409 to revoking a personal session: it is revoked already."""
+
+
+def _same_address(record: UserEmail, email: str) -> bool:
+    # MAS matches the filter ignoring case; so do we, and nothing looser.
+    return record.attributes.email.casefold() == email.casefold()
+
+
+def _ulid(value: str) -> str:
+    if not re.fullmatch(ULID_PATTERN, value):
+        raise BackendRejected(f"{value!r} is not a MAS id (expected a ULID)")
+    return value
 
 
 def _token_path(token_id: str) -> str:
@@ -610,9 +736,28 @@ class MasTokenBackend:
 
     name = "MAS"
 
-    def __init__(self, client: MasAdminClient, *, page_size: int = 100) -> None:
+    def __init__(
+        self,
+        client: MasAdminClient,
+        *,
+        page_size: int = 100,
+        server_name: Callable[[], str] | None = None,
+        match_tolerance: dt.timedelta = ACCOUNT_MATCH_TOLERANCE,
+    ) -> None:
         self._client = client
         self._page_size = page_size
+        self._server_name = server_name
+        self._tolerance = match_tolerance
+
+    @property
+    def client(self) -> MasAdminClient:
+        return self._client
+
+    def _require_server_name(self) -> str:
+        # Matrix IDs need it; it may come from MAS's site-config, read after startup.
+        if self._server_name is None:
+            raise ConfigurationError("the MAS backend was built without a server name")
+        return self._server_name()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._client!r})"
@@ -688,6 +833,29 @@ class MasTokenBackend:
             if not current.revoked:
                 return current
             raise
+
+    async def find_account(
+        self, email: str, *, used_at: dt.datetime | None, not_before: dt.datetime
+    ) -> AccountLookup:
+        """MAS does not say which account a token created: the account holding the invited
+        address whose creation is within seconds of the token's last use (FACTS, "Who used a
+        token"). One request for the address, one per owner (an address has at most one)."""
+        records = [r for r in await self._client.user_emails(email) if _same_address(r, email)]
+        if not records:
+            return AccountLookup(None, f"no account in MAS holds the address {email}")
+        for record in records:
+            user = await self._client.get_user(record.attributes.user_id)
+            user_id = f"@{user.attributes.username}:{self._require_server_name()}"
+            created = user.attributes.created_at
+            if used_at is not None and abs(created - used_at) <= self._tolerance:
+                return AccountLookup(user_id, f"{user_id} signed up with {email}")
+            if used_at is None and created >= not_before:
+                return AccountLookup(user_id, f"{user_id} signed up with {email}")
+        return AccountLookup(
+            None,
+            f"{email} belongs to {user_id}, created at {rfc3339(created)}, not when the token "
+            f"was used ({rfc3339(used_at) if used_at else 'unknown'}): someone else signed up",
+        )
 
     async def aclose(self) -> None:
         """Nothing to release: the HTTP client belongs to the caller."""

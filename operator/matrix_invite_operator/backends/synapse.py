@@ -40,7 +40,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from matrix_invite_operator.backends import TokenState
+from matrix_invite_operator.backends import AccountLookup, TokenState
 from matrix_invite_operator.backends.answers import parse_answer
 from matrix_invite_operator.backends.oauth import retry_after_seconds
 from matrix_invite_operator.errors import (
@@ -53,9 +53,12 @@ from matrix_invite_operator.errors import (
 from matrix_invite_operator.settings import SecretSource, current_secret
 
 TOKENS_PATH = "/_synapse/admin/v1/registration_tokens"
+THREEPID_USER_PATH = "/_synapse/admin/v1/threepid/email/users/"
+USER_PATH = "/_synapse/admin/v2/users/"
 TOKEN_ID_PREFIX = "syn-"  # noqa: S105 - a prefix, not a credential
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
 
+ACCOUNT_MATCH_TOLERANCE = dt.timedelta(seconds=30)
 _SERVER_ERROR_RETRY_AFTER = 15.0
 _UNREACHABLE_RETRY_AFTER = 10.0
 _MAX_ERROR_TEXT = 300
@@ -128,6 +131,17 @@ class RegistrationTokenList(_SynapseModel):
     registration_tokens: list[RegistrationToken]
 
 
+class ThreepidUser(_SynapseModel):
+    user_id: str
+
+
+class UserAccount(_SynapseModel):
+    name: str
+    # In seconds since the epoch (unlike the token's expiry_time, in milliseconds).
+    creation_ts: int | None = None
+    deactivated: bool = False
+
+
 # --- the client -----------------------------------------------------------------------------
 
 
@@ -139,6 +153,7 @@ class _Call:
     body: Mapping[str, Any] | None = None
     params: Mapping[str, str] | None = None
     secret: str | None = None  # the token this call is about: scrubbed from error texts
+    absolute: bool = False  # `path` is below the server's root, not below TOKENS_PATH
 
 
 class SynapseAdminClient:
@@ -150,7 +165,8 @@ class SynapseAdminClient:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"Synapse base URL must be http(s)://..., got {base_url!r}")
         self._http = http
-        self._api = base_url.rstrip("/") + TOKENS_PATH
+        self._root = base_url.rstrip("/")
+        self._api = self._root + TOKENS_PATH
         self._admin_token = admin_token
         # Requests by "METHOD endpoint template": lets tests and benchmarks count round trips.
         self.requests: Counter[str] = Counter()
@@ -181,16 +197,30 @@ class SynapseAdminClient:
     async def delete_token(self, token: SecretStr) -> None:
         await self._send(_one("DELETE", token))
 
+    async def user_with_email(self, email: str) -> str | None:
+        """The user holding this email address (Synapse's threepid lookup), or None."""
+        # Synapse stores addresses in canonical form: lower case.
+        path = THREEPID_USER_PATH + quote(email.lower(), safe="")
+        call = _Call("GET", THREEPID_USER_PATH + "{address}", path, absolute=True)
+        try:
+            return _parse(ThreepidUser, *await self._send(call)).user_id
+        except TokenNotFound:
+            return None
+
+    async def user(self, user_id: str) -> UserAccount:
+        call = _Call("GET", USER_PATH + "{user_id}", USER_PATH + quote(user_id), absolute=True)
+        return _parse(UserAccount, *await self._send(call))
+
     async def _send(self, call: _Call) -> tuple[httpx.Response, str]:
         """The successful response and the request as words for messages; else our error."""
         self.requests[f"{call.method} {call.endpoint or '/'}"] += 1
-        what = f"{call.method} {TOKENS_PATH}{call.endpoint}"
+        what = f"{call.method} {'' if call.absolute else TOKENS_PATH}{call.endpoint}"
         # Read per request: a rotated Secret takes effect without a restart.
         admin_token = current_secret(self._admin_token).get_secret_value()
         try:
             response = await self._http.request(
                 call.method,
-                self._api + call.path,
+                (self._root if call.absolute else self._api) + call.path,
                 params=call.params,
                 json=call.body,
                 headers={
@@ -232,6 +262,8 @@ def _raise_for_status(call: _Call, what: str, response: httpx.Response) -> None:
     errcode, reason = _error_of(response, call.secret)
     if status == 404 and errcode == "M_NOT_FOUND" and call.secret is not None:
         raise TokenNotFound("Synapse holds no such registration token")
+    if status == 404 and errcode == "M_NOT_FOUND" and call.absolute:
+        raise TokenNotFound(f"Synapse knows no such {call.endpoint.rsplit('{', 1)[-1][:-1]}")
     if status == 404:
         raise BackendRejected(
             f"Synapse answered {what} with 404 ({errcode or 'no errcode'}): check "
@@ -437,6 +469,26 @@ class SynapseTokenBackend:
             )
         expires_at = from_millis(known.expiry_time) if known.expiry_time is not None else None
         return await self.issue(known.token, usage_limit=known.uses_allowed, expires_at=expires_at)
+
+    async def find_account(
+        self, email: str, *, used_at: dt.datetime | None, not_before: dt.datetime
+    ) -> AccountLookup:
+        """Synapse's threepid lookup names the owner of the address; Synapse keeps no time of a
+        token's use, so the account must merely be younger than the Invitation."""
+        user_id = await self._client.user_with_email(email)
+        if user_id is None:
+            return AccountLookup(None, f"no Synapse account has the address {email}")
+        account = await self._client.user(user_id)
+        created = (
+            from_millis(account.creation_ts * 1000) if account.creation_ts is not None else None
+        )
+        if created is not None and created < not_before - ACCOUNT_MATCH_TOLERANCE:
+            return AccountLookup(
+                None,
+                f"{email} belongs to {user_id}, created at {created.isoformat()}, before the "
+                "invitation: someone else signed up",
+            )
+        return AccountLookup(user_id, f"{user_id} has the address {email}")
 
     async def aclose(self) -> None:
         """Nothing to release: the HTTP client belongs to the caller."""
