@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from .errors import MailThrottled, PermanentError, TransientError
+from .errors import MailThrottled, OperatorError, PermanentError, TransientError
 from .mail.throttle import WAITING_FOR_SLOT
 from .metrics import OperatorMetrics
 from .models import GROUP, PLURAL, RESEND_ANNOTATION, VERSION, Phase
@@ -179,6 +179,11 @@ async def _run(body: kopf.Body, memo: kopf.Memo, retry: int) -> None:
     except TransientError as exc:
         _count_error(memo, exc)
         raise kopf.TemporaryError(str(exc), delay=_retry_delay(config, retry, exc)) from exc
+    except OperatorError as exc:
+        # Every error of ours has a class (errors.py); should one ever lack it, it is retried
+        # slowly, as an environment error, rather than left to Kopf's default handling.
+        _count_error(memo, exc)
+        raise kopf.TemporaryError(str(exc), delay=config.retry_max_seconds) from exc
     except Exception as exc:
         _count_error(memo, exc)
         raise

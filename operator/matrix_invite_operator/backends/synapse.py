@@ -41,10 +41,11 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from matrix_invite_operator.backends import TokenState
-from matrix_invite_operator.backends.answers import parse_answer
+from matrix_invite_operator.backends.answers import is_web_page, parse_answer
 from matrix_invite_operator.backends.oauth import retry_after_seconds
 from matrix_invite_operator.errors import (
     BackendAuthError,
+    BackendMisdirected,
     BackendRejected,
     BackendTlsError,
     BackendUnavailable,
@@ -233,7 +234,7 @@ def _raise_for_status(call: _Call, what: str, response: httpx.Response) -> None:
     if status == 404 and errcode == "M_NOT_FOUND" and call.secret is not None:
         raise TokenNotFound("Synapse holds no such registration token")
     if status == 404:
-        raise BackendRejected(
+        raise BackendMisdirected(
             f"Synapse answered {what} with 404 ({errcode or 'no errcode'}): check "
             "MATRIX_INVITE_SYNAPSE_URL and that the listener it points at serves the client "
             "resource (the admin API lives there)"
@@ -248,6 +249,11 @@ def _raise_for_status(call: _Call, what: str, response: httpx.Response) -> None:
         raise BackendUnavailable(
             f"Synapse answered {what} with {status}: {reason}",
             retry_after=retry_after_seconds(response, _SERVER_ERROR_RETRY_AFTER),
+        )
+    if is_web_page(response):
+        raise BackendMisdirected(
+            f"Synapse answered {what} with {status} and a web page, not the admin API's JSON: "
+            "check MATRIX_INVITE_SYNAPSE_URL (host and port)"
         )
     raise BackendRejected(f"Synapse rejected {what} with {status} {errcode}: {reason}")
 
