@@ -500,7 +500,7 @@ def _parse(model: type[_Model], response: httpx.Response, call: _Call) -> _Model
         response,
         backend="MAS",
         what=f"{call.method} {call.endpoint}",
-        hint="does the MAS URL point at MAS?",
+        hint="does MATRIX_INVITE_MAS_URL (host and port) point at MAS's Admin API?",
     )
 
 

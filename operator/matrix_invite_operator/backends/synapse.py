@@ -29,6 +29,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import logging
 import re
 import ssl
 import time
@@ -62,6 +63,23 @@ _UNREACHABLE_RETRY_AFTER = 10.0
 _MAX_ERROR_TEXT = 300
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MILLISECOND = dt.timedelta(milliseconds=1)
+
+
+class TokenPathRedaction(logging.Filter):
+    """Blanks the token in `.../registration_tokens/<token>` in any log line.
+
+    Synapse's admin API takes the token in the URL path, and httpx logs every request's URL at
+    INFO (on with `--verbose`). Installed on the log handlers, it covers every logger.
+    """
+
+    _PATH = re.compile(r"(registration_tokens/)[^/?#\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self._PATH.sub(r"\1<redacted>", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
 
 
 def token_id_for(token: SecretStr) -> str:
