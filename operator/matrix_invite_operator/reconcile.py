@@ -333,7 +333,9 @@ async def _reconcile_locked(deps: Dependencies, invitation: Invitation) -> Invit
 def clock_disagrees(invitation: Invitation, state: TokenState, now: dt.datetime) -> bool:
     """The backend calls the token invalid, though by our clock it has not expired and it is
     neither revoked nor used up: the backend's clock runs ahead of ours."""
-    used_up = state.usage_limit is not None and state.times_used >= state.usage_limit
+    # Synapse counts sign-ups in progress (`pending`) against the limit too.
+    uses = state.times_used + (state.pending or 0)
+    used_up = state.usage_limit is not None and uses >= state.usage_limit
     return (
         not state.valid
         and not state.revoked

@@ -27,6 +27,7 @@ from matrix_invite_operator.mail import (
     MailContext,
     Mailer,
     MailRenderer,
+    RenderedMail,
     TlsMode,
 )
 from pydantic import SecretStr
@@ -369,8 +370,9 @@ def header_names(raw: bytes) -> list[str]:
     return names
 
 
-def hostile_mail(m: Mailer, display_name: str) -> EmailMessage:
-    rendered = MailRenderer().render(
+def rendered_for(display_name: str | None) -> RenderedMail:
+    """The English mail, with `display_name` as the invitee and as the inviter."""
+    return MailRenderer().render(
         MailContext(
             email="joerg@example.org",
             display_name=display_name,
@@ -378,14 +380,20 @@ def hostile_mail(m: Mailer, display_name: str) -> EmailMessage:
             registration_url="https://auth.example.org/register",
             expires_at=dt.datetime(2026, 12, 4, 18, 0, tzinfo=dt.UTC),
             usage_limit=1,
-            inviter=display_name,
+            inviter=display_name or "Änne",
             server_name="example.org",
             locale="en",
             timezone="Europe/Berlin",
         )
     )
+
+
+def hostile_mail(m: Mailer, display_name: str) -> EmailMessage:
     return m.build_message(
-        rendered, to_email="joerg@example.org", to_name=display_name, message_id_seed="uid:tok"
+        rendered_for(display_name),
+        to_email="joerg@example.org",
+        to_name=display_name,
+        message_id_seed="uid:tok",
     )
 
 
@@ -434,19 +442,7 @@ async def test_a_subject_that_decodes_to_a_line_break_is_refused(
     starttls_auth: SmtpDouble,
 ) -> None:
     m = mailer(starttls_auth)
-    rendered = MailRenderer().render(
-        MailContext(
-            email="joerg@example.org",
-            token=SecretStr(TOKEN),
-            registration_url="https://auth.example.org/register",
-            expires_at=dt.datetime(2026, 12, 4, 18, 0, tzinfo=dt.UTC),
-            usage_limit=1,
-            inviter="Änne",
-            server_name="example.org",
-            locale="en",
-            timezone="Europe/Berlin",
-        )
-    )
+    rendered = rendered_for(None)
     injected = dataclasses.replace(rendered, subject=HOSTILE_NAMES["encoded-crlf-bcc"])
     with pytest.raises(ConfigurationError, match="subject"):
         m.build_message(injected, to_email="joerg@example.org", to_name=None, message_id_seed="s")

@@ -65,10 +65,11 @@ def test_invalid_by_the_backend_but_not_by_our_clock_is_disagreement() -> None:
     [
         token(valid=False, revoked_at=NOW),
         token(valid=False, times_used=1),
+        token(valid=False, pending=1),
         token(valid=False, expires_at=NOW - dt.timedelta(seconds=1)),
         token(valid=True),
     ],
-    ids=["revoked", "used-up", "expired-by-our-clock too", "valid"],
+    ids=["revoked", "used-up", "pending-sign-up", "expired-by-our-clock too", "valid"],
 )
 def test_a_token_invalid_for_a_reason_is_no_disagreement(state: TokenState) -> None:
     assert not clock_disagrees(invitation(), state, NOW)
