@@ -19,7 +19,7 @@ from .errors import MailThrottled, OperatorError, PermanentError, TransientError
 from .mail.throttle import WAITING_FOR_SLOT
 from .metrics import OperatorMetrics
 from .models import GROUP, PLURAL, RESEND_ANNOTATION, VERSION, Phase
-from .reconcile import Dependencies, Invitation, finalize, reconcile
+from .reconcile import Dependencies, Invitation, awaits_clock_agreement, finalize, reconcile
 from .runtime import build_dependencies, close_dependencies
 from .settings import Settings
 from .sync import StatusSync, WatchedInvitation
@@ -199,13 +199,20 @@ async def invitation_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: 
 async def invitation_resumed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
     status = body.get("status") or {}
     # After a restart, settled Invitations need no MAS write and no mail; the sync pass
-    # still compares each with MAS on its first round.
-    if (
-        status.get("observedGeneration") == body["metadata"].get("generation")
-        and status.get("phase") in SETTLED_PHASES
+    # still compares each with MAS on its first round. It also owns those waiting for the
+    # backend's clock: a resume racing it could mail twice.
+    if status.get("observedGeneration") == body["metadata"].get("generation") and (
+        status.get("phase") in SETTLED_PHASES or _waits_for_clocks(body)
     ):
         return
     await _run(body, memo, retry)
+
+
+def _waits_for_clocks(body: kopf.Body) -> bool:
+    try:
+        return awaits_clock_agreement(Invitation.from_body(dict(body)).status)
+    except OperatorError:
+        return False  # an invalid spec: reconcile says so
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="revoke")

@@ -314,6 +314,12 @@ async def _reconcile_locked(deps: Dependencies, invitation: Invitation) -> Invit
         token_state = await _converge(deps, invitation, writer, token_state, expiry)
         _check_clocks(invitation, token_state, deps.clock(), deps.backend.name)
         mailed = await _mail_if_due(deps, invitation, writer, token, token_state)
+    except BackendClockAhead as exc:
+        # Not handed to Kopf for a retry: the sync pass sees when the backend agrees and mails
+        # then (`awaits_mail`), so no retry races it for the one mail.
+        return await _finish(
+            deps, invitation, writer, token_state, reconciling=_problem(exc, deps.backend.name)
+        )
     except PermanentError as exc:
         problem = _problem(exc, deps.backend.name)
         await _finish(deps, invitation, writer, token_state, stalled=problem)
@@ -345,21 +351,26 @@ def clock_disagrees(invitation: Invitation, state: TokenState, now: dt.datetime)
     )
 
 
-def awaits_mail(invitation: Invitation, state: TokenState) -> bool:
-    """A valid token not yet mailed to the current address, with no handler retrying the mail.
+def awaits_clock_agreement(status: InvitationStatus) -> bool:
+    """The last reconcile stopped because the backend's clock ran ahead: the sync pass owns it."""
+    ready = status.condition("Ready")
+    return ready is not None and ready.status == "False" and ready.reason.endswith(CLOCK_AHEAD)
 
-    A handler that met a token the backend called invalid (clocks disagreeing) ends without
-    mailing; when the backend agrees later, only the sync pass sees it, and hands it here.
+
+def awaits_mail(invitation: Invitation, state: TokenState) -> bool:
+    """A token the backend calls valid now, whose mail waited for the clocks to agree.
+
+    A reconcile that met a token the backend called invalid (its clock ahead) ends without
+    mailing and without a retry; only the sync pass sees when the backend agrees, and hands the
+    Invitation back to reconcile. Other unmailed states belong to a handler's retry (mail
+    deferred, waiting for a slot), which the sync pass must not race for the one mail.
     """
     status = invitation.status
     if not state.valid or invitation.spec.revoked:
         return False
     if status.mailed_token_id == state.id and status.mail_recipient == invitation.spec.email:
         return False
-    ready = status.condition("Ready")
-    reason = ready.reason if ready is not None else Phase.PENDING.value
-    # Any other reason is a handler's retry in progress (mail deferred, waiting for a slot).
-    return reason == Phase.PENDING.value or reason.endswith(CLOCK_AHEAD)
+    return awaits_clock_agreement(status)
 
 
 def _check_clocks(
