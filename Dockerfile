@@ -1,7 +1,9 @@
 # The operator image: `docker build -t matrix-invite-operator .`
 # It cannot be built in this project's CI (no Docker there); `make e2e-kind` builds and runs it
 # where Docker is available, and .github/workflows/release.yml publishes it on tags.
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# A patch level with CVE-2024-6923 fixed (3.11.10+): the mailer refuses header values that decode
+# to a line break on any Python (mail/send.py), and the image does not rely on that alone.
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,8 +29,9 @@ def free_port() -> int:
 class OperatorProcess:
     """One operator process with its own log file and liveness port on 127.0.0.1."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(self, env: Mapping[str, str], log_path: Path, args: Sequence[str] = ()) -> None:
         self.liveness_port = free_port()
+        self.args = tuple(args)  # after `run`, e.g. "--verbose"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("MATRIX_INVITE_")},
             "MATRIX_INVITE_BIND_ADDRESS": "127.0.0.1",
@@ -50,7 +51,7 @@ class OperatorProcess:
     def start(self, *, wait_healthy: float = 30.0) -> OperatorProcess:
         log = self.log_path.open("ab")
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "matrix_invite_operator", "run"],
+            [sys.executable, "-m", "matrix_invite_operator", "run", *self.args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     from . import handlers  # noqa: F401  (registers the Kopf handlers)
+    from .backends.synapse import TokenPathRedaction
 
     # Settings that cannot even be parsed stop here. Missing credentials or unusable mail
     # settings do not: the operator runs, and every Invitation says what to fix (Stalled),
@@ -50,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     # One line per HTTP request or probe would bury the lines that matter.
     for chatty in ("httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    # Whatever is logged, at any level: Synapse's admin API has the token in the URL path.
+    redaction = TokenPathRedaction()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redaction)
     liveness = (
         f"http://{settings.bind_address}:{settings.liveness_port}/healthz"
         if settings.liveness_port

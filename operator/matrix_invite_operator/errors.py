@@ -1,9 +1,13 @@
 """The operator's error tree.
 
-Every error we raise says whether waiting can help (`TransientError`) or only a change of the
-spec or configuration can (`PermanentError`); the Kopf layer maps exactly these two onto
-`kopf.TemporaryError` and `kopf.PermanentError`. Messages are written for an admin reading
-`kubectl describe` and must never contain a token value or a credential.
+Every error we raise has one of three classes: waiting helps (`TransientError`: retried with
+backoff, `Reconciling`), only a change of the Invitation helps (`PermanentError` with
+`needs_spec_change`: `Stalled`, waits for the next edit), or the operator's environment must be
+fixed and heals by itself once it is (`PermanentError` without it: `Stalled`, retried slowly).
+The Kopf layer maps exactly these onto `kopf.TemporaryError` and `kopf.PermanentError`; the
+base classes below (`BackendError`, `MailError`, `KubeError`) are never raised themselves.
+Messages are written for an admin reading `kubectl describe` and must never contain a token
+value or a credential.
 """
 
 from __future__ import annotations
@@ -69,12 +73,33 @@ class BackendRejected(BackendError, PermanentError):
     """The backend refused the request itself (400, 422, an unparseable answer to a valid call)."""
 
 
-class TokenNotFound(BackendError):
-    """The token id is unknown to the backend (404): the caller decides whether that is drift."""
+class BackendMisdirected(BackendError, PermanentError):
+    """Something answers at the backend's URL, but not its admin API: a 404 for the API itself
+    (wrong URL or port, or a listener without the admin resource) or a page that is not JSON
+    (HTML from a web server or proxy). Fixing the URL or the listener heals it."""
+
+    needs_spec_change = False
 
 
-class TokenConflict(BackendError):
-    """A token with this value already exists (409): the caller looks it up instead."""
+class BackendClockAhead(BackendError, TransientError):
+    """The backend calls a token invalid that by our clock is neither expired, revoked nor used
+    up: its clock runs ahead of ours. Heals when the clocks agree."""
+
+
+class TokenNotFound(BackendError, TransientError):
+    """The token id is unknown to the backend (404). Callers decide whether that is drift; when
+    it escapes, the token vanished between two calls, and the next attempt reads afresh."""
+
+    def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+class TokenConflict(BackendError, TransientError):
+    """A token with this value already exists (409). Callers look it up instead; when it escapes,
+    the next attempt finds it."""
+
+    def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
+        super().__init__(message, retry_after=retry_after)
 
 
 # --- mail -----------------------------------------------------------------------------------
@@ -120,8 +145,26 @@ class KubeForbidden(KubeError, PermanentError):
     needs_spec_change = False
 
 
-class KubeNotFound(KubeError):
-    """The object is gone (for example deleted while we worked on it)."""
+class KubeNotFound(KubeError, TransientError):
+    """The object is gone (for example deleted while we worked on it): the next attempt starts
+    from what exists then."""
+
+    def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+class KubeConflict(KubeError, TransientError):
+    """Someone else changed the object between our read and our write: try again."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+class KubeRejected(KubeError, PermanentError):
+    """The API server refused the request itself (400, 401, 422, an admission policy...): the
+    cluster's setup must change, and the operator retries slowly until it has."""
+
+    needs_spec_change = False
 
 
 class SecretConflict(PermanentError):

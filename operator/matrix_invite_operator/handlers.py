@@ -20,7 +20,7 @@ from .errors import MailThrottled, OperatorError, PermanentError, TransientError
 from .mail.throttle import WAITING_FOR_SLOT
 from .metrics import OperatorMetrics
 from .models import GROUP, PLURAL, RESEND_ANNOTATION, VERSION, Phase
-from .reconcile import Dependencies, Invitation, finalize, reconcile
+from .reconcile import Dependencies, Invitation, awaits_clock_agreement, finalize, reconcile
 from .runtime import build_dependencies, close_dependencies
 from .settings import Settings
 from .sync import StatusSync, WatchedInvitation
@@ -189,6 +189,11 @@ async def _run(body: kopf.Body, memo: kopf.Memo, retry: int) -> None:
     except TransientError as exc:
         _count_error(memo, exc)
         raise kopf.TemporaryError(str(exc), delay=_retry_delay(config, retry, exc)) from exc
+    except OperatorError as exc:
+        # Every error of ours has a class (errors.py); should one ever lack it, it is retried
+        # slowly, as an environment error, rather than left to Kopf's default handling.
+        _count_error(memo, exc)
+        raise kopf.TemporaryError(str(exc), delay=config.retry_max_seconds) from exc
     except Exception as exc:
         _count_error(memo, exc)
         raise
@@ -204,13 +209,20 @@ async def invitation_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: 
 async def invitation_resumed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
     status = body.get("status") or {}
     # After a restart, settled Invitations need no MAS write and no mail; the sync pass
-    # still compares each with MAS on its first round.
-    if (
-        status.get("observedGeneration") == body["metadata"].get("generation")
-        and status.get("phase") in SETTLED_PHASES
+    # still compares each with MAS on its first round. It also owns those waiting for the
+    # backend's clock: a resume racing it could mail twice.
+    if status.get("observedGeneration") == body["metadata"].get("generation") and (
+        status.get("phase") in SETTLED_PHASES or _waits_for_clocks(body)
     ):
         return
     await _run(body, memo, retry)
+
+
+def _waits_for_clocks(body: kopf.Body) -> bool:
+    try:
+        return awaits_clock_agreement(Invitation.from_body(dict(body)).status)
+    except OperatorError:
+        return False  # an invalid spec: reconcile says so
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="revoke")

@@ -25,7 +25,16 @@ import httpx
 import yaml
 from pydantic import SecretStr
 
-from .errors import KubeError, KubeForbidden, KubeNotFound, KubeUnavailable, SecretConflict
+from .errors import (
+    ConfigurationError,
+    KubeConflict,
+    KubeError,
+    KubeForbidden,
+    KubeNotFound,
+    KubeRejected,
+    KubeUnavailable,
+    SecretConflict,
+)
 from .models import GROUP, PLURAL, VERSION
 
 logger = logging.getLogger(__name__)
@@ -72,7 +81,7 @@ class KubeConnection:
         clusters = {c["name"]: c.get("cluster", {}) for c in config.get("clusters", [])}
         users = {u["name"]: u.get("user", {}) for u in config.get("users", [])}
         if context_name not in contexts:
-            raise KubeError(f"kubeconfig {path} has no current context")
+            raise ConfigurationError(f"kubeconfig {path} has no current context")
         cluster = clusters[contexts[context_name]["cluster"]]
         user = users.get(contexts[context_name].get("user"), {})
         base = path.parent
@@ -182,7 +191,7 @@ class KubeApi:
                 retry_after=float(response.headers.get("Retry-After", 5)),
             )
         if response.status_code >= 400:
-            raise KubeError(
+            raise KubeRejected(
                 f"Kubernetes API answered {response.status_code} to {method} {path}: "
                 f"{_status_message(response)}"
             )
@@ -339,8 +348,11 @@ class EventTarget(Protocol):
     def reference(self) -> dict[str, Any]: ...
 
 
-class _AlreadyExists(KubeError):
-    pass
+class _AlreadyExists(KubeConflict):
+    """409: on a create, the object exists; on a conditioned write, it changed meanwhile."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path}: changed or created by someone else meanwhile; retrying")
 
 
 def _b64(token: SecretStr) -> str:

@@ -25,6 +25,10 @@ RESEND_ANNOTATION = f"{GROUP}/resend"
 # jörg@example.org exist); what SMTP cannot carry fails at send time with the relay's reply.
 EMAIL_PATTERN = r'^[^\s@<>()\[\]\\,;:"]{1,64}@[^\s@<>()\[\]\\,;:"]+\.[^\s@<>()\[\]\\,;:"]+$'
 SINGLE_LINE_PATTERN = r"^[^\r\n]*$"
+# A display name goes into the To header: no control characters, and no "=?" that could open an
+# RFC 2047 encoded word (one decoding to a line break could add a header; the mailer refuses
+# those too, but this rejects them at `kubectl apply`). RE2 has no lookahead, hence the loops.
+DISPLAY_NAME_PATTERN = r"^(?:[^\x00-\x1f\x7f=]|=+[^\x00-\x1f\x7f=?])*=*$"
 GO_DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
 # A Matrix user ID (@localpart:server) and a room ID or alias. Room IDs of room version 12 carry
 # no server name (`!opaque`); aliases always do (`#name:server`). Spaces are rooms.
@@ -47,7 +51,7 @@ class InvitationSpec(_CamelModel):
     model_config = ConfigDict(frozen=True)
 
     email: str = Field(max_length=254, pattern=EMAIL_PATTERN)
-    display_name: str | None = Field(None, max_length=256, pattern=SINGLE_LINE_PATTERN)
+    display_name: str | None = Field(None, max_length=256, pattern=DISPLAY_NAME_PATTERN)
     usage_limit: int = Field(1, ge=1, le=100)
     expires_at: dt.datetime | None = None
     valid_for: str | None = Field(None, max_length=32, pattern=GO_DURATION_PATTERN)

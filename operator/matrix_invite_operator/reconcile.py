@@ -28,7 +28,14 @@ from typing import Any, Protocol
 from pydantic import SecretStr, ValidationError
 
 from .backends import TokenBackend, TokenState
-from .errors import InvalidSpecError, KubeNotFound, PermanentError, TransientError
+from .errors import (
+    BackendClockAhead,
+    InvalidSpecError,
+    KubeNotFound,
+    OperatorError,
+    PermanentError,
+    SecretConflict,
+)
 from .kube import KubeApi, secret_name_for
 from .models import (
     GROUP,
@@ -55,6 +62,9 @@ TOKEN_LENGTH = 24
 #: inside the HTTP pools instead, where the wait counts against the request timeout, so a burst
 #: on a busy machine failed with PoolTimeout and backed off for minutes (docs/performance.md).
 CONCURRENT_RECONCILES = 10
+
+#: The end of the Ready reason while the backend's clock runs ahead ("MasClockAhead").
+CLOCK_AHEAD = "ClockAhead"
 
 
 def generate_token() -> SecretStr:
@@ -299,17 +309,30 @@ async def _reconcile_locked(deps: Dependencies, invitation: Invitation) -> Invit
     token_state: TokenState | None = None
     try:
         expiry = check_spec(invitation, deps.settings, deps.clock())
+        if invitation.spec.revoked and writer.status.token_id is None:
+            # Born revoked (or revoked before a token existed): nothing to create in the
+            # backend, no Secret, no mail, until the spec un-revokes it.
+            return await _finish(deps, invitation, writer, None)
         await _rotate_if_readdressed(deps, invitation, writer)
         token = await _ensure_secret(deps, invitation, writer)
         token_state = await _ensure_token(deps, invitation, writer, token, expiry)
         token_state = await _converge(deps, invitation, writer, token_state, expiry)
+        _check_clocks(invitation, token_state, deps.clock(), deps.backend.name)
         mailed = await _mail_if_due(deps, invitation, writer, token, token_state)
         notices = await onboard(deps, invitation, writer, token_state)
+    except BackendClockAhead as exc:
+        # Not handed to Kopf for a retry: the sync pass sees when the backend agrees and mails
+        # then (`awaits_mail`), so no retry races it for the one mail.
+        return await _finish(
+            deps, invitation, writer, token_state, reconciling=_problem(exc, deps.backend.name)
+        )
     except PermanentError as exc:
         problem = _problem(exc, deps.backend.name)
         await _finish(deps, invitation, writer, token_state, stalled=problem)
         raise
-    except TransientError as exc:
+    except OperatorError as exc:
+        # Transient, and (should a new error ever lack a class) the unclassified as well:
+        # waiting is the safe default, and the reason still reaches status.
         problem = _problem(exc, deps.backend.name)
         await _finish(deps, invitation, writer, token_state, reconciling=problem)
         raise
@@ -355,12 +378,68 @@ async def post_notices(events: EventSink, invitation: Invitation, notices: list[
         await post(invitation, notice.reason, notice.message)
 
 
+def clock_disagrees(invitation: Invitation, state: TokenState, now: dt.datetime) -> bool:
+    """The backend calls the token invalid, though by our clock it has not expired and it is
+    neither revoked nor used up: the backend's clock runs ahead of ours."""
+    # Synapse counts sign-ups in progress (`pending`) against the limit too.
+    uses = state.times_used + (state.pending or 0)
+    used_up = state.usage_limit is not None and uses >= state.usage_limit
+    return (
+        not state.valid
+        and not state.revoked
+        and not used_up
+        and not invitation.spec.revoked
+        and not state.expired(now)
+    )
+
+
+def awaits_clock_agreement(status: InvitationStatus) -> bool:
+    """The last reconcile stopped because the backend's clock ran ahead: the sync pass owns it."""
+    ready = status.condition("Ready")
+    return ready is not None and ready.status == "False" and ready.reason.endswith(CLOCK_AHEAD)
+
+
+def awaits_mail(invitation: Invitation, state: TokenState) -> bool:
+    """A token the backend calls valid now, whose mail waited for the clocks to agree.
+
+    A reconcile that met a token the backend called invalid (its clock ahead) ends without
+    mailing and without a retry; only the sync pass sees when the backend agrees, and hands the
+    Invitation back to reconcile. Other unmailed states belong to a handler's retry (mail
+    deferred, waiting for a slot), which the sync pass must not race for the one mail.
+    """
+    status = invitation.status
+    if not state.valid or invitation.spec.revoked:
+        return False
+    if status.mailed_token_id == state.id and status.mail_recipient == invitation.spec.email:
+        return False
+    return awaits_clock_agreement(status)
+
+
+def _check_clocks(
+    invitation: Invitation, state: TokenState, now: dt.datetime, backend: str
+) -> None:
+    if not clock_disagrees(invitation, state, now):
+        return
+    expiry = rfc3339(state.expires_at) or "never"
+    raise BackendClockAhead(
+        f"{backend} calls token {state.id} invalid, though it expires at {expiry} and the "
+        f"operator's clock says {rfc3339(now)}: {backend}'s clock is probably ahead of the "
+        "operator's. Check time synchronisation (NTP) on both; the mail goes out once "
+        f"{backend} calls the token valid",
+        retry_after=60.0,
+    )
+
+
 def _problem(exc: Exception, backend: str = "MAS") -> Problem:
     prefix = backend.capitalize()  # "MAS" → MasUnavailable as ever; "Synapse" → SynapseUnavailable
     reason = {
         "BackendUnavailable": f"{prefix}Unavailable",
         "BackendAuthError": f"{prefix}AuthFailed",
         "BackendRejected": f"{prefix}Rejected",
+        "BackendMisdirected": f"{prefix}ApiNotFound",
+        "BackendClockAhead": f"{prefix}{CLOCK_AHEAD}",
+        "TokenNotFound": "TokenNotFound",
+        "TokenConflict": "TokenConflict",
         "MailTemporaryError": "MailDeferred",
         "MailRejectedError": "MailRejected",
         "MailThrottled": "WaitingForMailSlot",
@@ -368,6 +447,10 @@ def _problem(exc: Exception, backend: str = "MAS") -> Problem:
         "ConfigurationError": "OperatorMisconfigured",
         "KubeForbidden": "Forbidden",
         "KubeUnavailable": "KubernetesUnavailable",
+        "KubeNotFound": "KubernetesObjectGone",
+        "KubeConflict": "KubernetesConflict",
+        "_AlreadyExists": "KubernetesConflict",
+        "KubeRejected": "KubernetesRejected",
         "SecretConflict": "SecretConflict",
     }.get(type(exc).__name__, type(exc).__name__)
     return Problem(reason=reason, message=str(exc)[:1000])
@@ -599,30 +682,50 @@ async def _mail_if_due(
 
 
 async def finalize(deps: Dependencies, invitation: Invitation) -> None:
-    """Deletion: revoke the token (unknown or already revoked counts as done)."""
+    """Deletion: revoke the recorded token, and any other token holding our Secret's value.
+
+    Unknown or already revoked counts as done. The other token is one issued just before a crash
+    whose id was never recorded (a first issue, or a re-issue after the Secret changed): without
+    the search, deleting such an Invitation would leave a working token behind. A Secret of our
+    name that we do not own holds nothing of ours, and never keeps the Invitation from going.
+    """
     async with deps.slots, deps.lock_for(invitation):
-        token_id = invitation.status.token_id or await _unrecorded_token_id(deps, invitation)
+        token_id = invitation.status.token_id
+        value = await _our_secret_value(deps, invitation)
         state = await deps.backend.revoke(token_id) if token_id is not None else None
         if state is not None:
-            await deps.events.normal(
-                invitation,
-                "TokenRevoked",
-                f"Token {token_id} revoked: the Invitation is being deleted",
-            )
+            await _announce_revoked(deps, invitation, state.id)
+        holds_value = state is not None and secrets.compare_digest(
+            state.token.get_secret_value(), value.get_secret_value() if value else ""
+        )
+        if value is not None and not holds_value:
+            other = await _token_holding(deps, value)
+            if (
+                other is not None
+                and other.id != token_id
+                and await deps.backend.revoke(other.id) is not None
+            ):
+                await _announce_revoked(deps, invitation, other.id)
     deps.locks.pop(invitation.uid, None)
 
 
-async def _unrecorded_token_id(deps: Dependencies, invitation: Invitation) -> str | None:
-    """A token issued just before a crash, its id never recorded: find it by the Secret's value.
+async def _announce_revoked(deps: Dependencies, invitation: Invitation, token_id: str) -> None:
+    await deps.events.normal(
+        invitation, "TokenRevoked", f"Token {token_id} revoked: the Invitation is being deleted"
+    )
 
-    Without this, deleting such an Invitation would leave a working token behind in MAS.
-    """
+
+async def _our_secret_value(deps: Dependencies, invitation: Invitation) -> SecretStr | None:
     name = invitation.status.secret_name or secret_name_for(invitation.name)
-    token = await deps.kube.read_token_secret(invitation.namespace, name, invitation.uid)
-    if token is None:
-        return None
-    wanted = token.get_secret_value()
+    try:
+        return await deps.kube.read_token_secret(invitation.namespace, name, invitation.uid)
+    except SecretConflict:
+        return None  # not ours, or without a token: nothing of ours to revoke in it
+
+
+async def _token_holding(deps: Dependencies, value: SecretStr) -> TokenState | None:
+    wanted = value.get_secret_value()
     async for state in deps.backend.list_all():
         if secrets.compare_digest(state.token.get_secret_value(), wanted):
-            return state.id
+            return state
     return None

@@ -26,7 +26,9 @@ def phase_of(
     status: InvitationStatus, spec: InvitationSpec, token: TokenState | None, now: dt.datetime
 ) -> Phase:
     if token is None:
-        return Phase.PENDING
+        # Revoked before any token existed: nothing was issued, and nothing will be until the
+        # spec un-revokes it.
+        return Phase.REVOKED if spec.revoked and status.token_id is None else Phase.PENDING
     if token.revoked:
         return Phase.REVOKED
     if token.usage_limit is not None and token.times_used >= token.usage_limit:
@@ -42,6 +44,11 @@ def _ready_message(
     phase: Phase, status: InvitationStatus, spec: InvitationSpec, token: TokenState | None
 ) -> str:
     if token is None:
+        if phase is Phase.REVOKED:
+            return (
+                "Revoked before a token was issued: nothing exists in the token store; set "
+                "spec.revoked to false to issue the token and send the mail"
+            )
         return "Issuing the registration token"
     expiry = rfc3339(token.expires_at) or "never"
     if phase is Phase.REVOKED:

@@ -32,6 +32,8 @@ from .reconcile import (
     Invitation,
     StatusWriter,
     announce_phase_change,
+    awaits_mail,
+    clock_disagrees,
     desired_expiry,
     missing_token_state,
     post_notices,
@@ -120,13 +122,13 @@ Registry = dict[tuple[str, str], WatchedInvitation]
 
 
 def needs_reconcile(invitation: Invitation, token: TokenState | None, expiry: dt.datetime) -> bool:
-    """Drift that only the reconcile steps can repair."""
+    """Drift that only the reconcile steps can repair, or a mail that is due."""
     if token is None:
         return True
     spec = invitation.spec
     if token.usage_limit != spec.usage_limit or token.expires_at != expiry:
         return True
-    return spec.revoked and not token.revoked
+    return (spec.revoked and not token.revoked) or awaits_mail(invitation, token)
 
 
 def _settled(status: InvitationStatus) -> InvitationStatus:
@@ -186,6 +188,9 @@ async def sync_invitations(
                 if await repair_drift(deps, invitation, _drift_check(deps, now)):
                     report.reconciled += 1
                 continue
+            unmailed = token is not None and token.id != status.mailed_token_id
+            if unmailed and token is not None and clock_disagrees(invitation, token, now):
+                continue  # the handler's condition names the clocks, and it retries
             updated = compute_status(
                 status, spec=invitation.spec, generation=invitation.generation, token=token, now=now
             )

@@ -27,6 +27,7 @@ from matrix_invite_operator.backends.mas import (
 from matrix_invite_operator.backends.oauth import ClientAuthMethod, ClientCredentialsAuth
 from matrix_invite_operator.errors import (
     BackendAuthError,
+    BackendMisdirected,
     BackendRejected,
     BackendUnavailable,
     ConfigurationError,
@@ -571,8 +572,20 @@ async def test_a_base_url_without_the_admin_api(
 ) -> None:
     mas = Harness(mas_double, http)
     client = MasAdminClient(http, mas_double.url + "/elsewhere", auth=mas.auth)
-    with pytest.raises(BackendRejected, match="adminapi"):
+    with pytest.raises(BackendMisdirected, match="adminapi") as raised:
         [t async for t in client.list_tokens()]
+    assert raised.value.needs_spec_change is False
+
+
+async def test_a_bare_404_for_a_token_is_not_a_missing_token(
+    mas_double: MasDouble, http: httpx.AsyncClient
+) -> None:
+    # A listener without the adminapi resource answers every path 404, without MAS's JSON error
+    # envelope: revoking must not take that for "the token is gone" and report success.
+    mas = Harness(mas_double, http)
+    client = MasAdminClient(http, mas_double.url + "/elsewhere", auth=mas.auth)
+    with pytest.raises(BackendMisdirected, match="MATRIX_INVITE_MAS_URL"):
+        await MasTokenBackend(client).revoke("01FSHN9AG0MZAA6S4AF7CTV32E")
 
 
 async def test_a_next_link_that_does_not_advance_stops_the_listing(mas: Harness) -> None:

@@ -75,6 +75,7 @@ ClientAuthMethod = Literal["client_secret_basic", "client_secret_post"]
 FaultTarget = Literal["admin", "token", "discovery", "any"]
 WriteMoment = Literal["before", "after"]
 RouteKind = Literal["admin", "token", "discovery", "control", "other"]
+AdminApiServing = Literal["served", "absent", "web-page"]
 
 JsonObject = dict[str, Any]
 
@@ -397,6 +398,13 @@ def _oauth_error(status: int, error: str, description: str) -> web.Response:
     )
 
 
+def _not_the_admin_api(how: AdminApiServing) -> web.Response:
+    if how == "absent":
+        return web.Response(status=404)
+    page = "<!doctype html><html><head><title>Element</title></head><body></body></html>"
+    return web.Response(status=200, text=page, content_type="text/html")
+
+
 def _plain(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text, content_type="text/plain")
 
@@ -449,7 +457,8 @@ class MasDouble:
         self._delays: dict[FaultTarget, float] = {}
         self._drops = 0
         self._manglers: list[Callable[[Any], Any]] = []
-        self._write_hooks: list[tuple[WriteMoment, Callable[[], None]]] = []
+        self._write_hooks: list[tuple[WriteMoment, str | None, Callable[[], None]]] = []
+        self._admin_api: AdminApiServing = "served"
         # What MAS 1.22 answers at /site-config when configured as docs/install-ess.md says.
         self.site_config: JsonObject = dict(GUIDE_SITE_CONFIG)
         self._providers: dict[str, UpstreamProvider] = {}
@@ -585,6 +594,12 @@ class MasDouble:
             self._pinned_now = None if when is None else when.astimezone(dt.UTC)
             self._clock_offset = dt.timedelta()
 
+    def set_clock_offset(self, seconds: float) -> None:
+        """Run the double's clock `seconds` ahead of the real one (negative: behind), as a MAS
+        host whose clock disagrees with the operator's; 0 puts them in agreement again."""
+        with self._lock:
+            self._clock_offset = dt.timedelta(seconds=seconds)
+
     def advance(self, seconds: float) -> None:
         with self._lock:
             self._clock_offset += dt.timedelta(seconds=seconds)
@@ -677,6 +692,14 @@ class MasDouble:
                 Fault(status, target, commit, retry_after, text, method) for _ in range(n)
             )
 
+    def serve_admin_api(self, how: AdminApiServing) -> None:
+        """How Admin API requests are answered: "served" as ever; "absent" as a MAS listener
+        without the adminapi resource does (404, no body), the answer a wrong port gets;
+        "web-page" with an HTML page (200), as a web server or login page would. OAuth and
+        discovery are unaffected."""
+        with self._lock:
+            self._admin_api = how
+
     def delay(self, seconds: float, *, target: FaultTarget = "admin") -> None:
         """Hold every later request to `target` for `seconds` before handling it (0 clears)."""
         with self._lock:
@@ -696,22 +719,34 @@ class MasDouble:
         with self._lock:
             self._manglers.append(mangle)
 
-    def on_next_write(self, action: Callable[[], None], *, when: WriteMoment) -> None:
+    def on_next_write(
+        self, action: Callable[[], None], *, when: WriteMoment, path: str | None = None
+    ) -> None:
         """Run `action` once, at the next Admin API write (POST/PUT).
 
         "before": the write never takes effect (as if the sender died before it arrived);
         "after": it took effect and the answer never leaves. Crash tests kill the operator
-        here to hit the exact step boundary."""
+        here to hit the exact step boundary. With `path` (a template such as TOKENS_PATH), only
+        a write to that path counts: a revoke before it passes by."""
         with self._lock:
-            self._write_hooks.append((when, action))
+            self._write_hooks.append((when, path, action))
 
-    def _run_write_hook(self, kind: RouteKind, method: str, moment: WriteMoment) -> bool:
+    def _run_write_hook(
+        self, kind: RouteKind, method: str, moment: WriteMoment, template: str
+    ) -> bool:
         """Whether a hook ran (the write is then cut off)."""
         if kind != "admin" or method not in ("POST", "PUT"):
             return False
         with self._lock:
-            index = next((i for i, (w, _) in enumerate(self._write_hooks) if w == moment), None)
-            action = self._write_hooks.pop(index)[1] if index is not None else None
+            index = next(
+                (
+                    i
+                    for i, (w, path, _) in enumerate(self._write_hooks)
+                    if w == moment and path in (None, template)
+                ),
+                None,
+            )
+            action = self._write_hooks.pop(index)[2] if index is not None else None
         if action is None:
             return False
         action()
@@ -871,16 +906,22 @@ class MasDouble:
                 status = response.status
                 return response
             await self._hold(kind)
+            with self._lock:
+                serving = self._admin_api
+            if kind == "admin" and serving != "served":
+                response = _not_the_admin_api(serving)
+                status = response.status
+                return response
             fault = self._take_fault(kind, request.method)
             if fault is not None and not fault.commit:
                 response = self._fault_response(fault, kind)
             else:
-                cut = self._run_write_hook(kind, request.method, "before")
+                cut = self._run_write_hook(kind, request.method, "before", template)
                 if not cut:
                     response = await self._run(handler, request)
                 if cut or (
                     200 <= response.status < 300
-                    and self._run_write_hook(kind, request.method, "after")
+                    and self._run_write_hook(kind, request.method, "after", template)
                 ):
                     if request.transport is not None:
                         request.transport.close()

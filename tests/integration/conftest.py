@@ -126,9 +126,9 @@ def start_operator(
         request.getfixturevalue("synapse") if backend == "synapse" else None
     )
 
-    def start(**overrides: str) -> OperatorProcess:
+    def start(*args: str, **overrides: str) -> OperatorProcess:
         process = OperatorProcess(
-            {**operator_env, **overrides}, tmp_path / f"operator-{len(started)}.log"
+            {**operator_env, **overrides}, tmp_path / f"operator-{len(started)}.log", args
         )
         started.append(process)
         return process.start()

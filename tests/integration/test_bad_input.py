@@ -41,6 +41,14 @@ REJECTED = {
         {"email": "ada@example.org", "displayName": "Ada\r\nBcc: x@example.org"},
         "spec.displayName: Invalid value",
     ),
+    "encoded-word-name": (
+        {"email": "ada@example.org", "displayName": "=?utf-8?q?Ada=0D=0ABcc:_x@example.org?="},
+        "spec.displayName: Invalid value",
+    ),
+    "control-character-name": (
+        {"email": "ada@example.org", "displayName": "Ada\x0bBcc"},
+        "spec.displayName: Invalid value",
+    ),
     "bad-duration": (
         {"email": "ada@example.org", "validFor": "a week"},
         "spec.validFor: Invalid value",

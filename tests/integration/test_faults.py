@@ -7,14 +7,17 @@ etcd are restarted for real. A long sync interval keeps MAS faults aimed at the 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from tests.controlplane.cluster import ControlPlane
-from tests.doubles.mas import TOKENS_PATH, MasDouble
+from tests.doubles.mas import TOKENS_PATH, AdminApiServing, MasDouble
 from tests.doubles.smtp import SmtpDouble
 from tests.integration.conftest import MAS_CLIENT_ID, MAS_CLIENT_SECRET
 from tests.integration.harness import Body, InvitationsApi, condition, wait_until
@@ -186,6 +189,80 @@ def test_racing_create_500_finds_the_token(
     settle("create answered 500 after committing", invitations, mas, smtp)
 
 
+def test_mas_clock_ahead_is_named_and_the_mail_goes_out_once_the_clocks_agree(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    start_operator()  # the sync pass on (2 s): it must not hide the cause, and must mail
+    mas.set_clock_offset(2 * 3600)  # MAS 2 h ahead: a 1 h token is expired by its clock
+    invitations.apply("skew", email="skew@example.org", validFor="1h")
+    body = wait_reason(invitations, "skew", "MasClockAhead")
+    assert condition(body, "Reconciling")["status"] == "True"  # type: ignore[index]
+    assert "clock" in body["status"]["message"]
+    assert body["status"]["tokenId"] is not None
+    invitations.wait_for_events("skew", "MasClockAhead")  # one Warning for kubectl describe
+    time.sleep(3)  # a sync pass or two later: still named, still no mail
+    assert ready_reason(invitations.get("skew") or {}) == "MasClockAhead"
+    assert smtp.messages == []
+    # No handler retries it: the sync pass sees MAS agree and hands it back for the mail.
+    mas.set_clock_offset(0)
+    invitations.wait_for_phase("skew", "Sent", timeout=30)
+    assert len(smtp.messages) == 1
+    assert len(mas.tokens()) == 1
+    settle("MAS clock 2 h ahead, then in agreement", invitations, mas, smtp)
+
+
+@pytest.mark.parametrize("answer", ["absent", "web-page"])
+def test_no_admin_api_at_the_url_heals_without_an_edit(
+    answer: AdminApiServing,
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    # "absent": the URL's port is a MAS listener without the adminapi resource (404 to every
+    # Admin API path); "web-page": something serves HTML there. Fixed on MAS's side, no edit.
+    start_operator(**QUIET_SYNC)
+    mas.serve_admin_api(answer)
+    invitations.apply("lost-api", email="lost-api@example.org")
+    body = invitations.wait_for_phase("lost-api", "Failed", timeout=20)
+    assert ready_reason(body) == "MasApiNotFound"
+    assert condition(body, "Stalled")["status"] == "True"  # type: ignore[index]
+    assert "MATRIX_INVITE_MAS_URL" in body["status"]["message"]
+    generation = body["metadata"]["generation"]
+    mas.serve_admin_api("served")
+    healed = invitations.wait_for_phase("lost-api", "Sent", timeout=30)
+    assert healed["metadata"]["generation"] == generation
+    settle(f"no Admin API at the URL ({answer}), then fixed", invitations, mas, smtp)
+
+
+def test_a_token_vanishing_between_two_calls_is_retried(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    start_operator(**QUIET_SYNC)
+    wait_until("the startup sync pass", lambda: mas.request_count("GET", TOKENS_PATH) >= 1, 30)
+
+    def other_limit(answer: Any) -> Any:
+        answer["data"]["attributes"]["usage_limit"] = 5
+        return answer
+
+    # The create's answer shows another limit, so the operator corrects it at once; MAS then
+    # says the token does not exist (as after a restore): TokenNotFound, retried, healed.
+    mas.mangle_next_response(other_limit)
+    mas.fail_next(1, 404, method="PUT")
+    invitations.apply("vanish", email="vanish@example.org")
+    body = wait_reason(invitations, "vanish", "TokenNotFound")
+    assert condition(body, "Reconciling")["status"] == "True"  # type: ignore[index]
+    invitations.wait_for_phase("vanish", "Sent", timeout=30)
+    assert len(mas.tokens()) == 1
+    settle("token unknown to MAS between two calls", invitations, mas, smtp)
+
+
 # --- SMTP (4xx retried and 5xx stalling: tests/integration/test_mail_delivery.py) -------------
 
 
@@ -322,6 +399,172 @@ def test_deleted_while_down_after_an_unrecorded_create_leaves_no_orphan(
     assert token["valid"] is False
     assert token["revoked_at"] is not None
     settle("deleted while down, token id never recorded", invitations, mas, smtp)
+
+
+def test_crash_after_a_reissue_leaves_no_token_after_deletion(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    first = start_operator(**QUIET_SYNC)
+    invitations.apply("reissue", email="reissue@example.org")
+    body = invitations.wait_for_phase("reissue", "Sent")
+    secret_name, old_id = body["status"]["secretName"], body["status"]["tokenId"]
+    # Someone replaces the Secret's token; the next reconcile (an edit) revokes the old token
+    # and issues the Secret's; the operator dies right after MAS created it, id unrecorded.
+    replacement = "Replaced0123456789abcdef"
+    invitations.kubectl(
+        "patch",
+        "secret",
+        secret_name,
+        "--type=merge",
+        "-p",
+        json.dumps({"stringData": {"token": replacement}}),
+    )
+    mas.on_next_write(first.kill, when="after", path=TOKENS_PATH)  # the create, not the revoke
+    invitations.patch_spec("reissue", resend="again")
+    _wait_dead(first)
+    status = invitations.status("reissue")
+    assert status["tokenId"] == old_id, "the new token's id must be unrecorded for this test"
+    (new,) = [t for t in mas.tokens() if t["token"] == replacement]
+    assert new["valid"] is True
+    invitations.kubectl("delete", "invitation", "reissue", "--wait=false")
+    start_operator(**QUIET_SYNC)
+    invitations.wait_gone("reissue", timeout=30)
+    assert all(not t["valid"] for t in mas.tokens()), mas.tokens()
+    assert (mas.token(new["id"]) or {})["revoked_at"] is not None
+    settle("deleted after a crash between re-issue and record", invitations, mas, smtp)
+
+
+def test_a_foreign_secret_of_our_name_never_blocks_deletion(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    start_operator(**QUIET_SYNC)
+    invitations.kubectl(
+        "create", "secret", "generic", "squat-invite-token", "--from-literal=token=NotOurs12345"
+    )
+    invitations.apply("squat", email="squat@example.org")
+    body = invitations.wait_for_phase("squat", "Failed", timeout=20)
+    assert ready_reason(body) == "SecretConflict"
+    invitations.kubectl("delete", "invitation", "squat", "--wait=false")
+    invitations.wait_gone("squat", timeout=20)
+    assert invitations.secret("squat-invite-token") is not None, "not ours: left alone"
+    assert mas.tokens() == []
+    settle("foreign Secret of our name, then deleted", invitations, mas, smtp)
+
+
+def test_born_revoked_creates_nothing_until_unrevoked(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    start_operator()
+    invitations.apply("unborn", email="unborn@example.org", revoked=True)
+    body = invitations.wait_for_phase("unborn", "Revoked", timeout=20)
+    assert condition(body, "Ready")["status"] == "True"  # type: ignore[index]
+    time.sleep(3)  # a sync pass later: still nothing
+    assert writes(mas) == 0
+    assert mas.tokens() == []
+    assert invitations.secret("unborn-invite-token") is None
+    assert smtp.messages == []
+    invitations.patch_spec("unborn", revoked=False)
+    invitations.wait_for_phase("unborn", "Sent", timeout=30)
+    assert writes(mas) == 1
+    settle("born revoked, then un-revoked", invitations, mas, smtp)
+
+
+def test_a_cluster_refusing_our_secret_stalls_then_heals(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    # An admission policy refuses Secrets in the namespace (422): an environment error, named
+    # KubernetesRejected; removing the policy heals it without an edit.
+    policy = f"refuse-secrets-{invitations.namespace}"
+    invitations.kubectl("apply", "-f", "-", input=_refuse_secrets_policy(policy, invitations))
+    try:
+        wait_until("the policy refuses Secrets", lambda: _secret_refused(invitations), 30)
+        start_operator(**QUIET_SYNC)
+        invitations.apply("refused", email="refused@example.org")
+        body = invitations.wait_for_phase("refused", "Failed", timeout=20)
+        assert ready_reason(body) == "KubernetesRejected"
+        assert "Secrets are frozen" in body["status"]["message"]
+    finally:
+        invitations.kubectl(
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            policy,
+            "--ignore-not-found",
+        )
+    invitations.wait_for_phase("refused", "Sent", timeout=40)
+    settle("admission policy refuses Secrets, then removed", invitations, mas, smtp)
+
+
+def _secret_refused(invitations: InvitationsApi) -> bool:
+    result = invitations.cp.kubectl(
+        "-n",
+        invitations.namespace,
+        "create",
+        "secret",
+        "generic",
+        "probe",
+        "--from-literal=x=y",
+        "--dry-run=server",
+        check=False,
+    )
+    return result.returncode != 0 and "Secrets are frozen" in result.stderr
+
+
+def _refuse_secrets_policy(name: str, invitations: InvitationsApi) -> str:
+    return yaml.safe_dump_all(
+        [
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicy",
+                "metadata": {"name": name},
+                "spec": {
+                    "failurePolicy": "Fail",
+                    "matchConstraints": {
+                        "resourceRules": [
+                            {
+                                "apiGroups": [""],
+                                "apiVersions": ["v1"],
+                                "operations": ["CREATE"],
+                                "resources": ["secrets"],
+                            }
+                        ]
+                    },
+                    "validations": [
+                        {
+                            "expression": "false",
+                            "message": "Secrets are frozen",
+                            "reason": "Invalid",
+                        }
+                    ],
+                },
+            },
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicyBinding",
+                "metadata": {"name": name},
+                "spec": {
+                    "policyName": name,
+                    "validationActions": ["Deny"],
+                    "matchResources": {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": invitations.namespace}
+                        }
+                    },
+                },
+            },
+        ]
+    )
 
 
 # --- the control plane itself ------------------------------------------------------------------

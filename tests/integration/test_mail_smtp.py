@@ -6,7 +6,9 @@ double's throwaway CA and checks what arrived (or which error came back). No con
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import re
 from collections.abc import Iterator
 from email.headerregistry import AddressHeader
 from email.message import EmailMessage
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 from matrix_invite_operator.errors import (
     ConfigurationError,
+    InvalidSpecError,
     MailError,
     MailRejectedError,
     MailTemporaryError,
@@ -24,6 +27,7 @@ from matrix_invite_operator.mail import (
     MailContext,
     Mailer,
     MailRenderer,
+    RenderedMail,
     TlsMode,
 )
 from pydantic import SecretStr
@@ -321,3 +325,124 @@ async def test_double_requires_auth_when_it_has_credentials(starttls_auth: SmtpD
     with pytest.raises(MailRejectedError, match="530"):
         await m.send(invitation(m))
     assert starttls_auth.messages == []
+
+
+# --- header injection -------------------------------------------------------------------------
+
+#: The header lines the operator writes, in order; nothing else may reach the relay.
+OWN_HEADERS = [
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "Auto-Submitted",
+    "MIME-Version",
+    "Content-Type",
+]
+
+HOSTILE_NAMES = {
+    # Encoded words whose decoded text holds a line break (CVE-2024-6923 on Python < 3.11.10).
+    "encoded-crlf-bcc": "=?utf-8?q?Evil=0D=0ABcc:_victim@example.org?=",
+    "encoded-blank-line": "=?utf-8?q?Evil=0D=0A=0D=0AYou_won_a_prize?=",
+    "encoded-base64-bcc": "=?utf-8?b?RXZpbA0KQmNjOiB2aWN0aW1AZXhhbXBsZS5vcmc=?=",
+    "encoded-lone-lf": "=?utf-8?q?Evil=0ABcc:_victim@example.org?=",
+    "encoded-vertical-tab": "=?utf-8?q?Evil=0BBcc?=",
+    # Harmless, however odd: these go out, and must stay inside their own header line.
+    "encoded-umlaut": "=?utf-8?q?J=C3=B6rg?=",
+    "quotes-and-specials": '"Jörg" <evil@example.org>, Bcc: victim@example.org;',
+    "rtl-marks": "\u202eJörg\u202c \u200fMüller\u200f",
+    "folding": "Jörg " + "Müller-Lüdenscheidt " * 10,
+    "crlf-look-alike": "Jörg =0D=0A Bcc: victim@example.org",
+}
+REFUSED = {k for k in HOSTILE_NAMES if k.startswith("encoded-") and k != "encoded-umlaut"}
+
+
+def header_names(raw: bytes) -> list[str]:
+    """The header field names of a raw message as the relay received it (continuations
+    unfolded); a blank line ends the header block, as it does for every mail client."""
+    names: list[str] = []
+    for line in re.split(rb"\r\n|\r|\n", raw):  # a bare CR or LF ends a line for many readers
+        if not line:
+            return names
+        if line[:1] not in (b" ", b"\t"):
+            names.append(line.split(b":", 1)[0].decode("ascii", "replace"))
+    return names
+
+
+def rendered_for(display_name: str | None) -> RenderedMail:
+    """The English mail, with `display_name` as the invitee and as the inviter."""
+    return MailRenderer().render(
+        MailContext(
+            email="joerg@example.org",
+            display_name=display_name,
+            token=SecretStr(TOKEN),
+            registration_url="https://auth.example.org/register",
+            expires_at=dt.datetime(2026, 12, 4, 18, 0, tzinfo=dt.UTC),
+            usage_limit=1,
+            inviter=display_name or "Änne",
+            server_name="example.org",
+            locale="en",
+            timezone="Europe/Berlin",
+        )
+    )
+
+
+def hostile_mail(m: Mailer, display_name: str) -> EmailMessage:
+    return m.build_message(
+        rendered_for(display_name),
+        to_email="joerg@example.org",
+        to_name=display_name,
+        message_id_seed="uid:tok",
+    )
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_NAMES))
+async def test_display_names_never_add_a_header_line(starttls_auth: SmtpDouble, case: str) -> None:
+    name = HOSTILE_NAMES[case]
+    m = mailer(starttls_auth)
+
+    if case in REFUSED:
+        with pytest.raises(InvalidSpecError, match=r"spec\.displayName") as caught:
+            await m.send(hostile_mail(m, name))
+        assert "line" in str(caught.value)
+        assert starttls_auth.connections == 0
+        return
+
+    await m.send(hostile_mail(m, name))
+    [received] = await starttls_auth.wait_for(1, timeout=5)
+    assert header_names(received.raw) == OWN_HEADERS
+    assert received.rcpt_tos == ("joerg@example.org",)
+    to = received.message["To"]
+    assert isinstance(to, AddressHeader)
+    assert [a.addr_spec for a in to.addresses] == ["joerg@example.org"]
+    assert received.message["Bcc"] is None
+    assert received.text is not None
+    assert received.html is not None
+    assert received.text.startswith("Hello ")
+    assert TOKEN in received.text
+    assert TOKEN in received.html
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+async def test_a_sender_name_that_decodes_to_a_line_break_fails_at_startup(
+    starttls_auth: SmtpDouble, case: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="MATRIX_INVITE_MAIL_FROM_NAME"):
+        Mailer(
+            host="127.0.0.1",
+            port=starttls_auth.port,
+            sender_email=SENDER,
+            sender_name=HOSTILE_NAMES[case],
+            ca_bundle=starttls_auth.ca_path,
+        )
+
+
+async def test_a_subject_that_decodes_to_a_line_break_is_refused(
+    starttls_auth: SmtpDouble,
+) -> None:
+    m = mailer(starttls_auth)
+    rendered = rendered_for(None)
+    injected = dataclasses.replace(rendered, subject=HOSTILE_NAMES["encoded-crlf-bcc"])
+    with pytest.raises(ConfigurationError, match="subject"):
+        m.build_message(injected, to_email="joerg@example.org", to_name=None, message_id_seed="s")

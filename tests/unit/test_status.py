@@ -192,3 +192,20 @@ def test_revoked_outside_git_says_how_to_recover() -> None:
     status = compute_status(MAILED, spec=SPEC, generation=1, token=token(revoked_at=NOW), now=NOW)
     assert status.phase is Phase.REVOKED
     assert "outside Git" in (status.message or "")
+
+
+def test_born_revoked_is_revoked_and_ready_without_a_token() -> None:
+    spec = InvitationSpec(email="ada@example.org", revoked=True)
+    status = compute_status(InvitationStatus(), spec=spec, generation=1, token=None, now=NOW)
+    assert status.phase is Phase.REVOKED
+    assert conditions(status) == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
+    assert status.message is not None
+    assert "spec.revoked to false" in status.message
+    assert status.token_id is None
+
+
+def test_a_recorded_token_missing_while_revoked_is_not_taken_for_born_revoked() -> None:
+    spec = InvitationSpec(email="ada@example.org", revoked=True)
+    previous = InvitationStatus(token_id="01TOKEN")
+    status = compute_status(previous, spec=spec, generation=1, token=None, now=NOW)
+    assert status.phase is Phase.PENDING

@@ -13,7 +13,7 @@ from typing import TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from ..errors import BackendRejected
+from ..errors import BackendMisdirected, BackendRejected
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -21,13 +21,14 @@ Model = TypeVar("Model", bound=BaseModel)
 def parse_answer(
     model: type[Model], response: httpx.Response, *, backend: str, what: str, hint: str
 ) -> Model:
-    """`response` as `model`, or BackendRejected naming the backend, the call and a `hint`."""
+    """`response` as `model`; else BackendMisdirected (not JSON: whatever answered is not the
+    backend's API) or BackendRejected (JSON of the wrong shape), naming the call and a `hint`."""
     try:
         document = json.loads(response.content)
     except ValueError as exc:
-        raise BackendRejected(
-            f"{backend} answered {what} with {response.status_code} but the body is not JSON: "
-            f"{hint}"
+        raise BackendMisdirected(
+            f"{backend} answered {what} with {response.status_code} but the body is not JSON "
+            f"({describe_body(response)}): {hint}"
         ) from exc
     try:
         return model.model_validate(document)
@@ -37,3 +38,17 @@ def parse_answer(
     raise BackendRejected(
         f"{backend} answered {what} with an unexpected shape (problem at {', '.join(fields[:5])})"
     )
+
+
+def is_web_page(response: httpx.Response) -> bool:
+    """An HTML page: a web server, proxy or login page answered, not a JSON API."""
+    content_type = response.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    return content_type in ("text/html", "application/xhtml+xml")
+
+
+def describe_body(response: httpx.Response) -> str:
+    """What kind of body came back, without quoting it (it may hold anything)."""
+    content_type = response.headers.get("Content-Type", "").partition(";")[0].strip()
+    if not response.content:
+        return "an empty body"
+    return f"{content_type or 'untyped'}, {len(response.content)} bytes"

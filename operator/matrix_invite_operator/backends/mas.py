@@ -27,10 +27,11 @@ import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
 from matrix_invite_operator.backends import AccountLookup, TokenState
-from matrix_invite_operator.backends.answers import parse_answer
+from matrix_invite_operator.backends.answers import describe_body, is_web_page, parse_answer
 from matrix_invite_operator.backends.oauth import retry_after_seconds
 from matrix_invite_operator.errors import (
     BackendAuthError,
+    BackendMisdirected,
     BackendRejected,
     BackendTlsError,
     BackendUnavailable,
@@ -593,17 +594,19 @@ def _raise_for_status(call: _Call, response: httpx.Response) -> None:
     try:
         response.raise_for_status()
     except httpx.HTTPStatusError as exc:
-        if status == httpx.codes.NOT_FOUND and call.token_id is not None:
+        # MAS says "no such token" in its JSON error envelope; a bare 404 (or a page) comes from
+        # something that is not the Admin API, and must not read as "the token is gone".
+        if status == httpx.codes.NOT_FOUND and call.token_id is not None and _mas_error(response):
             raise TokenNotFound(f"MAS has no registration token with id {call.token_id}") from exc
-        if status == httpx.codes.NOT_FOUND and call.missing is not None:
+        if status == httpx.codes.NOT_FOUND and call.missing is not None and _mas_error(response):
             raise BackendRejected(f"{call.missing} ({reason})") from exc
         if status == httpx.codes.CONFLICT and call.endpoint is Endpoint.PERSONAL_SESSION_REVOKE:
             raise SessionAlreadyRevoked(reason) from exc
         if status == httpx.codes.NOT_FOUND:
-            # Not a missing token but a missing API: wrong URL, or no adminapi resource there.
-            raise BackendRejected(
-                f"MAS answered {what} with 404: check the MAS URL and that the listener it "
-                "points at serves the adminapi resource"
+            raise BackendMisdirected(
+                f"MAS answered {what} with 404 ({describe_body(response)}): the Admin API is not "
+                "at this URL. Check MATRIX_INVITE_MAS_URL (host and port) and that the listener "
+                "it points at serves the adminapi resource"
             ) from exc
         if status == httpx.codes.CONFLICT:
             raise TokenConflict("MAS already holds a registration token with this value") from exc
@@ -618,9 +621,23 @@ def _raise_for_status(call: _Call, response: httpx.Response) -> None:
                 retry_after=retry_after_seconds(response, _SERVER_ERROR_RETRY_AFTER),
                 status=status,
             ) from exc
+        if is_web_page(response):
+            raise BackendMisdirected(
+                f"MAS answered {what} with {status} and a web page, not the Admin API's JSON: "
+                "check MATRIX_INVITE_MAS_URL (host and port)"
+            ) from exc
         raise BackendRejected(f"MAS rejected {what} with {status}: {reason}") from exc
     # httpx treats 1xx as no error; MAS never sends one as a final answer.
     raise BackendRejected(f"MAS answered {what} with an unexpected {status}")
+
+
+def _mas_error(response: httpx.Response) -> bool:
+    """Whether the body is MAS's error envelope, `{"errors": [...]}`."""
+    try:
+        document = json.loads(response.content)
+    except ValueError:
+        return False
+    return isinstance(document, dict) and isinstance(document.get("errors"), list)
 
 
 def _outcome_of(status: int) -> RequestOutcome:
@@ -685,7 +702,7 @@ def _parse(model: type[_Model], response: httpx.Response, call: _Call) -> _Model
         response,
         backend="MAS",
         what=f"{call.method} {call.endpoint}",
-        hint="does the MAS URL point at MAS?",
+        hint="does MATRIX_INVITE_MAS_URL (host and port) point at MAS's Admin API?",
     )
 
 

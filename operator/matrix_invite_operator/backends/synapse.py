@@ -29,6 +29,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import logging
 import re
 import ssl
 import time
@@ -41,10 +42,11 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from matrix_invite_operator.backends import AccountLookup, TokenState
-from matrix_invite_operator.backends.answers import parse_answer
+from matrix_invite_operator.backends.answers import is_web_page, parse_answer
 from matrix_invite_operator.backends.oauth import retry_after_seconds
 from matrix_invite_operator.errors import (
     BackendAuthError,
+    BackendMisdirected,
     BackendRejected,
     BackendTlsError,
     BackendUnavailable,
@@ -64,6 +66,23 @@ _UNREACHABLE_RETRY_AFTER = 10.0
 _MAX_ERROR_TEXT = 300
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MILLISECOND = dt.timedelta(milliseconds=1)
+
+
+class TokenPathRedaction(logging.Filter):
+    """Blanks the token in `.../registration_tokens/<token>` in any log line.
+
+    Synapse's admin API takes the token in the URL path, and httpx logs every request's URL at
+    INFO (on with `--verbose`). Installed on the log handlers, it covers every logger.
+    """
+
+    _PATH = re.compile(r"(registration_tokens/)[^/?#\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self._PATH.sub(r"\1<redacted>", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
 
 
 def token_id_for(token: SecretStr) -> str:
@@ -265,7 +284,7 @@ def _raise_for_status(call: _Call, what: str, response: httpx.Response) -> None:
     if status == 404 and errcode == "M_NOT_FOUND" and call.absolute:
         raise TokenNotFound(f"Synapse knows no such {call.endpoint.rsplit('{', 1)[-1][:-1]}")
     if status == 404:
-        raise BackendRejected(
+        raise BackendMisdirected(
             f"Synapse answered {what} with 404 ({errcode or 'no errcode'}): check "
             "MATRIX_INVITE_SYNAPSE_URL and that the listener it points at serves the client "
             "resource (the admin API lives there)"
@@ -280,6 +299,11 @@ def _raise_for_status(call: _Call, what: str, response: httpx.Response) -> None:
         raise BackendUnavailable(
             f"Synapse answered {what} with {status}: {reason}",
             retry_after=retry_after_seconds(response, _SERVER_ERROR_RETRY_AFTER),
+        )
+    if is_web_page(response):
+        raise BackendMisdirected(
+            f"Synapse answered {what} with {status} and a web page, not the admin API's JSON: "
+            "check MATRIX_INVITE_SYNAPSE_URL (host and port)"
         )
     raise BackendRejected(f"Synapse rejected {what} with {status} {errcode}: {reason}")
 

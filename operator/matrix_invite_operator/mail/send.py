@@ -60,10 +60,57 @@ class _Socket(Protocol):
 
 
 def _single_line(value: str, what: str, error: type[Exception]) -> str:
-    if "\r" in value or "\n" in value:
+    if _LINE_BREAK.search(value):
         # Header injection: a newline in a name would let the value smuggle in new headers.
         raise error(f"{what} must not contain line breaks")
     return value
+
+
+# What a reader may take for the end of a line: CR, LF, the other C0 controls (but tab), DEL,
+# and Unicode's line and paragraph separators.
+_LINE_BREAK = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+
+# The headers whose values come from outside the operator's code, with where each value comes
+# from (for the admin) and whose error a bad one is.
+_OWN_HEADERS: dict[str, tuple[str, type[Exception]]] = {
+    "To": ("the recipient (spec.email, spec.displayName)", InvalidSpecError),
+    "From": (
+        "the sender (MATRIX_INVITE_MAIL_FROM, MATRIX_INVITE_MAIL_FROM_NAME)",
+        ConfigurationError,
+    ),
+    "Subject": ("the mail subject (template subject.txt)", ConfigurationError),
+}
+
+
+def _check_serialized(msg: EmailMessage, name: str, what: str, error: type[Exception]) -> None:
+    """The header as it goes on the wire is one header line, and reads back without a break.
+
+    Python's serializer decodes RFC 2047 encoded words in a value and writes what they decode
+    to; before 3.11.10 and 3.12.5 it wrote a decoded CR/LF as a real line break (CVE-2024-6923),
+    so a display name such as `=?utf-8?q?x=0D=0ABcc:_y?=` added a header. Later versions encode
+    the break, which the recipient's mail client decodes again. Both are checked here on the
+    serialized text, with both policies the mail may be sent with (SMTPUTF8 or not), so the
+    guarantee holds whatever the Python patch level.
+    """
+    for policy in (email.policy.SMTP, email.policy.SMTPUTF8):
+        folded = policy.fold(name, msg[name])
+        # Every kind of line end counts: relays and clients take a bare CR or LF for one.
+        first, *rest = folded.splitlines()
+        if first.partition(":")[0] != name or any(
+            not line or line[0] not in " \t" or not line.strip() for line in rest
+        ):
+            raise error(
+                f"{what} would add a line of its own to the mail's header (a line break "
+                "hidden in an RFC 2047 encoded word?); the mail is not sent"
+            )
+        read_back = email.message_from_string(folded, policy=email.policy.default)[name]
+        texts = [str(read_back)]
+        texts += [a.display_name for a in getattr(read_back, "addresses", ())]
+        if any(_LINE_BREAK.search(text) for text in texts):
+            raise error(
+                f"{what} decodes to a line break (an RFC 2047 encoded word such as "
+                "=?utf-8?q?...=0A...?=); the mail is not sent"
+            )
 
 
 def _address(
@@ -133,6 +180,8 @@ def build_message(
     msg["From"] = sender
     msg["To"] = to
     msg["Subject"] = subject
+    for name, (what, error) in _OWN_HEADERS.items():
+        _check_serialized(msg, name, what, error)
     msg["Date"] = format_datetime((date or dt.datetime.now(dt.UTC)).astimezone(dt.UTC))
     msg["Message-ID"] = message_id_for(message_id_seed, sender_email)
     # RFC 3834: tells vacation responders and ticket systems not to answer an automatic mail.
@@ -197,7 +246,10 @@ class Mailer:
                 f"SMTP login as {username!r} over a connection without TLS is refused; use "
                 "starttls or implicit TLS, or set allow_insecure_auth for a relay on localhost"
             )
-        _address(sender_name, sender_email, "sender", ConfigurationError)
+        # Checked now, as it would go out: a sender name that breaks the header fails at startup.
+        probe = EmailMessage(policy=email.policy.SMTP)
+        probe["From"] = _address(sender_name, sender_email, "sender", ConfigurationError)
+        _check_serialized(probe, "From", *_OWN_HEADERS["From"])
         if password is not None:
             current_secret(password)  # read once now: an unreadable file fails at startup
 
