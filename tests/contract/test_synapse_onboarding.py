@@ -154,8 +154,11 @@ async def test_onboarding_records_each_room_and_heals_when_the_actor_is_let_in(
     assert [n.reason for n in notices] == ["RoomJoinFailed"]
     assert synapse.membership(private, ada) == "join"
 
-    # Not due again before the backoff runs out: a sync pass costs nothing meanwhile.
-    assert not onboarding.due(spec, status, now + dt.timedelta(seconds=0.5))
+    # Not due again before the backoff runs out: a sync pass costs nothing meanwhile. Status
+    # keeps whole seconds, so the attempt counts from the start of its second: at most 1 s
+    # (the backoff here) after that is still inside it, whatever `now`'s fraction was.
+    attempted = now.replace(microsecond=0)
+    assert not onboarding.due(spec, status, attempted + dt.timedelta(seconds=0.999))
     synapse.invite_and_join(owner, closed, admin_id, synapse.admin_token)
     later = now + dt.timedelta(seconds=1.5)
     assert onboarding.due(spec, status, later)
