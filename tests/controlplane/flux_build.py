@@ -95,8 +95,9 @@ def _complete(bin_dir: Path) -> bool:
 def _module_dir(module: str, workdir: Path) -> Path:
     """Download ``module`` (``path@version``) into the module cache and return its directory."""
     probe = workdir / "probe"
-    probe.mkdir(exist_ok=True)
-    run_go(["mod", "init", "probe"], probe, goflags="")
+    if not probe.exists():
+        probe.mkdir()
+        run_go(["mod", "init", "probe"], probe, goflags="")
     answer = json.loads(run_go(["mod", "download", "-json", module], probe, goflags=""))
     return Path(answer["Dir"])
 
