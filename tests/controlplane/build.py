@@ -276,43 +276,23 @@ def build_once(
 def ensure_binaries() -> Binaries:
     """Return the cached binaries for the current pins, building them first if needed.
 
-    Safe to call from several processes at once: one builds, the others wait on the lock.
-    Raises :class:`BuildError` on any failure.
+    Safe to call from several processes at once (see :func:`build_once`): one builds, the others
+    wait on the lock. Raises :class:`BuildError` on any failure.
     """
     kube, etcd = kube_version(), etcd_version()
-    key_dir = cache_root() / cache_key()
-    bin_dir = key_dir / "bin"
-    binaries = Binaries(bin_dir=bin_dir, kube_version=kube, etcd_version=etcd)
-    if _complete(bin_dir):
-        return binaries
 
-    key_dir.mkdir(parents=True, exist_ok=True)
-    with open(key_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _complete(bin_dir):
-            return binaries
-        if bin_dir.exists():
-            # Only reachable if someone deleted a binary by hand: start over.
-            shutil.rmtree(bin_dir)
-        print(
-            f"controlplane: building Kubernetes {kube} and etcd {etcd} into {bin_dir} "
-            "(the first build downloads modules and takes many minutes)",
-            file=sys.stderr,
-        )
-        staging = Path(tempfile.mkdtemp(prefix="bin.tmp-", dir=key_dir))
-        try:
-            _go_build(ETCD_MODULE, staging, STRIP_LDFLAGS)
-            _go_build(KUBE_MODULE, staging, kube_ldflags(kube))
-            missing = [name for name in BINARY_NAMES if not (staging / name).is_file()]
-            if missing:
-                raise BuildError(f"go build produced no {', '.join(missing)} in {staging}")
-            # mkdtemp creates 0700; the binaries' directory should be like any other.
-            staging.chmod(0o755)
-            os.rename(staging, bin_dir)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-    return binaries
+    def build(staging: Path) -> None:
+        _go_build(ETCD_MODULE, staging, STRIP_LDFLAGS)
+        _go_build(KUBE_MODULE, staging, kube_ldflags(kube))
+
+    bin_dir = build_once(
+        cache_root() / cache_key(),
+        _complete,
+        build,
+        f"Kubernetes {kube} and etcd {etcd} (the first build downloads modules and takes many "
+        "minutes)",
+    )
+    return Binaries(bin_dir=bin_dir, kube_version=kube, etcd_version=etcd)
 
 
 def ensure_kstatus() -> Path:
