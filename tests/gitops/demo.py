@@ -23,7 +23,7 @@ from pathlib import Path
 from tests.controlplane.build import ensure_binaries
 from tests.controlplane.cluster import ControlPlane
 from tests.controlplane.flux_build import ensure_flux
-from tests.demo import banner
+from tests.demo import CLIENT_ID, banner, operator_env
 from tests.doubles.mas import MasDouble
 from tests.doubles.smtp import SmtpDouble
 from tests.gitops.flux import FluxControllers, ready_condition
@@ -34,7 +34,6 @@ from tests.operator_process import REPO_ROOT, OperatorProcess
 
 NAMESPACE = "matrix-invite"
 EXAMPLE = REPO_ROOT / "examples" / "invitation.yaml"
-CLIENT_ID = "01J44RKQYM4G3TNVANTMTDYTX6"
 
 
 def show_kustomizations(cp: ControlPlane) -> None:
@@ -73,23 +72,7 @@ def main() -> int:
         loop = open_loop(cp, NAMESPACE, git, tools.sops, key, (client_secret, smtp_password))
         show_kustomizations(cp)
 
-        host, port = smtp.address
-        env = {
-            "KUBECONFIG": str(cp.kubeconfig_path),
-            "MATRIX_INVITE_NAMESPACES": NAMESPACE,
-            "MATRIX_INVITE_MAS_URL": mas.url,
-            "MATRIX_INVITE_MAS_CLIENT_ID": CLIENT_ID,
-            "MATRIX_INVITE_MAS_CLIENT_SECRET_FILE": str(workdir / "mas-client-secret"),
-            "MATRIX_INVITE_SMTP_HOST": host,
-            "MATRIX_INVITE_SMTP_PORT": str(port),
-            "MATRIX_INVITE_SMTP_USERNAME": "operator",
-            "MATRIX_INVITE_SMTP_PASSWORD_FILE": str(workdir / "smtp-password"),
-            "MATRIX_INVITE_SMTP_CA_BUNDLE": str(smtp.ca_path),
-            "MATRIX_INVITE_MAIL_FROM": "invitations@example.org",
-            "MATRIX_INVITE_MAIL_FROM_NAME": "Example Matrix",
-            "MATRIX_INVITE_SERVER_NAME": "example.org",
-            "MATRIX_INVITE_REGISTRATION_URL": "https://auth.example.org/register",
-        }
+        env = operator_env(cp, NAMESPACE, mas, smtp, workdir)
         operator = OperatorProcess(env, workdir / "operator.log")
         banner(f"Starting the operator (log: {operator.log_path})")
         with operator:
