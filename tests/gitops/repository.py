@@ -41,6 +41,7 @@ TEST_OVERRIDES = (
     "metadata.namespace",
     "spec.targetNamespace",
     "spec.interval",
+    "spec.retryInterval",
     "spec.timeout",
     "spec.url",
 )
@@ -61,6 +62,8 @@ def for_test(document: Body, namespace: str, *, git_url: str | None = None) -> B
         # The operator's Secrets name the guide's namespace; in a test they land in its own.
         spec["targetNamespace"] = namespace
         spec["interval"] = TEST_INTERVAL
+        if "retryInterval" in spec:
+            spec["retryInterval"] = TEST_INTERVAL
         spec["timeout"] = TEST_TIMEOUT
     elif body["kind"] == "GitRepository":
         spec["interval"] = TEST_INTERVAL

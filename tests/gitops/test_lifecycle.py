@@ -16,11 +16,13 @@ import time
 from collections.abc import Callable
 
 import pytest
+import yaml
 
 from tests.doubles.mas import MasDouble
 from tests.doubles.smtp import SmtpDouble
 from tests.gitops.flux import revision
 from tests.gitops.loop import GitOps
+from tests.gitops.repository import EXAMPLES, INVITATIONS_DIR
 from tests.integration.harness import Body, InvitationsApi, condition, wait_until
 from tests.operator_process import OperatorProcess
 
@@ -49,7 +51,9 @@ def test_committed_invitation_is_applied_sent_and_waited_for(
     start_operator()
     # A slow MAS keeps the Invitation un-Ready for a while: long enough to see Flux wait on it.
     mas.delay(4)
-    path, manifest = gitops.repo.invitation("ada", **ADA)
+    # The guide's own example, as an admin would commit it.
+    path, manifest = f"{INVITATIONS_DIR}/ada.yaml", (EXAMPLES / "ada.yaml").read_text()
+    assert yaml.safe_load(manifest)["spec"] == {**ADA, "locale": "en"}
     commit = gitops.commit({path: manifest}, "Invite Ada")
     assert "ENC[AES256_GCM" in gitops.repo.git.show(path)
     assert "ada@example.org" not in gitops.repo.git.show(path)
