@@ -20,7 +20,7 @@ import yaml
 
 from tests.doubles.mas import MasDouble
 from tests.doubles.smtp import SmtpDouble
-from tests.gitops.flux import revision
+from tests.gitops.flux import ready_condition, revision
 from tests.gitops.loop import GitOps
 from tests.gitops.repository import EXAMPLES, INVITATIONS_DIR
 from tests.integration.harness import Body, InvitationsApi, condition, wait_until
@@ -157,6 +157,17 @@ def test_file_removed_from_git_is_pruned_and_its_token_revoked(
     invitations.wait_gone("ada")
     (token,) = mas.tokens()
     assert token["revoked_at"] is not None
+    # Git keeps no empty folder: without the placeholder the path is gone, and Flux fails
+    # before it even attempts the revision (lastAttemptedRevision stays at the previous one).
+    gitops.commit({f"{INVITATIONS_DIR}/.keep": None}, "Nothing left in the folder")
+
+    def path_not_found() -> bool:
+        ready = ready_condition(gitops.flux.kustomization("invitations"))
+        return ready.get("status") == "False" and "path not found" in ready.get("message", "")
+
+    wait_until("Flux reports the missing path", path_not_found, 60)
+    gone = gitops.flux.kustomization("invitations")
+    assert gone["status"]["lastAppliedRevision"] == revision(removed)
     wait_until(
         "the token Secret is garbage-collected", lambda: invitations.secret(secret_name) is None, 30
     )
