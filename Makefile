@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install lint format test unit controlplane chromium demo clean chart-crds deploy-manifests e2e-kind
+.PHONY: install lint format test unit controlplane chromium demo demo-gitops clean chart-crds deploy-manifests e2e-kind
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,8 @@ format: install
 	$(BIN)/ruff check --fix .
 
 # Builds etcd, kube-apiserver, kube-controller-manager, kubectl, the kstatus checker
-# (tests/kstatus) and helm (for tests/deploy) from the Go module proxy into ~/.cache/matrix-invite-operator (once per pinned
+# (tests/kstatus), helm (for tests/deploy), Flux's kustomize- and source-controller, sops and age
+# (for tests/gitops) from the Go module proxy into ~/.cache/matrix-invite-operator (once per pinned
 # version; the first build takes minutes).
 controlplane: install
 	$(BIN)/python -m tests.controlplane.build
@@ -45,6 +46,9 @@ test: lint controlplane chromium
 
 demo: install controlplane
 	$(BIN)/python -m tests.demo
+
+demo-gitops: install controlplane
+	$(BIN)/python -m tests.gitops.demo
 
 # The chart templates a copy of crds/ (helm reads only files inside the chart); tests/deploy
 # fails when the copy or deploy/ (the kustomize base rendered from the chart) is stale.

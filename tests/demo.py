@@ -26,6 +26,7 @@ from tests.operator_process import REPO_ROOT, OperatorProcess
 
 NAMESPACE = "matrix"
 EXAMPLE = REPO_ROOT / "examples" / "invitation.yaml"
+CLIENT_ID = "01J44RKQYM4G3TNVANTMTDYTX6"
 
 
 def banner(text: str) -> None:
@@ -45,6 +46,29 @@ def wait_ready(cp: ControlPlane, name: str, timeout: float = 60.0) -> dict[str, 
     raise SystemExit(f"the invitation {name} was not Ready within {timeout}s")
 
 
+def operator_env(
+    cp: ControlPlane, namespace: str, mas: MasDouble, smtp: SmtpDouble, workdir: Path
+) -> dict[str, str]:
+    """The demo operator's settings: the doubles' addresses, the credential files in `workdir`."""
+    host, port = smtp.address
+    return {
+        "KUBECONFIG": str(cp.kubeconfig_path),
+        "MATRIX_INVITE_NAMESPACES": namespace,
+        "MATRIX_INVITE_MAS_URL": mas.url,
+        "MATRIX_INVITE_MAS_CLIENT_ID": CLIENT_ID,
+        "MATRIX_INVITE_MAS_CLIENT_SECRET_FILE": str(workdir / "mas-client-secret"),
+        "MATRIX_INVITE_SMTP_HOST": host,
+        "MATRIX_INVITE_SMTP_PORT": str(port),
+        "MATRIX_INVITE_SMTP_USERNAME": "operator",
+        "MATRIX_INVITE_SMTP_PASSWORD_FILE": str(workdir / "smtp-password"),
+        "MATRIX_INVITE_SMTP_CA_BUNDLE": str(smtp.ca_path),
+        "MATRIX_INVITE_MAIL_FROM": "invitations@example.org",
+        "MATRIX_INVITE_MAIL_FROM_NAME": "Example Matrix",
+        "MATRIX_INVITE_SERVER_NAME": "example.org",
+        "MATRIX_INVITE_REGISTRATION_URL": "https://auth.example.org/register",
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
@@ -59,28 +83,12 @@ def main() -> int:
 
     with (
         ControlPlane(binaries=ensure_binaries()) as cp,
-        MasDouble(client_id="01J44RKQYM4G3TNVANTMTDYTX6", client_secret=client_secret) as mas,
+        MasDouble(client_id=CLIENT_ID, client_secret=client_secret) as mas,
         SmtpDouble(mode="starttls", username="operator", password=smtp_password) as smtp,
     ):
         cp.apply_crds(REPO_ROOT / "crds")
         cp.kubectl("create", "namespace", NAMESPACE)
-        host, port = smtp.address
-        env = {
-            "KUBECONFIG": str(cp.kubeconfig_path),
-            "MATRIX_INVITE_NAMESPACES": NAMESPACE,
-            "MATRIX_INVITE_MAS_URL": mas.url,
-            "MATRIX_INVITE_MAS_CLIENT_ID": "01J44RKQYM4G3TNVANTMTDYTX6",
-            "MATRIX_INVITE_MAS_CLIENT_SECRET_FILE": str(workdir / "mas-client-secret"),
-            "MATRIX_INVITE_SMTP_HOST": host,
-            "MATRIX_INVITE_SMTP_PORT": str(port),
-            "MATRIX_INVITE_SMTP_USERNAME": "operator",
-            "MATRIX_INVITE_SMTP_PASSWORD_FILE": str(workdir / "smtp-password"),
-            "MATRIX_INVITE_SMTP_CA_BUNDLE": str(smtp.ca_path),
-            "MATRIX_INVITE_MAIL_FROM": "invitations@example.org",
-            "MATRIX_INVITE_MAIL_FROM_NAME": "Example Matrix",
-            "MATRIX_INVITE_SERVER_NAME": "example.org",
-            "MATRIX_INVITE_REGISTRATION_URL": "https://auth.example.org/register",
-        }
+        env = operator_env(cp, NAMESPACE, mas, smtp, workdir)
         operator = OperatorProcess(env, workdir / "operator.log")
         banner(f"Starting the operator (log: {operator.log_path})")
         with operator:

@@ -20,8 +20,11 @@ helm (``go/helm/``, for the chart tests in ``tests/deploy``) is cached the same 
 ``helm-<helm version>_<hash>/bin/``; the control plane's key covers only ``go/etcd`` and
 ``go/kube``.
 
-Run ``python -m tests.controlplane.build`` to build all three (if needed) and print the control
-plane's bin directory, then the kstatus binary, then helm.
+The Flux controllers, sops and age (for the GitOps tests in ``tests/gitops``) have their own key
+and recipe in :mod:`tests.controlplane.flux_build`.
+
+Run ``python -m tests.controlplane.build`` to build all of them (if needed) and print the control
+plane's bin directory, then the kstatus binary, then helm, then the GitOps tools' directory.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,7 +171,15 @@ def _complete(bin_dir: Path) -> bool:
     return all(os.access(bin_dir / name, os.X_OK) for name in BINARY_NAMES)
 
 
-def _go_build(module: Path, out_dir: Path, ldflags: str, packages: str = "./cmd/...") -> None:
+def run_go(
+    args: list[str],
+    cwd: Path,
+    *,
+    goflags: str = "-mod=mod -buildvcs=false",
+    extra_env: Mapping[str, str] | None = None,
+    what: str = "",
+) -> str:
+    """Run ``go <args>`` in ``cwd`` for a build; return its output, raise :class:`BuildError`."""
     go = shutil.which("go")
     if go is None:
         raise BuildError(
@@ -175,37 +187,49 @@ def _go_build(module: Path, out_dir: Path, ldflags: str, packages: str = "./cmd/
         )
     env = dict(os.environ)
     env["CGO_ENABLED"] = "0"
+    # Never fetch another toolchain: the pins were chosen to build with the installed one.
+    env["GOTOOLCHAIN"] = "local"
     # -buildvcs=false: the wrapper modules live inside this git repository, whose state is
     # irrelevant to the binaries and may not even have a commit yet.
-    env["GOFLAGS"] = "-mod=mod -buildvcs=false"
-    # With a trailing slash, -o means a directory and Go names each binary after its package.
-    cmd = [go, "build", "-trimpath", "-ldflags", ldflags, "-o", f"{out_dir}{os.sep}", packages]
-    started = time.monotonic()
+    env["GOFLAGS"] = goflags
+    env.update(extra_env or {})
+    cmd = [go, *args]
+    what = what or f"go {args[0]} in {cwd}"
     try:
         result = subprocess.run(
             cmd,
-            cwd=module,
+            cwd=cwd,
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            capture_output=True,
             text=True,
             timeout=BUILD_TIMEOUT_SECONDS,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
         output = (
-            exc.output
-            if isinstance(exc.output, str)
-            else (exc.output or b"").decode(errors="replace")
+            exc.stderr
+            if isinstance(exc.stderr, str)
+            else (exc.stderr or b"").decode(errors="replace")
         )
         raise BuildError(
-            f"go build in {module} timed out after {BUILD_TIMEOUT_SECONDS}s\n{_tail(output)}"
+            f"{what} timed out after {BUILD_TIMEOUT_SECONDS}s\n{_tail(output)}"
         ) from exc
     if result.returncode != 0:
         raise BuildError(
-            f"go build in {module} failed with exit code {result.returncode}: {' '.join(cmd)}\n"
-            f"{_tail(result.stdout)}"
+            f"{what} failed with exit code {result.returncode}: {' '.join(cmd)}\n"
+            f"{_tail(result.stdout + result.stderr)}"
         )
+    return result.stdout
+
+
+def _go_build(module: Path, out_dir: Path, ldflags: str, packages: str = "./cmd/...") -> None:
+    started = time.monotonic()
+    # With a trailing slash, -o means a directory and Go names each binary after its package.
+    run_go(
+        ["build", "-trimpath", "-ldflags", ldflags, "-o", f"{out_dir}{os.sep}", packages],
+        module,
+        what=f"go build in {module}",
+    )
     print(
         f"controlplane: built {module.name} in {time.monotonic() - started:.0f}s", file=sys.stderr
     )
@@ -215,84 +239,77 @@ def _tail(output: str) -> str:
     return "\n".join(output.splitlines()[-OUTPUT_TAIL_LINES:])
 
 
-def ensure_binaries() -> Binaries:
-    """Return the cached binaries for the current pins, building them first if needed.
+def build_once(
+    key_dir: Path, complete: Callable[[Path], bool], build: Callable[[Path], None], what: str
+) -> Path:
+    """Return ``key_dir/bin`` once ``complete`` holds for it, running ``build(staging)`` if needed.
 
-    Safe to call from several processes at once: one builds, the others wait on the lock.
-    Raises :class:`BuildError` on any failure.
+    One builder under a file lock (the others wait on it), into a temporary directory renamed
+    into place, so nobody ever sees half-written files; :class:`BuildError` on any failure.
     """
-    kube, etcd = kube_version(), etcd_version()
-    key_dir = cache_root() / cache_key()
     bin_dir = key_dir / "bin"
-    binaries = Binaries(bin_dir=bin_dir, kube_version=kube, etcd_version=etcd)
-    if _complete(bin_dir):
-        return binaries
-
+    if complete(bin_dir):
+        return bin_dir
     key_dir.mkdir(parents=True, exist_ok=True)
     with open(key_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _complete(bin_dir):
-            return binaries
+        if complete(bin_dir):
+            return bin_dir
         if bin_dir.exists():
-            # Only reachable if someone deleted a binary by hand: start over.
+            # Only reachable if someone deleted a file by hand: start over.
             shutil.rmtree(bin_dir)
-        print(
-            f"controlplane: building Kubernetes {kube} and etcd {etcd} into {bin_dir} "
-            "(the first build downloads modules and takes many minutes)",
-            file=sys.stderr,
-        )
+        print(f"controlplane: building {what} into {bin_dir}", file=sys.stderr)
         staging = Path(tempfile.mkdtemp(prefix="bin.tmp-", dir=key_dir))
         try:
-            _go_build(ETCD_MODULE, staging, STRIP_LDFLAGS)
-            _go_build(KUBE_MODULE, staging, kube_ldflags(kube))
-            missing = [name for name in BINARY_NAMES if not (staging / name).is_file()]
-            if missing:
-                raise BuildError(f"go build produced no {', '.join(missing)} in {staging}")
+            build(staging)
+            if not complete(staging):
+                raise BuildError(f"the build of {what} left {staging} incomplete")
             # mkdtemp creates 0700; the binaries' directory should be like any other.
             staging.chmod(0o755)
             os.rename(staging, bin_dir)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
-    return binaries
+    return bin_dir
+
+
+def ensure_binaries() -> Binaries:
+    """Return the cached binaries for the current pins, building them first if needed.
+
+    Safe to call from several processes at once (see :func:`build_once`): one builds, the others
+    wait on the lock. Raises :class:`BuildError` on any failure.
+    """
+    kube, etcd = kube_version(), etcd_version()
+
+    def build(staging: Path) -> None:
+        _go_build(ETCD_MODULE, staging, STRIP_LDFLAGS)
+        _go_build(KUBE_MODULE, staging, kube_ldflags(kube))
+
+    bin_dir = build_once(
+        cache_root() / cache_key(),
+        _complete,
+        build,
+        f"Kubernetes {kube} and etcd {etcd} (the first build downloads modules and takes many "
+        "minutes)",
+    )
+    return Binaries(bin_dir=bin_dir, kube_version=kube, etcd_version=etcd)
 
 
 def ensure_kstatus() -> Path:
-    """Return the cached kstatus checker for the current pin, building it first if needed.
+    """Return the cached kstatus checker for the current pin, building it first if needed
+    (with the guarantees of :func:`build_once`)."""
 
-    Same guarantees as :func:`ensure_binaries`: one builder under a file lock, an atomic rename
-    into place, :class:`BuildError` on any failure.
-    """
-    key_dir = cache_root() / kstatus_cache_key()
-    bin_dir = key_dir / "bin"
-    binary = bin_dir / KSTATUS_NAME
-    if os.access(binary, os.X_OK):
-        return binary
+    def build(staging: Path) -> None:
+        # The main package is the module root, so the binary is named after the module path.
+        _go_build(KSTATUS_MODULE, staging, STRIP_LDFLAGS, packages=".")
 
-    key_dir.mkdir(parents=True, exist_ok=True)
-    with open(key_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.access(binary, os.X_OK):
-            return binary
-        if bin_dir.exists():
-            shutil.rmtree(bin_dir)
-        print(
-            f"controlplane: building the kstatus checker (cli-utils {kstatus_version()}) "
-            f"into {bin_dir}",
-            file=sys.stderr,
-        )
-        staging = Path(tempfile.mkdtemp(prefix="bin.tmp-", dir=key_dir))
-        try:
-            # The main package is the module root, so the binary is named after the module path.
-            _go_build(KSTATUS_MODULE, staging, STRIP_LDFLAGS, packages=".")
-            if not (staging / KSTATUS_NAME).is_file():
-                raise BuildError(f"go build produced no {KSTATUS_NAME} in {staging}")
-            staging.chmod(0o755)
-            os.rename(staging, bin_dir)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-    return binary
+    bin_dir = build_once(
+        cache_root() / kstatus_cache_key(),
+        lambda d: os.access(d / KSTATUS_NAME, os.X_OK),
+        build,
+        f"the kstatus checker (cli-utils {kstatus_version()})",
+    )
+    return bin_dir / KSTATUS_NAME
 
 
 def helm_version() -> str:
@@ -324,50 +341,38 @@ def helm_cache_key() -> str:
 
 
 def ensure_helm() -> Path:
-    """Return the cached helm for the current pin, building it first if needed.
+    """Return the cached helm for the current pin, building it first if needed (with the
+    guarantees of :func:`build_once`)."""
 
-    Same guarantees as :func:`ensure_binaries`: one builder under a file lock, an atomic rename
-    into place, :class:`BuildError` on any failure.
-    """
-    key_dir = cache_root() / helm_cache_key()
-    bin_dir = key_dir / "bin"
-    binary = bin_dir / HELM_NAME
-    if os.access(binary, os.X_OK):
-        return binary
+    def build(staging: Path) -> None:
+        # helm's command is a main package of the required module (a `tool` in go.mod).
+        _go_build(HELM_MODULE, staging, helm_ldflags(), packages=HELM_PACKAGE)
 
-    key_dir.mkdir(parents=True, exist_ok=True)
-    with open(key_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.access(binary, os.X_OK):
-            return binary
-        if bin_dir.exists():
-            shutil.rmtree(bin_dir)
-        print(f"controlplane: building helm {helm_version()} into {bin_dir}", file=sys.stderr)
-        staging = Path(tempfile.mkdtemp(prefix="bin.tmp-", dir=key_dir))
-        try:
-            # helm's command is a main package of the required module (a `tool` in go.mod).
-            _go_build(HELM_MODULE, staging, helm_ldflags(), packages=HELM_PACKAGE)
-            if not (staging / HELM_NAME).is_file():
-                raise BuildError(f"go build produced no {HELM_NAME} in {staging}")
-            staging.chmod(0o755)
-            os.rename(staging, bin_dir)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-    return binary
+    bin_dir = build_once(
+        cache_root() / helm_cache_key(),
+        lambda d: os.access(d / HELM_NAME, os.X_OK),
+        build,
+        f"helm {helm_version()}",
+    )
+    return bin_dir / HELM_NAME
 
 
 def main() -> int:
+    # Imported here: the Flux recipe builds on this module's helpers.
+    from tests.controlplane.flux_build import ensure_flux
+
     try:
         binaries = ensure_binaries()
         kstatus = ensure_kstatus()
         helm = ensure_helm()
+        flux = ensure_flux()
     except BuildError as exc:
         print(f"controlplane: BUILD FAILED: {exc}", file=sys.stderr)
         return 1
     print(binaries.bin_dir)
     print(kstatus)
     print(helm)
+    print(flux.bin_dir)
     return 0
 
 

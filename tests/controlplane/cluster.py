@@ -72,6 +72,7 @@ class _Process:
     name: str
     args: list[str]
     log_path: Path
+    env: Mapping[str, str] | None = None
     popen: subprocess.Popen[bytes] | None = None
     log_file: IO[bytes] | None = field(default=None, repr=False)
 
@@ -88,6 +89,7 @@ class _Process:
             stdin=subprocess.DEVNULL,
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
+            env=None if self.env is None else {**os.environ, **self.env},
             # Own session: a Ctrl-C in the terminal reaches only our supervisor, which then stops
             # the children in order, rather than killing them all at once mid-write.
             start_new_session=True,
