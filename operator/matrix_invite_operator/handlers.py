@@ -51,6 +51,28 @@ class _WaitingIsNoError(logging.Filter):
         return True
 
 
+class _DeadWatcherAlarm(logging.Handler):
+    """Raises the restart flag when Kopf reports that a watcher ended.
+
+    Kopf 1.45 never restarts a watcher that failed: a 410 on a continuation page of its paged
+    initial listing (the continue token outlived the API server's compaction window) ends it,
+    and the operator would go on answering its probe while blind to every Invitation. Kopf's
+    guard logs that end at ERROR ("Watcher for ... has failed") or WARNING ("... has finished
+    unexpectedly"); `__main__` then stops Kopf and starts it again, which lists afresh.
+    """
+
+    def __init__(self, restart: asyncio.Event) -> None:
+        super().__init__(logging.WARNING)
+        self._restart = restart
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Watcher for ") and (
+            "has failed" in message or "has finished unexpectedly" in message
+        ):
+            self._restart.set()
+
+
 logging.getLogger("kopf.objects").addFilter(_QuietRegistry())
 logging.getLogger("kopf.objects").addFilter(_WaitingIsNoError())
 
@@ -115,10 +137,17 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
                 f"cannot serve metrics on {config.bind_address}:{config.metrics_port}: {exc}"
             ) from exc
     memo.sync_task = asyncio.create_task(memo.sync.run_forever(), name="status-sync")
+    restart: asyncio.Event | None = memo.get("restart_watching")
+    if restart is not None:
+        memo.watcher_alarm = _DeadWatcherAlarm(restart)
+        logging.getLogger("kopf").addHandler(memo.watcher_alarm)
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    alarm: logging.Handler | None = memo.get("watcher_alarm")
+    if alarm is not None:
+        logging.getLogger("kopf").removeHandler(alarm)
     task: asyncio.Task[None] | None = memo.get("sync_task")
     if task is not None:
         task.cancel()
