@@ -124,5 +124,9 @@ class KubeNotFound(KubeError):
     """The object is gone (for example deleted while we worked on it)."""
 
 
+class KubeConflict(KubeError):
+    """A write conditioned on a resourceVersion met a newer object (409): read again."""
+
+
 class SecretConflict(PermanentError):
     """A Secret with our name exists but belongs to something else: we never take it over."""

@@ -152,6 +152,9 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     if task is not None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+    sync: StatusSync | None = memo.get("sync")
+    if sync is not None:
+        await sync.aclose()
     if memo.get("deps") is not None:
         await close_dependencies(memo.deps)
     server = memo.get("metrics_server")

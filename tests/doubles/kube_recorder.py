@@ -2,8 +2,9 @@
 
 For measuring what a sync pass writes (`bench/sync_cost.py`, `tests/contract/test_sync_cost.py`):
 the operator's own `KubeApi` talks plain HTTP to it, so each status patch and each Event it would
-send to a real API server shows up here, with its JSON body, and nothing is patched in. It never
-serves reads (404), so a code path that reads Kubernetes during a pass shows up as well.
+send to a real API server shows up here, with its JSON body, and nothing is patched in. It serves
+reads only of the objects put into `objects` (by path; 404 otherwise), and records them too, so a
+code path that reads Kubernetes during a pass shows up as well.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class KubeRequest:
         return self.method == "PATCH" and self.path.endswith("/status")
 
     @property
+    def is_read(self) -> bool:
+        return self.method == "GET"
+
+    @property
     def is_event(self) -> bool:
         return self.method == "POST" and self.path.endswith("/events")
 
@@ -44,6 +49,7 @@ class KubeRecorder:
     def __init__(self, host: str = "127.0.0.1") -> None:
         self._lock = threading.Lock()
         self._requests: list[KubeRequest] = []
+        self.objects: dict[str, Any] = {}  # path -> body, answered to GET
         self._server = ThreadingHTTPServer((host, 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -113,9 +119,10 @@ class KubeRecorder:
                 recorder._record(
                     KubeRequest(self.command, self.path, self.headers.get("Content-Type"), body)
                 )
-                found = self.command in WRITE_METHODS
+                stored = recorder.objects.get(self.path) if self.command == "GET" else None
+                found = self.command in WRITE_METHODS or stored is not None
                 answer = json.dumps(
-                    {} if found else {"kind": "Status", "status": "Failure", "code": 404}
+                    stored or {} if found else {"kind": "Status", "status": "Failure", "code": 404}
                 ).encode()
                 self.send_response(200 if found else 404)
                 self.send_header("Content-Type", "application/json")
