@@ -11,6 +11,7 @@ the Lease names the standby (docs/architecture.md).
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -175,3 +176,56 @@ def test_a_stopped_copy_hands_the_lease_over_at_once(
     invitations.apply("after", email="after@example.org")
     invitations.wait_for_phase("after", "Sent", timeout=60)
     assert second.returncode is None
+
+
+def test_a_410_on_a_page_of_the_initial_listing_restarts_the_watch(
+    control_plane: ControlPlane,
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+    kube_proxy: ForwardingProxy,
+    tmp_path: Path,
+) -> None:
+    """Kopf 1.45.2's watcher dies on a 410 for a continue token and is never started again.
+
+    The API server answers 410 when a continue token outlived its compaction window (5 min),
+    which takes hundreds of thousands of Invitations or a very slow operator to meet for real.
+    The proxy makes it exact: the first listing is cut into pages of 2 (the API server may
+    always return fewer than asked), and its first continuation is answered 410 Expired.
+    """
+    for name in ("before-1", "before-2", "before-3"):
+        invitations.apply(name, email=f"{name}@example.org")
+
+    def first_listing(method: str, path: str) -> bool:
+        return method == "GET" and "/invitations?" in path and "watch=" not in path
+
+    def continuation(method: str, path: str) -> bool:
+        return first_listing(method, path) and "continue=" in path
+
+    kube_proxy.rewrite_once(first_listing, lambda path: re.sub(r"limit=\d+", "limit=2", path))
+    kube_proxy.answer_once(
+        continuation,
+        410,
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "message": "The provided continue parameter is too old to display a consistent "
+            "list result. You can start a new list without the continue parameter.",
+            "reason": "Expired",
+            "code": 410,
+        },
+    )
+    operator = start_operator(
+        KUBECONFIG=str(kubeconfig_via(kube_proxy, control_plane, tmp_path / "proxied.kubeconfig"))
+    )
+    for name in ("before-1", "before-2", "before-3"):
+        invitations.wait_for_phase(name, "Sent", timeout=60)
+    assert [r.path for r in kube_proxy.answered if "continue=" in r.path], "no 410 was answered"
+    assert "restarting Kopf to list and watch again" in operator.logs()
+
+    invitations.apply("after", email="after@example.org")
+    invitations.wait_for_phase("after", "Sent", timeout=60)
+    assert operator.returncode is None
+    assert check_invariants(invitations, mas, smtp).violations == []
