@@ -88,10 +88,12 @@ class ForwardingProxy:
         with self._lock:
             return list(self._requests)
 
-    def answer_once(self, meant: PathPredicate, status: int, body: dict[str, Any]) -> None:
-        """The first request `meant` picks gets this answer; upstream never sees it."""
+    def answer_once(
+        self, meant: PathPredicate, status: int, body: dict[str, Any], *, times: int = 1
+    ) -> None:
+        """The first `times` requests `meant` picks get this answer; upstream never sees them."""
         with self._lock:
-            self._answers.append((meant, status, body))
+            self._answers.extend((meant, status, body) for _ in range(times))
 
     def rewrite_once(self, meant: PathPredicate, rewrite: Callable[[str], str]) -> None:
         """The first request `meant` picks goes upstream with its path rewritten."""

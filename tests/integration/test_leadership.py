@@ -5,7 +5,9 @@ is counted request by request, not inferred. The active copy is SIGKILLed in the
 burst: every Invitation still ends with exactly one token, no valid token is left untracked, and a
 mail is sent twice only in the documented window (a crash between the relay's accept and the
 status write; the same token both times). Takeover time is printed, from the SIGKILL to the moment
-the Lease names the standby (docs/architecture.md).
+the Lease names the standby (docs/architecture.md). A copy whose renewals fail ends itself
+before the Lease can pass on; and a watcher killed by a 410 on a page of the initial listing does
+not leave the operator blind.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from matrix_invite_operator.__main__ import LOST_LEASE_EXIT_CODE
 from matrix_invite_operator.leadership import LEASE_DURATION, RETRY_PERIOD
 from matrix_invite_operator.reconcile import CONCURRENT_RECONCILES
 
@@ -229,3 +232,47 @@ def test_a_410_on_a_page_of_the_initial_listing_restarts_the_watch(
     invitations.wait_for_phase("after", "Sent", timeout=60)
     assert operator.returncode is None
     assert check_invariants(invitations, mas, smtp).violations == []
+
+
+def test_a_copy_that_cannot_renew_stops_before_the_lease_passes(
+    control_plane: ControlPlane,
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    start_operator: Callable[..., OperatorProcess],
+    lease_env: dict[str, str],
+    kube_proxy: ForwardingProxy,
+    tmp_path: Path,
+) -> None:
+    lease = lease_env["MATRIX_INVITE_LEASE_NAME"]
+    cut_off = start_operator(
+        KUBECONFIG=str(kubeconfig_via(kube_proxy, control_plane, tmp_path / "cut.kubeconfig")),
+        **lease_env,
+    )
+    wait_until("it holds the Lease", lambda: "acquired the Lease" in cut_off.logs(), 30)
+    holder = lease_holder(invitations, lease)
+    standby = start_operator(**lease_env)
+
+    # From now on the API server refuses its renewals (as a partition would, for this copy only).
+    def renewal(method: str, path: str) -> bool:
+        return method == "PUT" and path.startswith(LEASE_PREFIX)
+
+    kube_proxy.answer_once(
+        renewal, 503, {"kind": "Status", "status": "Failure", "code": 503}, times=10_000
+    )
+    cut_at = time.monotonic()
+    wait_until("the cut-off copy ends itself", lambda: cut_off.returncode is not None, 30)
+    ended = time.monotonic() - cut_at
+    assert cut_off.returncode == LOST_LEASE_EXIT_CODE
+    # It stopped acting before the Lease could pass: the standby still waits for it to run out.
+    assert lease_holder(invitations, lease) == holder
+    wait_until(
+        "the standby holds the Lease",
+        lambda: lease_holder(invitations, lease) not in (None, holder),
+        TAKEOVER_BOUND,
+    )
+    taken = time.monotonic() - cut_at
+    print(f"\ncut off: ended itself after {ended:.1f} s, standby took over after {taken:.1f} s")
+    assert ended < taken
+    invitations.apply("after", email="after@example.org")
+    invitations.wait_for_phase("after", "Sent", timeout=60)
+    assert standby.returncode is None
