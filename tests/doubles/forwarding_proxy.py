@@ -15,10 +15,11 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import urlsplit
+
+from tests.doubles.loopback_server import LoopbackHttpServer
 
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "upgrade"}
@@ -37,7 +38,7 @@ class ProxiedRequest:
         return self.method in ("POST", "PUT", "PATCH", "DELETE")
 
 
-class ForwardingProxy:
+class ForwardingProxy(LoopbackHttpServer):
     """`with ForwardingProxy("https://127.0.0.1:6443") as proxy: ... proxy.url ...`"""
 
     def __init__(self, upstream: str, *, host: str = "127.0.0.1") -> None:
@@ -50,39 +51,7 @@ class ForwardingProxy:
         self._answers: list[tuple[PathPredicate, int, dict[str, Any]]] = []
         self._rewrites: list[tuple[PathPredicate, Callable[[str], str]]] = []
         self.answered: list[ProxiedRequest] = []  # requests that got a replaced answer
-        self._server = ThreadingHTTPServer((host, 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> Self:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="forwarding-proxy", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().__init__(self._handler_class(), host=host, name="forwarding-proxy")
 
     def requests(self) -> list[ProxiedRequest]:
         with self._lock:

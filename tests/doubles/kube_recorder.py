@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from tests.doubles.loopback_server import LoopbackHttpServer
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -43,46 +44,14 @@ class KubeRequest:
         return self.method == "POST" and self.path.endswith("/events")
 
 
-class KubeRecorder:
+class KubeRecorder(LoopbackHttpServer):
     """`with KubeRecorder() as kube: KubeApi(httpx.AsyncClient(base_url=kube.url))`."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self._lock = threading.Lock()
         self._requests: list[KubeRequest] = []
         self.objects: dict[str, Any] = {}  # path -> body, answered to GET
-        self._server = ThreadingHTTPServer((host, 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> Self:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="kube-recorder", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().__init__(self._handler_class(), host=host, name="kube-recorder")
 
     def requests(self) -> list[KubeRequest]:
         with self._lock:

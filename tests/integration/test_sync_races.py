@@ -15,6 +15,7 @@ import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from matrix_invite_operator.backends import TokenState
@@ -49,19 +50,17 @@ def test_a_stale_body_does_not_undo_an_edit(
     token_id = stale["status"]["tokenId"]
 
     # What the update handler did while the watch cache still held `stale`:
-    invitations.patch_spec("edited", usageLimit=3)
-    OutsideAdmin(
-        mas.url, MAS_CLIENT_ID, (secrets_dir / "mas-client-secret").read_text()
-    ).set_limits(token_id, usage_limit=3, expires_at=_as_time(stale["status"]["expiresAt"]))
-    generation = invitations.get("edited")["metadata"]["generation"]  # type: ignore[index]
-    invitations.kubectl(
-        "patch",
-        "invitation",
+    expires = _as_time(stale["status"]["expiresAt"])
+    handled_edit(
+        invitations,
+        mas,
+        secrets_dir,
         "edited",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": {"observedGeneration": generation, "usageLimit": 3}}),
+        token_id,
+        {"usageLimit": 3},
+        3,
+        expires,
+        status={"usageLimit": 3},
     )
     # ...and a listing taken after it: the two disagree, which looks like drift.
     listed = {token_id: _listed(mas, token_id)}
@@ -100,19 +99,16 @@ def test_an_expiry_wake_up_does_not_expire_a_token_just_extended(
 
     # What the update handler did meanwhile: the expiry moved a day on, in MAS and in status.
     later = soon + dt.timedelta(days=1)
-    invitations.patch_spec("extended", expiresAt=rfc3339(later))
-    OutsideAdmin(
-        mas.url, MAS_CLIENT_ID, (secrets_dir / "mas-client-secret").read_text()
-    ).set_limits(token_id, usage_limit=1, expires_at=later)
-    generation = invitations.get("extended")["metadata"]["generation"]  # type: ignore[index]
-    invitations.kubectl(
-        "patch",
-        "invitation",
+    handled_edit(
+        invitations,
+        mas,
+        secrets_dir,
         "extended",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": {"observedGeneration": generation, "expiresAt": rfc3339(later)}}),
+        token_id,
+        {"expiresAt": rfc3339(later)},
+        1,
+        later,
+        status={"expiresAt": rfc3339(later)},
     )
 
     report = asyncio.run(one_pass(control_plane, mas, secrets_dir, [stale], listed, fresh=False))
@@ -149,6 +145,35 @@ def test_a_pass_skips_an_invitation_a_handler_holds(
     report = asyncio.run(with_dependencies(control_plane, mas, secrets_dir, held))
     assert (report.skipped, report.patched) == (1, 0)
     assert invitations.status("held")["phase"] == "Sent"  # written by the next pass, not this
+
+
+def handled_edit(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    secrets_dir: Path,
+    name: str,
+    token_id: str,
+    spec: dict[str, Any],
+    usage_limit: int,
+    expires_at: dt.datetime,
+    *,
+    status: dict[str, Any],
+) -> None:
+    """Carry out an edit as the update handler would: spec, then MAS, then status."""
+    invitations.patch_spec(name, **spec)
+    OutsideAdmin(
+        mas.url, MAS_CLIENT_ID, (secrets_dir / "mas-client-secret").read_text()
+    ).set_limits(token_id, usage_limit=usage_limit, expires_at=expires_at)
+    generation = invitations.get(name)["metadata"]["generation"]  # type: ignore[index]
+    invitations.kubectl(
+        "patch",
+        "invitation",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"observedGeneration": generation, **status}}),
+    )
 
 
 def settings_for(mas: MasDouble, secrets_dir: Path) -> Settings:
