@@ -44,9 +44,7 @@ def test_a_stale_body_does_not_undo_an_edit(
     secrets_dir: Path,
     tmp_path: Path,
 ) -> None:
-    with OperatorProcess(operator_env, tmp_path / "operator.log"):
-        invitations.apply("edited", email="edited@example.org")
-        stale = invitations.wait_for_phase("edited", "Sent")
+    stale = sent_by_the_operator(invitations, operator_env, tmp_path, "edited")
     token_id = stale["status"]["tokenId"]
 
     # What the update handler did while the watch cache still held `stale`:
@@ -81,9 +79,9 @@ def test_an_expiry_wake_up_does_not_expire_a_token_just_extended(
     tmp_path: Path,
 ) -> None:
     soon = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(hours=1)
-    with OperatorProcess(operator_env, tmp_path / "operator.log"):
-        invitations.apply("extended", email="extended@example.org", expiresAt=rfc3339(soon))
-        sent = invitations.wait_for_phase("extended", "Sent")
+    sent = sent_by_the_operator(
+        invitations, operator_env, tmp_path, "extended", expiresAt=rfc3339(soon)
+    )
     token_id = sent["status"]["tokenId"]
 
     # What the watch cache and the last listing held when the old expiry came due: the
@@ -128,9 +126,7 @@ def test_a_pass_skips_an_invitation_a_handler_holds(
     secrets_dir: Path,
     tmp_path: Path,
 ) -> None:
-    with OperatorProcess(operator_env, tmp_path / "operator.log"):
-        invitations.apply("held", email="held@example.org")
-        sent = invitations.wait_for_phase("held", "Sent")
+    sent = sent_by_the_operator(invitations, operator_env, tmp_path, "held")
     token_id = sent["status"]["tokenId"]
     mas.simulate_registration(token_id)  # something for the pass to write
     listed = {token_id: TokenState.model_validate(mas.token(token_id))}
@@ -145,6 +141,15 @@ def test_a_pass_skips_an_invitation_a_handler_holds(
     report = asyncio.run(with_dependencies(control_plane, mas, secrets_dir, held))
     assert (report.skipped, report.patched) == (1, 0)
     assert invitations.status("held")["phase"] == "Sent"  # written by the next pass, not this
+
+
+def sent_by_the_operator(
+    invitations: InvitationsApi, env: dict[str, str], tmp_path: Path, name: str, **spec: Any
+) -> Body:
+    """An Invitation the real operator issued and mailed; the operator is stopped afterwards."""
+    with OperatorProcess(env, tmp_path / f"operator-{name}.log"):
+        invitations.apply(name, email=f"{name}@example.org", **spec)
+        return invitations.wait_for_phase(name, "Sent")
 
 
 def handled_edit(
