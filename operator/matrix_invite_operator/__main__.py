@@ -11,7 +11,9 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from pydantic import SecretStr, ValidationError
@@ -21,6 +23,7 @@ from .errors import ConfigurationError, OperatorError
 from .settings import Settings
 
 LOST_LEASE_EXIT_CODE = 3
+WATCH_RESTART_MAX_DELAY = 60.0
 
 
 def _load_settings() -> Settings:
@@ -94,6 +97,7 @@ async def _lead_then_operate(settings: Settings, lease: tuple[str, str] | None) 
         else None
     )
     memo = kopf.Memo(config=settings)
+    restarts = 0
     try:
         while True:
             # handlers.py sets it when a Kopf watcher died (a 410 on a page of the initial
@@ -101,6 +105,7 @@ async def _lead_then_operate(settings: Settings, lease: tuple[str, str] | None) 
             restart = asyncio.Event()
             memo.restart_watching = restart
             memo.registry = {}  # filled again by the new listing; deletions may have been missed
+            started = time.monotonic()
             await kopf.operator(
                 standalone=True,
                 clusterwide=not settings.namespaces,
@@ -111,7 +116,18 @@ async def _lead_then_operate(settings: Settings, lease: tuple[str, str] | None) 
             )
             if not restart.is_set():
                 return 0  # stopped by a signal
-            logging.getLogger(__name__).warning("restarting Kopf to list and watch again")
+            # Kopf's signal handlers outlive its run and would swallow a SIGTERM meanwhile.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().remove_signal_handler(signum)
+            # Counted from 1 again when Kopf ran a while (10 min) since the last restart.
+            restarts = 1 if time.monotonic() - started > 600 else restarts + 1
+            # A watcher that dies again at once (say, RBAC refusing the listing) must not
+            # turn into a tight loop of listings: 2, 4, 8 ... up to 60 s between attempts.
+            delay = min(WATCH_RESTART_MAX_DELAY, 2.0**restarts)
+            logging.getLogger(__name__).warning(
+                "restarting Kopf to list and watch again (in %.0f s)", delay
+            )
+            await asyncio.sleep(delay)
     finally:
         if keeper is not None:
             keeper.remove_done_callback(_stop_acting_when_lost)

@@ -226,7 +226,7 @@ def test_a_410_on_a_page_of_the_initial_listing_restarts_the_watch(
     for name in ("before-1", "before-2", "before-3"):
         invitations.wait_for_phase(name, "Sent", timeout=60)
     assert [r.path for r in kube_proxy.answered if "continue=" in r.path], "no 410 was answered"
-    assert "restarting Kopf to list and watch again" in operator.logs()
+    assert "restarting Kopf to list and watch again (in 2 s)" in operator.logs()
 
     invitations.apply("after", email="after@example.org")
     invitations.wait_for_phase("after", "Sent", timeout=60)
