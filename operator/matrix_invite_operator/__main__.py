@@ -9,9 +9,13 @@ configuration cannot work, instead of entering a crash loop inside Kopf.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import logging
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from pydantic import SecretStr, ValidationError
@@ -19,6 +23,9 @@ from pydantic import SecretStr, ValidationError
 from . import __version__
 from .errors import ConfigurationError, OperatorError
 from .settings import Settings
+
+LOST_LEASE_EXIT_CODE = 3
+WATCH_RESTART_MAX_DELAY = 60.0
 
 
 def _load_settings() -> Settings:
@@ -43,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     # settings do not: the operator runs, and every Invitation says what to fix (Stalled),
     # instead of a crash loop that only `kubectl logs` explains.
     settings = _load_settings()
+    lease = settings.lease_location()
     kopf.configure(
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
@@ -55,19 +63,96 @@ def run(args: argparse.Namespace) -> int:
     redaction = TokenPathRedaction()
     for handler in logging.getLogger().handlers:
         handler.addFilter(redaction)
+    return asyncio.run(_lead_then_operate(settings, lease))
+
+
+async def _lead_then_operate(settings: Settings, lease: tuple[str, str] | None) -> int:
+    """Hold the Lease (if election is on), then run Kopf until a signal stops it.
+
+    Kopf starts only once this copy holds the Lease: a standby runs no handler and no sync
+    pass. If the Lease cannot be renewed in time, the process ends at once (`os._exit`), as
+    client-go's leader election does: an orderly shutdown could still be writing when the
+    Lease passes to the next copy.
+    """
+    import kopf
+
+    from .kube import KubeConnection, kube_http_client
+    from .leadership import LeaseElector, default_identity, serve_standby_probe
+
+    elector: LeaseElector | None = None
+    keeper: asyncio.Task[None] | None = None
+    client = None
+    if lease is not None:
+        client = kube_http_client(KubeConnection.discover())
+        elector = LeaseElector(client, *lease, default_identity())
+        probe = (
+            await serve_standby_probe(settings.bind_address, settings.liveness_port)
+            if settings.liveness_port
+            else None
+        )
+        try:
+            await elector.acquire()
+        finally:
+            if probe is not None:
+                probe.close()
+                await probe.wait_closed()
+        keeper = asyncio.create_task(elector.keep(), name="lease renewal")
+        keeper.add_done_callback(_stop_acting_when_lost)
     liveness = (
         f"http://{settings.bind_address}:{settings.liveness_port}/healthz"
         if settings.liveness_port
         else None
     )
-    kopf.run(
-        standalone=True,
-        clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces,
-        liveness_endpoint=liveness,
-        memo=kopf.Memo(config=settings),
+    memo = kopf.Memo(config=settings)
+    restarts = 0
+    try:
+        while True:
+            # handlers.py sets it when a Kopf watcher died (a 410 on a page of the initial
+            # listing, see docs/architecture.md); Kopf never restarts one itself.
+            restart = asyncio.Event()
+            memo.restart_watching = restart
+            memo.registry = {}  # filled again by the new listing; deletions may have been missed
+            started = time.monotonic()
+            await kopf.operator(
+                standalone=True,
+                clusterwide=not settings.namespaces,
+                namespaces=settings.namespaces,
+                liveness_endpoint=liveness,
+                memo=memo,
+                stop_flag=restart,
+            )
+            if not restart.is_set():
+                return 0  # stopped by a signal
+            # Kopf's signal handlers outlive its run and would swallow a SIGTERM meanwhile.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().remove_signal_handler(signum)
+            # Counted from 1 again when Kopf ran a while (10 min) since the last restart.
+            restarts = 1 if time.monotonic() - started > 600 else restarts + 1
+            # A watcher that dies again at once (say, RBAC refusing the listing) must not
+            # turn into a tight loop of listings: 2, 4, 8 ... up to 60 s between attempts.
+            delay = min(WATCH_RESTART_MAX_DELAY, 2.0**restarts)
+            logging.getLogger(__name__).warning(
+                "restarting Kopf to list and watch again (in %.0f s)", delay
+            )
+            await asyncio.sleep(delay)
+    finally:
+        if keeper is not None:
+            keeper.remove_done_callback(_stop_acting_when_lost)
+            keeper.cancel()
+        if elector is not None:
+            await elector.release()
+        if client is not None:
+            await client.aclose()
+
+
+def _stop_acting_when_lost(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    logging.getLogger(__name__).critical(
+        "this copy no longer holds the Lease: exiting before another copy takes over"
     )
-    return 0
+    logging.shutdown()
+    os._exit(LOST_LEASE_EXIT_CODE)
 
 
 def render_mail(args: argparse.Namespace) -> int:

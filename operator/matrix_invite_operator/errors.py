@@ -154,7 +154,8 @@ class KubeNotFound(KubeError, TransientError):
 
 
 class KubeConflict(KubeError, TransientError):
-    """Someone else changed the object between our read and our write: try again."""
+    """Someone else changed the object between our read and our write (409; also a write
+    conditioned on a resourceVersion that met a newer object): read again and try again."""
 
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         super().__init__(message, retry_after=retry_after)

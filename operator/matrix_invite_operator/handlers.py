@@ -52,6 +52,28 @@ class _WaitingIsNoError(logging.Filter):
         return True
 
 
+class _DeadWatcherAlarm(logging.Handler):
+    """Raises the restart flag when Kopf reports that a watcher ended.
+
+    Kopf 1.45 never restarts a watcher that failed: a 410 on a continuation page of its paged
+    initial listing (the continue token outlived the API server's compaction window) ends it,
+    and the operator would go on answering its probe while blind to every Invitation. Kopf's
+    guard logs that end at ERROR ("Watcher for ... has failed") or WARNING ("... has finished
+    unexpectedly"); `__main__` then stops Kopf and starts it again, which lists afresh.
+    """
+
+    def __init__(self, restart: asyncio.Event) -> None:
+        super().__init__(logging.WARNING)
+        self._restart = restart
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Watcher for ") and (
+            "has failed" in message or "has finished unexpectedly" in message
+        ):
+            self._restart.set()
+
+
 logging.getLogger("kopf.objects").addFilter(_QuietRegistry())
 logging.getLogger("kopf.objects").addFilter(_WaitingIsNoError())
 
@@ -124,15 +146,25 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         memo.site_task = asyncio.create_task(
             site.run_forever(config.sync_interval_seconds), name="site-config"
         )
+    restart: asyncio.Event | None = memo.get("restart_watching")
+    if restart is not None:
+        memo.watcher_alarm = _DeadWatcherAlarm(restart)
+        logging.getLogger("kopf").addHandler(memo.watcher_alarm)
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    alarm: logging.Handler | None = memo.get("watcher_alarm")
+    if alarm is not None:
+        logging.getLogger("kopf").removeHandler(alarm)
     for name in ("sync_task", "site_task"):
         task: asyncio.Task[None] | None = memo.get(name)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+    sync: StatusSync | None = memo.get("sync")
+    if sync is not None:
+        await sync.aclose()
     if memo.get("deps") is not None:
         await close_dependencies(memo.deps)
     server = memo.get("metrics_server")

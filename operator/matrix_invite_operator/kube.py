@@ -261,14 +261,25 @@ class KubeApi:
     # --- Invitations ---
 
     async def patch_invitation_status(
-        self, namespace: str, name: str, status: dict[str, Any]
+        self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None
     ) -> dict[str, Any]:
-        return await self._request(
-            "PATCH",
-            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
-            json={"status": status},
-            content_type="application/merge-patch+json",
-        )
+        """Merge `status` in, only if the object is still at `resource_version`.
+
+        Raises `KubeConflict` when it changed since: the caller decided on an older object and
+        must read again. Without a version (a body that carried none) the patch always wins.
+        """
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            return await self._request(
+                "PATCH",
+                f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
+                json=body,
+                content_type="application/merge-patch+json",
+            )
+        except _AlreadyExists as exc:  # 409 on a patch: the resourceVersion precondition failed
+            raise KubeConflict(f"{namespace}/{name} changed since it was read") from exc
 
     async def get_invitation(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -31,7 +31,9 @@ from .backends import TokenBackend, TokenState
 from .errors import (
     BackendClockAhead,
     InvalidSpecError,
+    KubeConflict,
     KubeNotFound,
+    KubeUnavailable,
     OperatorError,
     PermanentError,
     SecretConflict,
@@ -84,6 +86,7 @@ class Invitation:
     spec: InvitationSpec
     status: InvitationStatus
     resend_annotation: str | None = None
+    resource_version: str | None = None  # what status writes are conditioned on
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> Invitation:
@@ -103,6 +106,7 @@ class Invitation:
             spec=spec,
             status=status,
             resend_annotation=(meta.get("annotations") or {}).get(RESEND_ANNOTATION),
+            resource_version=meta.get("resourceVersion"),
         )
 
     @property
@@ -186,13 +190,25 @@ class StatusWriter:
     write follows at once) is `stage`d instead and goes out with the next write: each status
     PATCH costs the operator, the API server and every watcher one event, so a new Invitation
     takes two (token id; mail record with the final status), not four (docs/performance.md).
+
+    Every write is conditioned on the resourceVersion it was computed from. The writer holds
+    the Invitation's lock, so a conflict means someone edited the object meanwhile (a spec
+    edit, Kopf's annotations): the fields we changed are facts (a token was issued, a mail
+    went out), so they are applied again on a fresh read. The status still names the
+    generation it was computed for; a newer one is reconciled next.
     """
 
-    def __init__(self, kube: KubeApi, invitation: Invitation) -> None:
+    ATTEMPTS = 5
+
+    def __init__(
+        self, kube: KubeApi, invitation: Invitation, *, retry_conflicts: bool = True
+    ) -> None:
         self._kube = kube
         self._invitation = invitation
+        self._retry_conflicts = retry_conflicts
         self.status = invitation.status.model_copy(deep=True)
         self._written = invitation.status  # as the API server holds it, as far as we know
+        self._version = invitation.resource_version
 
     def stage(self, **fields: Any) -> None:
         """Set fields to be written with the next `record` or `write`."""
@@ -207,10 +223,29 @@ class StatusWriter:
         after = status.model_dump(mode="json", by_alias=True)
         patch = {key: value for key, value in after.items() if before.get(key) != value}
         if patch:
-            await self._kube.patch_invitation_status(
-                self._invitation.namespace, self._invitation.name, patch
-            )
+            await self._patch(patch)
         self.status = self._written = status
+
+    async def _patch(self, patch: dict[str, Any]) -> None:
+        namespace, name = self._invitation.namespace, self._invitation.name
+        for _ in range(self.ATTEMPTS):
+            try:
+                written = await self._kube.patch_invitation_status(
+                    namespace, name, patch, resource_version=self._version
+                )
+            except KubeConflict:
+                if not self._retry_conflicts:
+                    raise
+                fresh = await self._kube.get_invitation(namespace, name)
+                if fresh is None or fresh["metadata"].get("uid") != self._invitation.uid:
+                    raise KubeNotFound(f"{namespace}/{name} is gone") from None
+                self._version = fresh["metadata"].get("resourceVersion")
+                continue
+            self._version = (written.get("metadata") or {}).get("resourceVersion")
+            return
+        raise KubeUnavailable(
+            f"{namespace}/{name} kept changing while its status was written", retry_after=1
+        )
 
 
 def desired_expiry(invitation: Invitation, settings: Settings) -> dt.datetime:
@@ -272,10 +307,31 @@ def _days(delta: dt.timedelta) -> str:
     return f"{delta.total_seconds() / 86400:g} days"
 
 
-async def reconcile(deps: Dependencies, invitation: Invitation) -> InvitationStatus:
-    """Run all steps for one Invitation; returns the status it wrote."""
+async def reconcile(deps: Dependencies, invitation: Invitation) -> InvitationStatus | None:
+    """Run all steps for the Invitation as it is now; returns the status it wrote, or None if
+    it is gone or being deleted.
+
+    The body Kopf hands over may be older than what the sync pass or an earlier run of this
+    function wrote meanwhile (a mail record, a token id): under the lock, the steps decide on a
+    fresh read, so nothing done is done twice.
+    """
     async with deps.slots, deps.lock_for(invitation):
-        return await _reconcile_locked(deps, invitation)
+        current = await read_current(deps, invitation)
+        if current is None:
+            return None
+        return await _reconcile_locked(deps, current)
+
+
+async def read_current(deps: Dependencies, invitation: Invitation) -> Invitation | None:
+    """The Invitation as the API server holds it now; None if it is gone or being deleted."""
+    body = await deps.kube.get_invitation(invitation.namespace, invitation.name)
+    if (
+        body is None
+        or body["metadata"].get("uid") != invitation.uid
+        or body["metadata"].get("deletionTimestamp")
+    ):
+        return None
+    return Invitation.from_body(body)
 
 
 async def repair_drift(
@@ -288,13 +344,16 @@ async def repair_drift(
     The sync pass compares a listing with its watch cache; either may be older than a handler
     that just ran. Deciding on them could set an edited limit back, or mark a settled
     Invitation Pending during an outage. So: under the Invitation's lock, read both afresh
-    and decide again. Returns whether it reconciled.
+    and decide again. A held lock means a handler is at work on it: skipped, not waited for
+    (it may be waiting on a mail relay for its whole timeout). Returns whether it reconciled.
     """
-    async with deps.lock_for(invitation):
-        body = await deps.kube.get_invitation(invitation.namespace, invitation.name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
+    lock = deps.lock_for(invitation)
+    if lock.locked():
+        return False
+    async with lock:
+        current = await read_current(deps, invitation)
+        if current is None:
             return False
-        current = Invitation.from_body(body)
         token_id = current.status.token_id
         if token_id is None or current.status.observed_generation != current.generation:
             return False  # a handler owns it now
@@ -637,6 +696,12 @@ async def _converge(
 
     requested = bool(writer.status.revocation_requested)
     if spec.revoked and not state.revoked:
+        if not requested:
+            # The intent first: if MAS's answer to the revoke is lost (MAS did revoke), the
+            # revocation is still known as ours, undone if the spec flips back, and never
+            # reported as made outside Git.
+            await writer.record(revocation_requested=True)
+            requested = True
         revoked = await deps.backend.revoke(state.id)
         state = revoked or state
         await deps.events.normal(

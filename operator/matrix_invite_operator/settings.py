@@ -201,6 +201,26 @@ class Settings(BaseSettings):
     bind_address: str = Field("0.0.0.0", description="Where /healthz and /metrics listen")  # noqa: S104
     liveness_port: int = Field(8080, ge=0, le=65535, description="0 turns the probe endpoint off")
     metrics_port: int = Field(9090, ge=0, le=65535)
+    lease_name: str = Field(
+        "",
+        max_length=253,
+        description="Lease that elects the one active copy; empty runs without election",
+    )
+    lease_namespace: str = Field(
+        "", max_length=63, description="Namespace of the Lease; empty: the first watched one"
+    )
+
+    def lease_location(self) -> tuple[str, str] | None:
+        """(namespace, name) of the election Lease, or None when election is off."""
+        if not self.lease_name:
+            return None
+        namespace = self.lease_namespace or (self.namespaces[0] if self.namespaces else "")
+        if not namespace:
+            raise ConfigurationError(
+                "MATRIX_INVITE_LEASE_NAME needs MATRIX_INVITE_LEASE_NAMESPACE when the operator "
+                "watches the whole cluster"
+            )
+        return namespace, self.lease_name
 
     def homeserver_client_url(self) -> str | None:
         """Where joins and notices go: the homeserver URL, else Synapse's (Synapse backend)."""

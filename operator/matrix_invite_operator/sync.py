@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import TokenState
-from .errors import InvalidSpecError, KubeNotFound, OperatorError
+from .errors import InvalidSpecError, KubeConflict, KubeNotFound, OperatorError
 from .models import RESEND_ANNOTATION, InvitationStatus, Phase, rfc3339
 from .onboarding import Notice
 from .reconcile import (
@@ -37,6 +37,8 @@ from .reconcile import (
     desired_expiry,
     missing_token_state,
     post_notices,
+    read_current,
+    reconcile,
     repair_drift,
 )
 from .status import compute_status
@@ -57,6 +59,7 @@ class SyncReport:
     listed: int = 0
     list_requests: int = 0
     patched: int = 0
+    skipped: int = 0  # locked by a handler, or changed while the pass looked at it
     reconciled: int = 0
     failed: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -68,6 +71,7 @@ _KEPT_METADATA = (
     "namespace",
     "uid",
     "generation",
+    "resourceVersion",
     "creationTimestamp",
     "deletionTimestamp",
 )
@@ -87,6 +91,8 @@ class WatchedInvitation:
     # When the loop must flip it to Expired: set only while Sent and not shown expired yet.
     expires_at: dt.datetime | None
     packed: bytes
+    # A generation was handled (observedGeneration set) but not the newest one.
+    lagging: bool = False
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WatchedInvitation:
@@ -99,8 +105,14 @@ class WatchedInvitation:
         expires = status.get("expiresAt")
         if status.get("phase") != Phase.SENT.value or status.get("expired"):
             expires = None  # nothing left for the loop to flip
+        observed = status.get("observedGeneration")
         return cls(
             phase=status.get("phase"),
+            lagging=(
+                observed is not None
+                and observed != metadata.get("generation")
+                and not metadata.get("deletionTimestamp")
+            ),
             expires_at=_parse_time(expires) if expires else None,
             packed=json.dumps(
                 {"metadata": kept, "spec": body.get("spec") or {}, "status": status},
@@ -166,20 +178,15 @@ async def sync_invitations(
         except InvalidSpecError:
             continue
         status = invitation.status
-        stalled = status.condition("Stalled")
-        # Handlers own Invitations that are new, being edited, or stuck on an error.
-        if (
-            status.token_id is None
-            or status.observed_generation != invitation.generation
-            or (stalled is not None and stalled.status == "True")
-        ):
+        token_id = status.token_id
+        if token_id is None or _owned_by_handler(invitation):
             continue
         if not fresh and not _due(status, now):
             continue  # an expiry wake-up only flips what is due; drift waits for a listing
-        token = tokens.get(status.token_id)
+        token = tokens.get(token_id)
         try:
             if token is None and not fresh:
-                token = await deps.backend.read(status.token_id)  # newer than the listing
+                token = await deps.backend.read(token_id)  # newer than the listing
             expiry = desired_expiry(invitation, deps.settings)
             if token is None:
                 # Revoked by deletion (Synapse), spent or expired: nothing to repair.
@@ -194,37 +201,91 @@ async def sync_invitations(
             updated = compute_status(
                 status, spec=invitation.spec, generation=invitation.generation, token=token, now=now
             )
-            notices: list[Notice] = []
-            if deps.onboarding is not None and deps.onboarding.due(invitation.spec, updated, now):
-                async with deps.lock_for(invitation):
-                    updated, notices = await deps.onboarding.apply(
-                        invitation.name,
-                        invitation.spec,
-                        invitation.created,
-                        updated,
-                        token,
-                        invitation.generation,
-                        now,
-                    )
+            # Onboarding acts (lookups, joins) only in the fresh-read write below; here it is only
+            # a reason to get there.
+            onboarding_due = deps.onboarding is not None and deps.onboarding.due(
+                invitation.spec, updated, now
+            )
             synced = status.last_synced_at
             stale = (
                 synced is None
                 or dt.datetime.fromisoformat(synced.replace("Z", "+00:00"))
                 < now - LAST_SYNCED_REFRESH
             )
-            if _settled(updated) == _settled(status) and not stale:
+            if _settled(updated) == _settled(status) and not stale and not onboarding_due:
                 continue
-            updated.last_synced_at = rfc3339(now)
-            async with deps.lock_for(invitation):
-                await StatusWriter(deps.kube, invitation).write(updated)
-            report.patched += 1
-            await announce_phase_change(deps.events, invitation, status.phase, updated)
-            await post_notices(deps.events, invitation, notices)
+            if await _write_from_fresh_read(deps, invitation, token, now):
+                report.patched += 1
+            else:
+                report.skipped += 1
         except KubeNotFound:
             continue
         except OperatorError as exc:
             report.failed += 1
             logger.warning("sync of %s/%s failed: %s", invitation.namespace, invitation.name, exc)
+
+
+def _owned_by_handler(invitation: Invitation) -> bool:
+    """New, being edited, or stuck on an error: the handlers' business, not the sync pass's."""
+    status = invitation.status
+    stalled = status.condition("Stalled")
+    return (
+        status.token_id is None
+        or status.observed_generation != invitation.generation
+        or (stalled is not None and stalled.status == "True")
+    )
+
+
+async def _write_from_fresh_read(
+    deps: Dependencies, seen: Invitation, token: TokenState | None, now: dt.datetime
+) -> bool:
+    """Write the status the pass computed, decided again on the Invitation as it is now.
+
+    The pass decided on its watch cache and a listing, either of which may be older than a
+    handler that just ran: an expiry wake-up racing an edit of `validFor` would otherwise write
+    Expired for a token that was just extended. So, under the Invitation's lock (skipped if a
+    handler holds it; it may be waiting on a mail relay), read the Invitation again; if it
+    changed since the cache saw it, read the token again too; write conditioned on the version
+    read (a conflict skips it until the next pass). Returns whether it wrote.
+    """
+    lock = deps.lock_for(seen)
+    if lock.locked():
+        return False
+    async with lock:
+        current = await read_current(deps, seen)
+        if current is None or _owned_by_handler(current):
+            return False
+        token_id = current.status.token_id
+        assert token_id is not None  # _owned_by_handler said so
+        expiry = desired_expiry(current, deps.settings)
+        if current.resource_version != seen.resource_version or token_id != seen.status.token_id:
+            token = await deps.backend.read(token_id) or missing_token_state(current, expiry, now)
+            if needs_reconcile(current, token, expiry):
+                return False  # drift: the next listing hands it to repair_drift
+        status = current.status
+        updated = compute_status(
+            status, spec=current.spec, generation=current.generation, token=token, now=now
+        )
+        notices: list[Notice] = []
+        if deps.onboarding is not None and deps.onboarding.due(current.spec, updated, now):
+            # Idempotent (a join of a member succeeds), so a conflict below loses nothing.
+            updated, notices = await deps.onboarding.apply(
+                current.name,
+                current.spec,
+                current.created,
+                updated,
+                token,
+                current.generation,
+                now,
+            )
+        updated.last_synced_at = rfc3339(now)
+        try:
+            await StatusWriter(deps.kube, current, retry_conflicts=False).write(updated)
+        except KubeConflict:
+            return False
+    await announce_phase_change(deps.events, current, status.phase, updated)
+    await post_notices(deps.events, current, notices)
+    return True
 
 
 def _drift_check(
@@ -279,6 +340,7 @@ class StatusSync:
         self._outage_logged = False
         self._wake = asyncio.Event()
         self._wake_at: dt.datetime | None = None  # when the sleeping loop wakes by itself
+        self._converging: dict[str, asyncio.Task[None]] = {}  # by uid
 
     async def list_tokens(self, report: SyncReport) -> dict[str, TokenState] | None:
         tokens: dict[str, TokenState] = {}
@@ -314,11 +376,64 @@ class StatusSync:
         await sync_invitations(
             self.deps, (w.body() for w in watched), self.tokens, report, fresh=list_backend
         )
+        if list_backend:
+            report.reconciled += self.converge_lagging(watched)
         self.passes += 1
         self.last_report = report
         if list_backend:
             self.last_success = time.time()
         return report
+
+    def converge_lagging(self, watched: Iterable[WatchedInvitation]) -> int:
+        """Reconcile every Invitation whose newest generation was never handled.
+
+        Kopf runs a handler only when the spec differs from the last one it handled: an edit
+        reverted while its retry waited (an outage) leaves the newest generation unhandled, its
+        status Reconciling for the older one, forever. The listing just worked, so the backend
+        is back: each such Invitation is reconciled in a task of its own (under its lock, from
+        a fresh read; the pass never waits on it or on a mail), unless a handler holds it.
+        Returns how many it started.
+        """
+        started = 0
+        for entry in watched:
+            if not entry.lagging:
+                continue
+            try:
+                invitation = Invitation.from_body(entry.body())
+            except InvalidSpecError:
+                continue
+            if invitation.uid in self._converging or self.deps.lock_for(invitation).locked():
+                continue
+            task = asyncio.create_task(
+                self._converge(invitation),
+                name=f"converge {invitation.namespace}/{invitation.name}",
+            )
+            self._converging[invitation.uid] = task
+            started += 1
+        return started
+
+    async def _converge(self, invitation: Invitation) -> None:
+        try:
+            await reconcile(self.deps, invitation)
+            logger.info(
+                "reconciled generation %s of %s/%s, which no handler had taken up",
+                invitation.generation,
+                invitation.namespace,
+                invitation.name,
+            )
+        except OperatorError as exc:
+            logger.info(
+                "%s/%s is still not reconciled: %s", invitation.namespace, invitation.name, exc
+            )
+        finally:
+            self._converging.pop(invitation.uid, None)
+
+    async def aclose(self) -> None:
+        """Stop what `converge_lagging` started."""
+        tasks = list(self._converging.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def wake(self, watched: WatchedInvitation | None = None) -> None:
         """An Invitation changed: wake the loop if its expiry comes before the planned wake-up.

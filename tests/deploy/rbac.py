@@ -39,6 +39,18 @@ def chart_rbac(
     )
 
 
+def chart_lease_name(objects: Sequence[Manifest]) -> str:
+    """The one Lease the chart's leader-election Role lets the operator read and renew."""
+    (role,) = [
+        o
+        for o in objects
+        if o["kind"] == "Role" and o["metadata"]["name"].endswith("-leader-election")
+    ]
+    (rule,) = [r for r in role["rules"] if r.get("resourceNames")]
+    name: str = rule["resourceNames"][0]
+    return name
+
+
 def user_subject(user: str) -> dict[str, str]:
     return {"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}
 

@@ -173,11 +173,33 @@ def test_template_renders_the_workload_for_every_variant(variant: str) -> None:
     )
 
 
+LEADER_ELECTION = "-leader-election"
+
+
+def watch_rbac(objects: list[Manifest], kind: str) -> list[Manifest]:
+    """The Roles or RoleBindings for the watched namespaces, without the Lease's."""
+    return [
+        o for o in by_kind(objects, kind) if not o["metadata"]["name"].endswith(LEADER_ELECTION)
+    ]
+
+
+def lease_rbac(objects: list[Manifest]) -> tuple[Manifest, Manifest]:
+    (role,) = [
+        o for o in by_kind(objects, "Role") if o["metadata"]["name"].endswith(LEADER_ELECTION)
+    ]
+    (binding,) = [
+        o
+        for o in by_kind(objects, "RoleBinding")
+        if o["metadata"]["name"].endswith(LEADER_ELECTION)
+    ]
+    return role, binding
+
+
 def test_default_is_namespaced_to_the_release_namespace() -> None:
     objects = render(namespace="invites")
     assert not by_kind(objects, "ClusterRole")
     assert not by_kind(objects, "ClusterRoleBinding")
-    role, binding = one(objects, "Role"), one(objects, "RoleBinding")
+    (role,), (binding,) = watch_rbac(objects, "Role"), watch_rbac(objects, "RoleBinding")
     assert role["metadata"]["namespace"] == "invites"
     assert role["rules"] == EXPECTED_RULES
     assert binding["subjects"] == [
@@ -192,8 +214,8 @@ def test_default_is_namespaced_to_the_release_namespace() -> None:
 
 def test_namespaced_mode_grants_each_watched_namespace_and_no_other() -> None:
     objects = render({"watchNamespaces": ["team-a", "team-b"]}, namespace="operators")
-    roles = by_kind(objects, "Role")
-    bindings = by_kind(objects, "RoleBinding")
+    roles = watch_rbac(objects, "Role")
+    bindings = watch_rbac(objects, "RoleBinding")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     assert all(r["rules"] == EXPECTED_RULES for r in roles)
@@ -208,8 +230,8 @@ def test_namespaced_mode_grants_each_watched_namespace_and_no_other() -> None:
 
 def test_cluster_wide_mode_uses_one_cluster_role_with_the_same_rules() -> None:
     objects = render({"clusterWide": True})
-    assert not by_kind(objects, "Role")
-    assert not by_kind(objects, "RoleBinding")
+    assert not watch_rbac(objects, "Role")
+    assert not watch_rbac(objects, "RoleBinding")
     assert one(objects, "ClusterRole")["rules"] == EXPECTED_RULES
     binding = one(objects, "ClusterRoleBinding")
     assert binding["roleRef"]["kind"] == "ClusterRole"
@@ -224,16 +246,47 @@ def test_rbac_can_be_left_to_the_admin() -> None:
     assert pod_template(objects)["spec"]["serviceAccountName"] == "x"
 
 
+@pytest.mark.parametrize("values", [{}, {"clusterWide": True}, {"watchNamespaces": ["team-a"]}])
+def test_the_lease_is_the_one_extra_right_and_only_in_the_release_namespace(
+    values: dict[str, Any],
+) -> None:
+    objects = render(values, namespace="operators")
+    role, binding = lease_rbac(objects)
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "operators"
+    # create cannot be limited to a name; reading and renewing only this one Lease
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["matrix-invite-operator"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "matrix-invite-operator", "namespace": "operators"}
+    ]
+    env = env_of(objects)
+    assert env["MATRIX_INVITE_LEASE_NAME"] == "matrix-invite-operator"
+    assert env["MATRIX_INVITE_LEASE_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
 # --- the Deployment ----------------------------------------------------------------------------
 
 
-def test_deployment_runs_one_standalone_replica_with_a_liveness_probe() -> None:
+def test_deployment_rolls_replicas_that_elect_one_with_a_liveness_probe() -> None:
     deployment = one(render(), "Deployment")
     spec = deployment["spec"]
     assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # Safe because of the Lease: the new pod waits as a standby until the old one lets go.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    assert one(render({"replicaCount": 2}), "Deployment")["spec"]["replicas"] == 2
     (container,) = spec["template"]["spec"]["containers"]
-    assert container["args"] == ["run"]  # `run` is Kopf standalone, see __main__.run
+    assert container["args"] == ["run"]  # `run` waits for the Lease, then Kopf: __main__.run
     probe = container["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}

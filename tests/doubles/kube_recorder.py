@@ -2,8 +2,9 @@
 
 For measuring what a sync pass writes (`bench/sync_cost.py`, `tests/contract/test_sync_cost.py`):
 the operator's own `KubeApi` talks plain HTTP to it, so each status patch and each Event it would
-send to a real API server shows up here, with its JSON body, and nothing is patched in. It never
-serves reads (404), so a code path that reads Kubernetes during a pass shows up as well.
+send to a real API server shows up here, with its JSON body, and nothing is patched in. It serves
+reads only of the objects put into `objects` (by path; 404 otherwise), and records them too, so a
+code path that reads Kubernetes during a pass shows up as well.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from tests.doubles.loopback_server import LoopbackHttpServer
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -34,49 +36,22 @@ class KubeRequest:
         return self.method == "PATCH" and self.path.endswith("/status")
 
     @property
+    def is_read(self) -> bool:
+        return self.method == "GET"
+
+    @property
     def is_event(self) -> bool:
         return self.method == "POST" and self.path.endswith("/events")
 
 
-class KubeRecorder:
+class KubeRecorder(LoopbackHttpServer):
     """`with KubeRecorder() as kube: KubeApi(httpx.AsyncClient(base_url=kube.url))`."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self._lock = threading.Lock()
         self._requests: list[KubeRequest] = []
-        self._server = ThreadingHTTPServer((host, 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> Self:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="kube-recorder", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+        self.objects: dict[str, Any] = {}  # path -> body, answered to GET
+        super().__init__(self._handler_class(), host=host, name="kube-recorder")
 
     def requests(self) -> list[KubeRequest]:
         with self._lock:
@@ -113,9 +88,10 @@ class KubeRecorder:
                 recorder._record(
                     KubeRequest(self.command, self.path, self.headers.get("Content-Type"), body)
                 )
-                found = self.command in WRITE_METHODS
+                stored = recorder.objects.get(self.path) if self.command == "GET" else None
+                found = self.command in WRITE_METHODS or stored is not None
                 answer = json.dumps(
-                    {} if found else {"kind": "Status", "status": "Failure", "code": 404}
+                    stored or {} if found else {"kind": "Status", "status": "Failure", "code": 404}
                 ).encode()
                 self.send_response(200 if found else 404)
                 self.send_header("Content-Type", "application/json")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.controlplane.cluster import ControlPlane
-from tests.deploy.rbac import OPERATOR_USER, bind_chart_rbac
+from tests.deploy.rbac import OPERATOR_USER, bind_chart_rbac, chart_lease_name, chart_rbac
 from tests.doubles.mas import MasDouble
 from tests.doubles.smtp import SmtpDouble
 from tests.integration.harness import InvitationsApi
@@ -106,6 +106,13 @@ def operator_env(
             }
         )
     return env
+
+
+@pytest.fixture
+def lease_env(namespace: str) -> dict[str, str]:
+    """Leader election on, with the Lease the chart's RBAC (bound by `operator_env`) grants."""
+    objects = chart_rbac([namespace], release=f"rbac-{OPERATOR_USER}")
+    return {"MATRIX_INVITE_LEASE_NAME": chart_lease_name(objects)}
 
 
 @pytest.fixture

@@ -1,0 +1,274 @@
+"""Leader election by a `coordination.k8s.io/v1` Lease: at most one copy of the operator acts.
+
+The mechanism and timings are client-go's (`tools/leaderelection`): a candidate takes the Lease
+when it is free or its holder let `leaseDurationSeconds` pass without renewing; the holder renews
+every `RETRY_PERIOD`, and if it cannot renew for `RENEW_DEADLINE` it stops acting (the process
+ends, as client-go's callers do), before the Lease can pass to another copy. Every write carries
+the `resourceVersion` it was decided from, so two candidates racing for a free Lease cannot both
+win: the API server answers the loser 409.
+
+No Kopf here: `__main__` starts Kopf only once `acquire` returned, so a standby runs no handler
+and writes nothing but its attempts on the Lease. The standby still answers the liveness probe
+(`serve_standby_probe`): waiting is healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from .errors import KubeError
+
+logger = logging.getLogger(__name__)
+
+LEASE_DURATION = 15.0
+RENEW_DEADLINE = 10.0
+RETRY_PERIOD = 2.0
+
+
+def default_identity() -> str:
+    """The pod's name (HOSTNAME in Kubernetes) plus a random part, as client-go's callers do:
+    a restarted container is a new candidate, not the old holder coming back."""
+    return f"{os.environ.get('HOSTNAME', 'matrix-invite-operator')}_{uuid.uuid4().hex[:8]}"
+
+
+def _micro_time(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_micro_time(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass
+class _Observed:
+    """The Lease as last read, and when we read it by our own monotonic clock.
+
+    Expiry is judged by our clock from the moment we saw the record change, never by comparing
+    the holder's `renewTime` with our wall clock: clock skew between nodes cannot hand out the
+    Lease early (client-go does the same).
+    """
+
+    record: dict[str, Any]
+    resource_version: str | None
+    changed_at: float
+
+
+class LeaseElector:
+    """Acquire and keep one Lease through the Kubernetes API (an httpx client with base_url)."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        namespace: str,
+        name: str,
+        identity: str,
+        *,
+        lease_duration: float = LEASE_DURATION,
+        renew_deadline: float = RENEW_DEADLINE,
+        retry_period: float = RETRY_PERIOD,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not lease_duration > renew_deadline > retry_period > 0:
+            raise ValueError("need lease duration > renew deadline > retry period > 0")
+        self._client = client
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.lease_duration = lease_duration
+        self.renew_deadline = renew_deadline
+        self.retry_period = retry_period
+        self._clock = clock
+        self._observed: _Observed | None = None
+        self.acquired_at: float | None = None
+
+    @property
+    def holder(self) -> str | None:
+        """Who held the Lease when we last read or wrote it."""
+        if self._observed is None:
+            return None
+        holder = self._observed.record.get("holderIdentity")
+        return str(holder) if holder else None
+
+    @property
+    def _path(self) -> str:
+        return f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"
+
+    async def acquire(self) -> None:
+        """Wait until this candidate holds the Lease."""
+        logger.info(
+            "waiting for the Lease %s/%s as %s (another copy may be active)",
+            self.namespace,
+            self.name,
+            self.identity,
+        )
+        while True:
+            try:
+                if await self.try_acquire_or_renew():
+                    break
+            except (KubeError, httpx.HTTPError) as exc:
+                logger.warning("could not read or take the Lease: %s", exc)
+            await asyncio.sleep(self.retry_period)
+        self.acquired_at = self._clock()
+        logger.info("acquired the Lease %s/%s as %s", self.namespace, self.name, self.identity)
+
+    async def keep(self) -> None:
+        """Renew until renewal fails for `renew_deadline`; then return (the caller stops acting)."""
+        last_renewed = self._clock()
+        while True:
+            await asyncio.sleep(self.retry_period)
+            try:
+                renewed = await self.try_acquire_or_renew()
+            except (KubeError, httpx.HTTPError) as exc:
+                logger.warning("could not renew the Lease: %s", exc)
+                renewed = False
+            if renewed:
+                last_renewed = self._clock()
+            elif self.holder not in (None, self.identity):
+                logger.error("lost the Lease %s/%s to %s", self.namespace, self.name, self.holder)
+                return
+            elif self._clock() - last_renewed >= self.renew_deadline:
+                logger.error(
+                    "lost the Lease %s/%s: not renewed for %.0f s",
+                    self.namespace,
+                    self.name,
+                    self._clock() - last_renewed,
+                )
+                return
+
+    async def release(self) -> None:
+        """Give the Lease up at a clean shutdown, so that a standby takes over at once."""
+        if self._observed is None or self._observed.record.get("holderIdentity") != self.identity:
+            return
+        record = {**self._observed.record, "holderIdentity": None, "leaseDurationSeconds": 1}
+        try:
+            await self._write(record, self._observed.resource_version)
+        except (KubeError, httpx.HTTPError) as exc:
+            logger.warning("could not release the Lease: %s", exc)
+
+    async def try_acquire_or_renew(self) -> bool:
+        """One attempt, as client-go's `tryAcquireOrRenew`: True if we hold the Lease now."""
+        now = dt.datetime.now(dt.UTC)
+        current = await self._read()
+        if current is None:
+            record = self._record(now, acquired=now, transitions=0)
+            return await self._create(record)
+        spec: dict[str, Any] = current.get("spec") or {}
+        version = current["metadata"].get("resourceVersion")
+        observed = self._observed
+        if observed is None or observed.record != spec:
+            self._observed = _Observed(spec, version, self._clock())
+        else:
+            observed.resource_version = version
+        holder = spec.get("holderIdentity")
+        held_by_us = holder == self.identity
+        if holder and not held_by_us and not self._expired(spec):
+            return False
+        transitions = int(spec.get("leaseTransitions") or 0)
+        if held_by_us:
+            acquired = _parse_micro_time(spec.get("acquireTime")) or now
+        else:
+            acquired, transitions = now, transitions + 1
+        record = self._record(now, acquired=acquired, transitions=transitions)
+        return await self._write(record, version)
+
+    def _expired(self, spec: dict[str, Any]) -> bool:
+        assert self._observed is not None
+        duration = float(spec.get("leaseDurationSeconds") or self.lease_duration)
+        return self._observed.changed_at + duration <= self._clock()
+
+    def _record(
+        self, now: dt.datetime, *, acquired: dt.datetime, transitions: int
+    ) -> dict[str, Any]:
+        return {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": int(self.lease_duration),
+            "acquireTime": _micro_time(acquired),
+            "renewTime": _micro_time(now),
+            "leaseTransitions": transitions,
+        }
+
+    async def _read(self) -> dict[str, Any] | None:
+        response = await self._client.get(f"{self._path}/{self.name}")
+        if response.status_code == 404:
+            return None
+        _raise_for(response, "read")
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def _create(self, record: dict[str, Any]) -> bool:
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": record,
+        }
+        response = await self._client.post(self._path, json=body)
+        if response.status_code == 409:
+            return False  # another candidate created it first
+        _raise_for(response, "create")
+        self._remember(response.json())
+        return True
+
+    async def _write(self, record: dict[str, Any], version: str | None) -> bool:
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "resourceVersion": version,
+            },
+            "spec": record,
+        }
+        response = await self._client.put(f"{self._path}/{self.name}", json=body)
+        if response.status_code == 409:
+            return False  # changed since we read it: someone else renewed or took it
+        _raise_for(response, "update")
+        self._remember(response.json())
+        return True
+
+    def _remember(self, lease: dict[str, Any]) -> None:
+        self._observed = _Observed(
+            lease.get("spec") or {}, lease["metadata"].get("resourceVersion"), self._clock()
+        )
+
+
+def _raise_for(response: httpx.Response, what: str) -> None:
+    if response.status_code >= 400:
+        raise KubeError(f"cannot {what} the Lease: the API server answered {response.status_code}")
+
+
+async def serve_standby_probe(host: str, port: int) -> asyncio.Server:
+    """Answer the liveness probe while waiting for the Lease: a standby is healthy.
+
+    Kopf serves the probe once this copy leads; the caller closes this server first.
+    """
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            body = b'{"standby": true}'
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(answer, host, port, reuse_address=True)
