@@ -541,10 +541,26 @@ def test_the_install_guides_helm_release_values_render() -> None:
     ]
     (release,) = [d for d in documents if d.get("kind") == "HelmRelease"]
     assert release["spec"]["install"]["crds"] == release["spec"]["upgrade"]["crds"]
-    objects = render(release["spec"]["values"], namespace="matrix-invite")
+    # Installed into ESS's namespace, watching the Invitations' namespace the guide creates.
+    installed_into = release["metadata"]["namespace"]
+    (invitations_namespace,) = [
+        d["metadata"]["name"] for d in documents if d.get("kind") == "Namespace"
+    ]
+    assert installed_into != invitations_namespace
+    values = release["spec"]["values"]
+    assert values["watchNamespaces"] == [invitations_namespace]
+    objects = render(values, release=release["metadata"]["name"], namespace=installed_into)
     env = env_of(objects)
     assert env["MATRIX_INVITE_MAS_CLIENT_ID"] == "01J44RKQYM4G3TNVANTMTDYTX6"
-    assert len(one(objects, "NetworkPolicy")["spec"]["egress"]) == 4
+    assert env["MATRIX_INVITE_NAMESPACES"] == invitations_namespace
+    # Rights only where the Invitations are, granted to the ServiceAccount in ESS's namespace.
+    assert {r["metadata"]["namespace"] for r in by_kind(objects, "Role")} == {invitations_namespace}
+    (binding,) = by_kind(objects, "RoleBinding")
+    assert binding["metadata"]["namespace"] == invitations_namespace
+    assert [s["namespace"] for s in binding["subjects"]] == [installed_into]
+    policy = one(objects, "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == installed_into
+    assert len(policy["spec"]["egress"]) == 4
     kustomizations = [d for d in documents if d.get("kind") == "Kustomization"]
     (invitations,) = [k for k in kustomizations if k["metadata"]["name"] == "invitations"]
     assert invitations["spec"]["dependsOn"] == [{"name": "matrix-invite-operator"}]

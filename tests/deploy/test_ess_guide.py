@@ -1,7 +1,8 @@
 """docs/install-ess.md says only what holds: every YAML block is a file of docs/examples/ess/,
 the MAS fragments survive ESS's merge (lists appended) without repeating a listener, a client or
 a provider, use only keys MAS knows (../shared/reference/mas/FACTS.md, ess/FACTS.md), and the
-operator's values pass the chart's schema and render what the guide promises.
+operator's values (the HelmRelease of docs/install-flux.md, their only copy) pass the chart's
+schema and render what the guide promises, reading the Secret MAS reads.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tests.deploy.test_chart import _merged, schema
 
 GUIDE = REPO_ROOT / "docs" / "install-ess.md"
 EXAMPLES = REPO_ROOT / "docs" / "examples" / "ess"
+FLUX_EXAMPLES = REPO_ROOT / "docs" / "examples" / "flux"
 OPERATOR_CLIENT = "01J44RKQYM4G3TNVANTMTDYTX6"
 
 #: What ESS's renderer merges before and after the fragments: the parts of the chart's own
@@ -78,8 +80,8 @@ KNOWN_KEYS: dict[str, set[str]] = {
 CHART_OWNED = {"http", "database", "matrix", "secrets"}
 
 
-def load(name: str) -> list[Any]:
-    return [d for d in yaml.safe_load_all((EXAMPLES / name).read_text()) if d is not None]
+def load(name: str, examples: Path = EXAMPLES) -> list[Any]:
+    return [d for d in yaml.safe_load_all((examples / name).read_text()) if d is not None]
 
 
 # --- the guide shows the files, byte for byte ---------------------------------------------------
@@ -235,17 +237,27 @@ def test_plain_mas_adds_the_admin_api_to_the_existing_listener() -> None:
 
 
 def test_the_operator_values_pass_the_schema_and_render_the_ess_setup() -> None:
-    (values,) = load("operator-values.yaml")
-    (secret,) = load("secret-password.yaml")
+    (release,) = [d for d in load("release.yaml", FLUX_EXAMPLES) if d["kind"] == "HelmRelease"]
+    values = release["spec"]["values"]
+    (smtp_secret,) = load("secrets.yaml", FLUX_EXAMPLES)
+    for shape in ("secret-password.yaml", "secret-upstream.yaml"):
+        (secret,) = load(shape)
+        # The operator is installed where the one Secret is, so its Pod can mount it.
+        assert release["metadata"]["namespace"] == secret["metadata"]["namespace"]
+        assert values["mas"]["clientSecret"] == {
+            "existingSecret": secret["metadata"]["name"],
+            "key": "client-secret",
+        }
+    assert smtp_secret["metadata"]["namespace"] == release["metadata"]["namespace"]
+    assert values["smtp"]["password"] == {
+        "existingSecret": smtp_secret["metadata"]["name"],
+        "key": next(iter(smtp_secret["stringData"])),
+    }
     jsonschema.validate(_merged(values), schema(), cls=jsonschema.Draft7Validator)
-    objects = render(values, namespace=secret["metadata"]["namespace"])
+    objects = render(values, namespace=release["metadata"]["namespace"])
     env = env_of(objects)
     assert env["MATRIX_INVITE_MAS_URL"].endswith(".svc.cluster.local:8080")
     assert env["MATRIX_INVITE_MAS_TOKEN_ENDPOINT"].endswith(":8080/oauth2/token")
-    assert values["mas"]["clientSecret"] == {
-        "existingSecret": secret["metadata"]["name"],
-        "key": "client-secret",
-    }
     for from_mas in ("SERVER_NAME", "MAS_SIGN_UP", "MAS_UPSTREAM_PROVIDER_NAME"):
         assert f"MATRIX_INVITE_{from_mas}" not in env
     assert env["MATRIX_INVITE_ELEMENT_WEB_URL"] == "https://chat.example.org"
@@ -254,6 +266,9 @@ def test_the_operator_values_pass_the_schema_and_render_the_ess_setup() -> None:
     assert {"port": 8080, "protocol": "TCP"} in [
         p for rule in policy["egress"] for p in rule.get("ports", [])
     ]
+    # MAS is in the policy's own namespace: a bare podSelector selects there.
+    (mas_peer,) = values["networkPolicy"]["mas"]["to"]
+    assert set(mas_peer) == {"podSelector"}
     assert env["MATRIX_INVITE_REGISTRATION_URL"] == "https://account.example.org/register"
 
 

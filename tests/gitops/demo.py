@@ -2,11 +2,11 @@
 
 Starts the test control plane, Flux's source-controller and kustomize-controller (built from the
 Go module proxy), a Git server on 127.0.0.1 with docs/install-flux.md's layout (``.sops.yaml``,
-the operator's SOPS-encrypted Secrets, the two Kustomizations), the MAS test double, an SMTP sink
-and the operator. Then commits ``examples/invitation.yaml`` (encrypted as the guide says), shows
-Flux applying it, ``kubectl get inv``, the Kustomization's Ready and the mail; removes the file
-and shows Flux pruning the Invitation and the operator revoking its token. Everything it started
-is stopped by PID at the end; ``--keep`` leaves it running until Ctrl-C.
+ESS's and the operator's SOPS-encrypted Secrets, the two Kustomizations), the MAS test double,
+an SMTP sink and the operator. Then commits ``examples/invitation.yaml`` (encrypted as the guide
+says), shows Flux applying it, ``kubectl get inv``, the Kustomization's Ready and the mail; removes
+the file and shows Flux pruning the Invitation and the operator revoking its token. Everything it
+started is stopped by PID at the end; ``--keep`` leaves it running until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main() -> int:
         cp.kubectl("create", "namespace", NAMESPACE)
         print(f"Flux controllers running: {flux.pids()}; Git repository: {git.url}")
 
-        banner("Committing docs/install-flux.md's layout: .sops.yaml, encrypted operator Secrets")
+        banner("Committing docs/install-flux.md's layout: .sops.yaml, encrypted Secrets")
         key = AgeKey(tools.age_keygen, workdir / "age.agekey")
         loop = open_loop(cp, NAMESPACE, git, tools.sops, key, (client_secret, smtp_password))
         show_kustomizations(cp)

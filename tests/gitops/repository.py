@@ -7,9 +7,10 @@ Owns two things:
   ``flux-system`` and ``matrix-invite``, short intervals and timeouts, the local Git URL.
   Everything else (paths, ``prune``, ``wait``, ``dependsOn``, ``decryption``, ``healthCheckExprs``)
   is applied exactly as the guide says;
-- committing to the repository as an admin does: Invitations and the operator's Secrets go
-  through ``sops --encrypt`` with the guide's ``.sops.yaml`` before the commit, so what reaches
-  Git (and Flux) is what a real repository would hold.
+- committing to the repository as an admin does: Invitations, the operator's SMTP Secret and
+  ESS's Secret of docs/install-ess.md (the one MAS and the operator read the client secret from)
+  go through ``sops --encrypt`` with the guide's ``.sops.yaml`` before the commit, so what
+  reaches Git (and Flux) is what a real repository would hold.
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ from tests.operator_process import REPO_ROOT
 
 Body = dict[str, Any]
 EXAMPLES = REPO_ROOT / "docs" / "examples" / "flux"
+ESS_EXAMPLES = REPO_ROOT / "docs" / "examples" / "ess"
 OPERATOR_DIR = "matrix-invite/operator"
 INVITATIONS_DIR = "matrix-invite/invitations"
+# The admin's ESS folder of the guide's layout; its Kustomization is the admin's, not the guide's.
+ESS_DIR = "ess"
+ESS_SECRET = "ess-invite-operator"
 RECIPIENT_PLACEHOLDER = "age1yourpublickey..."
 SOPS_TIMEOUT_SECONDS = 30
 
@@ -125,7 +130,9 @@ class GitOpsRepository:
             path = self.git.clone / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
-            if relative.startswith("matrix-invite/") and relative.endswith(".yaml"):
+            if relative.startswith(("matrix-invite/", f"{ESS_DIR}/")) and relative.endswith(
+                ".yaml"
+            ):
                 self._encrypt(relative)
         # Removals go through GitServer.commit, which also stages what was written above.
         return self.git.commit({p: None for p, text in files.items() if text is None}, message)
@@ -155,15 +162,20 @@ class GitOpsRepository:
         }
         return f"{INVITATIONS_DIR}/{name}.yaml", yaml.safe_dump(body, sort_keys=False)
 
-    def operator_secrets(self, mas_client_secret: str, smtp_password: str) -> tuple[str, str]:
-        """(path in Git, manifest) of the guide's secrets.yaml with these values filled in."""
-        documents = guide_documents("secrets.yaml")
-        values = {
-            "matrix-invite-operator-mas": {"client-secret": mas_client_secret},
-            "matrix-invite-operator-smtp": {"password": smtp_password},
-        }
-        for document in documents:
-            wanted = values[document["metadata"]["name"]]
-            assert document["stringData"].keys() == wanted.keys()
-            document["stringData"] = wanted
-        return f"{OPERATOR_DIR}/secrets.yaml", yaml.safe_dump_all(documents, sort_keys=False)
+    def operator_secrets(self, smtp_password: str) -> tuple[str, str]:
+        """(path in Git, manifest) of the guide's secrets.yaml with the SMTP password filled in."""
+        (document,) = guide_documents("secrets.yaml")
+        assert document["stringData"].keys() == {"password"}
+        document["stringData"] = {"password": smtp_password}
+        return f"{OPERATOR_DIR}/secrets.yaml", yaml.safe_dump(document, sort_keys=False)
+
+    def ess_secret(self, mas_client_secret: str) -> tuple[str, str]:
+        """(path in Git, manifest) of docs/install-ess.md's Secret (password sign-up) with the
+        client secret filled in, where the guide's layout puts it. Its MAS fragment stays as
+        shown: no MAS reads it here."""
+        text = (ESS_EXAMPLES / "secret-password.yaml").read_text(encoding="utf-8")
+        (document,) = [doc for doc in yaml.safe_load_all(text) if doc]
+        assert document["metadata"]["name"] == ESS_SECRET
+        assert "client-secret" in document["stringData"]
+        document["stringData"]["client-secret"] = mas_client_secret
+        return f"{ESS_DIR}/{ESS_SECRET}.yaml", yaml.safe_dump(document, sort_keys=False)

@@ -57,6 +57,8 @@ def test_the_kustomizations_folders_are_outside_the_bootstrap_path() -> None:
     assert kustomizations["matrix-invite-operator"]["path"] == f"./{OPERATOR_DIR}"
     assert kustomizations["invitations"]["path"] == f"./{INVITATIONS_DIR}"
     assert kustomizations["invitations"]["dependsOn"] == [{"name": "matrix-invite-operator"}]
+    # The operator waits for the admin's ESS Kustomization, which applies the Secret it reads.
+    assert kustomizations["matrix-invite-operator"]["dependsOn"] == [{"name": "ess"}]
     for spec in kustomizations.values():
         assert not spec["path"].removeprefix("./").startswith(BOOTSTRAP_PATH)
     assert f"--path={BOOTSTRAP_PATH}" in GUIDE.read_text(encoding="utf-8")
