@@ -553,11 +553,20 @@ def test_the_install_guides_helm_release_values_render() -> None:
     env = env_of(objects)
     assert env["MATRIX_INVITE_MAS_CLIENT_ID"] == "01J44RKQYM4G3TNVANTMTDYTX6"
     assert env["MATRIX_INVITE_NAMESPACES"] == invitations_namespace
-    # Rights only where the Invitations are, granted to the ServiceAccount in ESS's namespace.
-    assert {r["metadata"]["namespace"] for r in by_kind(objects, "Role")} == {invitations_namespace}
-    (binding,) = by_kind(objects, "RoleBinding")
-    assert binding["metadata"]["namespace"] == invitations_namespace
-    assert [s["namespace"] for s in binding["subjects"]] == [installed_into]
+    # Rights on Invitations only where they are, granted to the ServiceAccount in ESS's
+    # namespace; in ESS's namespace nothing but the leader-election Lease.
+    roles = {r["metadata"]["namespace"]: r for r in by_kind(objects, "Role")}
+    assert set(roles) == {invitations_namespace, installed_into}
+    assert {rule["apiGroups"][0] for rule in roles[installed_into]["rules"]} == {
+        "coordination.k8s.io"
+    }
+    assert {res for rule in roles[installed_into]["rules"] for res in rule["resources"]} == {
+        "leases"
+    }
+    bindings = {b["metadata"]["namespace"]: b for b in by_kind(objects, "RoleBinding")}
+    assert set(bindings) == {invitations_namespace, installed_into}
+    for binding in bindings.values():
+        assert [s["namespace"] for s in binding["subjects"]] == [installed_into]
     policy = one(objects, "NetworkPolicy")
     assert policy["metadata"]["namespace"] == installed_into
     assert len(policy["spec"]["egress"]) == 4
