@@ -16,7 +16,6 @@ import enum
 import json
 import re
 import secrets
-import ssl
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -29,11 +28,17 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 from matrix_invite_operator.backends import AccountLookup, TokenState
 from matrix_invite_operator.backends.answers import describe_body, is_web_page, parse_answer
 from matrix_invite_operator.backends.oauth import retry_after_seconds
+from matrix_invite_operator.backends.transport import (
+    SERVER_ERROR_RETRY_AFTER,
+    UNREACHABLE_RETRY_AFTER,
+    no_answer,
+    plain_text,
+    scrubbed,
+)
 from matrix_invite_operator.errors import (
     BackendAuthError,
     BackendMisdirected,
     BackendRejected,
-    BackendTlsError,
     BackendUnavailable,
     ConfigurationError,
     OperatorError,
@@ -49,9 +54,6 @@ ULID_PATTERN = r"^[0123456789ABCDEFGHJKMNPQRSTVWXYZ]{26}$"
 # A token's last use and the account's creation differ by about a millisecond (FACTS); seconds
 # leave room for a slow database without matching a sign-up from another day.
 ACCOUNT_MATCH_TOLERANCE = dt.timedelta(seconds=30)
-_SERVER_ERROR_RETRY_AFTER = 15.0
-_UNREACHABLE_RETRY_AFTER = 10.0
-_MAX_ERROR_TEXT = 300
 
 
 class Unset(enum.Enum):
@@ -543,29 +545,19 @@ class MasAdminClient:
                     headers={"Accept": "application/json"},
                     auth=self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT,
                 )
-            except httpx.TimeoutException as exc:
-                outcome = RequestOutcome.TIMEOUT
-                raise MasUnavailable(
-                    f"MAS did not answer {call.method} {call.endpoint} in time "
-                    f"({type(exc).__name__})",
-                    retry_after=_UNREACHABLE_RETRY_AFTER,
-                    may_have_taken_effect=not isinstance(
-                        exc, httpx.ConnectTimeout | httpx.PoolTimeout
-                    ),
-                ) from exc
             except httpx.RequestError as exc:
-                outcome = RequestOutcome.CONNECTION_ERROR
-                untrusted = certificate_error(exc)
-                if untrusted is not None:
-                    raise BackendTlsError(
-                        f"MAS at {_origin(exc)} presented a TLS certificate we do not trust "
-                        f"({untrusted}); if MAS uses a private CA, set MATRIX_INVITE_MAS_CA_BUNDLE"
-                    ) from exc
+                timed_out = isinstance(exc, httpx.TimeoutException)
+                outcome = RequestOutcome.TIMEOUT if timed_out else RequestOutcome.CONNECTION_ERROR
+                failure = no_answer(
+                    exc,
+                    backend="MAS",
+                    what=f"{call.method} {call.endpoint}",
+                    ca_setting="MATRIX_INVITE_MAS_CA_BUNDLE",
+                )
                 raise MasUnavailable(
-                    f"No answer from MAS at {_origin(exc)} to {call.method} {call.endpoint} "
-                    f"({type(exc).__name__})",
-                    retry_after=_UNREACHABLE_RETRY_AFTER,
-                    may_have_taken_effect=not isinstance(exc, httpx.ConnectError),
+                    failure.message,
+                    retry_after=UNREACHABLE_RETRY_AFTER,
+                    may_have_taken_effect=failure.may_have_taken_effect,
                 ) from exc
             except OperatorError:
                 # The auth flow failed before the API call went out (token endpoint trouble).
@@ -618,7 +610,7 @@ def _raise_for_status(call: _Call, response: httpx.Response) -> None:
         if status == httpx.codes.TOO_MANY_REQUESTS or status >= 500:
             raise MasUnavailable(
                 f"MAS answered {what} with {status}: {reason}",
-                retry_after=retry_after_seconds(response, _SERVER_ERROR_RETRY_AFTER),
+                retry_after=retry_after_seconds(response, SERVER_ERROR_RETRY_AFTER),
                 status=status,
             ) from exc
         if is_web_page(response):
@@ -655,16 +647,6 @@ _OUTCOME_BY_STATUS = {
     403: RequestOutcome.UNAUTHORIZED,
     429: RequestOutcome.RATE_LIMITED,
 }
-
-
-def certificate_error(exc: BaseException) -> str | None:
-    """The verification failure inside a connection error, if that is what it was."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return str(seen.verify_message or seen.reason or "verification failed")
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def rfc3339(when: dt.datetime) -> str:
@@ -729,20 +711,8 @@ def _error_text(response: httpx.Response, secret: str | None) -> str:
         ]
         text = ": ".join(titles) or "no error title"
     else:
-        text = " ".join(response.text.split()) or response.reason_phrase or "empty body"
-    if secret:
-        text = text.replace(secret, "<token>")
-    if len(text) > _MAX_ERROR_TEXT:
-        text = text[: _MAX_ERROR_TEXT - 1] + "…"
-    return text
-
-
-def _origin(exc: httpx.RequestError) -> str:
-    try:
-        url = exc.request.url
-    except RuntimeError:
-        return "the configured URL"
-    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+        text = plain_text(response)
+    return scrubbed(text, secret)
 
 
 # --- the TokenBackend ---------------------------------------------------------------------
