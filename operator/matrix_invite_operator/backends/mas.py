@@ -399,7 +399,7 @@ class MasAdminClient:
         if usage_limit is not None:
             body["usage_limit"] = usage_limit
         if expires_at is not None:
-            body["expires_at"] = rfc3339(expires_at)
+            body["expires_at"] = _mas_time(expires_at)
         call = _Call("POST", Endpoint.TOKENS, Endpoint.TOKENS, body=body, secret=secret)
         return await self._single(call)
 
@@ -461,7 +461,7 @@ class MasAdminClient:
         if not isinstance(usage_limit, Unset):
             body["usage_limit"] = usage_limit
         if not isinstance(expires_at, Unset):
-            body["expires_at"] = None if expires_at is None else rfc3339(expires_at)
+            body["expires_at"] = None if expires_at is None else _mas_time(expires_at)
         call = _Call("PUT", Endpoint.ONE, _token_path(token_id), token_id=token_id, body=body)
         return await self._single(call)
 
@@ -649,7 +649,7 @@ _OUTCOME_BY_STATUS = {
 }
 
 
-def rfc3339(when: dt.datetime) -> str:
+def _mas_time(when: dt.datetime) -> str:
     """An aware datetime as RFC 3339 in UTC, the form MAS's `DateTime<Utc>` parses."""
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError("MAS timestamps must be timezone-aware")
@@ -840,8 +840,8 @@ class MasTokenBackend:
                 return AccountLookup(user_id, f"{user_id} signed up with {email}")
         return AccountLookup(
             None,
-            f"{email} belongs to {user_id}, created at {rfc3339(created)}, not when the token "
-            f"was used ({rfc3339(used_at) if used_at else 'unknown'}): someone else signed up",
+            f"{email} belongs to {user_id}, created at {_mas_time(created)}, not when the token "
+            f"was used ({_mas_time(used_at) if used_at else 'unknown'}): someone else signed up",
         )
 
     async def aclose(self) -> None:
