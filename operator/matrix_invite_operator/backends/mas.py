@@ -2,10 +2,11 @@
 
 `MasAdminClient` speaks HTTP to `/api/admin/v1/user-registration-tokens` over one injected
 `httpx.AsyncClient` (whose lifetime and timeouts belong to the caller), parses MAS's JSON:API
-envelopes into pydantic models, maps every failure onto our error tree and counts each request
-by endpoint, method and outcome. `MasTokenBackend` implements `TokenBackend` on top of it and
-absorbs MAS's non-idempotent corners: 409 (or 500) on a repeated create, 400 on a repeated
-revoke or unrevoke. Token values stay `SecretStr`; no message ever includes a request body.
+envelopes into pydantic models, maps every failure onto our error tree and reports each request
+(endpoint, method, outcome, seconds) to an observer, the metrics. `MasTokenBackend` implements
+`TokenBackend` on top of it and absorbs MAS's non-idempotent corners: 409 (or 500) on a repeated
+create, 400 on a repeated revoke or unrevoke. Token values stay `SecretStr`; no message ever
+includes a request body.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import re
 import secrets
 import time
-from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Literal, TypeAlias, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
@@ -48,7 +48,6 @@ from matrix_invite_operator.errors import (
 
 ADMIN_API_PREFIX = "/api/admin/v1"
 
-TOKEN_FILTERS = ("valid", "revoked", "expired", "used")
 ULID_PATTERN = r"^[0123456789ABCDEFGHJKMNPQRSTVWXYZ]{26}$"
 
 # A token's last use and the account's creation differ by about a millisecond (FACTS); seconds
@@ -100,44 +99,6 @@ class RequestOutcome(enum.StrEnum):
 
 RequestObserver: TypeAlias = Callable[[str, str, str, float], None]
 """Called after each request with (endpoint template, method, outcome, seconds)."""
-
-
-class MasRequestCounter:
-    """In-memory tally of Admin API requests by (endpoint template, method, outcome)."""
-
-    def __init__(self) -> None:
-        self._counts: Counter[tuple[str, str, str]] = Counter()
-        self._seconds: defaultdict[tuple[str, str, str], float] = defaultdict(float)
-
-    def record(self, endpoint: str, method: str, outcome: str, seconds: float) -> None:
-        key = (endpoint, method, outcome)
-        self._counts[key] += 1
-        self._seconds[key] += seconds
-
-    def count(
-        self, endpoint: str | None = None, method: str | None = None, outcome: str | None = None
-    ) -> int:
-        """Requests matching every given label (None matches anything)."""
-        return sum(
-            n
-            for (e, m, o), n in self._counts.items()
-            if endpoint in (None, e) and method in (None, m) and outcome in (None, o)
-        )
-
-    def seconds(self, endpoint: str | None = None, method: str | None = None) -> float:
-        """Total time spent in requests matching the given labels."""
-        return sum(
-            s
-            for (e, m, _), s in self._seconds.items()
-            if endpoint in (None, e) and method in (None, m)
-        )
-
-    def snapshot(self) -> dict[tuple[str, str, str], int]:
-        return dict(self._counts)
-
-    def reset(self) -> None:
-        self._counts.clear()
-        self._seconds.clear()
 
 
 class MasUnavailable(BackendUnavailable):
@@ -348,7 +309,6 @@ class MasAdminClient:
         *,
         auth: httpx.Auth | None = None,
         on_request: RequestObserver | None = None,
-        counter: MasRequestCounter | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"MAS base URL must be http(s)://..., got {base_url!r}")
@@ -356,7 +316,6 @@ class MasAdminClient:
         self._api = base_url.rstrip("/") + ADMIN_API_PREFIX
         self._auth = auth
         self._on_request = on_request
-        self.counter = counter if counter is not None else MasRequestCounter()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(api={self._api!r})"
@@ -407,18 +366,12 @@ class MasAdminClient:
         call = _Call("GET", Endpoint.ONE, _token_path(token_id), token_id=token_id)
         return await self._single(call)
 
-    async def list_tokens(
-        self, page_size: int = 100, **filters: bool
-    ) -> AsyncIterator[RegistrationToken]:
-        """Every token matching the filters (valid, revoked, expired, used), page by page."""
+    async def list_tokens(self, page_size: int = 100) -> AsyncIterator[RegistrationToken]:
+        """Every token, page by page."""
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
-        unknown = set(filters) - set(TOKEN_FILTERS)
-        if unknown:
-            raise ValueError(f"Unknown token filters: {', '.join(sorted(unknown))}")
-        params = {f"filter[{name}]": str(bool(value)).lower() for name, value in filters.items()}
         # The total would cost MAS a COUNT query per page and we never use it.
-        params["count"] = "false"
+        params = {"count": "false"}
         async for page in self._pages(Endpoint.TOKENS, params, page_size, RegistrationTokenPage):
             for token in page.data or []:
                 yield token
@@ -572,7 +525,6 @@ class MasAdminClient:
         finally:
             seconds = time.perf_counter() - started
             labels = (call.endpoint.value, call.method, outcome.value)
-            self.counter.record(*labels, seconds)
             if self._on_request is not None:
                 self._on_request(*labels, seconds)
 
