@@ -32,7 +32,6 @@ import json
 import logging
 import re
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -189,8 +188,6 @@ class SynapseAdminClient:
         self._root = base_url.rstrip("/")
         self._api = self._root + TOKENS_PATH
         self._admin_token = admin_token
-        # Requests by "METHOD endpoint template": lets tests and benchmarks count round trips.
-        self.requests: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(api={self._api!r})"
@@ -234,7 +231,6 @@ class SynapseAdminClient:
 
     async def _send(self, call: _Call) -> tuple[httpx.Response, str]:
         """The successful response and the request as words for messages; else our error."""
-        self.requests[f"{call.method} {call.endpoint or '/'}"] += 1
         what = f"{call.method} {'' if call.absolute else TOKENS_PATH}{call.endpoint}"
         # Read per request: a rotated Secret takes effect without a restart.
         admin_token = current_secret(self._admin_token).get_secret_value()
