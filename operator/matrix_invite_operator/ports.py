@@ -183,6 +183,8 @@ class OnboardingSteps(Protocol):
 
 
 class RegistrationGate(Protocol):
+    """The one sign-up fact the steps act on (`sign_up.SignUpFacts` has it)."""
+
     @property
     def unprotected(self) -> str | None:
         """Why an invitation token protects nothing on this installation, if it does not."""

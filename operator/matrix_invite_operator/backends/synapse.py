@@ -168,7 +168,7 @@ class UserAccount(_SynapseModel):
 @dataclasses.dataclass(frozen=True)
 class _Call:
     method: str
-    endpoint: str  # a path template, for messages and counting: never a token value
+    endpoint: str  # a path template, for messages: never a token value
     path: str
     body: Mapping[str, Any] | None = None
     params: Mapping[str, str] | None = None
