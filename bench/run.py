@@ -82,7 +82,8 @@ if __package__ in (None, ""):  # run as a script: make `tests` and `bench` impor
 
 import httpx
 from matrix_invite_operator.backends import TokenBackend
-from matrix_invite_operator.kube import KubeConnection, kube_http_client
+from matrix_invite_operator.kube import kube_http_client
+from matrix_invite_operator.kube_identity import KubeLogin
 from matrix_invite_operator.models import GROUP, PLURAL, VERSION
 from matrix_invite_operator.reconcile import Invitation, InvitationMailer, generate_token
 from matrix_invite_operator.runtime import build_backend, build_mailer, mas_http_client
@@ -936,7 +937,7 @@ async def run(args: argparse.Namespace) -> Results:
             children.append(mas)
             smtp = SmtpProcess(workdir)
             children.append(smtp)
-            kube = kube_http_client(KubeConnection.from_kubeconfig(cp.kubeconfig_path))
+            kube = await kube_http_client(KubeLogin(kubeconfig=cp.kubeconfig_path))
             kube.timeout = httpx.Timeout(60.0, connect=10.0)
             stack = Stack(
                 workdir,
