@@ -9,8 +9,9 @@ the other, and a renewal by one is seen by the other.
 Why our own login rather than Kopf's or a client library's (docs/architecture.md, "One
 Kubernetes identity"): Kopf 1.45's own `login_with_kubeconfig` reads no `exec` plugin and no
 `tokenFile`; its `login_via_client` needs the `kubernetes` package, whose kubeconfig loader
-writes certificate and key data to temp files; and every path through
-`kopf.ConnectionInfo.as_ssl_context` writes them to temp files too. Here key material never
+writes certificate and key data to temp files; kr8s writes them to temp files it never removes
+and ignores an exec credential's expiry; and `kopf.ConnectionInfo.as_ssl_context` writes them to
+temp files while it loads them. Here key material never
 touches a file system: PEM data is loaded from an anonymous in-memory file (`memfd_create`),
 closed as soon as `ssl` has read it.
 
