@@ -328,7 +328,8 @@ class Kubeconfig:
                 f"{self.source}: basic authentication (username/password) is gone from "
                 "Kubernetes since 1.19; use a token, a certificate or an exec plugin"
             )
-        token = _read(self.user, "tokenFile", text=True) or user.get("token")
+        # `token` before `tokenFile`, as kubeconfig's reference says (and Kopf reads only `token`).
+        token = user.get("token") or _read(self.user, "tokenFile", text=True)
         token = token or (user.get("auth-provider") or {}).get("config", {}).get("access-token")
         cert = _read(self.user, "client-certificate") or _data(user, "client-certificate-data")
         key = _read(self.user, "client-key") or _data(user, "client-key-data")
