@@ -1,13 +1,15 @@
 """A kubeconfig exec plugin for tests (client.authentication.k8s.io/v1), and its kubeconfig.
 
 Run as a script it prints the n-th status of its plan (the last one again once the plan is
-used up) as an ExecCredential, and appends one line per call to its calls file: the
-`KUBERNETES_EXEC_INFO` it was given. Both paths come from the environment the kubeconfig's
-`exec.env` sets, so the kubeconfig's `env` is exercised too.
+used up) as an ExecCredential, and appends one line per call to its calls file: when it ran and
+the `KUBERNETES_EXEC_INFO` it was given. A status may say `expiresInSeconds` instead of an
+`expirationTimestamp`: counted from the call. Both paths come from the environment the
+kubeconfig's `exec.env` sets, so the kubeconfig's `env` is exercised too.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
@@ -44,7 +46,7 @@ def exec_kubeconfig(
 
 
 def calls(path: Path) -> list[dict[str, Any]]:
-    """The KUBERNETES_EXEC_INFO of every call so far."""
+    """Every call so far: `calledAt` (RFC 3339) and `execInfo` (its KUBERNETES_EXEC_INFO)."""
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -54,9 +56,17 @@ def main() -> int:
     plan = json.loads(Path(os.environ["EXEC_PLUGIN_PLAN"]).read_text(encoding="utf-8"))
     calls_path = Path(os.environ["EXEC_PLUGIN_CALLS"])
     done = len(calls(calls_path))
+    now = dt.datetime.now(dt.UTC)
+    call = {
+        "calledAt": now.isoformat(),
+        "execInfo": json.loads(os.environ.get("KUBERNETES_EXEC_INFO", "{}")),
+    }
     with calls_path.open("a", encoding="utf-8") as record:
-        record.write(os.environ.get("KUBERNETES_EXEC_INFO", "{}").replace("\n", " ") + "\n")
-    status = plan[min(done, len(plan) - 1)]
+        record.write(json.dumps(call) + "\n")
+    status = dict(plan[min(done, len(plan) - 1)])
+    if "expiresInSeconds" in status:
+        expiry = now + dt.timedelta(seconds=float(status.pop("expiresInSeconds")))
+        status["expirationTimestamp"] = expiry.isoformat()
     print(json.dumps({"apiVersion": API_VERSION, "kind": "ExecCredential", "status": status}))
     return 0
 

@@ -64,7 +64,8 @@ async def test_an_exec_plugin_kubeconfig_serves_our_calls_with_one_run(
     async with _api(login) as api:
         assert await api.get_invitation(namespace, "absent") is None
         assert await api.read_token_secret(namespace, "absent", "uid") is None
-    (info,) = calls(calls_path)
+    (call,) = calls(calls_path)
+    info = call["execInfo"]
     assert info["apiVersion"] == "client.authentication.k8s.io/v1"
     assert info["spec"]["interactive"] is False
     assert info["spec"]["cluster"]["server"] == control_plane.server_url
@@ -222,12 +223,12 @@ def test_the_operator_renews_an_expiring_exec_token_for_kopf_too(
     tmp_path: Path,
 ) -> None:
     token = control_plane.token_for(OPERATOR_USER)
-    expiry = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=6)
+    lifetime = 4.0
     config, calls_path = exec_kubeconfig(
         control_plane,
         "exec-operator-expiring",
         [
-            {"token": token, "expirationTimestamp": expiry.isoformat()},
+            {"token": token, "expiresInSeconds": lifetime},
             {"token": token, "expirationTimestamp": FAR},
         ],
         tmp_path,
@@ -235,8 +236,10 @@ def test_the_operator_renews_an_expiring_exec_token_for_kopf_too(
     operator = start_operator(KUBECONFIG=str(config))
     invitations.apply("before", email="before@example.org")
     invitations.wait_for_phase("before", "Sent", timeout=30)
-    # The barrier is the credential's own expiry: after it, every call needs a new one.
-    time.sleep(max(0.0, (expiry - dt.datetime.now(dt.UTC)).total_seconds()) + 0.5)
+    # The barrier is the first credential's own expiry: after it, every call needs a new one.
+    first = dt.datetime.fromisoformat(calls(calls_path)[0]["calledAt"])
+    expiry = first + dt.timedelta(seconds=lifetime)
+    time.sleep(max(0.0, (expiry - dt.datetime.now(dt.UTC)).total_seconds()) + 0.2)
     invitations.apply("after", email="after@example.org")
     invitations.wait_for_phase("after", "Sent", timeout=30)
     # One renewal, shared: Kopf logged in again (its vault saw the expiry) with our login.
