@@ -32,7 +32,8 @@ if __package__ in (None, ""):  # run as a script: make `tests` and `bench` impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
-from matrix_invite_operator.kube import KubeConnection, kube_http_client
+from matrix_invite_operator.kube import kube_http_client
+from matrix_invite_operator.kube_identity import KubeLogin
 
 from bench.run import (
     NAMESPACE,
@@ -88,7 +89,7 @@ async def measure(args: argparse.Namespace) -> list[Row]:
             children.append(mas)
             smtp = SmtpProcess(workdir)
             children.append(smtp)
-            kube = kube_http_client(KubeConnection.from_kubeconfig(cp.kubeconfig_path))
+            kube = await kube_http_client(KubeLogin(kubeconfig=cp.kubeconfig_path))
             kube.timeout = httpx.Timeout(60.0, connect=10.0)
             stack = Stack(workdir, cp, mas, smtp, kube, args.sync_interval, None, "raw")
             async with kube:

@@ -82,7 +82,8 @@ if __package__ in (None, ""):  # run as a script: make `tests` and `bench` impor
 
 import httpx
 from matrix_invite_operator.backends import TokenBackend
-from matrix_invite_operator.kube import KubeConnection, kube_http_client
+from matrix_invite_operator.kube import kube_http_client
+from matrix_invite_operator.kube_identity import KubeLogin
 from matrix_invite_operator.models import GROUP, PLURAL, VERSION
 from matrix_invite_operator.ports import Invitation, InvitationMailer
 from matrix_invite_operator.reconcile import generate_token
@@ -937,7 +938,7 @@ async def run(args: argparse.Namespace) -> Results:
             children.append(mas)
             smtp = SmtpProcess(workdir)
             children.append(smtp)
-            kube = kube_http_client(KubeConnection.from_kubeconfig(cp.kubeconfig_path))
+            kube = await kube_http_client(KubeLogin(kubeconfig=cp.kubeconfig_path))
             kube.timeout = httpx.Timeout(60.0, connect=10.0)
             stack = Stack(
                 workdir,

@@ -76,14 +76,20 @@ async def _lead_then_operate(settings: Settings, lease: tuple[str, str] | None) 
     """
     import kopf
 
-    from .kube import KubeConnection, kube_http_client
+    from .kube import kube_http_client
+    from .kube_identity import KubeLogin
     from .leadership import LeaseElector, default_identity, serve_standby_probe
 
+    # One identity for the Lease, for Kopf (handlers.login) and for our own calls: logged in
+    # here, so that credentials that cannot work stop the process with one sentence.
+    kube_login = KubeLogin()
+    identity = await kube_login.identity()
+    logging.getLogger(__name__).info("Kubernetes identity from %s", identity.source)
     elector: LeaseElector | None = None
     keeper: asyncio.Task[None] | None = None
     client = None
     if lease is not None:
-        client = kube_http_client(KubeConnection.discover())
+        client = await kube_http_client(kube_login)
         elector = LeaseElector(client, *lease, default_identity())
         probe = (
             await serve_standby_probe(settings.bind_address, settings.liveness_port)
@@ -103,7 +109,7 @@ async def _lead_then_operate(settings: Settings, lease: tuple[str, str] | None) 
         if settings.liveness_port
         else None
     )
-    memo = kopf.Memo(config=settings)
+    memo = kopf.Memo(config=settings, kube_login=kube_login)
     restarts = 0
     try:
         while True:

@@ -1,9 +1,10 @@
 """Kopf registrations, and nothing else: unpack kwargs, call reconcile, map our errors to Kopf's.
 
 Dependencies are built once in the startup handler and kept in the operator's memo
-(`memo.deps`); tests and the demo build the same objects. Kopf's own bookkeeping uses our
-annotation prefix and a `matrix-invite.dev/...` finalizer, and handlers return nothing, so
-nothing lands in a status field the schema would prune.
+(`memo.deps`); tests and the demo build the same objects. Kopf logs in through `login`, with
+the same `KubeLogin` (`memo.kube_login`) as our own Kubernetes calls. Kopf's own bookkeeping
+uses our annotation prefix and a `matrix-invite.dev/...` finalizer, and handlers return
+nothing, so nothing lands in a status field the schema would prune.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
 import kopf
 
 from .errors import MailThrottled, OperatorError, PermanentError, TransientError
+from .kube_identity import KubeIdentity, KubeLogin, tls_context
 from .mail.throttle import WAITING_FOR_SLOT
 from .metrics import OperatorMetrics
 from .models import GROUP, PLURAL, RESEND_ANNOTATION, VERSION, Phase
@@ -103,6 +106,64 @@ class _ProgressStorage(kopf.AnnotationsProgressStorage):
         return cleared
 
 
+class _InMemoryTls(kopf.ConnectionInfo):
+    """Kopf's connection info, whose SSL context loads key material from memory: Kopf's own
+    `as_ssl_context` writes certificate and key data to temp files while it loads them."""
+
+    def as_ssl_context(self) -> ssl.SSLContext:
+        return tls_context(
+            ca_pem=_pem(self.ca_data),
+            cert_pem=_pem(self.certificate_data),
+            key_pem=_pem(self.private_key_data),
+            insecure=bool(self.insecure),
+        )
+
+
+def _pem(data: str | bytes | None) -> bytes | None:
+    return data.encode("ascii") if isinstance(data, str) else data
+
+
+def connection_info(identity: KubeIdentity, *, trust_env: bool = False) -> kopf.ConnectionInfo:
+    """Our identity as Kopf's connection info: the same server, CA, token and client certificate,
+    and its expiry, so that Kopf logs in again (through `login`) when it passes."""
+    return _InMemoryTls(
+        server=identity.server,
+        ca_data=identity.ca_pem,
+        insecure=identity.insecure,
+        token=identity.token.get_secret_value() if identity.token else None,
+        certificate_data=identity.client_cert_pem,
+        private_key_data=(
+            identity.client_key_pem.get_secret_value() if identity.client_key_pem else None
+        ),
+        default_namespace=identity.default_namespace,
+        expiration=identity.expires_at,
+        trust_env=trust_env,
+    )
+
+
+def _kube_login(memo: kopf.Memo) -> KubeLogin:
+    login: KubeLogin | None = memo.get("kube_login")
+    if login is None:  # Kopf started without our __main__ (`kopf run`, some tests)
+        login = memo.kube_login = KubeLogin()
+    return login
+
+
+@kopf.on.login()
+async def login(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """Kopf asks at its start, when the identity expired, and after a 401: in the last case the
+    identity it had is renewed (a plugin run, a re-read token file), once for all callers."""
+    kube_login = _kube_login(memo)
+    had: KubeIdentity | None = memo.get("kopf_identity")
+    try:
+        identity = await (kube_login.renew(had) if had is not None else kube_login.identity())
+    except TransientError as exc:
+        raise kopf.TemporaryError(str(exc), delay=exc.retry_after) from exc
+    except OperatorError as exc:
+        raise kopf.PermanentError(str(exc)) from exc
+    memo.kopf_identity = identity
+    return connection_info(identity, trust_env=settings.networking.trust_env)
+
+
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.progress_storage = _ProgressStorage(prefix=GROUP)
@@ -127,7 +188,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     memo.config = config
     metrics: OperatorMetrics = memo.get("metrics") or OperatorMetrics()
     memo.metrics = metrics
-    memo.deps = await build_dependencies(config, metrics=metrics)
+    memo.deps = await build_dependencies(config, kube=_kube_login(memo), metrics=metrics)
     memo.registry = memo.get("registry") or {}
     memo.sync = StatusSync(memo.deps, memo.registry)
     metrics.observe_state(lambda: memo.registry, lambda: memo.sync.last_success)

@@ -1,10 +1,11 @@
 """Secrets and Invitation status through the Kubernetes API, over one injected httpx client.
 
 Kopf watches Invitations; everything we write ourselves (the token Secret, status patches
-between steps, status from the sync pass) goes through `KubeApi`. Credentials come from the same
-places Kopf reads (in-cluster service account or kubeconfig); a service-account token file is
-re-read so that the kubelet's token rotation never logs us out. "Already exists" is handled here,
-in one place.
+between steps, status from the sync pass) goes through `KubeApi`. Who we are to the API server
+is not decided here: `kube_http_client` sends every request as the identity of the one
+`kube_identity.KubeLogin` that Kopf's login handler uses too (why we log in ourselves rather
+than through Kopf's or a client library's login: kube_identity.py and docs/architecture.md).
+"Already exists" is handled here, in one place.
 """
 
 from __future__ import annotations
@@ -13,20 +14,12 @@ import base64
 import datetime as dt
 import logging
 import os
-import ssl
-import tempfile
-import time
-from collections.abc import Generator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
-import yaml
 from pydantic import SecretStr
 
 from .errors import (
-    ConfigurationError,
     KubeConflict,
     KubeError,
     KubeForbidden,
@@ -35,124 +28,28 @@ from .errors import (
     KubeUnavailable,
     SecretConflict,
 )
+from .kube_identity import KubeLogin, KubeTransport
 from .models import GROUP, PLURAL, VERSION
 
 logger = logging.getLogger(__name__)
 
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 SECRET_TOKEN_KEY = "token"  # noqa: S105 - the key name, not a value
 MANAGED_BY = "matrix-invite-operator"
 
 
-@dataclass(frozen=True)
-class KubeConnection:
-    """Where the API server is and how we prove who we are."""
+async def kube_http_client(login: KubeLogin, *, timeout_seconds: float = 30.0) -> httpx.AsyncClient:
+    """A client for the API server of `login`'s identity, sending every request as it.
 
-    server: str
-    ca_path: str | None = None
-    token: SecretStr | None = None
-    token_path: Path | None = None
-    cert_path: str | None = None
-    key_path: str | None = None
-    insecure: bool = False
-
-    @classmethod
-    def discover(cls, kubeconfig: str | None = None) -> KubeConnection:
-        """In-cluster service account first, then $KUBECONFIG / ~/.kube/config, as Kopf does."""
-        kubeconfig = kubeconfig or os.environ.get("KUBECONFIG")
-        token_file = SERVICE_ACCOUNT_DIR / "token"
-        if not kubeconfig and token_file.exists():
-            host = os.environ.get("KUBERNETES_SERVICE_HOST", "kubernetes.default.svc")
-            port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-            if ":" in host:
-                host = f"[{host}]"
-            return cls(
-                server=f"https://{host}:{port}",
-                ca_path=str(SERVICE_ACCOUNT_DIR / "ca.crt"),
-                token_path=token_file,
-            )
-        return cls.from_kubeconfig(Path(kubeconfig or Path.home() / ".kube" / "config"))
-
-    @classmethod
-    def from_kubeconfig(cls, path: Path) -> KubeConnection:
-        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        context_name = config.get("current-context")
-        contexts = {c["name"]: c.get("context", {}) for c in config.get("contexts", [])}
-        clusters = {c["name"]: c.get("cluster", {}) for c in config.get("clusters", [])}
-        users = {u["name"]: u.get("user", {}) for u in config.get("users", [])}
-        if context_name not in contexts:
-            raise ConfigurationError(f"kubeconfig {path} has no current context")
-        cluster = clusters[contexts[context_name]["cluster"]]
-        user = users.get(contexts[context_name].get("user"), {})
-        base = path.parent
-
-        def materialise(path_key: str, data_key: str, source: dict[str, Any]) -> str | None:
-            # ssl needs files for certificates; data fields go to private temp files.
-            if source.get(path_key):
-                return str(base / source[path_key])
-            if source.get(data_key):
-                handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
-                    prefix="mio-kube-", suffix=".pem", delete=False
-                )
-                handle.write(base64.b64decode(source[data_key]))
-                handle.close()
-                return handle.name
-            return None
-
-        token = user.get("token")
-        return cls(
-            server=cluster["server"],
-            ca_path=materialise("certificate-authority", "certificate-authority-data", cluster),
-            token=SecretStr(token) if token else None,
-            token_path=Path(user["tokenFile"]) if user.get("tokenFile") else None,
-            cert_path=materialise("client-certificate", "client-certificate-data", user),
-            key_path=materialise("client-key", "client-key-data", user),
-            insecure=bool(cluster.get("insecure-skip-tls-verify")),
-        )
-
-    def ssl_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=self.ca_path)
-        if self.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if self.cert_path and self.key_path:
-            context.load_cert_chain(self.cert_path, self.key_path)
-        return context
-
-
-class _BearerAuth(httpx.Auth):
-    """A fixed token, or a token file re-read once a minute (projected tokens rotate)."""
-
-    def __init__(self, token: SecretStr | None, token_path: Path | None) -> None:
-        self._token = token
-        self._path = token_path
-        self._read_at = 0.0
-
-    def _current(self) -> str | None:
-        if self._path is not None and time.monotonic() - self._read_at > 60:
-            self._token = SecretStr(self._path.read_text(encoding="utf-8").strip())
-            self._read_at = time.monotonic()
-        return self._token.get_secret_value() if self._token else None
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        token = self._current()
-        if token:
-            request.headers["Authorization"] = f"Bearer {token}"
-        response = yield request
-        if response.status_code == 401 and self._path is not None:
-            self._read_at = 0.0
-            token = self._current()
-            request.headers["Authorization"] = f"Bearer {token}"
-            yield request
-
-
-def kube_http_client(connection: KubeConnection, *, timeout: float = 30.0) -> httpx.AsyncClient:
+    Logs in first (once): the base URL is the identity's server, and a configuration that
+    cannot log in at all fails here, at startup.
+    """
+    identity = await login.identity()
     return httpx.AsyncClient(
-        base_url=connection.server,
-        verify=connection.ssl_context(),
-        auth=_BearerAuth(connection.token, connection.token_path),
-        timeout=httpx.Timeout(timeout, connect=10.0),
+        base_url=identity.server,
+        transport=KubeTransport(login),
+        timeout=httpx.Timeout(timeout_seconds, connect=10.0),
         headers={"User-Agent": MANAGED_BY},
+        trust_env=False,  # as Kopf: no proxy or CA bundle from the environment
     )
 
 

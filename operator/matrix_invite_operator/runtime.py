@@ -1,9 +1,10 @@
 """The operator's long-lived dependencies (`Dependencies`): built from `Settings`, closed again.
 
 One `httpx.AsyncClient` for the token backend (explicit timeouts, verified TLS or a custom CA
-bundle), one for the Kubernetes API, the token backend (MAS or Synapse, as `settings.backend`
-says: the only place that looks), the mail renderer, the SMTP mailer and the watch on MAS's
-site-config: created once at startup and kept in Kopf's memo, never as module globals.
+bundle), one for the Kubernetes API (as the `KubeLogin` that Kopf's login handler shares), the
+token backend (MAS or Synapse, as `settings.backend` says: the only place that looks), the mail
+renderer, the SMTP mailer and the watch on MAS's site-config: created once at startup and kept
+in Kopf's memo, never as module globals.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from .backends.oauth import ClientCredentialsAuth
 from .backends.synapse import SynapseAdminClient, SynapseTokenBackend
 from .errors import ConfigurationError
 from .homeserver import HomeserverClient
-from .kube import KubeApi, KubeConnection, KubeEvents, kube_http_client
+from .kube import KubeApi, KubeEvents, kube_http_client
+from .kube_identity import KubeLogin
 from .mail.invitation import SmtpInvitationMailer
 from .mail.render import MailRenderer, validate_registration_url_template
 from .mail.send import Mailer
@@ -174,7 +176,7 @@ class Dependencies:
 async def build_dependencies(
     settings: Settings,
     *,
-    kube: KubeConnection | None = None,
+    kube: KubeLogin | None = None,
     metrics: OperatorMetrics | None = None,
 ) -> Dependencies:
     mas_http = mas_http_client(settings)
@@ -202,7 +204,7 @@ async def build_dependencies(
     except ConfigurationError as problem:
         logger.error("the token backend is misconfigured, nothing will be issued: %s", problem)
         backend = UnconfiguredBackend(problem)
-    kube_http = kube_http_client(kube or KubeConnection.discover())
+    kube_http = await kube_http_client(kube or KubeLogin())
     kube_api = KubeApi(kube_http)
     homeserver_http = None
     homeserver_url = settings.homeserver_client_url()

@@ -4,7 +4,9 @@ Owns the lifecycle of three processes built by :mod:`tests.controlplane.build`: 
 kube-apiserver and kube-controller-manager (garbage collection, namespace finalisation,
 service accounts). No kubelet, so Pods never run. Authentication is by static bearer tokens
 (``--token-auth-file``): an ``admin`` in ``system:masters`` plus the identities passed to the
-constructor, which have no RBAC rights until a test grants them. Authorisation is real RBAC.
+constructor, which have no RBAC rights until a test grants them; client certificates signed by
+the harness's client CA (:meth:`ControlPlane.client_certificate`) are accepted too.
+Authorisation is real RBAC.
 
 Every process runs in its own session, is tracked by PID, logs to ``<workdir>/<name>.log`` and is
 stopped by PID (SIGTERM, then SIGKILL after 10 s) by :meth:`ControlPlane.stop`, which is also
@@ -17,6 +19,7 @@ import atexit
 import base64
 import contextlib
 import csv
+import datetime
 import http.client
 import json
 import os
@@ -34,8 +37,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 
 from tests.controlplane.build import Binaries, ensure_binaries
 
@@ -347,6 +352,45 @@ class ControlPlane:
         self._write_kubeconfig(path, user)
         return path
 
+    def kubeconfig_with_user(self, name: str, stanza: Mapping[str, object]) -> Path:
+        """Write a kubeconfig whose user is `stanza` (an exec plugin, a client certificate...)."""
+        path = self.workdir / f"kubeconfig-{name}"
+        self._write_kubeconfig(path, name, stanza)
+        return path
+
+    def client_certificate(self, user: str, groups: Sequence[str] = ()) -> tuple[bytes, bytes]:
+        """PEM certificate and key for `user` in `groups`, signed by the client CA the apiserver
+        trusts (``--client-ca-file``)."""
+        ca_key = serialization.load_pem_private_key(
+            (self.workdir / "client-ca.key").read_bytes(), password=None
+        )
+        ca_cert = x509.load_pem_x509_certificate((self.workdir / "client-ca.crt").read_bytes())
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, user)]
+            + [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in groups]
+        )
+        now = datetime.datetime.now(datetime.UTC)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(
+                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
     def apply_crds(self, path: Path | str, timeout: float = 60.0) -> list[str]:
         """``kubectl apply -f path``, then wait until every CRD applied is Established.
 
@@ -394,6 +438,31 @@ class ControlPlane:
                     serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
                 )
             )
+        client_ca_path = workdir / "client-ca.crt"
+        if not client_ca_path.exists():  # for identities by client certificate
+            ca_key = ec.generate_private_key(ec.SECP256R1())
+            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "controlplane-client-ca")])
+            now = datetime.datetime.now(datetime.UTC)
+            ca_cert = (
+                x509.CertificateBuilder()
+                .subject_name(name)
+                .issuer_name(name)
+                .public_key(ca_key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=365))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(ca_key, hashes.SHA256())
+            )
+            (workdir / "client-ca.key").write_bytes(
+                ca_key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+            (workdir / "client-ca.key").chmod(0o600)
+            client_ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
         token_path = workdir / "tokens.csv"
         with open(token_path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL)
@@ -428,6 +497,7 @@ class ControlPlane:
             "--disable-admission-plugins=ServiceAccount",
             "--authorization-mode=RBAC",
             f"--token-auth-file={workdir / 'tokens.csv'}",
+            f"--client-ca-file={workdir / 'client-ca.crt'}",
             f"--service-account-issuer=https://{HOST}:{self._apiserver_port}/",
             f"--service-account-key-file={workdir / 'sa.pub'}",
             f"--service-account-signing-key-file={workdir / 'sa.key'}",
@@ -510,7 +580,9 @@ class ControlPlane:
             lambda: _http_status(HOST, self._kcm_port, "/healthz", tls=True) == 200,
         )
 
-    def _write_kubeconfig(self, path: Path, user: str) -> None:
+    def _write_kubeconfig(
+        self, path: Path, user: str, stanza: Mapping[str, object] | None = None
+    ) -> None:
         # The apiserver's self-generated serving certificate file holds its chain up to its own CA,
         # which is all a client needs to trust; it is written before /readyz first answers.
         ca_pem = (self.workdir / "apiserver-certs" / "apiserver.crt").read_bytes()
@@ -526,7 +598,7 @@ class ControlPlane:
                     },
                 }
             ],
-            "users": [{"name": user, "user": {"token": self._tokens[user]}}],
+            "users": [{"name": user, "user": dict(stanza or {"token": self._tokens[user]})}],
             "contexts": [{"name": user, "context": {"cluster": "controlplane", "user": user}}],
             "current-context": user,
             "preferences": {},

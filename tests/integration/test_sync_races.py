@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from matrix_invite_operator.backends import TokenState
 from matrix_invite_operator.formats import rfc3339
-from matrix_invite_operator.kube import KubeConnection
+from matrix_invite_operator.kube_identity import KubeLogin
 from matrix_invite_operator.ports import Invitation
 from matrix_invite_operator.runtime import Dependencies, build_dependencies, close_dependencies
 from matrix_invite_operator.settings import Settings
@@ -198,8 +198,8 @@ async def with_dependencies(
     secrets_dir: Path,
     action: Callable[[Dependencies], Awaitable[SyncReport]],
 ) -> SyncReport:
-    connection = KubeConnection.from_kubeconfig(control_plane.kubeconfig_path)
-    deps = await build_dependencies(settings_for(mas, secrets_dir), kube=connection)
+    login = KubeLogin(kubeconfig=control_plane.kubeconfig_path)
+    deps = await build_dependencies(settings_for(mas, secrets_dir), kube=login)
     try:
         return await action(deps)
     finally:
