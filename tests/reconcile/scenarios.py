@@ -1,0 +1,239 @@
+"""The changes an admin makes to an Invitation, each with the outcome the operator promises.
+
+Every scenario starts from a settled world (built without crashes), makes one change, and says
+what must hold once the operator settled, beyond the shared invariants.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from .harness import Scenario, operate
+from .subject import RESEND_ANNOTATION
+from .world import Crash, World
+
+ADA = "ada@example.org"
+BOB = "bob@example.org"
+NAME = "ada"
+ISSUE = "MAS POST /user-registration-tokens"
+
+
+def _status(world: World) -> dict[str, Any]:
+    body = world.api.invitations.get(NAME)
+    return dict((body or {}).get("status") or {})
+
+
+def _check(*conditions: tuple[bool, str]) -> list[str]:
+    return [message for ok, message in conditions if not ok]
+
+
+async def _settled(world: World) -> None:
+    problems = await operate(world)
+    assert problems == [], problems
+
+
+async def nothing(world: World) -> None:
+    """An empty cluster and an empty MAS."""
+
+
+async def invited(world: World, **spec: Any) -> None:
+    world.api.create_invitation(NAME, {"email": ADA, **spec})
+    await _settled(world)
+    assert _status(world).get("phase") == "Sent", _status(world)
+
+
+async def revoked(world: World) -> None:
+    await invited(world)
+    world.api.edit_spec(NAME, revoked=True)
+    await _settled(world)
+
+
+async def born_revoked(world: World) -> None:
+    world.api.create_invitation(NAME, {"email": ADA, "revoked": True})
+    await _settled(world)
+
+
+async def issued_unrecorded(world: World) -> None:
+    """The operator died right after MAS created the token: its id is in no status."""
+    world.api.create_invitation(NAME, {"email": ADA})
+    world.wire.crash_on = (ISSUE, True)
+    with contextlib.suppress(Crash):
+        await operate(world)
+    assert _status(world).get("tokenId") is None
+    assert len(world.mas.tokens) == 1
+
+
+def _one_token_sent(world: World) -> list[str]:
+    status = _status(world)
+    return _check(
+        (len(world.mas.tokens) == 1, f"{len(world.mas.tokens)} tokens in MAS, not one"),
+        (status.get("phase") == "Sent", f"phase {status.get('phase')}, not Sent"),
+    )
+
+
+def _token(world: World) -> Any:
+    return world.mas.tokens.get(str(_status(world).get("tokenId")))
+
+
+def _created(world: World) -> dt.datetime:
+    stamp = world.api.invitations[NAME]["metadata"]["creationTimestamp"]
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def _expect_limit(world: World) -> list[str]:
+    token = _token(world)
+    return _one_token_sent(world) + _check(
+        (token is not None and token.usage_limit == 3, "the token's usage limit is not 3"),
+        (_status(world).get("usageLimit") == 3, "status does not show usage limit 3"),
+    )
+
+
+def _expect_expiry(world: World) -> list[str]:
+    token, wanted = _token(world), _created(world) + dt.timedelta(hours=72)
+    return _one_token_sent(world) + _check(
+        (token is not None and token.expires_at == wanted, "the token's expiry is not +72h"),
+    )
+
+
+def _expect_readdressed(world: World) -> list[str]:
+    status, tokens = _status(world), list(world.mas.tokens.values())
+    current = _token(world)
+    first = tokens[0]
+    return _check(
+        (len(tokens) == 2, f"{len(tokens)} tokens in MAS, not the old and one new"),
+        (first.revoked_at is not None, "the old address's token is not revoked"),
+        (current is not None and current.id != first.id, "status still names the old token"),
+        (current is not None and current.token != first.token, "the new token reuses the value"),
+        (status.get("phase") == "Sent", f"phase {status.get('phase')}, not Sent"),
+        (status.get("mailRecipient") == BOB, "the mail record does not name the new address"),
+    )
+
+
+def _expect_revoked(world: World) -> list[str]:
+    token = _token(world)
+    return _check(
+        (len(world.mas.tokens) == 1, f"{len(world.mas.tokens)} tokens in MAS, not one"),
+        (token is not None and token.revoked_at is not None, "the token is not revoked"),
+        (_status(world).get("phase") == "Revoked", "phase is not Revoked"),
+    )
+
+
+def _expect_resent(world: World) -> list[str]:
+    return _one_token_sent(world) + _check(
+        (_status(world).get("mailsSent") == 2, "status does not count two mails"),
+    )
+
+
+def _expect_reissued(world: World) -> list[str]:
+    token = _token(world)
+    return _check(
+        (len(world.mas.tokens) == 1, f"{len(world.mas.tokens)} tokens in MAS, not one"),
+        (
+            token is not None and token.token == world.api.secret_value(f"{NAME}-invite-token"),
+            "the token issued again does not hold the Secret's value",
+        ),
+        (_status(world).get("phase") == "Sent", "phase is not Sent"),
+        (
+            _status(world).get("mailedTokenId") == _status(world).get("tokenId"),
+            "the mail record did not move to the token issued again",
+        ),
+    )
+
+
+def _expect_gone(world: World) -> list[str]:
+    valid = [t.id for t in world.mas.tokens.values() if t.valid(world.clock())]
+    return _check(
+        (NAME not in world.api.invitations, "the Invitation is still there"),
+        (not world.api.secrets, "the Secret is still there"),
+        (valid == [], f"tokens {valid} still valid after the deletion"),
+    )
+
+
+def _expect_nothing_issued(world: World) -> list[str]:
+    return _check(
+        (not world.mas.tokens, "a token was issued for a revoked Invitation"),
+        (not world.api.secrets, "a Secret was created for a revoked Invitation"),
+        (not world.outbox.mails, "a revoked Invitation was mailed"),
+        (_status(world).get("phase") == "Revoked", "phase is not Revoked"),
+    )
+
+
+def _expect_phase(phase: str) -> Callable[[World], list[str]]:
+    def expect(world: World) -> list[str]:
+        status = _status(world)
+        return _check(
+            (len(world.mas.tokens) == 1, f"{len(world.mas.tokens)} tokens in MAS, not one"),
+            (status.get("phase") == phase, f"phase {status.get('phase')}, not {phase}"),
+        )
+
+    return expect
+
+
+def _token_id(world: World) -> str:
+    return str(_status(world)["tokenId"])
+
+
+def _delete_token(world: World) -> None:
+    world.mas.delete(_token_id(world))
+
+
+def _revoke_by_hand(world: World) -> None:
+    world.mas.revoke(_token_id(world))
+
+
+SCENARIOS = [
+    Scenario(
+        "create",
+        nothing,
+        lambda w: w.api.create_invitation(NAME, {"email": ADA}),
+        _one_token_sent,
+    ),
+    Scenario(
+        "edit usage limit", invited, lambda w: w.api.edit_spec(NAME, usageLimit=3), _expect_limit
+    ),
+    Scenario(
+        "edit expiry", invited, lambda w: w.api.edit_spec(NAME, validFor="72h"), _expect_expiry
+    ),
+    Scenario(
+        "change email", invited, lambda w: w.api.edit_spec(NAME, email=BOB), _expect_readdressed
+    ),
+    Scenario("revoke", invited, lambda w: w.api.edit_spec(NAME, revoked=True), _expect_revoked),
+    Scenario("un-revoke", revoked, lambda w: w.api.edit_spec(NAME, revoked=False), _one_token_sent),
+    Scenario(
+        "resend annotation",
+        invited,
+        lambda w: w.api.annotate(NAME, RESEND_ANNOTATION, "lost it"),
+        _expect_resent,
+        mails_expected={ADA: 2},
+    ),
+    Scenario("token deleted in MAS", invited, _delete_token, _expect_reissued),
+    # MAS-side changes reach reconcile through the sync pass (`repair_drift`), which runs the
+    # same steps as the handler.
+    Scenario(
+        "token used up", invited, lambda w: w.mas.use(_token_id(w)), _expect_phase("Accepted")
+    ),
+    Scenario("revoked outside Git", invited, _revoke_by_hand, _expect_phase("Revoked")),
+    Scenario("expired", invited, lambda w: w.clock.advance(8 * 86400), _expect_phase("Expired")),
+    Scenario("delete", invited, lambda w: w.api.delete_invitation(NAME), _expect_gone),
+    Scenario(
+        "delete, token id never recorded",
+        issued_unrecorded,
+        lambda w: w.api.delete_invitation(NAME),
+        _expect_gone,
+    ),
+    Scenario(
+        "born revoked",
+        nothing,
+        lambda w: w.api.create_invitation(NAME, {"email": ADA, "revoked": True}),
+        _expect_nothing_issued,
+    ),
+    Scenario(
+        "born revoked, then un-revoked",
+        born_revoked,
+        lambda w: w.api.edit_spec(NAME, revoked=False),
+        _one_token_sent,
+    ),
+]

@@ -1,0 +1,49 @@
+"""Every scenario, crashed at each await of reconcile and finalize, settles keeping the promises."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import pytest
+
+from .harness import Scenario, Sweep
+from .scenarios import SCENARIOS
+from .subject import reconcile_module
+
+#: Coroutine functions of the reconcile module that are not steps of reconcile or finalize
+#: awaiting a fake themselves, and why.
+NOT_STEPS = {
+    "reconcile": "the entry: takes the lock and awaits read_current and the steps",
+    "repair_drift": "the sync pass's entry (sync.py), not reconcile's or finalize's",
+    "onboard": "awaits only deps.onboarding, unset here (tests/integration/test_onboarding.py)",
+    "post_notices": "posts onboarding's notices, of which there are none without onboarding",
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+def test_every_crash_settles_keeping_the_promises(
+    scenario: Scenario, swept: Callable[[Scenario], Sweep]
+) -> None:
+    result = swept(scenario)
+    assert result.points, "the scenario made no call: nothing was tested"
+    assert result.crash_runs >= len(result.points)
+    assert result.failures == []
+
+
+def test_every_step_of_reconcile_and_finalize_was_crashed_in(
+    swept: Callable[[Scenario], Sweep],
+) -> None:
+    steps = {
+        name
+        for name, function in inspect.getmembers(reconcile_module, inspect.iscoroutinefunction)
+        if function.__module__ == reconcile_module.__name__
+    }
+    assert steps >= set(NOT_STEPS), "an exclusion names a function that no longer exists"
+    crashed = {
+        o.crashed_at.step
+        for scenario in SCENARIOS
+        for o in swept(scenario).outcomes
+        if o.crashed_at is not None
+    }
+    assert steps - set(NOT_STEPS) - crashed == set()
