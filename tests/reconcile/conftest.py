@@ -1,4 +1,4 @@
-"""Each scenario is swept once per session; the summary says how many crash points were covered."""
+"""Each sweep runs once per session; the summary says how many crash points were covered."""
 
 from __future__ import annotations
 
@@ -7,31 +7,52 @@ from collections.abc import Callable
 
 import pytest
 
-from .harness import Scenario, Sweep, sweep
+from .harness import Interference, Scenario, Sweep, interfere, sweep
 
-_SWEEPS: dict[str, Sweep] = {}
+_CRASHES: dict[str, Sweep] = {}
+_INTERFERENCES: dict[str, Sweep] = {}
 
 
 @pytest.fixture(scope="session")
 def swept() -> Callable[[Scenario], Sweep]:
-    """The sweep of a scenario, run at most once per session (the coverage test reuses it)."""
+    """The crash sweep of a scenario, run at most once per session (the coverage test reuses
+    what the per-scenario tests ran)."""
 
     def get(scenario: Scenario) -> Sweep:
-        if scenario.name not in _SWEEPS:
-            _SWEEPS[scenario.name] = asyncio.run(sweep(scenario))
-        return _SWEEPS[scenario.name]
+        if scenario.name not in _CRASHES:
+            _CRASHES[scenario.name] = asyncio.run(sweep(scenario))
+        return _CRASHES[scenario.name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def interfered() -> Callable[[Scenario, Interference], Sweep]:
+    def get(scenario: Scenario, interference: Interference) -> Sweep:
+        key = f"{scenario.name} + {interference.name}"
+        if key not in _INTERFERENCES:
+            _INTERFERENCES[key] = asyncio.run(interfere(scenario, interference))
+        return _INTERFERENCES[key]
 
     return get
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not _SWEEPS:
+    if not _CRASHES and not _INTERFERENCES:
         return
-    points = sum(len(s.points) for s in _SWEEPS.values())
-    runs = sum(s.crash_runs for s in _SWEEPS.values())
-    steps = sorted({p.step for s in _SWEEPS.values() for p in s.points})
     terminalreporter.write_sep("-", "reconcile crash points (tests/reconcile)")
-    terminalreporter.write_line(
-        f"{len(_SWEEPS)} scenarios, {points} crash points, {runs} runs crashed before or after "
-        f"an effect, in {len(steps)} functions: {', '.join(steps)}"
-    )
+    if _CRASHES:
+        points = sum(len(s.points) for s in _CRASHES.values())
+        runs = sum(s.crash_runs for s in _CRASHES.values())
+        steps = sorted({p.step for s in _CRASHES.values() for p in s.points})
+        terminalreporter.write_line(
+            f"{len(_CRASHES)} scenarios, {points} crash points, {runs} runs crashed before or "
+            f"after an effect, in {len(steps)} functions: {', '.join(steps)}"
+        )
+    if _INTERFERENCES:
+        runs = sum(len(s.outcomes) - 1 for s in _INTERFERENCES.values())
+        conflicts = sum(o.conflicts for s in _INTERFERENCES.values() for o in s.outcomes)
+        terminalreporter.write_line(
+            f"{len(_INTERFERENCES)} scenario-and-interference sweeps, {runs} runs with a write by "
+            f"someone else before one request, {conflicts} stale-resourceVersion 409s met"
+        )

@@ -38,13 +38,26 @@ class Scenario:
     mails_expected: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class Interference:
+    """A write by someone else that lands between two requests of the operator's."""
+
+    name: str
+    act: Callable[[World], object]
+    # What must hold afterwards instead of the scenario's own promises (None: those still hold).
+    expect: Callable[[World], list[str]] | None = None
+
+
 @dataclasses.dataclass
 class Outcome:
+    label: str  # "crash 3-after", "Kopf's annotation before 3", "clean"
     plan: CrashPlan | None
     crashed_at: CrashPoint | None
     points: list[CrashPoint]
     problems: list[str]
     duplicate_mails: int = 0
+    events: list[str] = dataclasses.field(default_factory=list)  # "Type Reason", since the change
+    conflicts: int = 0  # status writes the API server refused for a stale resourceVersion
 
 
 async def operate(world: World) -> list[str]:
@@ -82,15 +95,19 @@ async def run(
     *,
     backend: BackendFactory = FakeTokenBackend,
     crash_window: bool = True,
+    interference: tuple[int, Interference] | None = None,
 ) -> Outcome:
     """The scenario with at most one crash; `crash_window=False` denies the documented
     duplicate-mail window (to show that the mail count is checked)."""
     world = World(backend=backend)
     await scenario.prepare(world)
-    start = len(world.wire.points)
+    start, events_before = len(world.wire.points), len(world.events.events)
     world.wire.crashed_at = None  # a crash the preparation planned is not this run's
     scenario.change(world)
     world.wire.plan = None if plan is None else CrashPlan(start + plan.at, plan.after_effect)
+    if interference is not None:
+        at, meddler = interference
+        world.wire.meddle = (start + at, lambda: meddler.act(world))
     try:
         problems = await operate(world)
     except Crash:
@@ -105,8 +122,19 @@ async def run(
     report = evaluate(
         snapshot(world), duplicate_mail_allowed=allowed, mails_expected=scenario.mails_expected
     )
-    problems += report.violations + scenario.expect(world) + leaked_secrets(world)
-    return Outcome(plan, crashed, points, problems, report.duplicate_mails)
+    expect = scenario.expect
+    if interference is not None and interference[1].expect is not None:
+        expect = interference[1].expect
+    problems += report.violations + expect(world) + leaked_secrets(world)
+    if interference is not None and world.wire.meddle is not None:
+        problems.append(f"{interference[1].name} at {interference[0]} never happened")
+    events = [f"{e.type} {e.reason}" for e in world.events.events[events_before:]]
+    label = "clean" if plan is None else f"crash {plan} ({crashed})"
+    if interference is not None:
+        label = f"{interference[1].name} before {interference[0]}"
+    return Outcome(
+        label, plan, crashed, points, problems, report.duplicate_mails, events, world.api.conflicts
+    )
 
 
 def snapshot(world: World) -> Snapshot:
@@ -152,7 +180,7 @@ class Sweep:
     @property
     def failures(self) -> list[str]:
         return [
-            f"{self.scenario} crash {o.plan} ({o.crashed_at}): {problem}"
+            f"{self.scenario}, {o.label}: {problem}"
             for o in self.outcomes
             for problem in o.problems
         ]
@@ -185,5 +213,20 @@ async def sweep(
                     f"nondeterministic: point {point.index} was {point.call} in "
                     f"{point.step}, now {outcome.crashed_at.call} in {outcome.crashed_at.step}"
                 )
+            # A crash of our own is no drift made outside Git: no Warning the clean run lacks.
+            warnings = {e for e in outcome.events if e.startswith("Warning")}
+            outcome.problems += [
+                f"{e} after a crash, not without" for e in sorted(warnings - set(clean.events))
+            ]
             outcomes.append(outcome)
     return Sweep(scenario.name, clean.points, outcomes)
+
+
+async def interfere(scenario: Scenario, interference: Interference) -> Sweep:
+    """The scenario with someone else's write landing before each of the operator's requests
+    in turn: conditioned status writes meet 409s, and the operator must still converge."""
+    clean = await run(scenario, None)
+    outcomes = [clean]
+    for point in clean.points:
+        outcomes.append(await run(scenario, None, interference=(point.index, interference)))
+    return Sweep(f"{scenario.name} + {interference.name}", clean.points, outcomes)

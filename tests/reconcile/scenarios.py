@@ -11,8 +11,8 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from .harness import Scenario, operate
-from .subject import RESEND_ANNOTATION
+from .harness import Interference, Scenario, operate
+from .subject import GROUP, RESEND_ANNOTATION
 from .world import Crash, World
 
 ADA = "ada@example.org"
@@ -236,4 +236,35 @@ SCENARIOS = [
         lambda w: w.api.edit_spec(NAME, revoked=False),
         _one_token_sent,
     ),
+]
+
+
+def _kopf_annotates(world: World) -> None:
+    if NAME in world.api.invitations:
+        world.api.annotate(NAME, f"{GROUP}/last-handled-configuration", '{"spec": {}}')
+
+
+def _limit_edited(world: World) -> None:
+    if NAME in world.api.invitations:
+        world.api.edit_spec(NAME, usageLimit=5)
+
+
+def _expect_edit_followed(world: World) -> list[str]:
+    body = world.api.invitations.get(NAME)
+    if body is None:
+        return []  # deleted: the edit of a deleting object changes nothing
+    status, token = _status(world), _token(world)
+    return _check(
+        (
+            status.get("observedGeneration") == body["metadata"]["generation"],
+            "the newest generation was never reconciled",
+        ),
+        (token is None or token.usage_limit == 5, "the token does not have the edited limit"),
+    )
+
+
+INTERFERENCES = [
+    # Kopf (or a label edit) changes metadata: the resourceVersion moves, the spec does not.
+    Interference("Kopf's annotation", _kopf_annotates),
+    Interference("usage limit edited", _limit_edited, _expect_edit_followed),
 ]

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from .harness import Scenario, Sweep
-from .scenarios import SCENARIOS
+from .harness import Interference, Scenario, Sweep
+from .scenarios import INTERFERENCES, SCENARIOS
 from .subject import reconcile_module
 
 #: Coroutine functions of the reconcile module that are not steps of reconcile or finalize
@@ -47,3 +47,23 @@ def test_every_step_of_reconcile_and_finalize_was_crashed_in(
         if o.crashed_at is not None
     }
     assert steps - set(NOT_STEPS) - crashed == set()
+
+
+@pytest.mark.parametrize("interference", INTERFERENCES, ids=[i.name for i in INTERFERENCES])
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+def test_a_write_by_someone_else_between_two_requests_changes_no_outcome(
+    scenario: Scenario,
+    interference: Interference,
+    interfered: Callable[[Scenario, Interference], Sweep],
+) -> None:
+    result = interfered(scenario, interference)
+    assert len(result.outcomes) == len(result.points) + 1
+    assert result.failures == []
+
+
+def test_interference_meets_stale_resource_versions(
+    interfered: Callable[[Scenario, Interference], Sweep],
+) -> None:
+    """Without 409s the conditioned status writes were never put to the test."""
+    result = interfered(SCENARIOS[0], INTERFERENCES[0])
+    assert sum(o.conflicts for o in result.outcomes) > 0

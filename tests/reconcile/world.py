@@ -100,12 +100,18 @@ class Wire:
         self.plan: CrashPlan | None = None
         # Crash at the first request of this name (before or after its effect), wherever.
         self.crash_on: tuple[str, bool] | None = None
+        # Someone else writes just before this request: (index, what they do).
+        self.meddle: tuple[int, Callable[[], object]] | None = None
         self.crashed_at: CrashPoint | None = None
 
     async def call(self, name: str, effect: Callable[[], T]) -> T:
         before = self._version()
         step = _awaiting_step()
         index = len(self.points)
+        if self.meddle is not None and self.meddle[0] == index:
+            meddle, self.meddle = self.meddle[1], None
+            meddle()
+            before = self._version()
         plan = self.plan if self.plan is not None and self.plan.at == index else None
         if plan is None and self.crash_on is not None and self.crash_on[0] == name:
             plan = CrashPlan(index, self.crash_on[1])
@@ -435,6 +441,7 @@ class ApiServer:
         self._uids = 0
         self.invitations: dict[str, Body] = {}
         self.secrets: dict[str, Body] = {}
+        self.conflicts = 0  # writes refused for a stale resourceVersion
 
     def _next_version(self) -> str:
         self._rv += 1
@@ -510,6 +517,7 @@ class ApiServer:
         if body is None:
             raise _Answer(404)
         if resource_version is not None and resource_version != body["metadata"]["resourceVersion"]:
+            self.conflicts += 1
             raise _Answer(409)
         body["status"] = merge_patch(body.get("status") or {}, patch)
         body["metadata"]["resourceVersion"] = self._next_version()
