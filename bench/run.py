@@ -84,7 +84,8 @@ import httpx
 from matrix_invite_operator.backends import TokenBackend
 from matrix_invite_operator.kube import KubeConnection, kube_http_client
 from matrix_invite_operator.models import GROUP, PLURAL, VERSION
-from matrix_invite_operator.reconcile import Invitation, InvitationMailer, generate_token
+from matrix_invite_operator.ports import Invitation, InvitationMailer
+from matrix_invite_operator.reconcile import generate_token
 from matrix_invite_operator.runtime import build_backend, build_mailer, mas_http_client
 from matrix_invite_operator.settings import Settings
 

@@ -53,7 +53,7 @@ import httpx
 from matrix_invite_operator.backends import TokenState
 from matrix_invite_operator.backends.mas import MasAdminClient, MasTokenBackend
 from matrix_invite_operator.backends.oauth import ClientCredentialsAuth
-from matrix_invite_operator.kube import KubeApi, KubeEvents, secret_name_for
+from matrix_invite_operator.kube import KubeApi, KubeEvents
 from matrix_invite_operator.models import (
     GROUP,
     KIND,
@@ -63,7 +63,8 @@ from matrix_invite_operator.models import (
     InvitationStatus,
     rfc3339,
 )
-from matrix_invite_operator.reconcile import Dependencies, Invitation
+from matrix_invite_operator.ports import Invitation, secret_name_for
+from matrix_invite_operator.runtime import Dependencies
 from matrix_invite_operator.settings import Settings
 from matrix_invite_operator.status import compute_status
 from matrix_invite_operator.sync import Registry, StatusSync, SyncReport, WatchedInvitation

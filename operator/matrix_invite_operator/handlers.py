@@ -20,8 +20,9 @@ from .errors import MailThrottled, OperatorError, PermanentError, TransientError
 from .mail.throttle import WAITING_FOR_SLOT
 from .metrics import OperatorMetrics
 from .models import GROUP, PLURAL, RESEND_ANNOTATION, VERSION, Phase
-from .reconcile import Dependencies, Invitation, awaits_clock_agreement, finalize, reconcile
-from .runtime import build_dependencies, close_dependencies
+from .ports import Invitation
+from .reconcile import awaits_clock_agreement, finalize, reconcile
+from .runtime import Dependencies, build_dependencies, close_dependencies
 from .settings import Settings
 from .sync import StatusSync, WatchedInvitation
 

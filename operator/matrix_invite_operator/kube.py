@@ -156,11 +156,6 @@ def kube_http_client(connection: KubeConnection, *, timeout: float = 30.0) -> ht
     )
 
 
-def secret_name_for(invitation_name: str) -> str:
-    suffix = "-invite-token"
-    return invitation_name[: 253 - len(suffix)] + suffix
-
-
 class KubeApi:
     """The few Kubernetes calls the reconciler makes, with errors mapped to our tree."""
 

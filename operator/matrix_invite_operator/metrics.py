@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from pydantic import SecretStr
 
     from .backends import TokenState
-    from .reconcile import Invitation, InvitationMailer
+    from .ports import Invitation, InvitationMailer
     from .sign_up import SignUpFacts
     from .sync import WatchedInvitation
 

@@ -23,7 +23,6 @@ import logging
 import secrets
 import string
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from pydantic import SecretStr
@@ -40,6 +39,7 @@ from .models import (
     RoomStatus,
     rfc3339,
 )
+from .ports import Notice
 from .settings import SecretSource, Settings, current_secret
 from .status import make_condition
 
@@ -57,15 +57,6 @@ SESSION_NAME = "matrix-invite-operator onboarding"
 
 Observer = Callable[[str, str], None]
 """Called with (what, outcome): ("account_lookup", "found"), ("join", "failed"), ..."""
-
-
-@dataclass(frozen=True)
-class Notice:
-    """An Event to post once the status is written (no secrets, like every Event)."""
-
-    reason: str
-    message: str
-    warning: bool = False
 
 
 class ActingSessions(Protocol):

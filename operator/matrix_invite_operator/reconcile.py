@@ -1,8 +1,8 @@
 """The ordered, idempotent steps that bring one Invitation to its desired state.
 
-No Kopf and no HTTP details here: the steps talk to a `TokenBackend`, `KubeApi`, an
-`InvitationMailer` and an `EventSink`, all built once at startup (`Dependencies`). Every step is
-safe to repeat after a crash at any point:
+No Kopf and no HTTP details here: the steps talk to a `TokenBackend`, a `KubeStore`, an
+`InvitationMailer` and an `EventSink` (`ports.Collaborators`; `runtime.Dependencies` builds them
+once at startup). Every step is safe to repeat after a crash at any point:
 
 1. Secret: reuse the token in our Secret, or generate one and write the Secret first.
 2. Token: issue it in the backend with that value (a conflict means "find it", never a second
@@ -15,55 +15,33 @@ safe to repeat after a crash at any point:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import logging
 import secrets
 import string
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
-from .backends import TokenBackend, TokenState
+from .backends import TokenState
 from .errors import (
     BackendClockAhead,
     InvalidSpecError,
-    KubeConflict,
     KubeNotFound,
-    KubeUnavailable,
     OperatorError,
     PermanentError,
     SecretConflict,
 )
-from .kube import KubeApi, secret_name_for
-from .models import (
-    GROUP,
-    KIND,
-    RESEND_ANNOTATION,
-    VERSION,
-    InvitationSpec,
-    InvitationStatus,
-    Phase,
-    rfc3339,
-)
-from .onboarding import Notice, Onboarding
+from .models import InvitationStatus, Phase, rfc3339
+from .ports import Collaborators, EventSink, Invitation, Notice, secret_name_for
 from .settings import Settings
-from .sign_up import SiteWatch
-from .status import Problem, compute_status
+from .status import Problem, StatusWriter, compute_status
 
 logger = logging.getLogger(__name__)
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 TOKEN_LENGTH = 24
-
-#: Invitations reconciled at once; the rest wait their turn in order. As many as the MAS client
-#: keeps connections (`runtime.MAS_CONNECTIONS`): with hundreds in flight, the surplus queued
-#: inside the HTTP pools instead, where the wait counts against the request timeout, so a burst
-#: on a busy machine failed with PoolTimeout and backed off for minutes (docs/performance.md).
-CONCURRENT_RECONCILES = 10
 
 #: The end of the Ready reason while the backend's clock runs ahead ("MasClockAhead").
 CLOCK_AHEAD = "ClockAhead"
@@ -72,180 +50,6 @@ CLOCK_AHEAD = "ClockAhead"
 def generate_token() -> SecretStr:
     """A fresh registration token: 24 characters of [A-Za-z0-9] (~143 bits), easy to paste."""
     return SecretStr("".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH)))
-
-
-@dataclass(frozen=True)
-class Invitation:
-    """One Invitation as the API server sent it, parsed."""
-
-    namespace: str
-    name: str
-    uid: str
-    generation: int
-    created: dt.datetime
-    spec: InvitationSpec
-    status: InvitationStatus
-    resend_annotation: str | None = None
-    resource_version: str | None = None  # what status writes are conditioned on
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any]) -> Invitation:
-        meta = body["metadata"]
-        try:
-            spec = InvitationSpec.model_validate(body.get("spec") or {})
-        except ValidationError as exc:
-            fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
-            raise InvalidSpecError(f"spec is invalid at: {fields}") from None
-        status = InvitationStatus.model_validate(_known_status(body.get("status") or {}))
-        return cls(
-            namespace=meta["namespace"],
-            name=meta["name"],
-            uid=meta["uid"],
-            generation=int(meta.get("generation") or 1),
-            created=dt.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00")),
-            spec=spec,
-            status=status,
-            resend_annotation=(meta.get("annotations") or {}).get(RESEND_ANNOTATION),
-            resource_version=meta.get("resourceVersion"),
-        )
-
-    @property
-    def resend_request(self) -> str:
-        """Both ways to ask for the mail again, as one comparable marker (not secret)."""
-        return f"spec={self.spec.resend or ''};annotation={(self.resend_annotation or '')[:300]}"
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.namespace, self.name)
-
-    def reference(self) -> dict[str, Any]:
-        """A minimal body naming this object, as Event posting expects it."""
-        return {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": KIND,
-            "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid},
-        }
-
-    def owner_reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": KIND,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-
-
-def _known_status(raw: dict[str, Any]) -> dict[str, Any]:
-    # Older operator versions or Kopf may leave fields we no longer model; ignore, don't fail.
-    known = {f.alias or name for name, f in InvitationStatus.model_fields.items()}
-    return {k: v for k, v in raw.items() if k in known}
-
-
-class EventSink(Protocol):
-    """Kubernetes Events on an Invitation (reasons are CamelCase, messages carry no secrets)."""
-
-    async def normal(self, invitation: Invitation, reason: str, message: str) -> None: ...
-
-    async def warning(self, invitation: Invitation, reason: str, message: str) -> None: ...
-
-
-class InvitationMailer(Protocol):
-    """Renders and sends the invitation mail for one token."""
-
-    async def send_invitation(
-        self, invitation: Invitation, *, token: SecretStr, token_state: TokenState
-    ) -> None: ...
-
-
-@dataclass
-class Dependencies:
-    """Everything reconcile needs, built once at startup and kept in Kopf's memo."""
-
-    settings: Settings
-    backend: TokenBackend
-    kube: KubeApi
-    mailer: InvitationMailer
-    events: EventSink
-    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
-    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    slots: asyncio.Semaphore = field(
-        default_factory=lambda: asyncio.Semaphore(CONCURRENT_RECONCILES)
-    )
-    resources: object = None  # what `runtime` opened and must close; opaque here
-    # What MAS says about sign-up (`sign_up.SiteWatch`); None: nothing known beyond the settings.
-    site: SiteWatch | None = None
-    onboarding: Onboarding | None = None  # who accepted, and their rooms (onboarding.py)
-
-    def lock_for(self, invitation: Invitation) -> asyncio.Lock:
-        # The Kopf handler and the sync pass may both act on one Invitation: serialise them.
-        return self.locks.setdefault(invitation.uid, asyncio.Lock())
-
-
-class StatusWriter:
-    """Writes status as steps complete, so a crash never forgets a token id or a sent mail.
-
-    What a crash may forget (a name derived from the Invitation's, or what the final status
-    write follows at once) is `stage`d instead and goes out with the next write: each status
-    PATCH costs the operator, the API server and every watcher one event, so a new Invitation
-    takes two (token id; mail record with the final status), not four (docs/performance.md).
-
-    Every write is conditioned on the resourceVersion it was computed from. The writer holds
-    the Invitation's lock, so a conflict means someone edited the object meanwhile (a spec
-    edit, Kopf's annotations): the fields we changed are facts (a token was issued, a mail
-    went out), so they are applied again on a fresh read. The status still names the
-    generation it was computed for; a newer one is reconciled next.
-    """
-
-    ATTEMPTS = 5
-
-    def __init__(
-        self, kube: KubeApi, invitation: Invitation, *, retry_conflicts: bool = True
-    ) -> None:
-        self._kube = kube
-        self._invitation = invitation
-        self._retry_conflicts = retry_conflicts
-        self.status = invitation.status.model_copy(deep=True)
-        self._written = invitation.status  # as the API server holds it, as far as we know
-        self._version = invitation.resource_version
-
-    def stage(self, **fields: Any) -> None:
-        """Set fields to be written with the next `record` or `write`."""
-        self.status = self.status.model_copy(update=fields)
-
-    async def record(self, **fields: Any) -> None:
-        self.stage(**fields)
-        await self.write(self.status)
-
-    async def write(self, status: InvitationStatus) -> None:
-        before = self._written.model_dump(mode="json", by_alias=True)
-        after = status.model_dump(mode="json", by_alias=True)
-        patch = {key: value for key, value in after.items() if before.get(key) != value}
-        if patch:
-            await self._patch(patch)
-        self.status = self._written = status
-
-    async def _patch(self, patch: dict[str, Any]) -> None:
-        namespace, name = self._invitation.namespace, self._invitation.name
-        for _ in range(self.ATTEMPTS):
-            try:
-                written = await self._kube.patch_invitation_status(
-                    namespace, name, patch, resource_version=self._version
-                )
-            except KubeConflict:
-                if not self._retry_conflicts:
-                    raise
-                fresh = await self._kube.get_invitation(namespace, name)
-                if fresh is None or fresh["metadata"].get("uid") != self._invitation.uid:
-                    raise KubeNotFound(f"{namespace}/{name} is gone") from None
-                self._version = fresh["metadata"].get("resourceVersion")
-                continue
-            self._version = (written.get("metadata") or {}).get("resourceVersion")
-            return
-        raise KubeUnavailable(
-            f"{namespace}/{name} kept changing while its status was written", retry_after=1
-        )
 
 
 def desired_expiry(invitation: Invitation, settings: Settings) -> dt.datetime:
@@ -307,7 +111,7 @@ def _days(delta: dt.timedelta) -> str:
     return f"{delta.total_seconds() / 86400:g} days"
 
 
-async def reconcile(deps: Dependencies, invitation: Invitation) -> InvitationStatus | None:
+async def reconcile(deps: Collaborators, invitation: Invitation) -> InvitationStatus | None:
     """Run all steps for the Invitation as it is now; returns the status it wrote, or None if
     it is gone or being deleted.
 
@@ -322,7 +126,7 @@ async def reconcile(deps: Dependencies, invitation: Invitation) -> InvitationSta
         return await _reconcile_locked(deps, current)
 
 
-async def read_current(deps: Dependencies, invitation: Invitation) -> Invitation | None:
+async def read_current(deps: Collaborators, invitation: Invitation) -> Invitation | None:
     """The Invitation as the API server holds it now; None if it is gone or being deleted."""
     body = await deps.kube.get_invitation(invitation.namespace, invitation.name)
     if (
@@ -335,7 +139,7 @@ async def read_current(deps: Dependencies, invitation: Invitation) -> Invitation
 
 
 async def repair_drift(
-    deps: Dependencies,
+    deps: Collaborators,
     invitation: Invitation,
     drifted: Callable[[Invitation, TokenState | None], bool],
 ) -> bool:
@@ -363,7 +167,7 @@ async def repair_drift(
         return True
 
 
-async def _reconcile_locked(deps: Dependencies, invitation: Invitation) -> InvitationStatus:
+async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> InvitationStatus:
     writer = StatusWriter(deps.kube, invitation)
     token_state: TokenState | None = None
     try:
@@ -407,7 +211,7 @@ ONBOARDING_FIELDS = ("account", "account_search", "rooms", "notice_posted", "con
 
 
 async def onboard(
-    deps: Dependencies, invitation: Invitation, writer: StatusWriter, token: TokenState | None
+    deps: Collaborators, invitation: Invitation, writer: StatusWriter, token: TokenState | None
 ) -> list[Notice]:
     """Stage what onboarding found and did, if anything is due; the Events to post after."""
     now = deps.clock()
@@ -516,7 +320,7 @@ def _problem(exc: Exception, backend: str = "MAS") -> Problem:
 
 
 async def _finish(
-    deps: Dependencies,
+    deps: Collaborators,
     invitation: Invitation,
     writer: StatusWriter,
     token_state: TokenState | None,
@@ -578,7 +382,7 @@ async def announce_phase_change(
 
 
 async def _rotate_if_readdressed(
-    deps: Dependencies, invitation: Invitation, writer: StatusWriter
+    deps: Collaborators, invitation: Invitation, writer: StatusWriter
 ) -> None:
     """A new address gets a new token; the old address must not keep a working one."""
     status = writer.status
@@ -598,7 +402,7 @@ async def _rotate_if_readdressed(
 
 
 async def _ensure_secret(
-    deps: Dependencies, invitation: Invitation, writer: StatusWriter
+    deps: Collaborators, invitation: Invitation, writer: StatusWriter
 ) -> SecretStr:
     name = writer.status.secret_name or secret_name_for(invitation.name)
     token = await deps.kube.read_token_secret(invitation.namespace, name, invitation.uid)
@@ -612,7 +416,7 @@ async def _ensure_secret(
 
 
 async def _ensure_token(
-    deps: Dependencies,
+    deps: Collaborators,
     invitation: Invitation,
     writer: StatusWriter,
     token: SecretStr,
@@ -674,7 +478,7 @@ async def _ensure_token(
 
 
 async def _converge(
-    deps: Dependencies,
+    deps: Collaborators,
     invitation: Invitation,
     writer: StatusWriter,
     state: TokenState,
@@ -716,7 +520,7 @@ async def _converge(
 
 
 async def _mail_if_due(
-    deps: Dependencies,
+    deps: Collaborators,
     invitation: Invitation,
     writer: StatusWriter,
     token: SecretStr,
@@ -746,7 +550,7 @@ async def _mail_if_due(
     return f"Invitation {what} to {invitation.spec.email}"
 
 
-async def finalize(deps: Dependencies, invitation: Invitation) -> None:
+async def finalize(deps: Collaborators, invitation: Invitation) -> None:
     """Deletion: revoke the recorded token, and any other token holding our Secret's value.
 
     Unknown or already revoked counts as done. The other token is one issued just before a crash
@@ -774,13 +578,13 @@ async def finalize(deps: Dependencies, invitation: Invitation) -> None:
     deps.locks.pop(invitation.uid, None)
 
 
-async def _announce_revoked(deps: Dependencies, invitation: Invitation, token_id: str) -> None:
+async def _announce_revoked(deps: Collaborators, invitation: Invitation, token_id: str) -> None:
     await deps.events.normal(
         invitation, "TokenRevoked", f"Token {token_id} revoked: the Invitation is being deleted"
     )
 
 
-async def _our_secret_value(deps: Dependencies, invitation: Invitation) -> SecretStr | None:
+async def _our_secret_value(deps: Collaborators, invitation: Invitation) -> SecretStr | None:
     name = invitation.status.secret_name or secret_name_for(invitation.name)
     try:
         return await deps.kube.read_token_secret(invitation.namespace, name, invitation.uid)
@@ -788,7 +592,7 @@ async def _our_secret_value(deps: Dependencies, invitation: Invitation) -> Secre
         return None  # not ours, or without a token: nothing of ours to revoke in it
 
 
-async def _token_holding(deps: Dependencies, value: SecretStr) -> TokenState | None:
+async def _token_holding(deps: Collaborators, value: SecretStr) -> TokenState | None:
     wanted = value.get_secret_value()
     async for state in deps.backend.list_all():
         if secrets.compare_digest(state.token.get_secret_value(), wanted):

@@ -8,10 +8,12 @@ site-config: created once at startup and kept in Kopf's memo, never as module gl
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import logging
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from .onboarding import (
     Onboarding,
     PersonalSessions,
 )
-from .reconcile import Dependencies, InvitationMailer
+from .ports import EventSink, Invitation, InvitationMailer, KubeStore
 from .settings import Settings
 from .sign_up import SignUpFacts, SiteWatch
 from .unconfigured import UnconfiguredBackend, UnconfiguredMailer
@@ -44,6 +46,12 @@ from .unconfigured import UnconfiguredBackend, UnconfiguredMailer
 logger = logging.getLogger(__name__)
 
 MAS_CONNECTIONS = 10
+
+#: Invitations reconciled at once; the rest wait their turn in order. As many as the MAS client
+#: keeps connections (`MAS_CONNECTIONS`): with hundreds in flight, the surplus queued inside the
+#: HTTP pools instead, where the wait counts against the request timeout, so a burst on a busy
+#: machine failed with PoolTimeout and backed off for minutes (docs/performance.md).
+CONCURRENT_RECONCILES = MAS_CONNECTIONS
 
 
 @dataclass
@@ -138,6 +146,31 @@ def build_mailer(
     return SmtpInvitationMailer(settings, renderer, mailer, throttle, sign_up=sign_up)
 
 
+@dataclass
+class Dependencies:
+    """Everything reconcile and the sync pass need (`ports.Collaborators`), built once at
+    startup and kept in Kopf's memo; tests build it with fakes in place of the clients."""
+
+    settings: Settings
+    backend: TokenBackend
+    kube: KubeStore
+    mailer: InvitationMailer
+    events: EventSink
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(CONCURRENT_RECONCILES)
+    )
+    # What MAS says about sign-up; None: nothing known beyond the settings.
+    site: SiteWatch | None = None
+    onboarding: Onboarding | None = None  # who accepted, and their rooms (onboarding.py)
+    resources: Clients | None = None  # what `build_dependencies` opened; closed on shutdown
+
+    def lock_for(self, invitation: Invitation) -> asyncio.Lock:
+        # The Kopf handler and the sync pass may both act on one Invitation: serialise them.
+        return self.locks.setdefault(invitation.uid, asyncio.Lock())
+
+
 async def build_dependencies(
     settings: Settings,
     *,
@@ -225,7 +258,7 @@ def build_onboarding(
 async def close_dependencies(deps: Dependencies) -> None:
     await deps.backend.aclose()
     clients = deps.resources
-    if isinstance(clients, Clients):
+    if clients is not None:
         await clients.mas.aclose()
         await clients.kube.aclose()
         if clients.homeserver is not None:

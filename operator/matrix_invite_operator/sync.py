@@ -26,11 +26,8 @@ from typing import Any
 from .backends import TokenState
 from .errors import InvalidSpecError, KubeConflict, KubeNotFound, OperatorError
 from .models import RESEND_ANNOTATION, InvitationStatus, Phase, rfc3339
-from .onboarding import Notice
+from .ports import Collaborators, Invitation, Notice
 from .reconcile import (
-    Dependencies,
-    Invitation,
-    StatusWriter,
     announce_phase_change,
     awaits_mail,
     clock_disagrees,
@@ -41,7 +38,7 @@ from .reconcile import (
     reconcile,
     repair_drift,
 )
-from .status import compute_status
+from .status import StatusWriter, compute_status
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +154,7 @@ def _settled(status: InvitationStatus) -> InvitationStatus:
 
 
 async def sync_invitations(
-    deps: Dependencies,
+    deps: Collaborators,
     bodies: Iterable[Mapping[str, Any]],
     tokens: Mapping[str, TokenState],
     report: SyncReport,
@@ -237,7 +234,7 @@ def _owned_by_handler(invitation: Invitation) -> bool:
 
 
 async def _write_from_fresh_read(
-    deps: Dependencies, seen: Invitation, token: TokenState | None, now: dt.datetime
+    deps: Collaborators, seen: Invitation, token: TokenState | None, now: dt.datetime
 ) -> bool:
     """Write the status the pass computed, decided again on the Invitation as it is now.
 
@@ -289,7 +286,7 @@ async def _write_from_fresh_read(
 
 
 def _drift_check(
-    deps: Dependencies, now: dt.datetime
+    deps: Collaborators, now: dt.datetime
 ) -> Callable[[Invitation, TokenState | None], bool]:
     def drifted(invitation: Invitation, token: TokenState | None) -> bool:
         expiry = desired_expiry(invitation, deps.settings)
@@ -330,7 +327,7 @@ def expires_before(watched: WatchedInvitation, moment: dt.datetime) -> bool:
 class StatusSync:
     """The background loop; `registry` is kept current by the Kopf event handler."""
 
-    def __init__(self, deps: Dependencies, registry: Registry) -> None:
+    def __init__(self, deps: Collaborators, registry: Registry) -> None:
         self.deps = deps
         self.registry = registry
         self.tokens: dict[str, TokenState] = {}

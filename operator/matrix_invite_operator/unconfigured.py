@@ -17,7 +17,7 @@ from .backends import AccountLookup, TokenState
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from .reconcile import Invitation
+    from .ports import Invitation
 
 
 class UnconfiguredBackend:

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from matrix_invite_operator.__main__ import LOST_LEASE_EXIT_CODE
 from matrix_invite_operator.leadership import LEASE_DURATION, RETRY_PERIOD
-from matrix_invite_operator.reconcile import CONCURRENT_RECONCILES
+from matrix_invite_operator.runtime import CONCURRENT_RECONCILES
 
 from tests.controlplane.cluster import ControlPlane
 from tests.deploy.rbac import OPERATOR_USER

@@ -10,7 +10,8 @@ import pytest
 from matrix_invite_operator.backends import TokenState
 from matrix_invite_operator.backends.synapse import TokenPathRedaction
 from matrix_invite_operator.models import InvitationSpec, InvitationStatus
-from matrix_invite_operator.reconcile import Invitation, awaits_mail, clock_disagrees
+from matrix_invite_operator.ports import Invitation
+from matrix_invite_operator.reconcile import awaits_mail, clock_disagrees
 from matrix_invite_operator.status import Problem, compute_status
 from matrix_invite_operator.sync import needs_reconcile
 from pydantic import SecretStr

@@ -23,7 +23,7 @@ from matrix_invite_operator.invite_page.page import negotiate_locale
 from matrix_invite_operator.invite_page.server import InvitePageServer, make_server, serve_in_thread
 from matrix_invite_operator.mail import Locale, MailContext, MailRenderer
 from matrix_invite_operator.models import InvitationSpec, InvitationStatus
-from matrix_invite_operator.reconcile import Invitation
+from matrix_invite_operator.ports import Invitation
 from matrix_invite_operator.runtime import build_mailer
 from matrix_invite_operator.settings import Settings
 from pydantic import SecretStr

@@ -20,7 +20,7 @@ from matrix_invite_operator.backends import TokenState
 from matrix_invite_operator.errors import ConfigurationError
 from matrix_invite_operator.mail import Locale, MailContext, MailRenderer, RenderedMail
 from matrix_invite_operator.models import InvitationSpec, InvitationStatus
-from matrix_invite_operator.reconcile import Invitation
+from matrix_invite_operator.ports import Invitation
 from matrix_invite_operator.runtime import build_mailer
 from matrix_invite_operator.settings import Settings
 from pydantic import SecretStr

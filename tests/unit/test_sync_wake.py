@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from matrix_invite_operator.backends import TokenState
 from matrix_invite_operator.models import rfc3339
-from matrix_invite_operator.reconcile import Dependencies
+from matrix_invite_operator.runtime import Dependencies
 from matrix_invite_operator.settings import Settings
 from matrix_invite_operator.sync import Registry, StatusSync, WatchedInvitation, expires_before
 

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from matrix_invite_operator.models import RESEND_ANNOTATION
-from matrix_invite_operator.reconcile import Invitation
+from matrix_invite_operator.ports import Invitation
 from matrix_invite_operator.sync import WatchedInvitation
 
 

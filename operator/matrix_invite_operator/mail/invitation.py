@@ -20,7 +20,7 @@ from .send import Mailer, build_message
 from .throttle import MailThrottle
 
 if TYPE_CHECKING:
-    from ..reconcile import Invitation
+    from ..ports import Invitation
 
 
 class SmtpInvitationMailer:

@@ -1,0 +1,233 @@
+"""The Invitation as reconcile sees it, and the interfaces ("ports") its steps talk through.
+
+Below reconcile, status, sync, the mailer, the metrics and the stand-ins of `unconfigured.py`:
+they all name the Invitation or one of these interfaces, and none of them needs reconcile for
+it. The real implementations live elsewhere (`kube.KubeApi` and `kube.KubeEvents`,
+`mail.invitation.SmtpInvitationMailer`, `runtime.Dependencies`); in-memory fakes stand in for
+them under mypy strict. No I/O, no HTTP or SMTP library here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import SecretStr, ValidationError
+
+from .backends import TokenBackend, TokenState
+from .errors import InvalidSpecError
+from .models import GROUP, KIND, RESEND_ANNOTATION, VERSION, InvitationSpec, InvitationStatus
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Invitation:
+    """One Invitation as the API server sent it, parsed."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    created: dt.datetime
+    spec: InvitationSpec
+    status: InvitationStatus
+    resend_annotation: str | None = None
+    resource_version: str | None = None  # what status writes are conditioned on
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Invitation:
+        meta = body["metadata"]
+        try:
+            spec = InvitationSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+            raise InvalidSpecError(f"spec is invalid at: {fields}") from None
+        status = InvitationStatus.model_validate(_known_status(body.get("status") or {}))
+        return cls(
+            namespace=meta["namespace"],
+            name=meta["name"],
+            uid=meta["uid"],
+            generation=int(meta.get("generation") or 1),
+            created=dt.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00")),
+            spec=spec,
+            status=status,
+            resend_annotation=(meta.get("annotations") or {}).get(RESEND_ANNOTATION),
+            resource_version=meta.get("resourceVersion"),
+        )
+
+    @property
+    def resend_request(self) -> str:
+        """Both ways to ask for the mail again, as one comparable marker (not secret)."""
+        return f"spec={self.spec.resend or ''};annotation={(self.resend_annotation or '')[:300]}"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    def reference(self) -> dict[str, Any]:
+        """A minimal body naming this object, as Event posting expects it."""
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid},
+        }
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def _known_status(raw: dict[str, Any]) -> dict[str, Any]:
+    # Older operator versions or Kopf may leave fields we no longer model; ignore, don't fail.
+    known = {f.alias or name for name, f in InvitationStatus.model_fields.items()}
+    return {k: v for k, v in raw.items() if k in known}
+
+
+def secret_name_for(invitation_name: str) -> str:
+    """The Secret that holds an Invitation's token: `<name>-invite-token`, within 253 chars."""
+    suffix = "-invite-token"
+    return invitation_name[: 253 - len(suffix)] + suffix
+
+
+class KubeStore(Protocol):
+    """The Kubernetes calls of the steps and the status writer (`kube.KubeApi` in production).
+
+    Errors are ours: `KubeNotFound`, `KubeConflict` (a failed resourceVersion precondition),
+    `KubeUnavailable`, `SecretConflict` (a Secret of our name that is not ours).
+    """
+
+    async def get_invitation(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Invitation's body, or None if there is none of that name."""
+        ...
+
+    async def patch_invitation_status(
+        self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None
+    ) -> dict[str, Any]:
+        """Merge `status` in if the object is still at `resource_version` (else KubeConflict);
+        returns the object as written."""
+        ...
+
+    async def read_token_secret(
+        self, namespace: str, name: str, owner_uid: str
+    ) -> SecretStr | None:
+        """The token in our Secret, or None if there is no such Secret yet."""
+        ...
+
+    async def create_token_secret(
+        self, namespace: str, name: str, token: SecretStr, owner: dict[str, Any]
+    ) -> SecretStr:
+        """Create the Secret; if it exists already (a retry), return what it holds instead."""
+        ...
+
+    async def replace_token(
+        self, namespace: str, name: str, token: SecretStr, owner_uid: str
+    ) -> None:
+        """Put a new value into our existing Secret (KubeNotFound if there is none)."""
+        ...
+
+
+class EventSink(Protocol):
+    """Kubernetes Events on an Invitation (reasons are CamelCase, messages carry no secrets)."""
+
+    async def normal(self, invitation: Invitation, reason: str, message: str) -> None: ...
+
+    async def warning(self, invitation: Invitation, reason: str, message: str) -> None: ...
+
+
+class InvitationMailer(Protocol):
+    """Renders and sends the invitation mail for one token."""
+
+    async def send_invitation(
+        self, invitation: Invitation, *, token: SecretStr, token_state: TokenState
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class Notice:
+    """An Event to post once the status is written (no secrets, like every Event)."""
+
+    reason: str
+    message: str
+    warning: bool = False
+
+
+class OnboardingSteps(Protocol):
+    """After sign-up: who accepted, and their rooms (`onboarding.Onboarding`)."""
+
+    def due(self, spec: InvitationSpec, status: InvitationStatus, now: dt.datetime) -> bool:
+        """Whether `apply` would do anything: cheap enough for every Invitation on every pass."""
+        ...
+
+    async def apply(
+        self,
+        name: str,
+        spec: InvitationSpec,
+        created: dt.datetime,
+        status: InvitationStatus,
+        token: TokenState | None,
+        generation: int,
+        now: dt.datetime,
+    ) -> tuple[InvitationStatus, list[Notice]]:
+        """The status with onboarding brought up to date, and the Events to post after it."""
+        ...
+
+
+class RegistrationGate(Protocol):
+    @property
+    def unprotected(self) -> str | None:
+        """Why an invitation token protects nothing on this installation, if it does not."""
+        ...
+
+
+class SignUpSource(Protocol):
+    """What MAS says about sign-up, as last read (`sign_up.SiteWatch`)."""
+
+    @property
+    def facts(self) -> RegistrationGate: ...
+
+
+class Collaborators(Protocol):
+    """What the steps and the sync pass talk to and share (`runtime.Dependencies`)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def backend(self) -> TokenBackend: ...
+    @property
+    def kube(self) -> KubeStore: ...
+    @property
+    def mailer(self) -> InvitationMailer: ...
+    @property
+    def events(self) -> EventSink: ...
+    @property
+    def clock(self) -> Callable[[], dt.datetime]: ...
+    @property
+    def slots(self) -> asyncio.Semaphore:
+        """Bounds the reconciles in flight."""
+        ...
+
+    @property
+    def locks(self) -> dict[str, asyncio.Lock]:
+        """One lock per Invitation uid (see `lock_for`)."""
+        ...
+
+    @property
+    def site(self) -> SignUpSource | None:
+        """None: nothing known about sign-up beyond the settings."""
+        ...
+
+    @property
+    def onboarding(self) -> OnboardingSteps | None: ...
+
+    def lock_for(self, invitation: Invitation) -> asyncio.Lock:
+        """The Kopf handler and the sync pass may both act on one Invitation: serialise them."""
+        ...
