@@ -20,16 +20,10 @@ from matrix_invite_operator.errors import (
     TokenNotFound,
     TransientError,
 )
-from matrix_invite_operator.kube import KubeApi
 from matrix_invite_operator.models import GROUP, RESEND_ANNOTATION, VERSION
-from matrix_invite_operator.reconcile import (
-    Dependencies,
-    EventSink,
-    Invitation,
-    InvitationMailer,
-    finalize,
-    reconcile,
-)
+from matrix_invite_operator.ports import EventSink, Invitation, InvitationMailer, KubeStore
+from matrix_invite_operator.reconcile import finalize, reconcile
+from matrix_invite_operator.runtime import Dependencies
 from matrix_invite_operator.settings import Settings
 
 __all__ = [
@@ -43,9 +37,9 @@ __all__ = [
     "EventSink",
     "Invitation",
     "InvitationMailer",
-    "KubeApi",
     "KubeConflict",
     "KubeNotFound",
+    "KubeStore",
     "KubeUnavailable",
     "OperatorError",
     "PermanentError",

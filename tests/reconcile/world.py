@@ -21,7 +21,7 @@ import functools
 import secrets
 import sys
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
@@ -36,9 +36,9 @@ from .subject import (
     BackendUnavailable,
     Dependencies,
     Invitation,
-    KubeApi,
     KubeConflict,
     KubeNotFound,
+    KubeStore,
     KubeUnavailable,
     SecretConflict,
     Settings,
@@ -555,9 +555,9 @@ def _timestamp(moment: dt.datetime) -> str:
     return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-class FakeKubeApi:
-    """The calls reconcile makes through `kube.KubeApi`, one wire request per HTTP request, with
-    its error mapping: 404 → None or KubeNotFound, 409 → "return what exists" on a create and
+class FakeKubeStore:
+    """`KubeStore` as `kube.KubeApi` implements it, one wire request per HTTP request, with its
+    error mapping: 404 → None or KubeNotFound, 409 → "return what exists" on a create and
     KubeConflict on a conditioned status write; a Secret we do not own is a SecretConflict."""
 
     def __init__(self, server: ApiServer, wire: Wire) -> None:
@@ -637,15 +637,6 @@ class FakeKubeApi:
             )
         except _Answer:
             return None
-
-    async def create_event(self, namespace: str, body: dict[str, Any]) -> None:
-        raise AssertionError("Events go through the EventLog sink in the fast layer")
-
-    async def list_invitations(self, namespace: str | None = None) -> list[dict[str, Any]]:
-        return await self._wire.call(
-            "Kube GET invitations",
-            lambda: [copy.deepcopy(b) for b in self._server.invitations.values()],
-        )
 
 
 def _b64(token: SecretStr) -> str:
@@ -748,10 +739,11 @@ class World:
     def restart(self) -> Dependencies:
         """A new operator process: new clients, locks and semaphore; the same world."""
         backend: TokenBackend = self._backend(self.mas, self.wire, self.clock)
+        kube: KubeStore = FakeKubeStore(self.api, self.wire)
         return Dependencies(
             settings=self.settings,
             backend=backend,
-            kube=cast(KubeApi, FakeKubeApi(self.api, self.wire)),
+            kube=kube,
             mailer=self.outbox,
             events=self.events,
             clock=self.clock,
