@@ -13,6 +13,9 @@ fakes), no token value outside the Secret and the mail, and what the scenario pr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import copy
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,8 +23,29 @@ from typing import Any
 
 from tests.integration.invariants import Snapshot, evaluate
 
-from .subject import Invitation, OperatorError, PermanentError, finalize, reconcile
-from .world import NAMESPACE, BackendFactory, Crash, CrashPlan, CrashPoint, FakeTokenBackend, World
+from .subject import (
+    RESEND_ANNOTATION,
+    Invitation,
+    OperatorError,
+    StatusSync,
+    WatchedInvitation,
+    kopf,
+    kopf_body,
+    on_change,
+    on_delete,
+    on_resume,
+    reconcile,
+)
+from .world import (
+    HANDLED,
+    NAMESPACE,
+    BackendFactory,
+    Crash,
+    CrashPlan,
+    CrashPoint,
+    FakeTokenBackend,
+    World,
+)
 
 #: Rounds without a quiet one before a run counts as "never settles".
 MAX_ROUNDS = 8
@@ -60,33 +84,68 @@ class Outcome:
     conflicts: int = 0  # status writes the API server refused for a stale resourceVersion
 
 
-async def operate(world: World) -> list[str]:
-    """One operator process handling every Invitation until a round changes nothing."""
+async def operate(world: World, *, rounds: int = MAX_ROUNDS) -> list[str]:
+    """One operator process, in rounds until a round changes nothing: Kopf calls the handlers of
+    handlers.py as it would (a change not yet handled: on.create/on.update; on a process start:
+    on.resume; deletion: on.delete, then the finalizer goes), then the sync pass runs (an expiry
+    wake-up if one is due, and a listing pass). Temporary errors are retried after their delay
+    on the fake clock; a permanent one waits for the next change. Returns problems seen."""
+    started, world.process_alive = not world.process_alive, True
     deps = world.restart()
+    memo = kopf.Memo()
+    memo.deps, memo.config = deps, world.settings
+    registry: dict[tuple[str, str], WatchedInvitation] = {}
+    sync = StatusSync(deps, registry)
+    retries: dict[str, int] = {}
     problems: list[str] = []
-    stalled: set[str] = set()
-    for _ in range(MAX_ROUNDS):
+    for round_ in range(rounds):
         version = world.ledger.version
         for name in sorted(world.api.invitations):
-            if name in stalled:
-                continue
-            body = world.api.invitations[name]
-            invitation = Invitation.from_body(json.loads(json.dumps(body)))
+            body = copy.deepcopy(world.api.invitations[name])
+            essence = _essence(body)
+            retry = retries.get(name, 0)
             try:
                 if body["metadata"].get("deletionTimestamp"):
-                    await finalize(deps, invitation)
-                    world.api.remove_finalizer(name)  # Kopf, once the handler succeeded
-                else:
-                    await reconcile(deps, invitation)
-            except PermanentError as exc:
-                stalled.add(name)  # Kopf stops retrying; status says Stalled
-                problems.extend(_leaks(world, str(exc), f"{name}: error"))
-            except OperatorError as exc:
-                problems.extend(_leaks(world, str(exc), f"{name}: error"))
-                world.clock.advance(getattr(exc, "retry_after", 30.0))  # Kopf's retry delay
-        if world.ledger.version == version:
+                    await on_delete(body=kopf_body(body), memo=memo, retry=retry)
+                    world.api.remove_finalizer(name)
+                elif essence != (body["metadata"].get("annotations") or {}).get(HANDLED):
+                    await on_change(body=kopf_body(body), memo=memo, retry=retry)
+                    world.api.mark_handled(name, essence)
+                elif started and round_ == 0:
+                    await on_resume(body=kopf_body(body), memo=memo, retry=retry)
+                retries.pop(name, None)
+            except kopf.TemporaryError as exc:
+                retries[name] = retry + 1
+                problems += _leaks(world, str(exc), f"{name}: error")
+                world.clock.advance(float(exc.delay or 60))
+            except kopf.PermanentError as exc:
+                problems += _leaks(world, str(exc), f"{name}: error")
+                world.api.mark_handled(name, essence)  # Kopf waits for the next change
+        registry.clear()
+        for name, body in world.api.invitations.items():
+            registry[(NAMESPACE, name)] = WatchedInvitation.from_body(copy.deepcopy(body))
+        if any(w.due(world.clock()) for w in registry.values()):
+            await _sync_pass(sync, list_backend=False)
+        await _sync_pass(sync, list_backend=True)
+        if world.ledger.version == version and not retries:
             return problems
-    return [*problems, f"no quiet round in {MAX_ROUNDS}: the operator never settles"]
+    return [*problems, f"no quiet round in {rounds}: the operator never settles"]
+
+
+async def _sync_pass(sync: StatusSync, *, list_backend: bool) -> None:
+    """One pass, and the reconciles of lagging Invitations it started in tasks of their own."""
+    await sync.run_pass(list_backend=list_backend)
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    for result in await asyncio.gather(*others, return_exceptions=True):
+        if isinstance(result, Crash):
+            raise result
+
+
+def _essence(body: dict[str, Any]) -> str:
+    """What Kopf compares to decide that a change is not handled yet: the spec, and (our
+    storage override) the resend annotation."""
+    resend = (body["metadata"].get("annotations") or {}).get(RESEND_ANNOTATION)
+    return json.dumps({"spec": body.get("spec"), "resend": resend}, sort_keys=True)
 
 
 async def run(
@@ -111,7 +170,7 @@ async def run(
     try:
         problems = await operate(world)
     except Crash:
-        problems = await operate(world)  # the restart
+        problems = await operate(world)  # the restart: a new process
     points = [dataclasses.replace(p, index=p.index - start) for p in world.wire.points[start:]]
     crashed = world.wire.crashed_at
     if crashed is not None:
@@ -126,6 +185,7 @@ async def run(
     if interference is not None and interference[1].expect is not None:
         expect = interference[1].expect
     problems += report.violations + expect(world) + leaked_secrets(world)
+    problems += await repeated_reconcile_changes_nothing(world)  # last: it may repair
     if interference is not None and world.wire.meddle is not None:
         problems.append(f"{interference[1].name} at {interference[0]} never happened")
     events = [f"{e.type} {e.reason}" for e in world.events.events[events_before:]]
@@ -135,6 +195,24 @@ async def run(
     return Outcome(
         label, plan, crashed, points, problems, report.duplicate_mails, events, world.api.conflicts
     )
+
+
+async def repeated_reconcile_changes_nothing(world: World) -> list[str]:
+    """Every step is idempotent: once settled, reconcile once more (as a resume after another
+    restart would) and nothing may change: no write, no mail, no Event."""
+    deps = world.restart()
+    problems: list[str] = []
+    for name in sorted(world.api.invitations):
+        body = copy.deepcopy(world.api.invitations[name])
+        if body["metadata"].get("deletionTimestamp"):
+            continue
+        version, calls = world.ledger.version, len(world.wire.points)
+        with contextlib.suppress(OperatorError):
+            await reconcile(deps, Invitation.from_body(body))
+        if world.ledger.version != version:
+            changed = [p.call for p in world.wire.points[calls:] if p.changed]
+            problems.append(f"{name}: reconciling the settled Invitation again did {changed}")
+    return problems
 
 
 def snapshot(world: World) -> Snapshot:

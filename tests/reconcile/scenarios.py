@@ -66,6 +66,32 @@ async def issued_unrecorded(world: World) -> None:
     assert len(world.mas.tokens) == 1
 
 
+async def edit_failed_in_outage(world: World) -> None:
+    """An edit whose handler met a MAS outage: Kopf retries it later."""
+    await invited(world)
+    world.api.edit_spec(NAME, usageLimit=3)
+    world.mas.down = True
+    await operate(world, rounds=1)
+    assert _status(world).get("observedGeneration") == 2, _status(world)
+
+
+def _revert_after_outage(world: World) -> None:
+    """MAS is back, and the admin reverts the edit: Kopf sees no change left to handle."""
+    world.mas.down = False
+    world.api.edit_spec(NAME, usageLimit=None)
+
+
+def _expect_newest_generation(world: World) -> list[str]:
+    body, token = world.api.invitations[NAME], _token(world)
+    return _one_token_sent(world) + _check(
+        (
+            _status(world).get("observedGeneration") == body["metadata"]["generation"],
+            "the newest generation was never reconciled",
+        ),
+        (token is not None and token.usage_limit == 1, "the token kept the reverted limit"),
+    )
+
+
 def _one_token_sent(world: World) -> list[str]:
     status = _status(world)
     return _check(
@@ -217,6 +243,13 @@ SCENARIOS = [
     ),
     Scenario("revoked outside Git", invited, _revoke_by_hand, _expect_phase("Revoked")),
     Scenario("expired", invited, lambda w: w.clock.advance(8 * 86400), _expect_phase("Expired")),
+    # Kopf calls no handler for an edit reverted while its retry waited; the sync pass must.
+    Scenario(
+        "edit reverted during an outage",
+        edit_failed_in_outage,
+        _revert_after_outage,
+        _expect_newest_generation,
+    ),
     Scenario("delete", invited, lambda w: w.api.delete_invitation(NAME), _expect_gone),
     Scenario(
         "delete, token id never recorded",

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from .harness import run, sweep
 from .scenarios import SCENARIOS
-from .subject import TokenState, reconcile_module
+from .subject import StatusSync, TokenState, reconcile_module
 from .world import CrashPlan, FakeTokenBackend, World
 
 SCENARIO = {s.name: s for s in SCENARIOS}
@@ -87,3 +87,17 @@ def test_a_world_without_a_crash_is_clean() -> None:
     """The baseline the mutations are measured against."""
     assert asyncio.run(run(SCENARIO["create"], None)).problems == []
     assert World().mas.tokens == {}
+
+
+def test_a_sync_pass_that_leaves_lagging_generations_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kopf calls no handler for an edit reverted while its retry waited: only the sync pass's
+    `converge_lagging` reconciles the newest generation."""
+
+    def idle(self: StatusSync, watched: object) -> int:
+        return 0
+
+    monkeypatch.setattr(StatusSync, "converge_lagging", idle)
+    outcome = asyncio.run(run(SCENARIO["edit reverted during an outage"], None))
+    assert "the newest generation was never reconciled" in outcome.problems

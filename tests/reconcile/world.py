@@ -46,6 +46,7 @@ from .subject import (
     TokenNotFound,
     TokenState,
     reconcile_module,
+    sync_module,
 )
 
 Body = dict[str, Any]
@@ -54,6 +55,7 @@ T = TypeVar("T")
 NAMESPACE = "invites"
 START = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 FINALIZER = f"{GROUP}/revoke-token"
+HANDLED = f"{GROUP}/last-handled-configuration"
 SECRET_KEY = "token"
 
 
@@ -141,18 +143,17 @@ class Wire:
 
 
 def _awaiting_step() -> str:
-    """The innermost function of the reconcile module on the stack (StatusWriter's methods are
-    attributed to the step that asked for the write)."""
+    """The innermost function of the reconcile module (its name) or of the sync pass
+    ("sync.<name>") on the stack; the status writer's frames count as the step that wrote."""
     frame = sys._getframe(2)
-    module = reconcile_module.__name__
     while frame is not None:
-        code = frame.f_code
-        if frame.f_globals.get("__name__") == module and not code.co_qualname.startswith(
-            "StatusWriter."
-        ):
+        code, module = frame.f_code, frame.f_globals.get("__name__")
+        if module == reconcile_module.__name__:
             return code.co_name
+        if module == sync_module.__name__:
+            return f"sync.{code.co_name}"
         frame = frame.f_back  # type: ignore[assignment]
-    return "(outside reconcile)"
+    return "(outside reconcile and sync)"
 
 
 class FakeClock:
@@ -192,6 +193,7 @@ class MasStore:
         self._ledger = ledger
         self._ulids = UlidGenerator()
         self.tokens: dict[str, StoredToken] = {}
+        self.down = False  # an outage: every request fails before it reaches the store
 
     def create(
         self, value: str, usage_limit: int | None, expires_at: dt.datetime | None
@@ -284,6 +286,19 @@ class FakeTokenBackend:
         self._wire = wire
         self._clock = clock
 
+    async def _request(self, name: str, effect: Callable[[], T]) -> T:
+        def unless_down() -> T:
+            if self._store.down:
+                raise _Answer(503)
+            return effect()
+
+        try:
+            return await self._wire.call(name, unless_down)
+        except _Answer as answer:
+            if answer.status == 503:
+                raise BackendUnavailable("MAS answered 503", retry_after=10.0) from None
+            raise
+
     def _state(self, stored: StoredToken) -> TokenState:
         return TokenState(
             id=stored.id,
@@ -302,7 +317,7 @@ class FakeTokenBackend:
     ) -> TokenState:
         value = token.get_secret_value()
         try:
-            created = await self._wire.call(
+            created = await self._request(
                 "MAS POST /user-registration-tokens",
                 lambda: self._store.create(value, usage_limit, expires_at),
             )
@@ -331,14 +346,14 @@ class FakeTokenBackend:
             return None
 
     async def _get(self, token_id: str) -> StoredToken:
-        return await self._wire.call(
+        return await self._request(
             "MAS GET /user-registration-tokens/{id}", lambda: self._store.get(token_id)
         )
 
     async def list_all(self) -> AsyncIterator[TokenState]:
         after: str | None = None
         while True:
-            page = await self._wire.call(
+            page = await self._request(
                 "MAS GET /user-registration-tokens?page[after]",
                 functools.partial(self._store.page, after, self.PAGE),
             )
@@ -352,7 +367,7 @@ class FakeTokenBackend:
         self, token_id: str, *, usage_limit: int | None, expires_at: dt.datetime | None
     ) -> TokenState:
         try:
-            updated = await self._wire.call(
+            updated = await self._request(
                 "MAS PUT /user-registration-tokens/{id}",
                 lambda: self._store.update(token_id, usage_limit, expires_at),
             )
@@ -363,7 +378,7 @@ class FakeTokenBackend:
     async def revoke(self, token_id: str) -> TokenState | None:
         try:
             return self._state(
-                await self._wire.call(
+                await self._request(
                     "MAS POST /user-registration-tokens/{id}/revoke",
                     lambda: self._store.revoke(token_id),
                 )
@@ -381,7 +396,7 @@ class FakeTokenBackend:
     async def unrevoke(self, token_id: str) -> TokenState:
         try:
             return self._state(
-                await self._wire.call(
+                await self._request(
                     "MAS POST /user-registration-tokens/{id}/unrevoke",
                     lambda: self._store.unrevoke(token_id),
                 )
@@ -486,6 +501,12 @@ class ApiServer:
     def delete_invitation(self, name: str) -> None:
         body = self.invitations[name]
         body["metadata"]["deletionTimestamp"] = _timestamp(self._clock())
+        body["metadata"]["resourceVersion"] = self._next_version()
+
+    def mark_handled(self, name: str, essence: str) -> None:
+        """What Kopf writes once a change handler is done (its diff base, an annotation)."""
+        body = self.invitations[name]
+        body["metadata"].setdefault("annotations", {})[HANDLED] = essence
         body["metadata"]["resourceVersion"] = self._next_version()
 
     def remove_finalizer(self, name: str) -> None:
@@ -728,6 +749,7 @@ class World:
         self.mas = MasStore(self.clock, self.ledger)
         self.api = ApiServer(self.clock, self.ledger)
         self.unrecorded_at_crash: dict[str, int] = {}
+        self.process_alive = False  # an operator process runs (False: the next one starts)
         self.wire = Wire(lambda: self.ledger.version, self._note_crash)
         self.outbox = Outbox(self.wire, self.ledger)
         self.events = EventLog(self.wire, self.ledger)
@@ -762,6 +784,7 @@ class World:
         return unrecorded
 
     def _note_crash(self) -> None:
+        self.process_alive = False
         self.unrecorded_at_crash = self.unrecorded_mails()
 
     def token_values(self) -> set[str]:
