@@ -7,10 +7,11 @@ from collections.abc import Callable
 
 import pytest
 
-from .harness import Interference, Scenario, Sweep, interfere, sweep
+from .harness import Interference, Scenario, Sweep, crash_twice, interfere, sweep
 
 _CRASHES: dict[str, Sweep] = {}
 _INTERFERENCES: dict[str, Sweep] = {}
+_TWICE: dict[str, Sweep] = {}
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,16 @@ def swept() -> Callable[[Scenario], Sweep]:
 
 
 @pytest.fixture(scope="session")
+def swept_twice() -> Callable[[Scenario], Sweep]:
+    def get(scenario: Scenario) -> Sweep:
+        if scenario.name not in _TWICE:
+            _TWICE[scenario.name] = asyncio.run(crash_twice(scenario))
+        return _TWICE[scenario.name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def interfered() -> Callable[[Scenario, Interference], Sweep]:
     def get(scenario: Scenario, interference: Interference) -> Sweep:
         key = f"{scenario.name} + {interference.name}"
@@ -38,7 +49,7 @@ def interfered() -> Callable[[Scenario, Interference], Sweep]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not _CRASHES and not _INTERFERENCES:
+    if not _CRASHES and not _INTERFERENCES and not _TWICE:
         return
     terminalreporter.write_sep("-", "reconcile crash points (tests/reconcile)")
     if _CRASHES:
@@ -48,6 +59,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(
             f"{len(_CRASHES)} scenarios, {points} crash points, {runs} runs crashed before or "
             f"after an effect, in {len(steps)} functions: {', '.join(steps)}"
+        )
+    if _TWICE:
+        runs = sum(len(s.outcomes) - 1 for s in _TWICE.values())
+        terminalreporter.write_line(
+            f"{len(_TWICE)} scenarios crashed twice (after an effect, then in its repair): "
+            f"{runs} runs"
         )
     if _INTERFERENCES:
         runs = sum(len(s.outcomes) - 1 for s in _INTERFERENCES.values())

@@ -82,6 +82,7 @@ class Outcome:
     duplicate_mails: int = 0
     events: list[str] = dataclasses.field(default_factory=list)  # "Type Reason", since the change
     conflicts: int = 0  # status writes the API server refused for a stale resourceVersion
+    recovery: list[CrashPoint] = dataclasses.field(default_factory=list)  # the restart's requests
 
 
 async def operate(world: World, *, rounds: int = MAX_ROUNDS) -> list[str]:
@@ -155,8 +156,10 @@ async def run(
     backend: BackendFactory = FakeTokenBackend,
     crash_window: bool = True,
     interference: tuple[int, Interference] | None = None,
+    then: CrashPlan | None = None,
 ) -> Outcome:
-    """The scenario with at most one crash; `crash_window=False` denies the documented
+    """The scenario with at most one crash (`then`: and one more in the restarted process,
+    counted from its first request); `crash_window=False` denies the documented
     duplicate-mail window (to show that the mail count is checked)."""
     world = World(backend=backend)
     await scenario.prepare(world)
@@ -167,17 +170,30 @@ async def run(
     if interference is not None:
         at, meddler = interference
         world.wire.meddle = (start + at, lambda: meddler.act(world))
+    restart: int | None = None
     try:
         problems = await operate(world)
     except Crash:
-        problems = await operate(world)  # the restart: a new process
+        crashed = world.wire.crashed_at
+        restart = len(world.wire.points)
+        if then is not None:
+            world.wire.plan = CrashPlan(restart + then.at, then.after_effect)
+        try:
+            problems = await operate(world)  # the restart: a new process
+        except Crash:
+            problems = await operate(world)  # and another
+        if then is not None and world.wire.crashes < 2:
+            problems.append(f"planned second crash {then} never happened")
+        world.wire.crashed_at = crashed
     points = [dataclasses.replace(p, index=p.index - start) for p in world.wire.points[start:]]
+    recovery = [] if restart is None else world.wire.points[restart:]
+    recovery = [dataclasses.replace(p, index=p.index - (restart or 0)) for p in recovery]
     crashed = world.wire.crashed_at
     if crashed is not None:
         crashed = dataclasses.replace(crashed, index=crashed.index - start)
     if plan is not None and crashed is None:
         problems.append(f"planned crash {plan} never happened")
-    allowed = world.unrecorded_at_crash if crash_window else {}
+    allowed = world.duplicates_allowed() if crash_window else {}
     report = evaluate(
         snapshot(world), duplicate_mail_allowed=allowed, mails_expected=scenario.mails_expected
     )
@@ -190,10 +206,20 @@ async def run(
         problems.append(f"{interference[1].name} at {interference[0]} never happened")
     events = [f"{e.type} {e.reason}" for e in world.events.events[events_before:]]
     label = "clean" if plan is None else f"crash {plan} ({crashed})"
+    if then is not None:
+        label += f", then {then} of the restart"
     if interference is not None:
         label = f"{interference[1].name} before {interference[0]}"
     return Outcome(
-        label, plan, crashed, points, problems, report.duplicate_mails, events, world.api.conflicts
+        label,
+        plan,
+        crashed,
+        points,
+        problems,
+        report.duplicate_mails,
+        events,
+        world.api.conflicts,
+        recovery,
     )
 
 
@@ -308,3 +334,19 @@ async def interfere(scenario: Scenario, interference: Interference) -> Sweep:
     for point in clean.points:
         outcomes.append(await run(scenario, None, interference=(point.index, interference)))
     return Sweep(f"{scenario.name} + {interference.name}", clean.points, outcomes)
+
+
+async def crash_twice(scenario: Scenario) -> Sweep:
+    """Crash after each effect (the server acted, the answer was lost: what the restart must
+    repair), then again at each point of that repair, before and after its effects."""
+    clean = await run(scenario, None)
+    outcomes = [clean]
+    for point in clean.points:
+        if point.changed:
+            first = CrashPlan(point.index, after_effect=True)
+            once = await run(scenario, first)
+            for again in once.recovery:
+                for again_after in (False, True) if again.changed else (False,):
+                    second = CrashPlan(again.index, again_after)
+                    outcomes.append(await run(scenario, first, then=second))
+    return Sweep(f"{scenario.name}, crashed twice", clean.points, outcomes)

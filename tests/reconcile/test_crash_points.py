@@ -47,6 +47,15 @@ def test_every_crash_settles_keeping_the_promises(
     assert result.failures == []
 
 
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+def test_a_crash_during_the_repair_of_a_crash_settles_too(
+    scenario: Scenario, swept_twice: Callable[[Scenario], Sweep]
+) -> None:
+    result = swept_twice(scenario)
+    assert len(result.outcomes) > 1, "no crash after an effect: nothing was repaired"
+    assert result.failures == []
+
+
 def test_every_step_of_reconcile_finalize_and_the_sync_pass_was_crashed_in(
     swept: Callable[[Scenario], Sweep],
 ) -> None:

@@ -105,6 +105,7 @@ class Wire:
         # Someone else writes just before this request: (index, what they do).
         self.meddle: tuple[int, Callable[[], object]] | None = None
         self.crashed_at: CrashPoint | None = None
+        self.crashes = 0
 
     async def call(self, name: str, effect: Callable[[], T]) -> T:
         before = self._version()
@@ -136,8 +137,9 @@ class Wire:
             self._crash(point)
 
     def _crash(self, point: CrashPoint) -> None:
-        self.plan = None  # one crash per run; the restarted operator runs undisturbed
+        self.plan = None  # one crash per plan; the restarted operator runs undisturbed
         self.crashed_at = point
+        self.crashes += 1
         self._on_crash()
         raise Crash(f"crash at {point}")
 
@@ -740,6 +742,12 @@ class EventLog:
 BackendFactory = Callable[[MasStore, Wire, FakeClock], FakeTokenBackend]
 
 
+@functools.cache
+def settings() -> Settings:
+    """One for all worlds: reading them from the environment costs more than a whole run."""
+    return Settings(default_validity=dt.timedelta(days=7), max_validity=dt.timedelta(days=90))
+
+
 class World:
     """What outlives an operator process; `restart` builds the process's side afresh."""
 
@@ -748,15 +756,13 @@ class World:
         self.ledger = Ledger()
         self.mas = MasStore(self.clock, self.ledger)
         self.api = ApiServer(self.clock, self.ledger)
-        self.unrecorded_at_crash: dict[str, int] = {}
+        self.window_mails: set[int] = set()  # outbox indices unrecorded when a crash struck
         self.process_alive = False  # an operator process runs (False: the next one starts)
         self.wire = Wire(lambda: self.ledger.version, self._note_crash)
         self.outbox = Outbox(self.wire, self.ledger)
         self.events = EventLog(self.wire, self.ledger)
         self._backend = backend
-        self.settings = Settings(
-            default_validity=dt.timedelta(days=7), max_validity=dt.timedelta(days=90)
-        )
+        self.settings = settings()
 
     def restart(self) -> Dependencies:
         """A new operator process: new clients, locks and semaphore; the same world."""
@@ -771,21 +777,28 @@ class World:
             clock=self.clock,
         )
 
-    def unrecorded_mails(self) -> dict[str, int]:
-        """Mails the relay accepted that no Invitation's status records yet, by recipient: the
-        documented window (a crash now makes a second mail legitimate)."""
-        unrecorded: dict[str, int] = {}
-        bodies = {b["metadata"]["uid"]: b for b in self.api.invitations.values()}
-        for uid, body in bodies.items():
-            mails = [m for m in self.outbox.mails if m.invitation_uid == uid]
+    def unrecorded_mails(self) -> set[int]:
+        """Mails (outbox indices) the relay accepted that no Invitation's status records yet:
+        the documented window, in which a crash makes one more mail legitimate."""
+        unrecorded: set[int] = set()
+        for body in self.api.invitations.values():
+            uid = body["metadata"]["uid"]
+            mails = [i for i, m in enumerate(self.outbox.mails) if m.invitation_uid == uid]
             recorded = int((body.get("status") or {}).get("mailsSent") or 0)
-            for mail in mails[recorded:]:
-                unrecorded[mail.recipient] = unrecorded.get(mail.recipient, 0) + 1
+            unrecorded.update(mails[recorded:])
         return unrecorded
+
+    def duplicates_allowed(self) -> dict[str, int]:
+        """By recipient: one more mail for each mail a crash caught in the window."""
+        allowed: dict[str, int] = {}
+        for index in self.window_mails:
+            recipient = self.outbox.mails[index].recipient
+            allowed[recipient] = allowed.get(recipient, 0) + 1
+        return allowed
 
     def _note_crash(self) -> None:
         self.process_alive = False
-        self.unrecorded_at_crash = self.unrecorded_mails()
+        self.window_mails |= self.unrecorded_mails()
 
     def token_values(self) -> set[str]:
         values = {t.token for t in self.mas.tokens.values()}
