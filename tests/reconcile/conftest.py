@@ -7,11 +7,13 @@ from collections.abc import Callable
 
 import pytest
 
-from .harness import Interference, Scenario, Sweep, crash_twice, interfere, sweep
+from .harness import Interference, Scenario, Sweep, crash_then, crash_twice, interfere, sweep
+from .scenarios import WHILE_DOWN
 
 _CRASHES: dict[str, Sweep] = {}
 _INTERFERENCES: dict[str, Sweep] = {}
 _TWICE: dict[str, Sweep] = {}
+_DELETED: dict[str, Sweep] = {}
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +40,16 @@ def swept_twice() -> Callable[[Scenario], Sweep]:
 
 
 @pytest.fixture(scope="session")
+def swept_then_deleted() -> Callable[[Scenario], Sweep]:
+    def get(scenario: Scenario) -> Sweep:
+        if scenario.name not in _DELETED:
+            _DELETED[scenario.name] = asyncio.run(crash_then(scenario, WHILE_DOWN))
+        return _DELETED[scenario.name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def interfered() -> Callable[[Scenario, Interference], Sweep]:
     def get(scenario: Scenario, interference: Interference) -> Sweep:
         key = f"{scenario.name} + {interference.name}"
@@ -49,7 +61,7 @@ def interfered() -> Callable[[Scenario, Interference], Sweep]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not _CRASHES and not _INTERFERENCES and not _TWICE:
+    if not (_CRASHES or _INTERFERENCES or _TWICE or _DELETED):
         return
     terminalreporter.write_sep("-", "reconcile crash points (tests/reconcile)")
     if _CRASHES:
@@ -65,6 +77,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(
             f"{len(_TWICE)} scenarios crashed twice (after an effect, then in its repair): "
             f"{runs} runs"
+        )
+    if _DELETED:
+        runs = sum(len(s.outcomes) - 1 for s in _DELETED.values())
+        terminalreporter.write_line(
+            f"{len(_DELETED)} scenarios crashed and then deleted while down: {runs} runs"
         )
     if _INTERFERENCES:
         runs = sum(len(s.outcomes) - 1 for s in _INTERFERENCES.values())

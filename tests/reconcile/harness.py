@@ -157,6 +157,7 @@ async def run(
     crash_window: bool = True,
     interference: tuple[int, Interference] | None = None,
     then: CrashPlan | None = None,
+    while_down: Interference | None = None,
 ) -> Outcome:
     """The scenario with at most one crash (`then`: and one more in the restarted process,
     counted from its first request); `crash_window=False` denies the documented
@@ -175,6 +176,8 @@ async def run(
         problems = await operate(world)
     except Crash:
         crashed = world.wire.crashed_at
+        if while_down is not None:
+            while_down.act(world)  # the admin acts while no operator runs
         restart = len(world.wire.points)
         if then is not None:
             world.wire.plan = CrashPlan(restart + then.at, then.after_effect)
@@ -200,6 +203,8 @@ async def run(
     expect = scenario.expect
     if interference is not None and interference[1].expect is not None:
         expect = interference[1].expect
+    if while_down is not None and while_down.expect is not None and crashed is not None:
+        expect = while_down.expect
     problems += report.violations + expect(world) + leaked_secrets(world)
     problems += await repeated_reconcile_changes_nothing(world)  # last: it may repair
     if interference is not None and world.wire.meddle is not None:
@@ -208,6 +213,8 @@ async def run(
     label = "clean" if plan is None else f"crash {plan} ({crashed})"
     if then is not None:
         label += f", then {then} of the restart"
+    if while_down is not None:
+        label += f", then {while_down.name} while down"
     if interference is not None:
         label = f"{interference[1].name} before {interference[0]}"
     return Outcome(
@@ -350,3 +357,15 @@ async def crash_twice(scenario: Scenario) -> Sweep:
                     second = CrashPlan(again.index, again_after)
                     outcomes.append(await run(scenario, first, then=second))
     return Sweep(f"{scenario.name}, crashed twice", clean.points, outcomes)
+
+
+async def crash_then(scenario: Scenario, while_down: Interference) -> Sweep:
+    """Crash at each point, before and after its effect; while no operator runs, someone acts
+    (deletes the Invitation, say); the next process must settle what it finds."""
+    clean = await run(scenario, None)
+    outcomes = [clean]
+    for point in clean.points:
+        for after in (False, True) if point.changed else (False,):
+            plan = CrashPlan(point.index, after)
+            outcomes.append(await run(scenario, plan, while_down=while_down))
+    return Sweep(f"{scenario.name}, crash, then {while_down.name}", clean.points, outcomes)

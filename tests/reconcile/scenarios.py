@@ -326,8 +326,30 @@ def _expect_edit_followed(world: World) -> list[str]:
     )
 
 
+def _delete_if_there(world: World) -> None:
+    body = world.api.invitations.get(NAME)
+    if body is not None and not body["metadata"].get("deletionTimestamp"):
+        world.api.delete_invitation(NAME)
+
+
+def _expect_deleted(world: World) -> list[str]:
+    """Gone, with its Secret; no valid token the remaining Invitations do not name (the
+    invariants check that too)."""
+    kept = {str((b.get("status") or {}).get("tokenId")) for b in world.api.invitations.values()}
+    valid = {t.id for t in world.mas.tokens.values() if t.valid(world.clock())}
+    return _check(
+        (NAME not in world.api.invitations, "the Invitation is still there"),
+        (f"{NAME}-invite-token" not in world.api.secrets, "the Secret is still there"),
+        (valid <= kept, f"tokens {sorted(valid - kept)} still valid after the deletion"),
+    )
+
+
+#: What the admin does while the crashed operator is down.
+WHILE_DOWN = Interference("deleted", _delete_if_there, _expect_deleted)
+
 INTERFERENCES = [
     # Kopf (or a label edit) changes metadata: the resourceVersion moves, the spec does not.
     Interference("Kopf's annotation", _kopf_annotates),
     Interference("usage limit edited", _limit_edited, _expect_edit_followed),
+    Interference("deleted meanwhile", _delete_if_there, _expect_deleted),
 ]

@@ -56,6 +56,15 @@ def test_a_crash_during_the_repair_of_a_crash_settles_too(
     assert result.failures == []
 
 
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+def test_an_invitation_deleted_while_the_operator_is_down_leaves_no_token(
+    scenario: Scenario, swept_then_deleted: Callable[[Scenario], Sweep]
+) -> None:
+    result = swept_then_deleted(scenario)
+    assert len(result.outcomes) == result.crash_runs + 1
+    assert result.failures == []
+
+
 def test_every_step_of_reconcile_finalize_and_the_sync_pass_was_crashed_in(
     swept: Callable[[Scenario], Sweep],
 ) -> None:
