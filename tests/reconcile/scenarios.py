@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .harness import Interference, Scenario, operate
-from .subject import GROUP, RESEND_ANNOTATION
+from .subject import RESEND_ANNOTATION
 from .world import Crash, World
 
 ADA = "ada@example.org"
@@ -302,9 +302,9 @@ SCENARIOS = [
 ]
 
 
-def _kopf_annotates(world: World) -> None:
+def _annotated(world: World) -> None:
     if NAME in world.api.invitations:
-        world.api.annotate(NAME, f"{GROUP}/last-handled-configuration", '{"spec": {}}')
+        world.api.annotate(NAME, "example.org/owner", "team-a")
 
 
 def _limit_edited(world: World) -> None:
@@ -348,8 +348,8 @@ def _expect_deleted(world: World) -> list[str]:
 WHILE_DOWN = Interference("deleted", _delete_if_there, _expect_deleted)
 
 INTERFERENCES = [
-    # Kopf (or a label edit) changes metadata: the resourceVersion moves, the spec does not.
-    Interference("Kopf's annotation", _kopf_annotates),
+    # Kopf's bookkeeping, or an admin's annotation: the resourceVersion moves, the spec does not.
+    Interference("an annotation", _annotated),
     Interference("usage limit edited", _limit_edited, _expect_edit_followed),
     Interference("deleted meanwhile", _delete_if_there, _expect_deleted),
 ]
