@@ -1,14 +1,17 @@
-"""Runs a scenario as Kopf would, crashes it at one await, restarts, and judges the end state.
+"""Runs a scenario as the operator would, crashes it, restarts it, and judges the end state.
 
-`operate` plays the operator: for each Invitation it runs `finalize` (deleted) or `reconcile`
-(live), retries temporary errors after the delay they ask for (on the fake clock), and stops
-when a whole round changed nothing. A crash ends the process; the restart gets fresh
-`Dependencies` over the same world and operates again until it settles.
+`operate` plays one operator process: Kopf calling handlers.py's handlers (create/update for a
+change not yet handled, resume at a process start, delete), then the sync pass, in rounds until
+a round changes nothing; temporary errors wait their delay on the fake clock. A crash ends the
+process; the next one gets fresh `Dependencies` over the same world and operates until settled.
 
-`sweep` runs a scenario once without a crash to count its crash points, then once per point
-and side (before the effect; after it, answer lost), and checks after each restart:
-the invariants of tests/integration/invariants.py (one pure function over a snapshot of the
-fakes), no token value outside the Secret and the mail, and what the scenario promises.
+`sweep` runs a scenario once without a crash to count its crash points (the requests made after
+the change), then once per point and side (before the effect; after it, the answer lost).
+`crash_twice` crashes again during the repair, `crash_then` lets the admin act while no operator
+runs, `interfere` lets someone else write between two requests. After each run: the invariants
+of tests/integration/invariants.py (one pure function, here over a snapshot of the fakes), the
+scenario's promises, no token value outside the Secret and the mail, and a settled Invitation
+reconciled once more changes nothing.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ class Crash(BaseException):
 class CrashPoint:
     index: int
     call: str  # the request, e.g. "MAS POST /user-registration-tokens"
-    step: str  # the function of the reconcile module that awaited it
+    step: str  # the reconcile function ("sync.<name>": sync pass function) that awaited it
     changed: bool  # the server's state changed: crashing after it differs from before it
 
 
@@ -93,7 +93,8 @@ class _Answer(Exception):
 
 
 class Wire:
-    """Counts the requests, attributes each to a reconcile step, and crashes where planned."""
+    """Counts the requests, attributes each to the step that awaited it, crashes where planned,
+    and lets someone else write between two requests (`meddle`)."""
 
     def __init__(self, version: Callable[[], int], on_crash: Callable[[], None]) -> None:
         self._version = version
