@@ -208,7 +208,7 @@ async def run(
         expect = interference[1].expect
     if while_down is not None and while_down.expect is not None and crashed is not None:
         expect = while_down.expect
-    problems += report.violations + expect(world) + leaked_secrets(world)
+    problems += report.violations + expect(world) + leaked_secrets(world) + up_to_date(world)
     problems += await repeated_reconcile_changes_nothing(world)  # last: it may repair
     if interference is not None and world.wire.meddle is not None:
         problems.append(f"{interference[1].name} at {interference[0]} never happened")
@@ -260,6 +260,24 @@ def snapshot(world: World) -> Snapshot:
         },
         mails=[m.recipient for m in world.outbox.mails],
     )
+
+
+def up_to_date(world: World) -> list[str]:
+    """Settled means: the status speaks of the newest generation (what kstatus and Flux read),
+    and the last mail to a Sent Invitation's invitee carries the token its Secret holds."""
+    problems: list[str] = []
+    for name, body in world.api.invitations.items():
+        if body["metadata"].get("deletionTimestamp"):
+            continue
+        status = body.get("status") or {}
+        if status.get("observedGeneration") != body["metadata"]["generation"]:
+            problems.append(f"{name}: status is of generation {status.get('observedGeneration')}")
+        mails = [m for m in world.outbox.mails if m.invitation_uid == body["metadata"]["uid"]]
+        if status.get("phase") == "Sent" and mails:
+            secret = world.api.secret_value(str(status.get("secretName")))
+            if mails[-1].token_value != secret or mails[-1].recipient != body["spec"]["email"]:
+                problems.append(f"{name}: the last mail does not carry the Secret's token")
+    return problems
 
 
 def leaked_secrets(world: World) -> list[str]:
