@@ -4,8 +4,9 @@
    expired), the one its status names, and that token's value is the one in its Secret.
 2. No valid MAS token exists without a live Invitation (orphans are revoked).
 3. Every Invitation ends Ready=True, or Stalled=True with a message saying what to do.
-4. Every invitee got at least one mail; more than one only where a scenario allows the
-   documented window (a crash between the relay's accept and the status write).
+4. Every invitee got at least one mail (unless the Invitation is revoked); more than one only
+   where a scenario allows the documented window (a crash between the relay's accept and the
+   status write).
 
 The promises are one pure function over a `Snapshot` (`evaluate`): the integration tests build
 the snapshot from the API server, the MAS double and the SMTP double (`check_invariants`), the
@@ -101,7 +102,10 @@ def evaluate(
         )
         recipient = spec["email"]
         count, expected = mails[recipient], (mails_expected or {}).get(recipient, 1)
-        report.check(count >= 1, f"{name}: no mail reached {recipient}")
+        # A revoked Invitation owes its address no mail (revoked before the mail, or given a
+        # new address while revoked); copies beyond the first still count as duplicates.
+        owed = not spec.get("revoked")
+        report.check(count >= 1 or not owed, f"{name}: no mail reached {recipient}")
         if expected > 1:
             report.check(count >= expected, f"{name}: {count} of {expected} mails to {recipient}")
         if count > expected:
