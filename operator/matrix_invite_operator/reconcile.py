@@ -172,11 +172,13 @@ async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> Invi
     token_state: TokenState | None = None
     try:
         expiry = check_spec(invitation, deps.settings, deps.clock())
-        if invitation.spec.revoked and writer.status.token_id is None:
-            # Born revoked (or revoked before a token existed): nothing to create in the
-            # backend, no Secret, no mail, until the spec un-revokes it.
-            return await _finish(deps, invitation, writer, None)
         await _rotate_if_readdressed(deps, invitation, writer)
+        if invitation.spec.revoked and writer.status.token_id is None:
+            # Born revoked, revoked before a token existed, or given a new address while
+            # revoked (the old address's token was just revoked): nothing to issue, no mail,
+            # until the spec un-revokes it. Issuing first and revoking after would leave a
+            # valid token no status names, were the operator to stop in between.
+            return await _finish(deps, invitation, writer, None)
         token = await _ensure_secret(deps, invitation, writer)
         token_state = await _ensure_token(deps, invitation, writer, token, expiry)
         token_state = await _converge(deps, invitation, writer, token_state, expiry)
