@@ -51,6 +51,12 @@ async def revoked(world: World) -> None:
     await _settled(world)
 
 
+async def readdressed_while_revoked(world: World) -> None:
+    await revoked(world)
+    world.api.edit_spec(NAME, email=BOB)
+    await _settled(world)
+
+
 async def born_revoked(world: World) -> None:
     world.api.create_invitation(NAME, {"email": ADA, "revoked": True})
     await _settled(world)
@@ -168,6 +174,26 @@ def _expect_revoked(world: World) -> list[str]:
     )
 
 
+def _expect_phase_revoked_any(world: World) -> list[str]:
+    valid = [t.id for t in world.mas.tokens.values() if t.valid(world.clock())]
+    return _check(
+        (_status(world).get("phase") == "Revoked", f"phase {_status(world).get('phase')}"),
+        (valid == [], f"tokens {valid} valid for a revoked Invitation"),
+        (len(world.outbox.mails) == 1, "the new address of a revoked Invitation was mailed"),
+    )
+
+
+def _expect_sent_to_bob(world: World) -> list[str]:
+    status, token = _status(world), _token(world)
+    valid = [t.id for t in world.mas.tokens.values() if t.valid(world.clock())]
+    return _check(
+        (status.get("phase") == "Sent", f"phase {status.get('phase')}, not Sent"),
+        (status.get("mailRecipient") == BOB, "the mail record does not name the new address"),
+        (token is not None and valid == [token.id], f"valid tokens {valid}, not the new one"),
+        ({m.recipient for m in world.outbox.mails} == {ADA, BOB}, "not mailed to each address"),
+    )
+
+
 def _expect_resent(world: World) -> list[str]:
     return _one_token_sent(world) + _check(
         (_status(world).get("mailsSent") == 2, "status does not count two mails"),
@@ -252,6 +278,25 @@ SCENARIOS = [
         "change email", invited, lambda w: w.api.edit_spec(NAME, email=BOB), _expect_readdressed
     ),
     Scenario("revoke", invited, lambda w: w.api.edit_spec(NAME, revoked=True), _expect_revoked),
+    Scenario(
+        "change email while revoked",
+        revoked,
+        lambda w: w.api.edit_spec(NAME, email=BOB),
+        _expect_phase_revoked_any,
+    ),
+    Scenario(
+        "un-revoke at the new address",
+        readdressed_while_revoked,
+        lambda w: w.api.edit_spec(NAME, revoked=False),
+        _expect_sent_to_bob,
+    ),
+    Scenario(
+        "resend in the spec",
+        invited,
+        lambda w: w.api.edit_spec(NAME, resend="2026-06-01"),
+        _expect_resent,
+        mails_expected={ADA: 2},
+    ),
     Scenario("un-revoke", revoked, lambda w: w.api.edit_spec(NAME, revoked=False), _one_token_sent),
     Scenario(
         "resend annotation",
