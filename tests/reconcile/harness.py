@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Mapping
@@ -48,6 +47,7 @@ from .world import (
     CrashPoint,
     FakeTokenBackend,
     World,
+    json_copy,
 )
 
 #: Rounds without a quiet one before a run counts as "never settles".
@@ -105,7 +105,7 @@ async def operate(world: World, *, rounds: int = MAX_ROUNDS) -> list[str]:
     for round_ in range(rounds):
         version = world.ledger.version
         for name in sorted(world.api.invitations):
-            body = copy.deepcopy(world.api.invitations[name])
+            body = json_copy(world.api.invitations[name])
             essence = _essence(body)
             retry = retries.get(name, 0)
             try:
@@ -127,7 +127,7 @@ async def operate(world: World, *, rounds: int = MAX_ROUNDS) -> list[str]:
                 world.api.mark_handled(name, essence)  # Kopf waits for the next change
         registry.clear()
         for name, body in world.api.invitations.items():
-            registry[(NAMESPACE, name)] = WatchedInvitation.from_body(copy.deepcopy(body))
+            registry[(NAMESPACE, name)] = WatchedInvitation.from_body(json_copy(body))
         if any(w.due(world.clock()) for w in registry.values()):
             await _sync_pass(sync, list_backend=False)
         await _sync_pass(sync, list_backend=True)
@@ -161,12 +161,12 @@ async def run(
     interference: tuple[int, Interference] | None = None,
     then: CrashPlan | None = None,
     while_down: Interference | None = None,
+    prepared: World | None = None,
 ) -> Outcome:
     """The scenario with at most one crash (`then`: and one more in the restarted process,
     counted from its first request); `crash_window=False` denies the documented
     duplicate-mail window (to show that the mail count is checked)."""
-    world = World(backend=backend)
-    await scenario.prepare(world)
+    world = prepared.fork() if prepared is not None else await prepare(scenario, backend)
     start, events_before = len(world.wire.points), len(world.events.events)
     world.wire.crashed_at = None  # a crash the preparation planned is not this run's
     scenario.change(world)
@@ -233,13 +233,21 @@ async def run(
     )
 
 
+async def prepare(scenario: Scenario, backend: BackendFactory = FakeTokenBackend) -> World:
+    """The settled world before the scenario's change (its requests are not the scenario's)."""
+    world = World(backend=backend)
+    await scenario.prepare(world)
+    world.wire.points.clear()
+    return world
+
+
 async def repeated_reconcile_changes_nothing(world: World) -> list[str]:
     """Every step is idempotent: once settled, reconcile once more (as a resume after another
     restart would) and nothing may change: no write, no mail, no Event."""
     deps = world.restart()
     problems: list[str] = []
     for name in sorted(world.api.invitations):
-        body = copy.deepcopy(world.api.invitations[name])
+        body = json_copy(world.api.invitations[name])
         if body["metadata"].get("deletionTimestamp"):
             continue
         version, calls = world.ledger.version, len(world.wire.points)
@@ -330,13 +338,14 @@ async def sweep(
 ) -> Sweep:
     """Crash the scenario at every await, before and (where the call changed something) after
     its effect; every run must end in a world that keeps the promises."""
-    clean = await run(scenario, None, backend=backend, crash_window=crash_window)
+    base = await prepare(scenario, backend)
+    clean = await run(scenario, None, crash_window=crash_window, prepared=base)
     outcomes = [clean]
     for point in clean.points:
         sides = (False, True) if point.changed else (False,)
         for after in sides:
             plan = CrashPlan(point.index, after)
-            outcome = await run(scenario, plan, backend=backend, crash_window=crash_window)
+            outcome = await run(scenario, plan, crash_window=crash_window, prepared=base)
             if outcome.crashed_at is not None and (
                 outcome.crashed_at.call,
                 outcome.crashed_at.step,
@@ -357,36 +366,40 @@ async def sweep(
 async def interfere(scenario: Scenario, interference: Interference) -> Sweep:
     """The scenario with someone else's write landing before each of the operator's requests
     in turn: conditioned status writes meet 409s, and the operator must still converge."""
-    clean = await run(scenario, None)
+    base = await prepare(scenario)
+    clean = await run(scenario, None, prepared=base)
     outcomes = [clean]
     for point in clean.points:
-        outcomes.append(await run(scenario, None, interference=(point.index, interference)))
+        meddled = (point.index, interference)
+        outcomes.append(await run(scenario, None, interference=meddled, prepared=base))
     return Sweep(f"{scenario.name} + {interference.name}", clean.points, outcomes)
 
 
 async def crash_twice(scenario: Scenario) -> Sweep:
     """Crash after each effect (the server acted, the answer was lost: what the restart must
     repair), then again at each point of that repair, before and after its effects."""
-    clean = await run(scenario, None)
+    base = await prepare(scenario)
+    clean = await run(scenario, None, prepared=base)
     outcomes = [clean]
     for point in clean.points:
         if point.changed:
             first = CrashPlan(point.index, after_effect=True)
-            once = await run(scenario, first)
+            once = await run(scenario, first, prepared=base)
             for again in once.recovery:
                 for again_after in (False, True) if again.changed else (False,):
                     second = CrashPlan(again.index, again_after)
-                    outcomes.append(await run(scenario, first, then=second))
+                    outcomes.append(await run(scenario, first, then=second, prepared=base))
     return Sweep(f"{scenario.name}, crashed twice", clean.points, outcomes)
 
 
 async def crash_then(scenario: Scenario, while_down: Interference) -> Sweep:
     """Crash at each point, before and after its effect; while no operator runs, someone acts
     (deletes the Invitation, say); the next process must settle what it finds."""
-    clean = await run(scenario, None)
+    base = await prepare(scenario)
+    clean = await run(scenario, None, prepared=base)
     outcomes = [clean]
     for point in clean.points:
         for after in (False, True) if point.changed else (False,):
             plan = CrashPlan(point.index, after)
-            outcomes.append(await run(scenario, plan, while_down=while_down))
+            outcomes.append(await run(scenario, plan, while_down=while_down, prepared=base))
     return Sweep(f"{scenario.name}, crash, then {while_down.name}", clean.points, outcomes)

@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import datetime as dt
 import functools
+import json
 import secrets
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -92,12 +93,22 @@ class _Answer(Exception):
         self.status = status
 
 
+class Ledger:
+    """A version that every change of server-side state bumps (for `CrashPoint.changed`)."""
+
+    def __init__(self) -> None:
+        self.version = 0
+
+    def bump(self) -> None:
+        self.version += 1
+
+
 class Wire:
     """Counts the requests, attributes each to the step that awaited it, crashes where planned,
     and lets someone else write between two requests (`meddle`)."""
 
-    def __init__(self, version: Callable[[], int], on_crash: Callable[[], None]) -> None:
-        self._version = version
+    def __init__(self, ledger: Ledger, on_crash: Callable[[], None]) -> None:
+        self._ledger = ledger
         self._on_crash = on_crash
         self.points: list[CrashPoint] = []
         self.plan: CrashPlan | None = None
@@ -109,13 +120,13 @@ class Wire:
         self.crashes = 0
 
     async def call(self, name: str, effect: Callable[[], T]) -> T:
-        before = self._version()
+        before = self._ledger.version
         step = _awaiting_step()
         index = len(self.points)
         if self.meddle is not None and self.meddle[0] == index:
             meddle, self.meddle = self.meddle[1], None
             meddle()
-            before = self._version()
+            before = self._ledger.version
         plan = self.plan if self.plan is not None and self.plan.at == index else None
         if plan is None and self.crash_on is not None and self.crash_on[0] == name:
             plan = CrashPlan(index, self.crash_on[1])
@@ -132,7 +143,7 @@ class Wire:
         return result
 
     def _record(self, index: int, name: str, step: str, before: int, crash_now: bool) -> None:
-        point = CrashPoint(index, name, step, changed=self._version() != before)
+        point = CrashPoint(index, name, step, changed=self._ledger.version != before)
         self.points.append(point)
         if crash_now:
             self._crash(point)
@@ -172,16 +183,6 @@ class FakeClock:
         self.now += dt.timedelta(seconds=seconds)
 
 
-class Ledger:
-    """A version that every change of server-side state bumps (for `CrashPoint.changed`)."""
-
-    def __init__(self) -> None:
-        self.version = 0
-
-    def bump(self) -> None:
-        self.version += 1
-
-
 # --- MAS ----------------------------------------------------------------------------------
 
 
@@ -194,7 +195,7 @@ class MasStore:
     def __init__(self, clock: FakeClock, ledger: Ledger) -> None:
         self._clock = clock
         self._ledger = ledger
-        self._ulids = UlidGenerator()
+        self.ulids = UlidGenerator()  # shared by forks: its lock cannot be copied
         self.tokens: dict[str, StoredToken] = {}
         self.down = False  # an outage: every request fails before it reaches the store
 
@@ -205,7 +206,7 @@ class MasStore:
             raise _Answer(409)
         now = self._clock()
         stored = StoredToken(
-            id=self._ulids.new(now),
+            id=self.ulids.new(now),
             token=value,
             usage_limit=usage_limit,
             times_used=0,
@@ -433,10 +434,16 @@ class FakeTokenBackend:
 # --- Kubernetes ---------------------------------------------------------------------------
 
 
+def json_copy(value: T) -> T:
+    """A deep copy of JSON data, as a client gets it off the wire (and faster than deepcopy)."""
+    copied: T = json.loads(json.dumps(value))
+    return copied
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch, as the API server applies `application/merge-patch+json`."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return json_copy(patch)
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
@@ -484,11 +491,11 @@ class ApiServer:
                 "finalizers": [FINALIZER],
                 "annotations": dict(annotations or {}),
             },
-            "spec": copy.deepcopy(spec),
+            "spec": json_copy(spec),
         }
         body["metadata"]["resourceVersion"] = self._next_version()
         self.invitations[name] = body
-        return copy.deepcopy(body)
+        return json_copy(body)
 
     def edit_spec(self, name: str, **changes: Any) -> None:
         body = self.invitations[name]
@@ -534,7 +541,7 @@ class ApiServer:
         body = self.invitations.get(name)
         if body is None:
             raise _Answer(404)
-        return copy.deepcopy(body)
+        return json_copy(body)
 
     def patch_invitation_status(self, name: str, patch: Body, resource_version: str | None) -> Body:
         body = self.invitations.get(name)
@@ -545,22 +552,22 @@ class ApiServer:
             raise _Answer(409)
         body["status"] = merge_patch(body.get("status") or {}, patch)
         body["metadata"]["resourceVersion"] = self._next_version()
-        return copy.deepcopy(body)
+        return json_copy(body)
 
     def get_secret(self, name: str) -> Body:
         secret = self.secrets.get(name)
         if secret is None:
             raise _Answer(404)
-        return copy.deepcopy(secret)
+        return json_copy(secret)
 
     def create_secret(self, body: Body) -> Body:
         name = body["metadata"]["name"]
         if name in self.secrets:
             raise _Answer(409)
-        stored = copy.deepcopy(body)
+        stored = json_copy(body)
         stored["metadata"]["resourceVersion"] = self._next_version()
         self.secrets[name] = stored
-        return copy.deepcopy(stored)
+        return json_copy(stored)
 
     def patch_secret(self, name: str, patch: Body) -> Body:
         secret = self.secrets.get(name)
@@ -572,7 +579,7 @@ class ApiServer:
         merged = merge_patch(secret, {k: v for k, v in patch.items() if k != "metadata"})
         merged["metadata"]["resourceVersion"] = self._next_version()
         self.secrets[name] = merged
-        return copy.deepcopy(merged)
+        return json_copy(merged)
 
 
 def _timestamp(moment: dt.datetime) -> str:
@@ -759,11 +766,17 @@ class World:
         self.api = ApiServer(self.clock, self.ledger)
         self.window_mails: set[int] = set()  # outbox indices unrecorded when a crash struck
         self.process_alive = False  # an operator process runs (False: the next one starts)
-        self.wire = Wire(lambda: self.ledger.version, self._note_crash)
+        self.wire = Wire(self.ledger, self._note_crash)
         self.outbox = Outbox(self.wire, self.ledger)
         self.events = EventLog(self.wire, self.ledger)
         self._backend = backend
         self.settings = settings()
+
+    def fork(self) -> World:
+        """An independent copy of this world (the settings and the id generator are shared):
+        a scenario is prepared once and each of its runs starts from a fork."""
+        shared = {id(self.settings): self.settings, id(self.mas.ulids): self.mas.ulids}
+        return copy.deepcopy(self, shared)
 
     def restart(self) -> Dependencies:
         """A new operator process: new clients, locks and semaphore; the same world."""
