@@ -375,31 +375,34 @@ async def interfere(scenario: Scenario, interference: Interference) -> Sweep:
     return Sweep(f"{scenario.name} + {interference.name}", clean.points, outcomes)
 
 
+def distinct_crashes(points: list[CrashPoint]) -> list[CrashPlan]:
+    """The crashes that leave distinct worlds behind: before the first request, and after
+    each request that changed something. (A crash before a request that changes nothing, or
+    before any request, leaves the world as the crash after the last change did: what the
+    next process finds is all that differs between crashes.)"""
+    first = [CrashPlan(points[0].index, after_effect=False)] if points else []
+    return first + [CrashPlan(p.index, after_effect=True) for p in points if p.changed]
+
+
 async def crash_twice(scenario: Scenario) -> Sweep:
     """Crash after each effect (the server acted, the answer was lost: what the restart must
-    repair), then again at each point of that repair, before and after its effects."""
+    repair), then again in each distinct state of that repair."""
     base = await prepare(scenario)
     clean = await run(scenario, None, prepared=base)
     outcomes = [clean]
-    for point in clean.points:
-        if point.changed:
-            first = CrashPlan(point.index, after_effect=True)
-            once = await run(scenario, first, prepared=base)
-            for again in once.recovery:
-                for again_after in (False, True) if again.changed else (False,):
-                    second = CrashPlan(again.index, again_after)
-                    outcomes.append(await run(scenario, first, then=second, prepared=base))
+    for first in distinct_crashes(clean.points)[1:]:
+        once = await run(scenario, first, prepared=base)
+        for second in distinct_crashes(once.recovery):
+            outcomes.append(await run(scenario, first, then=second, prepared=base))
     return Sweep(f"{scenario.name}, crashed twice", clean.points, outcomes)
 
 
 async def crash_then(scenario: Scenario, while_down: Interference) -> Sweep:
-    """Crash at each point, before and after its effect; while no operator runs, someone acts
-    (deletes the Invitation, say); the next process must settle what it finds."""
+    """Crash in each distinct state; while no operator runs, someone acts (deletes the
+    Invitation, say); the next process must settle what it finds."""
     base = await prepare(scenario)
     clean = await run(scenario, None, prepared=base)
     outcomes = [clean]
-    for point in clean.points:
-        for after in (False, True) if point.changed else (False,):
-            plan = CrashPlan(point.index, after)
-            outcomes.append(await run(scenario, plan, while_down=while_down, prepared=base))
+    for plan in distinct_crashes(clean.points):
+        outcomes.append(await run(scenario, plan, while_down=while_down, prepared=base))
     return Sweep(f"{scenario.name}, crash, then {while_down.name}", clean.points, outcomes)

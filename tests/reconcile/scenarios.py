@@ -57,6 +57,12 @@ async def readdressed_while_revoked(world: World) -> None:
     await _settled(world)
 
 
+async def readdressed(world: World) -> None:
+    await invited(world)
+    world.api.edit_spec(NAME, email=BOB)
+    await _settled(world)
+
+
 async def born_revoked(world: World) -> None:
     world.api.create_invitation(NAME, {"email": ADA, "revoked": True})
     await _settled(world)
@@ -194,6 +200,16 @@ def _expect_sent_to_bob(world: World) -> list[str]:
     )
 
 
+def _expect_back_at_ada(world: World) -> list[str]:
+    status, tokens = _status(world), list(world.mas.tokens.values())
+    valid = [t.id for t in tokens if t.valid(world.clock())]
+    return _check(
+        (status.get("phase") == "Sent", f"phase {status.get('phase')}, not Sent"),
+        (status.get("mailRecipient") == ADA, "the mail record does not name the first address"),
+        (len(tokens) == 3 and valid == [tokens[-1].id], "not one fresh token per address change"),
+    )
+
+
 def _expect_resent(world: World) -> list[str]:
     return _one_token_sent(world) + _check(
         (_status(world).get("mailsSent") == 2, "status does not count two mails"),
@@ -289,6 +305,25 @@ SCENARIOS = [
         readdressed_while_revoked,
         lambda w: w.api.edit_spec(NAME, revoked=False),
         _expect_sent_to_bob,
+    ),
+    Scenario(
+        "new address and un-revoke in one edit",
+        revoked,
+        lambda w: w.api.edit_spec(NAME, email=BOB, revoked=False),
+        _expect_sent_to_bob,
+    ),
+    Scenario(
+        "back to the first address",
+        readdressed,
+        lambda w: w.api.edit_spec(NAME, email=ADA),
+        _expect_back_at_ada,
+        mails_expected={ADA: 2},
+    ),
+    Scenario(
+        "expiry moved into the past",
+        invited,
+        lambda w: w.api.edit_spec(NAME, expiresAt="2026-06-01T11:00:00Z"),
+        _expect_phase("Expired"),
     ),
     Scenario(
         "resend in the spec",
