@@ -521,6 +521,19 @@ async def _converge(
     return state
 
 
+def resend_requested(invitation: Invitation, handled: str | None) -> bool:
+    """Whether `spec.resend` or the resend annotation holds a value that `handled` (the
+    `Invitation.resend_request` of the last mail) did not: each new value is one request.
+    Removing a value asks for nothing: tidying Git or `kubectl annotate ... resend-` mails no one.
+    """
+    handled = handled or ""
+    marker = invitation.spec.resend or ""
+    annotation = (invitation.resend_annotation or "")[:300]
+    new_marker = bool(marker) and not handled.startswith(f"spec={marker};annotation=")
+    new_annotation = bool(annotation) and not handled.endswith(f";annotation={annotation}")
+    return new_marker or new_annotation
+
+
 async def _mail_if_due(
     deps: Collaborators,
     invitation: Invitation,
@@ -537,7 +550,7 @@ async def _mail_if_due(
     status = writer.status
     already = status.mailed_token_id == state.id and status.mail_recipient == invitation.spec.email
     # A resend request that was already present when the first mail went out is not a new one.
-    resend = already and status.resend_handled != invitation.resend_request
+    resend = already and resend_requested(invitation, status.resend_handled)
     if (already and not resend) or not state.valid or invitation.spec.revoked:
         return None
     await deps.mailer.send_invitation(invitation, token=token, token_state=state)
