@@ -63,6 +63,13 @@ async def readdressed(world: World) -> None:
     await _settled(world)
 
 
+async def resent(world: World) -> None:
+    await invited(world)
+    world.api.annotate(NAME, RESEND_ANNOTATION, "lost it")
+    world.api.edit_spec(NAME, resend="2026-06-01")
+    await _settled(world)
+
+
 async def born_revoked(world: World) -> None:
     world.api.create_invitation(NAME, {"email": ADA, "revoked": True})
     await _settled(world)
@@ -269,6 +276,11 @@ def _token_id(world: World) -> str:
     return str(_status(world)["tokenId"])
 
 
+def _resend_requests_removed(world: World) -> None:
+    world.api.annotate(NAME, RESEND_ANNOTATION, None)
+    world.api.edit_spec(NAME, resend=None)
+
+
 def _delete_token(world: World) -> None:
     world.mas.delete(_token_id(world))
 
@@ -330,6 +342,14 @@ SCENARIOS = [
         invited,
         lambda w: w.api.edit_spec(NAME, resend="2026-06-01"),
         _expect_resent,
+        mails_expected={ADA: 2},
+    ),
+    # Tidying up asks for nothing: both markers removed, no third mail.
+    Scenario(
+        "resend requests removed",
+        resent,
+        _resend_requests_removed,
+        _one_token_sent,
         mails_expected={ADA: 2},
     ),
     Scenario("un-revoke", revoked, lambda w: w.api.edit_spec(NAME, revoked=False), _one_token_sent),

@@ -503,9 +503,14 @@ class ApiServer:
         body["metadata"]["generation"] += 1
         body["metadata"]["resourceVersion"] = self._next_version()
 
-    def annotate(self, name: str, key: str, value: str) -> None:
+    def annotate(self, name: str, key: str, value: str | None) -> None:
+        """Set an annotation (None: remove it, as `kubectl annotate ... key-`)."""
         body = self.invitations[name]
-        body["metadata"].setdefault("annotations", {})[key] = value
+        annotations = body["metadata"].setdefault("annotations", {})
+        if value is None:
+            annotations.pop(key, None)
+        else:
+            annotations[key] = value
         body["metadata"]["resourceVersion"] = self._next_version()
 
     def delete_invitation(self, name: str) -> None:
