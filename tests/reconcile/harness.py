@@ -103,6 +103,7 @@ async def operate(world: World, *, rounds: int = MAX_ROUNDS) -> list[str]:
     retries: dict[str, int] = {}
     problems: list[str] = []
     for round_ in range(rounds):
+        world.api.collect_garbage()  # another controller, between our rounds
         version = world.ledger.version
         for name in sorted(world.api.invitations):
             body = json_copy(world.api.invitations[name])

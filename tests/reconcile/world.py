@@ -467,6 +467,8 @@ class ApiServer:
         self.invitations: dict[str, Body] = {}
         self.secrets: dict[str, Body] = {}
         self.conflicts = 0  # writes refused for a stale resourceVersion
+        self.gc_delay = dt.timedelta()  # how long the garbage collector lags behind a deletion
+        self._orphaned: list[tuple[str, dt.datetime]] = []  # (owner uid, collect after)
 
     def _next_version(self) -> str:
         self._rv += 1
@@ -525,14 +527,27 @@ class ApiServer:
         body["metadata"]["resourceVersion"] = self._next_version()
 
     def remove_finalizer(self, name: str) -> None:
-        """What Kopf does once the delete handler succeeded; the garbage collector follows."""
+        """What Kopf does once the delete handler succeeded; the garbage collector follows,
+        `gc_delay` later on the world's clock (at once by default)."""
         body = self.invitations.pop(name)
-        uid = body["metadata"]["uid"]
-        for secret_name, secret in list(self.secrets.items()):
-            owners = secret["metadata"].get("ownerReferences") or []
-            if any(ref.get("uid") == uid for ref in owners):
-                del self.secrets[secret_name]
+        self._orphaned.append((body["metadata"]["uid"], self._clock() + self.gc_delay))
         self._ledger.bump()
+        self.collect_garbage()
+
+    def collect_garbage(self) -> None:
+        """kube-controller-manager's garbage collector: delete the Secrets whose owner is gone,
+        once their time has come (`operate` lets it run between rounds)."""
+        now, waiting = self._clock(), []
+        for uid, due in self._orphaned:
+            if due > now:
+                waiting.append((uid, due))
+                continue
+            for secret_name, secret in list(self.secrets.items()):
+                owners = secret["metadata"].get("ownerReferences") or []
+                if any(ref.get("uid") == uid for ref in owners):
+                    del self.secrets[secret_name]
+                    self._ledger.bump()
+        self._orphaned = waiting
 
     def secret_value(self, name: str) -> str | None:
         secret = self.secrets.get(name)
