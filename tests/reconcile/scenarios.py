@@ -126,6 +126,25 @@ async def edit_failed_in_outage(world: World) -> None:
     assert _status(world).get("observedGeneration") == 2, _status(world)
 
 
+def _outage(minutes: int) -> Callable[[World], None]:
+    """MAS answers 503 for a while; the operator's retries wait on the fake clock."""
+
+    def start(world: World) -> None:
+        world.mas.down_until = world.clock() + dt.timedelta(minutes=minutes)
+
+    return start
+
+
+def _created_in_outage(world: World) -> None:
+    _outage(2)(world)
+    world.api.create_invitation(NAME, {"email": ADA})
+
+
+def _deleted_in_outage(world: World) -> None:
+    _outage(2)(world)
+    world.api.delete_invitation(NAME)
+
+
 def _revert_after_outage(world: World) -> None:
     """MAS is back, and the admin reverts the edit: Kopf sees no change left to handle."""
     world.mas.down = False
@@ -394,6 +413,10 @@ SCENARIOS = [
         edit_failed_in_outage,
         _revert_after_outage,
         _expect_newest_generation,
+    ),
+    Scenario("created during an outage", nothing, _created_in_outage, _one_token_sent),
+    Scenario(
+        "deleted during an outage", invited_among_neighbours, _deleted_in_outage, _expect_gone
     ),
     Scenario(
         "delete",

@@ -198,6 +198,7 @@ class MasStore:
         self.ulids = UlidGenerator()  # shared by forks: its lock cannot be copied
         self.tokens: dict[str, StoredToken] = {}
         self.down = False  # an outage: every request fails before it reaches the store
+        self.down_until: dt.datetime | None = None  # an outage that ends on the world's clock
 
     def create(
         self, value: str, usage_limit: int | None, expires_at: dt.datetime | None
@@ -264,6 +265,9 @@ class MasStore:
         del self.tokens[token_id]
         self._ledger.bump()
 
+    def unavailable(self) -> bool:
+        return self.down or (self.down_until is not None and self._clock() < self.down_until)
+
     def use(self, token_id: str) -> None:
         """Someone completed a registration with it (MAS counts at completion, unchecked)."""
         stored = self.tokens[token_id]
@@ -292,7 +296,7 @@ class FakeTokenBackend:
 
     async def _request(self, name: str, effect: Callable[[], T]) -> T:
         def unless_down() -> T:
-            if self._store.down:
+            if self._store.unavailable():
                 raise _Answer(503)
             return effect()
 
