@@ -10,7 +10,16 @@ from typing import Any
 
 import pytest
 
-from .harness import Interference, Scenario, Sweep, crash_then, crash_twice, interfere, sweep
+from .harness import (
+    Interference,
+    Scenario,
+    Sweep,
+    crash_then,
+    crash_twice,
+    interfere,
+    lose_answers,
+    sweep,
+)
 from .scenarios import WHILE_DOWN
 
 #: kind → sweep name → what the summary counts; plain data, so that xdist can carry it.
@@ -49,6 +58,11 @@ def swept_then_deleted() -> Callable[[Scenario], Sweep]:
 
 
 @pytest.fixture(scope="session")
+def swept_losing_answers() -> Callable[[Scenario], Sweep]:
+    return lambda s: _once("lost", s.name, lambda: asyncio.run(lose_answers(s)))
+
+
+@pytest.fixture(scope="session")
 def interfered() -> Callable[[Scenario, Interference], Sweep]:
     def get(s: Scenario, i: Interference) -> Sweep:
         return _once("interference", f"{s.name} + {i.name}", lambda: asyncio.run(interfere(s, i)))
@@ -84,6 +98,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"effect, in {len(steps)} functions: {', '.join(steps)}"
         )
     for kind, what in (
+        ("lost", "with each answer lost in turn (the server acted, no crash)"),
         ("twice", "crashed twice (after an effect, then during its repair)"),
         ("deleted", "crashed, then deleted while the operator was down"),
     ):

@@ -2,7 +2,8 @@
 
 `operate` plays one operator process: Kopf calling handlers.py's handlers (create/update for a
 change not yet handled, resume at a process start, delete), then the sync pass, in rounds until
-a round changes nothing; temporary errors wait their delay on the fake clock. A crash ends the
+a round changes nothing, and neither does the next one, a sync interval later; temporary errors
+wait their delay on the fake clock. A crash ends the
 process; the next one gets fresh `Dependencies` over the same world and operates until settled.
 
 `sweep` runs a scenario once without a crash to count its crash points (the requests made after
@@ -102,6 +103,7 @@ async def operate(world: World, *, rounds: int = MAX_ROUNDS) -> list[str]:
     sync = StatusSync(deps, registry)
     retries: dict[str, int] = {}
     problems: list[str] = []
+    quiet = 0
     for round_ in range(rounds):
         world.api.collect_garbage()  # another controller, between our rounds
         version = world.ledger.version
@@ -132,9 +134,16 @@ async def operate(world: World, *, rounds: int = MAX_ROUNDS) -> list[str]:
         if any(w.due(world.clock()) for w in registry.values()):
             await _sync_pass(sync, list_backend=False)
         await _sync_pass(sync, list_backend=True)
-        if world.ledger.version == version and not retries:
+        if world.ledger.version != version or retries:
+            quiet = 0
+            continue
+        quiet += 1
+        if quiet == 2:
             return problems
-    return [*problems, f"no quiet round in {rounds}: the operator never settles"]
+        # Quiet now; the next sync pass comes an interval later (one that failed is retried
+        # only then), and it must find nothing to do either.
+        world.clock.advance(world.settings.sync_interval_seconds)
+    return [*problems, f"no two quiet rounds in {rounds}: the operator never settles"]
 
 
 async def _sync_pass(sync: StatusSync, *, list_backend: bool) -> None:
@@ -171,7 +180,7 @@ async def run(
     start, events_before = len(world.wire.points), len(world.events.events)
     world.wire.crashed_at = None  # a crash the preparation planned is not this run's
     scenario.change(world)
-    world.wire.plan = None if plan is None else CrashPlan(start + plan.at, plan.after_effect)
+    world.wire.plan = None if plan is None else dataclasses.replace(plan, at=start + plan.at)
     if interference is not None:
         at, meddler = interference
         world.wire.meddle = (start + at, lambda: meddler.act(world))
@@ -184,7 +193,7 @@ async def run(
             while_down.act(world)  # the admin acts while no operator runs
         restart = len(world.wire.points)
         if then is not None:
-            world.wire.plan = CrashPlan(restart + then.at, then.after_effect)
+            world.wire.plan = dataclasses.replace(then, at=restart + then.at)
         try:
             problems = await operate(world)  # the restart: a new process
         except Crash:
@@ -198,7 +207,14 @@ async def run(
     crashed = world.wire.crashed_at
     if crashed is not None:
         crashed = dataclasses.replace(crashed, index=crashed.index - start)
-    if plan is not None and crashed is None:
+    if plan is not None and plan.lost_answer:
+        if world.wire.lost_at is None:
+            problems.append(f"planned lost answer {plan} never happened")
+        else:
+            crashed = dataclasses.replace(
+                world.wire.lost_at, index=world.wire.lost_at.index - start
+            )
+    elif plan is not None and crashed is None:
         problems.append(f"planned crash {plan} never happened")
     allowed = world.duplicates_allowed() if crash_window else {}
     report = evaluate(
@@ -214,7 +230,11 @@ async def run(
     if interference is not None and world.wire.meddle is not None:
         problems.append(f"{interference[1].name} at {interference[0]} never happened")
     events = [f"{e.type} {e.reason}" for e in world.events.events[events_before:]]
-    label = "clean" if plan is None else f"crash {plan} ({crashed})"
+    label = (
+        "clean"
+        if plan is None
+        else f"{'fault' if plan.lost_answer else 'crash'} {plan} ({crashed})"
+    )
     if then is not None:
         label += f", then {then} of the restart"
     if while_down is not None:
@@ -419,3 +439,15 @@ async def crash_then(scenario: Scenario, while_down: Interference) -> Sweep:
     for plan in distinct_crashes(clean.points):
         outcomes.append(await run(scenario, plan, while_down=while_down, prepared=base))
     return Sweep(f"{scenario.name}, crash, then {while_down.name}", clean.points, outcomes)
+
+
+async def lose_answers(scenario: Scenario) -> Sweep:
+    """At each request in turn, the server acts and its answer is lost (a timeout, a reset):
+    no crash, the operator's own error handling and Kopf's retries must settle it."""
+    base = await prepare(scenario)
+    clean = await run(scenario, None, prepared=base)
+    outcomes = [clean]
+    for point in clean.points:
+        plan = CrashPlan(point.index, after_effect=True, lost_answer=True)
+        outcomes.append(await run(scenario, plan, prepared=base))
+    return Sweep(f"{scenario.name}, answers lost", clean.points, outcomes)

@@ -73,7 +73,7 @@ async def resent(world: World) -> None:
 async def deleted_before_collection(world: World) -> None:
     """Deleted; the garbage collector has not yet removed its Secret when it is re-created."""
     await invited(world)
-    world.api.gc_delay = dt.timedelta(seconds=2)
+    world.api.gc_delay = dt.timedelta(minutes=5)
     world.api.delete_invitation(NAME)
     await _settled(world)
     world.api.gc_delay = dt.timedelta()  # later deletions: collected at once

@@ -57,6 +57,17 @@ def test_a_crash_during_the_repair_of_a_crash_settles_too(
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+def test_every_lost_answer_settles_keeping_the_promises(
+    scenario: Scenario, swept_losing_answers: Callable[[Scenario], Sweep]
+) -> None:
+    """Timeouts after the server acted: transient errors, Kopf's retries and the sync pass's
+    next round must reach the same end as a run without them."""
+    result = swept_losing_answers(scenario)
+    assert len(result.outcomes) == len(result.points) + 1
+    assert result.failures == []
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_an_invitation_deleted_while_the_operator_is_down_leaves_no_token(
     scenario: Scenario, swept_then_deleted: Callable[[Scenario], Sweep]
 ) -> None:

@@ -14,6 +14,7 @@ server acted on it and before its answer arrived.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import dataclasses
 import datetime as dt
@@ -41,6 +42,7 @@ from .subject import (
     KubeNotFound,
     KubeStore,
     KubeUnavailable,
+    MailTemporaryError,
     SecretConflict,
     Settings,
     TokenBackend,
@@ -78,11 +80,22 @@ class CrashPoint:
 
 @dataclasses.dataclass(frozen=True)
 class CrashPlan:
+    """Where the fault strikes: a crash before or after the effect of request `at`, or (with
+    `lost_answer`) no crash: the server acts and the client sees a transport error."""
+
     at: int
     after_effect: bool
+    lost_answer: bool = False
 
     def __str__(self) -> str:
+        if self.lost_answer:
+            return f"{self.at}-answer-lost"
         return f"{self.at}-{'after' if self.after_effect else 'before'}"
+
+
+class LostAnswer(Exception):
+    """The server acted on the request, the answer never arrived (a timeout, a reset): each
+    fake's client turns it into its transport error."""
 
 
 class _Answer(Exception):
@@ -107,9 +120,12 @@ class Wire:
     """Counts the requests, attributes each to the step that awaited it, crashes where planned,
     and lets someone else write between two requests (`meddle`)."""
 
-    def __init__(self, ledger: Ledger, on_crash: Callable[[], None]) -> None:
+    def __init__(
+        self, ledger: Ledger, on_crash: Callable[[], None], on_lost: Callable[[], None]
+    ) -> None:
         self._ledger = ledger
         self._on_crash = on_crash
+        self._on_lost = on_lost
         self.points: list[CrashPoint] = []
         self.plan: CrashPlan | None = None
         # Crash at the first request of this name (before or after its effect), wherever.
@@ -118,6 +134,7 @@ class Wire:
         self.meddle: tuple[int, Callable[[], object]] | None = None
         self.crashed_at: CrashPoint | None = None
         self.crashes = 0
+        self.lost_at: CrashPoint | None = None  # where an answer was lost (no crash)
 
     async def call(self, name: str, effect: Callable[[], T]) -> T:
         before = self._ledger.version
@@ -131,6 +148,14 @@ class Wire:
         if plan is None and self.crash_on is not None and self.crash_on[0] == name:
             plan = CrashPlan(index, self.crash_on[1])
             self.crash_on = None
+        if plan is not None and plan.lost_answer:
+            self.plan = None
+            with contextlib.suppress(_Answer):
+                effect()
+            self._record(index, name, step, before, crash_now=False)
+            self.lost_at = self.points[-1]
+            self._on_lost()
+            raise LostAnswer(f"the answer to {name} was lost")
         crash_now = plan is not None
         if plan is not None and not plan.after_effect:
             self._crash(CrashPoint(index, name, step, changed=False))
@@ -302,6 +327,8 @@ class FakeTokenBackend:
 
         try:
             return await self._wire.call(name, unless_down)
+        except LostAnswer as lost:
+            raise BackendUnavailable(f"MAS: {lost}", retry_after=5.0) from None
         except _Answer as answer:
             if answer.status == 503:
                 raise BackendUnavailable("MAS answered 503", retry_after=10.0) from None
@@ -619,11 +646,17 @@ class FakeKubeStore:
         self._server = server
         self._wire = wire
 
+    async def _call(self, name: str, effect: Callable[[], T]) -> T:
+        try:
+            return await self._wire.call(name, effect)
+        except LostAnswer as lost:
+            raise KubeUnavailable(f"Kubernetes API: {lost}", retry_after=5) from None
+
     async def read_token_secret(
         self, namespace: str, name: str, owner_uid: str
     ) -> SecretStr | None:
         try:
-            secret = await self._wire.call("Kube GET secret", lambda: self._server.get_secret(name))
+            secret = await self._call("Kube GET secret", lambda: self._server.get_secret(name))
         except _Answer:
             return None
         return _token_from(secret, owner_uid)
@@ -639,7 +672,7 @@ class FakeKubeStore:
             "data": {SECRET_KEY: _b64(token)},
         }
         try:
-            await self._wire.call("Kube POST secret", lambda: self._server.create_secret(body))
+            await self._call("Kube POST secret", lambda: self._server.create_secret(body))
         except _Answer:
             existing = await self.read_token_secret(namespace, name, owner["uid"])
             if existing is None:
@@ -653,7 +686,7 @@ class FakeKubeStore:
         self, namespace: str, name: str, token: SecretStr, owner_uid: str
     ) -> None:
         try:
-            secret = await self._wire.call("Kube GET secret", lambda: self._server.get_secret(name))
+            secret = await self._call("Kube GET secret", lambda: self._server.get_secret(name))
         except _Answer:
             raise KubeNotFound(f"secret {name}: not found") from None
         _token_from(secret, owner_uid)
@@ -662,9 +695,7 @@ class FakeKubeStore:
             "data": {SECRET_KEY: _b64(token)},
         }
         try:
-            await self._wire.call(
-                "Kube PATCH secret", lambda: self._server.patch_secret(name, patch)
-            )
+            await self._call("Kube PATCH secret", lambda: self._server.patch_secret(name, patch))
         except _Answer as answer:
             if answer.status == 404:
                 raise KubeNotFound(f"secret {name}: not found") from None
@@ -676,7 +707,7 @@ class FakeKubeStore:
         self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None
     ) -> dict[str, Any]:
         try:
-            return await self._wire.call(
+            return await self._call(
                 "Kube PATCH invitation/status",
                 lambda: self._server.patch_invitation_status(name, status, resource_version),
             )
@@ -687,7 +718,7 @@ class FakeKubeStore:
 
     async def get_invitation(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await self._wire.call(
+            return await self._call(
                 "Kube GET invitation", lambda: self._server.get_invitation(name)
             )
         except _Answer:
@@ -732,7 +763,10 @@ class Outbox:
         self, invitation: Invitation, *, token: SecretStr, token_state: TokenState
     ) -> None:
         mail = Mail(invitation.spec.email, invitation.uid, token_state.id, token.get_secret_value())
-        await self._wire.call("SMTP DATA", lambda: self._accept(mail))
+        try:
+            await self._wire.call("SMTP DATA", lambda: self._accept(mail))
+        except LostAnswer as lost:
+            raise MailTemporaryError(f"SMTP: {lost}") from None
 
     def _accept(self, mail: Mail) -> None:
         self.mails.append(mail)
@@ -762,7 +796,9 @@ class EventLog:
         await self._post(Event(invitation.name, "Warning", reason, message))
 
     async def _post(self, event: Event) -> None:
-        await self._wire.call(f"Kube POST event {event.reason}", lambda: self._append(event))
+        # Best effort, as kube.KubeEvents: a lost Event never fails a step.
+        with contextlib.suppress(LostAnswer):
+            await self._wire.call(f"Kube POST event {event.reason}", lambda: self._append(event))
 
     def _append(self, event: Event) -> None:
         self.events.append(event)
@@ -790,7 +826,7 @@ class World:
         self.api = ApiServer(self.clock, self.ledger)
         self.window_mails: set[int] = set()  # outbox indices unrecorded when a crash struck
         self.process_alive = False  # an operator process runs (False: the next one starts)
-        self.wire = Wire(self.ledger, self._note_crash)
+        self.wire = Wire(self.ledger, self._note_crash, self._note_lost_answer)
         self.outbox = Outbox(self.wire, self.ledger)
         self.events = EventLog(self.wire, self.ledger)
         self._backend = backend
@@ -836,6 +872,10 @@ class World:
 
     def _note_crash(self) -> None:
         self.process_alive = False
+        self.window_mails |= self.unrecorded_mails()
+
+    def _note_lost_answer(self) -> None:
+        # The relay's accept whose answer was lost is in the window as much as a crash is.
         self.window_mails |= self.unrecorded_mails()
 
     def token_values(self) -> set[str]:
