@@ -53,6 +53,7 @@ import httpx
 from matrix_invite_operator.backends import TokenState
 from matrix_invite_operator.backends.mas import MasAdminClient, MasTokenBackend
 from matrix_invite_operator.backends.oauth import ClientCredentialsAuth
+from matrix_invite_operator.formats import rfc3339
 from matrix_invite_operator.kube import KubeApi, KubeEvents
 from matrix_invite_operator.models import (
     GROUP,
@@ -61,7 +62,6 @@ from matrix_invite_operator.models import (
     VERSION,
     InvitationSpec,
     InvitationStatus,
-    rfc3339,
 )
 from matrix_invite_operator.ports import Invitation, secret_name_for
 from matrix_invite_operator.runtime import Dependencies

@@ -20,8 +20,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .backends.mas import MasAdminClient, SiteConfig, UpstreamProvider, certificate_error
+from .backends.mas import MasAdminClient, SiteConfig, UpstreamProvider
 from .backends.oauth import DISCOVERY_PATH, ClientCredentialsAuth
+from .backends.transport import certificate_error
 from .errors import MailError, OperatorError
 from .mail.send import Mailer
 from .runtime import mas_admin_client, mas_http_client
@@ -321,11 +322,11 @@ class Doctor:
 
 def _text(exc: BaseException) -> str:
     if isinstance(exc, httpx.RequestError):
-        return f"no answer from {_origin(exc)} ({type(exc).__name__})"
+        return f"no answer from {_request_url(exc)} ({type(exc).__name__})"
     return str(exc)
 
 
-def _origin(exc: httpx.RequestError) -> str:
+def _request_url(exc: httpx.RequestError) -> str:
     try:
         return str(exc.request.url.copy_with(query=None))
     except RuntimeError:  # an error raised before a request existed

@@ -287,18 +287,6 @@ class KubeApi:
     async def create_event(self, namespace: str, body: dict[str, Any]) -> None:
         await self._request("POST", f"/api/v1/namespaces/{namespace}/events", json=body)
 
-    async def list_invitations(self, namespace: str | None = None) -> list[dict[str, Any]]:
-        scope = f"/namespaces/{namespace}" if namespace else ""
-        items: list[dict[str, Any]] = []
-        path = f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}?limit=500"
-        while True:
-            page = await self._request("GET", path)
-            items.extend(page.get("items", []))
-            token = page.get("metadata", {}).get("continue")
-            if not token:
-                return items
-            path = f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}?limit=500&continue={token}"
-
 
 class KubeEvents:
     """Events on Invitations (`kubectl describe`), posted by us so that the sync loop can post too.

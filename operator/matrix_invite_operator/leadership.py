@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from .errors import KubeError
+from .formats import parse_rfc3339
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +44,6 @@ def default_identity() -> str:
 
 def _micro_time(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_micro_time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 @dataclass
@@ -177,7 +172,7 @@ class LeaseElector:
             return False
         transitions = int(spec.get("leaseTransitions") or 0)
         if held_by_us:
-            acquired = _parse_micro_time(spec.get("acquireTime")) or now
+            acquired = parse_rfc3339(spec.get("acquireTime") or None) or now
         else:
             acquired, transitions = now, transitions + 1
         record = self._record(now, acquired=acquired, transitions=transitions)

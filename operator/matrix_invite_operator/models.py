@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from .settings import ROOM_PATTERN, parse_go_duration
+from .formats import GO_DURATION_PATTERN, ROOM_PATTERN, parse_go_duration
 
 GROUP = "matrix-invite.dev"
 VERSION = "v1alpha1"
@@ -29,9 +29,7 @@ SINGLE_LINE_PATTERN = r"^[^\r\n]*$"
 # RFC 2047 encoded word (one decoding to a line break could add a header; the mailer refuses
 # those too, but this rejects them at `kubectl apply`). RE2 has no lookahead, hence the loops.
 DISPLAY_NAME_PATTERN = r"^(?:[^\x00-\x1f\x7f=]|=+[^\x00-\x1f\x7f=?])*=*$"
-GO_DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
-# A Matrix user ID (@localpart:server) and a room ID or alias. Room IDs of room version 12 carry
-# no server name (`!opaque`); aliases always do (`#name:server`). Spaces are rooms.
+# A Matrix user ID (@localpart:server); a room ID or alias is `formats.ROOM_PATTERN`.
 MATRIX_USER_PATTERN = r"^@[^\s:]+:[^\s/]+$"
 MAX_ROOMS = 20
 
@@ -153,10 +151,3 @@ class InvitationStatus(_CamelModel):
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
-
-
-def rfc3339(moment: dt.datetime | None) -> str | None:
-    """The one timestamp format we write into status: UTC, seconds, a trailing Z."""
-    if moment is None:
-        return None
-    return moment.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")

@@ -30,15 +30,9 @@ from pydantic import SecretStr
 from .backends import TokenBackend, TokenState
 from .backends.mas import MasAdminClient
 from .errors import BackendRejected, OperatorError
+from .formats import parse_rfc3339, rfc3339
 from .homeserver import HomeserverClient, MatrixError
-from .models import (
-    AccountSearch,
-    InvitationSpec,
-    InvitationStatus,
-    RoomState,
-    RoomStatus,
-    rfc3339,
-)
+from .models import AccountSearch, InvitationSpec, InvitationStatus, RoomState, RoomStatus
 from .ports import Notice
 from .settings import SecretSource, Settings, current_secret
 from .status import make_condition
@@ -143,10 +137,6 @@ class PersonalSessions:
                 )
 
 
-def _time(text: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
-
-
 class Onboarding:
     """Finds the account of a used token and places it in the Invitation's rooms."""
 
@@ -182,7 +172,7 @@ class Onboarding:
             return True
         if status.account is not None or search.attempts >= MAX_SEARCHES:
             return False
-        at = _time(search.at)
+        at = parse_rfc3339(search.at)
         return at is None or now >= at + self._backoff(search.attempts)
 
     def rooms_due(
@@ -198,7 +188,7 @@ class Onboarding:
             if outcome is None:
                 due.append(room)
             elif outcome.state is RoomState.FAILED:
-                at = _time(outcome.last_attempt_at)
+                at = parse_rfc3339(outcome.last_attempt_at)
                 if at is None or now >= at + self._backoff(outcome.attempts):
                     due.append(room)
         return due
@@ -285,7 +275,7 @@ class Onboarding:
         search = status.account_search
         attempts = search.attempts + 1 if search is not None and search.uses == uses else 1
         status.account_search = AccountSearch(uses=uses, attempts=attempts, at=rfc3339(now) or "")
-        used_at = token.last_used_at if token is not None else _time(status.last_used_at)
+        used_at = token.last_used_at if token is not None else parse_rfc3339(status.last_used_at)
         try:
             found = await self._backend.find_account(
                 spec.email, used_at=used_at, not_before=created

@@ -19,6 +19,7 @@ from pydantic import SecretStr, ValidationError
 
 from .backends import TokenBackend, TokenState
 from .errors import InvalidSpecError
+from .formats import parse_rfc3339
 from .models import GROUP, KIND, RESEND_ANNOTATION, VERSION, InvitationSpec, InvitationStatus
 from .settings import Settings
 
@@ -51,7 +52,7 @@ class Invitation:
             name=meta["name"],
             uid=meta["uid"],
             generation=int(meta.get("generation") or 1),
-            created=dt.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00")),
+            created=parse_rfc3339(meta["creationTimestamp"]),
             spec=spec,
             status=status,
             resend_annotation=(meta.get("annotations") or {}).get(RESEND_ANNOTATION),
@@ -182,6 +183,8 @@ class OnboardingSteps(Protocol):
 
 
 class RegistrationGate(Protocol):
+    """The one sign-up fact the steps act on (`sign_up.SignUpFacts` has it)."""
+
     @property
     def unprotected(self) -> str | None:
         """Why an invitation token protects nothing on this installation, if it does not."""

@@ -33,7 +33,8 @@ from .errors import (
     PermanentError,
     SecretConflict,
 )
-from .models import InvitationStatus, Phase, rfc3339
+from .formats import parse_rfc3339, rfc3339
+from .models import InvitationStatus, Phase
 from .ports import Collaborators, EventSink, Invitation, Notice, secret_name_for
 from .settings import Settings
 from .status import Problem, StatusWriter, compute_status
@@ -81,13 +82,9 @@ def missing_token_state(
         usage_limit=spec.usage_limit,
         times_used=used,
         expires_at=expiry,
-        last_used_at=_parse_time(status.last_used_at),
+        last_used_at=parse_rfc3339(status.last_used_at),
         revoked_at=now if spec.revoked else None,
     )
-
-
-def _parse_time(text: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
 def check_spec(invitation: Invitation, settings: Settings, now: dt.datetime) -> dt.datetime:

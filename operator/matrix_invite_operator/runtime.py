@@ -1,4 +1,4 @@
-"""Builds the operator's long-lived dependencies from `Settings`, and closes them again.
+"""The operator's long-lived dependencies (`Dependencies`): built from `Settings`, closed again.
 
 One `httpx.AsyncClient` for the token backend (explicit timeouts, verified TLS or a custom CA
 bundle), one for the Kubernetes API, the token backend (MAS or Synapse, as `settings.backend`

@@ -10,7 +10,6 @@ has updated the mounted file. Nothing here is ever read from an Invitation.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,9 +18,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigurationError
-
-# A room ID or alias (spec.rooms and the notice room); models.py imports it from here.
-ROOM_PATTERN = r"^(![^\s:]+(:[^\s/]+)?|#[^\s:]+:[^\s/]+)$"
+from .formats import ROOM_PATTERN, parse_go_duration
 
 SecretSource = Callable[[], SecretStr]
 """A credential read when it is used: `Settings.mas_client_secret_value` and its siblings."""
@@ -30,21 +27,6 @@ SecretSource = Callable[[], SecretStr]
 def current_secret(secret: SecretStr | SecretSource) -> SecretStr:
     """The credential as it is now (a file-backed source reads its file again)."""
     return secret if isinstance(secret, SecretStr) else secret()
-
-
-_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_GO_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_go_duration(text: str) -> dt.timedelta:
-    """Parse a Go duration (`168h`, `1h30m`, `90s`): the format Kubernetes users already write."""
-    if not _GO_DURATION.match(text):
-        raise ValueError(f"{text!r} is not a duration such as 168h, 36h30m or 90m")
-    seconds = sum(
-        float(value) * _UNIT_SECONDS[unit] for value, unit in _GO_DURATION_PART.findall(text)
-    )
-    return dt.timedelta(seconds=seconds)
 
 
 def _duration(value: object) -> object:

@@ -17,7 +17,8 @@ from typing import Any
 
 from .backends import TokenState
 from .errors import KubeConflict, KubeNotFound, KubeUnavailable
-from .models import Condition, InvitationSpec, InvitationStatus, Phase, rfc3339
+from .formats import rfc3339
+from .models import Condition, InvitationSpec, InvitationStatus, Phase
 from .ports import Invitation, KubeStore
 
 

@@ -25,7 +25,8 @@ from typing import Any
 
 from .backends import TokenState
 from .errors import InvalidSpecError, KubeConflict, KubeNotFound, OperatorError
-from .models import RESEND_ANNOTATION, InvitationStatus, Phase, rfc3339
+from .formats import parse_rfc3339, rfc3339
+from .models import RESEND_ANNOTATION, InvitationStatus, Phase
 from .ports import Collaborators, Invitation, Notice
 from .reconcile import (
     announce_phase_change,
@@ -110,7 +111,7 @@ class WatchedInvitation:
                 and observed != metadata.get("generation")
                 and not metadata.get("deletionTimestamp")
             ),
-            expires_at=_parse_time(expires) if expires else None,
+            expires_at=parse_rfc3339(expires) if expires else None,
             packed=json.dumps(
                 {"metadata": kept, "spec": body.get("spec") or {}, "status": status},
                 separators=(",", ":"),
@@ -204,11 +205,7 @@ async def sync_invitations(
                 invitation.spec, updated, now
             )
             synced = status.last_synced_at
-            stale = (
-                synced is None
-                or dt.datetime.fromisoformat(synced.replace("Z", "+00:00"))
-                < now - LAST_SYNCED_REFRESH
-            )
+            stale = synced is None or parse_rfc3339(synced) < now - LAST_SYNCED_REFRESH
             if _settled(updated) == _settled(status) and not stale and not onboarding_due:
                 continue
             if await _write_from_fresh_read(deps, invitation, token, now):
@@ -299,11 +296,7 @@ def _drift_check(
 
 def _due(status: InvitationStatus, now: dt.datetime) -> bool:
     expires = status.expires_at
-    return expires is not None and not status.expired and _parse_time(expires) <= now
-
-
-def _parse_time(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return expires is not None and not status.expired and parse_rfc3339(expires) <= now
 
 
 def any_due(watched: Iterable[WatchedInvitation], now: dt.datetime) -> bool:

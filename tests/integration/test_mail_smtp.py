@@ -33,6 +33,7 @@ from matrix_invite_operator.mail import (
 from pydantic import SecretStr
 
 from tests.doubles.smtp import ReceivedMessage, SmtpDouble, Stage
+from tests.mail_messages import message_from
 
 USER = "invite-bot"
 PASSWORD = "s3cret-Pässw0rd"
@@ -95,7 +96,7 @@ def invitation(
             timezone="Europe/Berlin",
         )
     )
-    return m.build_message(rendered, to_email=to_email, to_name="Jörg Müller", message_id_seed=seed)
+    return message_from(m, rendered, to_email=to_email, to_name="Jörg Müller", seed=seed)
 
 
 @pytest.fixture
@@ -389,11 +390,12 @@ def rendered_for(display_name: str | None) -> RenderedMail:
 
 
 def hostile_mail(m: Mailer, display_name: str) -> EmailMessage:
-    return m.build_message(
+    return message_from(
+        m,
         rendered_for(display_name),
         to_email="joerg@example.org",
         to_name=display_name,
-        message_id_seed="uid:tok",
+        seed="uid:tok",
     )
 
 
@@ -445,4 +447,4 @@ async def test_a_subject_that_decodes_to_a_line_break_is_refused(
     rendered = rendered_for(None)
     injected = dataclasses.replace(rendered, subject=HOSTILE_NAMES["encoded-crlf-bcc"])
     with pytest.raises(ConfigurationError, match="subject"):
-        m.build_message(injected, to_email="joerg@example.org", to_name=None, message_id_seed="s")
+        message_from(m, injected, to_email="joerg@example.org", to_name=None, seed="s")

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 from matrix_invite_operator.backends import TokenState
+from matrix_invite_operator.formats import rfc3339
 from matrix_invite_operator.kube import KubeConnection
-from matrix_invite_operator.models import rfc3339
 from matrix_invite_operator.ports import Invitation
 from matrix_invite_operator.runtime import Dependencies, build_dependencies, close_dependencies
 from matrix_invite_operator.settings import Settings

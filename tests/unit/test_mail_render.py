@@ -509,16 +509,15 @@ def test_message_id_is_deterministic_per_seed(renderer: MailRenderer) -> None:
     assert message_id_for("uid-1:token-a", "x@example.org") == first
 
 
-def test_mailer_build_message_uses_its_sender(renderer: MailRenderer) -> None:
-    mailer = Mailer(
-        host="localhost",
-        port=587,
-        sender_email="invites@example.org",
-        sender_name="Einladungen für Jörg",
-    )
+def test_the_sender_keeps_its_non_ascii_display_name(renderer: MailRenderer) -> None:
     msg = parse(
-        mailer.build_message(
-            render(renderer), to_email="a@example.org", to_name=None, message_id_seed="s"
+        build_message(
+            render(renderer),
+            to_email="a@example.org",
+            to_name=None,
+            message_id_seed="s",
+            sender_email="invites@example.org",
+            sender_name="Einladungen für Jörg",
         )
     )
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as dt
 
 from matrix_invite_operator.errors import ConfigurationError
+from matrix_invite_operator.formats import rfc3339
 from matrix_invite_operator.models import (
     AccountSearch,
     InvitationSpec,
     InvitationStatus,
     RoomState,
     RoomStatus,
-    rfc3339,
 )
 from matrix_invite_operator.onboarding import MAX_SEARCHES, Onboarding
 from matrix_invite_operator.settings import Settings

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from matrix_invite_operator.backends import TokenState
-from matrix_invite_operator.models import rfc3339
+from matrix_invite_operator.formats import rfc3339
 from matrix_invite_operator.runtime import Dependencies
 from matrix_invite_operator.settings import Settings
 from matrix_invite_operator.sync import Registry, StatusSync, WatchedInvitation, expires_before

@@ -2,10 +2,11 @@
 
 `MasAdminClient` speaks HTTP to `/api/admin/v1/user-registration-tokens` over one injected
 `httpx.AsyncClient` (whose lifetime and timeouts belong to the caller), parses MAS's JSON:API
-envelopes into pydantic models, maps every failure onto our error tree and counts each request
-by endpoint, method and outcome. `MasTokenBackend` implements `TokenBackend` on top of it and
-absorbs MAS's non-idempotent corners: 409 (or 500) on a repeated create, 400 on a repeated
-revoke or unrevoke. Token values stay `SecretStr`; no message ever includes a request body.
+envelopes into pydantic models, maps every failure onto our error tree and reports each request
+(endpoint, method, outcome, seconds) to an observer, the metrics. `MasTokenBackend` implements
+`TokenBackend` on top of it and absorbs MAS's non-idempotent corners: 409 (or 500) on a repeated
+create, 400 on a repeated revoke or unrevoke. Token values stay `SecretStr`; no message ever
+includes a request body.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import enum
 import json
 import re
 import secrets
-import ssl
 import time
-from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Literal, TypeAlias, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
@@ -29,11 +28,17 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 from matrix_invite_operator.backends import AccountLookup, TokenState
 from matrix_invite_operator.backends.answers import describe_body, is_web_page, parse_answer
 from matrix_invite_operator.backends.oauth import retry_after_seconds
+from matrix_invite_operator.backends.transport import (
+    SERVER_ERROR_RETRY_AFTER,
+    UNREACHABLE_RETRY_AFTER,
+    no_answer,
+    plain_text,
+    scrubbed,
+)
 from matrix_invite_operator.errors import (
     BackendAuthError,
     BackendMisdirected,
     BackendRejected,
-    BackendTlsError,
     BackendUnavailable,
     ConfigurationError,
     OperatorError,
@@ -43,15 +48,11 @@ from matrix_invite_operator.errors import (
 
 ADMIN_API_PREFIX = "/api/admin/v1"
 
-TOKEN_FILTERS = ("valid", "revoked", "expired", "used")
 ULID_PATTERN = r"^[0123456789ABCDEFGHJKMNPQRSTVWXYZ]{26}$"
 
 # A token's last use and the account's creation differ by about a millisecond (FACTS); seconds
 # leave room for a slow database without matching a sign-up from another day.
 ACCOUNT_MATCH_TOLERANCE = dt.timedelta(seconds=30)
-_SERVER_ERROR_RETRY_AFTER = 15.0
-_UNREACHABLE_RETRY_AFTER = 10.0
-_MAX_ERROR_TEXT = 300
 
 
 class Unset(enum.Enum):
@@ -98,44 +99,6 @@ class RequestOutcome(enum.StrEnum):
 
 RequestObserver: TypeAlias = Callable[[str, str, str, float], None]
 """Called after each request with (endpoint template, method, outcome, seconds)."""
-
-
-class MasRequestCounter:
-    """In-memory tally of Admin API requests by (endpoint template, method, outcome)."""
-
-    def __init__(self) -> None:
-        self._counts: Counter[tuple[str, str, str]] = Counter()
-        self._seconds: defaultdict[tuple[str, str, str], float] = defaultdict(float)
-
-    def record(self, endpoint: str, method: str, outcome: str, seconds: float) -> None:
-        key = (endpoint, method, outcome)
-        self._counts[key] += 1
-        self._seconds[key] += seconds
-
-    def count(
-        self, endpoint: str | None = None, method: str | None = None, outcome: str | None = None
-    ) -> int:
-        """Requests matching every given label (None matches anything)."""
-        return sum(
-            n
-            for (e, m, o), n in self._counts.items()
-            if endpoint in (None, e) and method in (None, m) and outcome in (None, o)
-        )
-
-    def seconds(self, endpoint: str | None = None, method: str | None = None) -> float:
-        """Total time spent in requests matching the given labels."""
-        return sum(
-            s
-            for (e, m, _), s in self._seconds.items()
-            if endpoint in (None, e) and method in (None, m)
-        )
-
-    def snapshot(self) -> dict[tuple[str, str, str], int]:
-        return dict(self._counts)
-
-    def reset(self) -> None:
-        self._counts.clear()
-        self._seconds.clear()
 
 
 class MasUnavailable(BackendUnavailable):
@@ -346,7 +309,6 @@ class MasAdminClient:
         *,
         auth: httpx.Auth | None = None,
         on_request: RequestObserver | None = None,
-        counter: MasRequestCounter | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"MAS base URL must be http(s)://..., got {base_url!r}")
@@ -354,7 +316,6 @@ class MasAdminClient:
         self._api = base_url.rstrip("/") + ADMIN_API_PREFIX
         self._auth = auth
         self._on_request = on_request
-        self.counter = counter if counter is not None else MasRequestCounter()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(api={self._api!r})"
@@ -397,7 +358,7 @@ class MasAdminClient:
         if usage_limit is not None:
             body["usage_limit"] = usage_limit
         if expires_at is not None:
-            body["expires_at"] = rfc3339(expires_at)
+            body["expires_at"] = _mas_time(expires_at)
         call = _Call("POST", Endpoint.TOKENS, Endpoint.TOKENS, body=body, secret=secret)
         return await self._single(call)
 
@@ -405,18 +366,12 @@ class MasAdminClient:
         call = _Call("GET", Endpoint.ONE, _token_path(token_id), token_id=token_id)
         return await self._single(call)
 
-    async def list_tokens(
-        self, page_size: int = 100, **filters: bool
-    ) -> AsyncIterator[RegistrationToken]:
-        """Every token matching the filters (valid, revoked, expired, used), page by page."""
+    async def list_tokens(self, page_size: int = 100) -> AsyncIterator[RegistrationToken]:
+        """Every token, page by page."""
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
-        unknown = set(filters) - set(TOKEN_FILTERS)
-        if unknown:
-            raise ValueError(f"Unknown token filters: {', '.join(sorted(unknown))}")
-        params = {f"filter[{name}]": str(bool(value)).lower() for name, value in filters.items()}
         # The total would cost MAS a COUNT query per page and we never use it.
-        params["count"] = "false"
+        params = {"count": "false"}
         async for page in self._pages(Endpoint.TOKENS, params, page_size, RegistrationTokenPage):
             for token in page.data or []:
                 yield token
@@ -459,7 +414,7 @@ class MasAdminClient:
         if not isinstance(usage_limit, Unset):
             body["usage_limit"] = usage_limit
         if not isinstance(expires_at, Unset):
-            body["expires_at"] = None if expires_at is None else rfc3339(expires_at)
+            body["expires_at"] = None if expires_at is None else _mas_time(expires_at)
         call = _Call("PUT", Endpoint.ONE, _token_path(token_id), token_id=token_id, body=body)
         return await self._single(call)
 
@@ -543,29 +498,19 @@ class MasAdminClient:
                     headers={"Accept": "application/json"},
                     auth=self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT,
                 )
-            except httpx.TimeoutException as exc:
-                outcome = RequestOutcome.TIMEOUT
-                raise MasUnavailable(
-                    f"MAS did not answer {call.method} {call.endpoint} in time "
-                    f"({type(exc).__name__})",
-                    retry_after=_UNREACHABLE_RETRY_AFTER,
-                    may_have_taken_effect=not isinstance(
-                        exc, httpx.ConnectTimeout | httpx.PoolTimeout
-                    ),
-                ) from exc
             except httpx.RequestError as exc:
-                outcome = RequestOutcome.CONNECTION_ERROR
-                untrusted = certificate_error(exc)
-                if untrusted is not None:
-                    raise BackendTlsError(
-                        f"MAS at {_origin(exc)} presented a TLS certificate we do not trust "
-                        f"({untrusted}); if MAS uses a private CA, set MATRIX_INVITE_MAS_CA_BUNDLE"
-                    ) from exc
+                timed_out = isinstance(exc, httpx.TimeoutException)
+                outcome = RequestOutcome.TIMEOUT if timed_out else RequestOutcome.CONNECTION_ERROR
+                failure = no_answer(
+                    exc,
+                    backend="MAS",
+                    what=f"{call.method} {call.endpoint}",
+                    ca_setting="MATRIX_INVITE_MAS_CA_BUNDLE",
+                )
                 raise MasUnavailable(
-                    f"No answer from MAS at {_origin(exc)} to {call.method} {call.endpoint} "
-                    f"({type(exc).__name__})",
-                    retry_after=_UNREACHABLE_RETRY_AFTER,
-                    may_have_taken_effect=not isinstance(exc, httpx.ConnectError),
+                    failure.message,
+                    retry_after=UNREACHABLE_RETRY_AFTER,
+                    may_have_taken_effect=failure.may_have_taken_effect,
                 ) from exc
             except OperatorError:
                 # The auth flow failed before the API call went out (token endpoint trouble).
@@ -580,7 +525,6 @@ class MasAdminClient:
         finally:
             seconds = time.perf_counter() - started
             labels = (call.endpoint.value, call.method, outcome.value)
-            self.counter.record(*labels, seconds)
             if self._on_request is not None:
                 self._on_request(*labels, seconds)
 
@@ -618,7 +562,7 @@ def _raise_for_status(call: _Call, response: httpx.Response) -> None:
         if status == httpx.codes.TOO_MANY_REQUESTS or status >= 500:
             raise MasUnavailable(
                 f"MAS answered {what} with {status}: {reason}",
-                retry_after=retry_after_seconds(response, _SERVER_ERROR_RETRY_AFTER),
+                retry_after=retry_after_seconds(response, SERVER_ERROR_RETRY_AFTER),
                 status=status,
             ) from exc
         if is_web_page(response):
@@ -657,17 +601,7 @@ _OUTCOME_BY_STATUS = {
 }
 
 
-def certificate_error(exc: BaseException) -> str | None:
-    """The verification failure inside a connection error, if that is what it was."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return str(seen.verify_message or seen.reason or "verification failed")
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def rfc3339(when: dt.datetime) -> str:
+def _mas_time(when: dt.datetime) -> str:
     """An aware datetime as RFC 3339 in UTC, the form MAS's `DateTime<Utc>` parses."""
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError("MAS timestamps must be timezone-aware")
@@ -729,20 +663,8 @@ def _error_text(response: httpx.Response, secret: str | None) -> str:
         ]
         text = ": ".join(titles) or "no error title"
     else:
-        text = " ".join(response.text.split()) or response.reason_phrase or "empty body"
-    if secret:
-        text = text.replace(secret, "<token>")
-    if len(text) > _MAX_ERROR_TEXT:
-        text = text[: _MAX_ERROR_TEXT - 1] + "…"
-    return text
-
-
-def _origin(exc: httpx.RequestError) -> str:
-    try:
-        url = exc.request.url
-    except RuntimeError:
-        return "the configured URL"
-    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+        text = plain_text(response)
+    return scrubbed(text, secret)
 
 
 # --- the TokenBackend ---------------------------------------------------------------------
@@ -870,8 +792,8 @@ class MasTokenBackend:
                 return AccountLookup(user_id, f"{user_id} signed up with {email}")
         return AccountLookup(
             None,
-            f"{email} belongs to {user_id}, created at {rfc3339(created)}, not when the token "
-            f"was used ({rfc3339(used_at) if used_at else 'unknown'}): someone else signed up",
+            f"{email} belongs to {user_id}, created at {_mas_time(created)}, not when the token "
+            f"was used ({_mas_time(used_at) if used_at else 'unknown'}): someone else signed up",
         )
 
     async def aclose(self) -> None:

@@ -31,9 +31,7 @@ import hashlib
 import json
 import logging
 import re
-import ssl
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -44,11 +42,17 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from matrix_invite_operator.backends import AccountLookup, TokenState
 from matrix_invite_operator.backends.answers import is_web_page, parse_answer
 from matrix_invite_operator.backends.oauth import retry_after_seconds
+from matrix_invite_operator.backends.transport import (
+    SERVER_ERROR_RETRY_AFTER,
+    UNREACHABLE_RETRY_AFTER,
+    no_answer,
+    plain_text,
+    scrubbed,
+)
 from matrix_invite_operator.errors import (
     BackendAuthError,
     BackendMisdirected,
     BackendRejected,
-    BackendTlsError,
     BackendUnavailable,
     TokenNotFound,
 )
@@ -61,9 +65,6 @@ TOKEN_ID_PREFIX = "syn-"  # noqa: S105 - a prefix, not a credential
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
 
 ACCOUNT_MATCH_TOLERANCE = dt.timedelta(seconds=30)
-_SERVER_ERROR_RETRY_AFTER = 15.0
-_UNREACHABLE_RETRY_AFTER = 10.0
-_MAX_ERROR_TEXT = 300
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MILLISECOND = dt.timedelta(milliseconds=1)
 
@@ -167,7 +168,7 @@ class UserAccount(_SynapseModel):
 @dataclasses.dataclass(frozen=True)
 class _Call:
     method: str
-    endpoint: str  # a path template, for messages and counting: never a token value
+    endpoint: str  # a path template, for messages: never a token value
     path: str
     body: Mapping[str, Any] | None = None
     params: Mapping[str, str] | None = None
@@ -187,8 +188,6 @@ class SynapseAdminClient:
         self._root = base_url.rstrip("/")
         self._api = self._root + TOKENS_PATH
         self._admin_token = admin_token
-        # Requests by "METHOD endpoint template": lets tests and benchmarks count round trips.
-        self.requests: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(api={self._api!r})"
@@ -232,7 +231,6 @@ class SynapseAdminClient:
 
     async def _send(self, call: _Call) -> tuple[httpx.Response, str]:
         """The successful response and the request as words for messages; else our error."""
-        self.requests[f"{call.method} {call.endpoint or '/'}"] += 1
         what = f"{call.method} {'' if call.absolute else TOKENS_PATH}{call.endpoint}"
         # Read per request: a rotated Secret takes effect without a restart.
         admin_token = current_secret(self._admin_token).get_secret_value()
@@ -247,23 +245,11 @@ class SynapseAdminClient:
                     "Authorization": f"Bearer {admin_token}",
                 },
             )
-        except httpx.TimeoutException as exc:
-            raise BackendUnavailable(
-                f"Synapse did not answer {what} in time ({type(exc).__name__})",
-                retry_after=_UNREACHABLE_RETRY_AFTER,
-            ) from exc
         except httpx.RequestError as exc:
-            untrusted = _certificate_error(exc)
-            if untrusted is not None:
-                raise BackendTlsError(
-                    f"Synapse at {_origin(exc)} presented a TLS certificate we do not trust "
-                    f"({untrusted}); if Synapse uses a private CA, set "
-                    "MATRIX_INVITE_SYNAPSE_CA_BUNDLE"
-                ) from exc
-            raise BackendUnavailable(
-                f"No answer from Synapse at {_origin(exc)} to {what} ({type(exc).__name__})",
-                retry_after=_UNREACHABLE_RETRY_AFTER,
-            ) from exc
+            failure = no_answer(
+                exc, backend="Synapse", what=what, ca_setting="MATRIX_INVITE_SYNAPSE_CA_BUNDLE"
+            )
+            raise BackendUnavailable(failure.message, retry_after=UNREACHABLE_RETRY_AFTER) from exc
         _raise_for_status(call, what, response)
         return response, what
 
@@ -298,7 +284,7 @@ def _raise_for_status(call: _Call, what: str, response: httpx.Response) -> None:
     if status == 429 or status >= 500:
         raise BackendUnavailable(
             f"Synapse answered {what} with {status}: {reason}",
-            retry_after=retry_after_seconds(response, _SERVER_ERROR_RETRY_AFTER),
+            retry_after=retry_after_seconds(response, SERVER_ERROR_RETRY_AFTER),
         )
     if is_web_page(response):
         raise BackendMisdirected(
@@ -320,12 +306,8 @@ def _error_of(response: httpx.Response, secret: str | None) -> tuple[str | None,
         error = document.get("error")
         text = error if isinstance(error, str) else "no error text"
     else:
-        text = " ".join(response.text.split()) or response.reason_phrase or "empty body"
-    if secret:
-        text = text.replace(secret, "<token>")
-    if len(text) > _MAX_ERROR_TEXT:
-        text = text[: _MAX_ERROR_TEXT - 1] + "…"
-    return errcode, text
+        text = plain_text(response)
+    return errcode, scrubbed(text, secret)
 
 
 def _parse(model: type[_Model], response: httpx.Response, what: str) -> _Model:
@@ -336,25 +318,6 @@ def _parse(model: type[_Model], response: httpx.Response, what: str) -> _Model:
         what=what,
         hint="does MATRIX_INVITE_SYNAPSE_URL point at Synapse?",
     )
-
-
-def _certificate_error(exc: BaseException) -> str | None:
-    """The verification failure inside a connection error, if that is what it was."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            detail = getattr(seen, "verify_message", None) or getattr(seen, "reason", None)
-            return str(detail or "verification failed")
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def _origin(exc: httpx.RequestError) -> str:
-    try:
-        url = exc.request.url
-    except RuntimeError:
-        return "the configured URL"
-    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
 
 
 # --- the TokenBackend -----------------------------------------------------------------------

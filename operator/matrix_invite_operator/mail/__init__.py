@@ -1,7 +1,7 @@
 """The invitation mail: what it says (`render`) and how it reaches the invitee (`send`).
 
 `MailRenderer` turns a `MailContext` into a `RenderedMail` (subject, text, HTML) from sandboxed,
-admin-overridable Jinja templates in English or German; `Mailer.build_message` wraps it into a
+admin-overridable Jinja templates in English or German; `build_message` wraps it into a
 MIME message with a deterministic Message-ID, and `Mailer.send` delivers it over verified TLS,
 raising `MailTemporaryError` or `MailRejectedError` from `matrix_invite_operator.errors`.
 """

@@ -301,26 +301,6 @@ class Mailer:
                 f"cannot load the SMTP CA bundle {ca_bundle}: {reason}"
             ) from exc
 
-    def build_message(
-        self,
-        rendered: RenderedMail,
-        *,
-        to_email: str,
-        to_name: str | None,
-        message_id_seed: str,
-        date: dt.datetime | None = None,
-    ) -> EmailMessage:
-        """`build_message` with this mailer's sender."""
-        return build_message(
-            rendered,
-            to_email=to_email,
-            to_name=to_name,
-            message_id_seed=message_id_seed,
-            sender_email=self.sender_email,
-            sender_name=self.sender_name,
-            date=date,
-        )
-
     async def send(self, message: EmailMessage) -> None:
         """Deliver `message` to the relay; raise MailTemporaryError or MailRejectedError."""
         await self._session(message)
