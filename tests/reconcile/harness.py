@@ -74,6 +74,8 @@ class Interference:
     act: Callable[[World], object]
     # What must hold afterwards instead of the scenario's own promises (None: those still hold).
     expect: Callable[[World], list[str]] | None = None
+    # Before which requests it can make a difference (None: all); the others are equivalent.
+    before: Callable[[CrashPoint], bool] | None = None
 
 
 @dataclasses.dataclass
@@ -403,8 +405,9 @@ async def interfere(scenario: Scenario, interference: Interference) -> Sweep:
     clean = await run(scenario, None, prepared=base)
     outcomes = [clean]
     for point in clean.points:
-        meddled = (point.index, interference)
-        outcomes.append(await run(scenario, None, interference=meddled, prepared=base))
+        if interference.before is None or interference.before(point):
+            meddled = (point.index, interference)
+            outcomes.append(await run(scenario, None, interference=meddled, prepared=base))
     return Sweep(f"{scenario.name} + {interference.name}", clean.points, outcomes)
 
 
