@@ -14,6 +14,7 @@ from matrix_invite_operator import handlers
 from matrix_invite_operator import reconcile as reconcile_module
 from matrix_invite_operator import sync as sync_module
 from matrix_invite_operator.backends import AccountLookup, TokenBackend, TokenState
+from matrix_invite_operator.backends.mas import RegistrationToken
 from matrix_invite_operator.errors import (
     BackendRejected,
     BackendUnavailable,
@@ -64,6 +65,7 @@ __all__ = [
     "MailTemporaryError",
     "OperatorError",
     "PermanentError",
+    "RegistrationToken",
     "SecretConflict",
     "Settings",
     "StatusSync",

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
-from tests.doubles.mas import StoredToken, UlidGenerator
+from tests.doubles.mas import TOKENS_PATH, StoredToken, UlidGenerator
 
 from .subject import (
     GROUP,
@@ -43,6 +43,7 @@ from .subject import (
     KubeStore,
     KubeUnavailable,
     MailTemporaryError,
+    RegistrationToken,
     SecretConflict,
     Settings,
     TokenBackend,
@@ -335,17 +336,14 @@ class FakeTokenBackend:
             raise
 
     def _state(self, stored: StoredToken) -> TokenState:
-        return TokenState(
-            id=stored.id,
-            token=SecretStr(stored.token),
-            valid=stored.valid(self._clock()),
-            usage_limit=stored.usage_limit,
-            times_used=stored.times_used,
-            created_at=stored.created_at,
-            last_used_at=stored.last_used_at,
-            expires_at=stored.expires_at,
-            revoked_at=stored.revoked_at,
-        )
+        """The token as MAS answers it (the double's JSON), read by the real client's model."""
+        resource = {
+            "type": "user-registration_token",
+            "id": stored.id,
+            "attributes": stored.attributes(self._clock()),
+            "links": {"self": f"{TOKENS_PATH}/{stored.id}"},
+        }
+        return RegistrationToken.model_validate(resource).to_state()
 
     async def issue(
         self, token: SecretStr, *, usage_limit: int | None, expires_at: dt.datetime | None
