@@ -74,8 +74,6 @@ class Interference:
     act: Callable[[World], object]
     # What must hold afterwards instead of the scenario's own promises (None: those still hold).
     expect: Callable[[World], list[str]] | None = None
-    # Before which requests it can make a difference (None: all); the others are equivalent.
-    before: Callable[[CrashPoint], bool] | None = None
 
 
 @dataclasses.dataclass
@@ -110,6 +108,7 @@ async def operate(world: World, *, rounds: int = MAX_ROUNDS) -> list[str]:
         world.api.collect_garbage()  # another controller, between our rounds
         version = world.ledger.version
         for name in sorted(world.api.invitations):
+            world.wire.epoch += 1  # Kopf hands the handler the body it has: a read of its own
             body = json_copy(world.api.invitations[name])
             essence = _essence(body)
             retry = retries.get(name, 0)
@@ -130,6 +129,7 @@ async def operate(world: World, *, rounds: int = MAX_ROUNDS) -> list[str]:
             except kopf.PermanentError as exc:
                 problems += _leaks(world, str(exc), f"{name}: error")
                 world.api.mark_handled(name, essence)  # Kopf waits for the next change
+        world.wire.epoch += 1  # the sync pass reads the watch cache
         registry.clear()
         for name, body in world.api.invitations.items():
             registry[(NAMESPACE, name)] = WatchedInvitation.from_body(json_copy(body))
@@ -398,16 +398,30 @@ async def sweep(
     return Sweep(scenario.name, clean.points, outcomes)
 
 
+INVITATION_CALLS = ("Kube GET invitation", "Kube PATCH invitation/status")
+
+
+def seen_apart(points: list[CrashPoint]) -> list[CrashPoint]:
+    """The requests before which a write to the Invitation can be told apart from one before
+    the previous request: the operator sees the Invitation only through its requests to it and
+    the bodies Kopf and the watch cache hand over (a new epoch); a write before any other
+    request is the same run as one a request earlier."""
+    kept: list[CrashPoint] = []
+    for before, point in zip([None, *points], points, strict=False):
+        if before is None or before.call in INVITATION_CALLS or before.epoch != point.epoch:
+            kept.append(point)
+    return kept
+
+
 async def interfere(scenario: Scenario, interference: Interference) -> Sweep:
     """The scenario with someone else's write landing before each of the operator's requests
     in turn: conditioned status writes meet 409s, and the operator must still converge."""
     base = await prepare(scenario)
     clean = await run(scenario, None, prepared=base)
     outcomes = [clean]
-    for point in clean.points:
-        if interference.before is None or interference.before(point):
-            meddled = (point.index, interference)
-            outcomes.append(await run(scenario, None, interference=meddled, prepared=base))
+    for point in seen_apart(clean.points):
+        meddled = (point.index, interference)
+        outcomes.append(await run(scenario, None, interference=meddled, prepared=base))
     return Sweep(f"{scenario.name} + {interference.name}", clean.points, outcomes)
 
 

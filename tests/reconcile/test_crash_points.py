@@ -8,7 +8,7 @@ from types import ModuleType
 
 import pytest
 
-from .harness import Interference, Scenario, Sweep
+from .harness import Interference, Scenario, Sweep, seen_apart
 from .scenarios import INTERFERENCES, SCENARIOS
 from .subject import reconcile_module, sync_module
 
@@ -98,8 +98,7 @@ def test_a_write_by_someone_else_between_two_requests_changes_no_outcome(
     interfered: Callable[[Scenario, Interference], Sweep],
 ) -> None:
     result = interfered(scenario, interference)
-    where = interference.before or (lambda point: True)
-    assert len(result.outcomes) == 1 + sum(1 for p in result.points if where(p))
+    assert len(result.outcomes) == 1 + len(seen_apart(result.points))
     assert result.failures == []
 
 

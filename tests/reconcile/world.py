@@ -77,6 +77,7 @@ class CrashPoint:
     call: str  # the request, e.g. "MAS POST /user-registration-tokens"
     step: str  # the reconcile function ("sync.<name>": sync pass function) that awaited it
     changed: bool  # the server's state changed: crashing after it differs from before it
+    epoch: int = 0  # bumped each time the operator reads Invitations outside the wire (Kopf)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +136,7 @@ class Wire:
         self.meddle: tuple[int, Callable[[], object]] | None = None
         self.crashed_at: CrashPoint | None = None
         self.crashes = 0
+        self.epoch = 0
         self.lost_at: CrashPoint | None = None  # where an answer was lost (no crash)
 
     async def call(self, name: str, effect: Callable[[], T]) -> T:
@@ -159,7 +161,7 @@ class Wire:
             raise LostAnswer(f"the answer to {name} was lost")
         crash_now = plan is not None
         if plan is not None and not plan.after_effect:
-            self._crash(CrashPoint(index, name, step, changed=False))
+            self._crash(CrashPoint(index, name, step, changed=False, epoch=self.epoch))
         try:
             result = effect()
         except _Answer:
@@ -169,7 +171,8 @@ class Wire:
         return result
 
     def _record(self, index: int, name: str, step: str, before: int, crash_now: bool) -> None:
-        point = CrashPoint(index, name, step, changed=self._ledger.version != before)
+        changed = self._ledger.version != before
+        point = CrashPoint(index, name, step, changed=changed, epoch=self.epoch)
         self.points.append(point)
         if crash_now:
             self._crash(point)
