@@ -40,7 +40,7 @@ chromium:
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; }
 
 unit: install
-	$(BIN)/pytest tests/unit tests/contract $(PYTEST_ARGS)
+	$(BIN)/pytest tests/unit tests/contract tests/reconcile $(PYTEST_ARGS)
 
 test: lint controlplane chromium
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -1,5 +1,5 @@
 """Fixtures shared by all test layers: the control plane (tests.controlplane) and a real Synapse
-(tests.servers)."""
+(tests.servers); the fast layer's crash-point summary (tests.reconcile.summary)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-pytest_plugins = ["tests.controlplane.fixtures", "tests.servers.fixtures"]
+pytest_plugins = [
+    "tests.controlplane.fixtures",
+    "tests.servers.fixtures",
+    "tests.reconcile.summary",
+]
 
 
 @pytest.fixture(scope="session")

@@ -169,4 +169,9 @@ class KubeRejected(KubeError, PermanentError):
 
 
 class SecretConflict(PermanentError):
-    """A Secret with our name exists but belongs to something else: we never take it over."""
+    """A Secret with our name exists but belongs to something else: we never take it over.
+
+    Healed by removing that Secret, not by editing the Invitation: often it is the Secret of a
+    deleted Invitation of the same name that the garbage collector has not removed yet."""
+
+    needs_spec_change = False

@@ -169,11 +169,13 @@ async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> Invi
     token_state: TokenState | None = None
     try:
         expiry = check_spec(invitation, deps.settings, deps.clock())
-        if invitation.spec.revoked and writer.status.token_id is None:
-            # Born revoked (or revoked before a token existed): nothing to create in the
-            # backend, no Secret, no mail, until the spec un-revokes it.
-            return await _finish(deps, invitation, writer, None)
         await _rotate_if_readdressed(deps, invitation, writer)
+        if invitation.spec.revoked and writer.status.token_id is None:
+            # Born revoked, revoked before a token existed, or given a new address while
+            # revoked (the old address's token was just revoked): nothing to issue, no mail,
+            # until the spec un-revokes it. Issuing first and revoking after would leave a
+            # valid token no status names, were the operator to stop in between.
+            return await _finish(deps, invitation, writer, None)
         token = await _ensure_secret(deps, invitation, writer)
         token_state = await _ensure_token(deps, invitation, writer, token, expiry)
         token_state = await _converge(deps, invitation, writer, token_state, expiry)
@@ -516,6 +518,19 @@ async def _converge(
     return state
 
 
+def resend_requested(invitation: Invitation, handled: str | None) -> bool:
+    """Whether `spec.resend` or the resend annotation holds a value that `handled` (the
+    `Invitation.resend_request` of the last mail) did not: each new value is one request.
+    Removing a value asks for nothing: tidying Git or `kubectl annotate ... resend-` mails no one.
+    """
+    handled = handled or ""
+    marker = invitation.spec.resend or ""
+    annotation = (invitation.resend_annotation or "")[:300]
+    new_marker = bool(marker) and not handled.startswith(f"spec={marker};annotation=")
+    new_annotation = bool(annotation) and not handled.endswith(f";annotation={annotation}")
+    return new_marker or new_annotation
+
+
 async def _mail_if_due(
     deps: Collaborators,
     invitation: Invitation,
@@ -532,7 +547,7 @@ async def _mail_if_due(
     status = writer.status
     already = status.mailed_token_id == state.id and status.mail_recipient == invitation.spec.email
     # A resend request that was already present when the first mail went out is not a new one.
-    resend = already and status.resend_handled != invitation.resend_request
+    resend = already and resend_requested(invitation, status.resend_handled)
     if (already and not resend) or not state.valid or invitation.spec.revoked:
         return None
     await deps.mailer.send_invitation(invitation, token=token, token_state=state)

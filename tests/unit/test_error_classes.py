@@ -55,5 +55,5 @@ def test_the_newly_classified_reasons(error: OperatorError, reason: str) -> None
 
 
 def test_environment_errors_heal_without_an_edit() -> None:
-    for error in (errors.BackendMisdirected, errors.KubeRejected):
+    for error in (errors.BackendMisdirected, errors.KubeRejected, errors.SecretConflict):
         assert error.needs_spec_change is False

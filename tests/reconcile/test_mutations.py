@@ -1,0 +1,103 @@
+"""The fast layer fails when the code it guards is wrong: sabotaged fakes and steps must be caught.
+
+A fake a wrong reconcile could pass with is a defect; each test here breaks one promise on
+purpose and expects the sweep to report it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import SecretStr
+
+from .harness import run, sweep
+from .scenarios import SCENARIOS
+from .subject import StatusSync, TokenState, reconcile_module
+from .world import CrashPlan, FakeTokenBackend, World
+
+SCENARIO = {s.name: s for s in SCENARIOS}
+
+
+class SecondTokenOnConflict(FakeTokenBackend):
+    """Answers MAS's 409 by creating another token with a fresh value instead of finding it."""
+
+    async def on_conflict(
+        self, token: SecretStr, *, usage_limit: int | None, expires_at: dt.datetime | None
+    ) -> TokenState:
+        fresh = SecretStr(token.get_secret_value()[::-1] + "x")
+        return await self.issue(fresh, usage_limit=usage_limit, expires_at=expires_at)
+
+
+class BlindListing(FakeTokenBackend):
+    """Lists no tokens at all: a token whose id was never recorded cannot be found."""
+
+    async def list_all(self) -> AsyncIterator[TokenState]:
+        async for state in super().list_all():
+            if state is None:  # never: the listing is dropped, its requests still made
+                yield state
+
+
+def test_a_second_token_on_conflict_is_caught() -> None:
+    result = asyncio.run(sweep(SCENARIO["create"], backend=SecondTokenOnConflict))
+    failures = "\n".join(result.failures)
+    # Only a crash after MAS created the token (its answer lost) leads to the 409.
+    assert "MAS POST /user-registration-tokens" in failures
+    assert "Secret and MAS token disagree" in failures or "orphan" in failures
+    assert "tokens in MAS, not one" in failures
+
+
+def test_a_token_left_behind_by_finalize_is_caught() -> None:
+    result = asyncio.run(sweep(SCENARIO["delete, token id never recorded"], backend=BlindListing))
+    assert any("still valid after the deletion" in f for f in result.failures)
+    assert any("orphan: valid MAS token" in f for f in result.failures)
+
+
+def _mail_point() -> CrashPlan:
+    clean = asyncio.run(run(SCENARIO["create"], None))
+    index = next(p.index for p in clean.points if p.call == "SMTP DATA")
+    return CrashPlan(index, after_effect=True)
+
+
+def test_a_second_mail_counts_only_inside_the_documented_window() -> None:
+    plan = _mail_point()
+    inside = asyncio.run(run(SCENARIO["create"], plan))
+    assert (inside.duplicate_mails, inside.problems) == (1, [])
+    denied = asyncio.run(run(SCENARIO["create"], plan, crash_window=False))
+    assert any("mails outside the crash window" in p for p in denied.problems)
+
+
+def test_a_step_that_forgets_the_secret_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reconcile that issues a fresh value on each run instead of the Secret's: harmless
+    without a crash, a second valid token after a crash between the issue and its record."""
+
+    async def forgetful(deps: object, invitation: object, writer: object) -> SecretStr:
+        return reconcile_module.generate_token()
+
+    monkeypatch.setattr(reconcile_module, "_ensure_secret", forgetful)
+    clean = asyncio.run(run(SCENARIO["create"], None))
+    issue = next(p.index for p in clean.points if p.call == "MAS POST /user-registration-tokens")
+    crashed = asyncio.run(run(SCENARIO["create"], CrashPlan(issue, after_effect=True)))
+    assert any("orphan" in p for p in crashed.problems), crashed.problems
+
+
+def test_a_world_without_a_crash_is_clean() -> None:
+    """The baseline the mutations are measured against."""
+    assert asyncio.run(run(SCENARIO["create"], None)).problems == []
+    assert World().mas.tokens == {}
+
+
+def test_a_sync_pass_that_leaves_lagging_generations_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kopf calls no handler for an edit reverted while its retry waited: only the sync pass's
+    `converge_lagging` reconciles the newest generation."""
+
+    def idle(self: StatusSync, watched: object) -> int:
+        return 0
+
+    monkeypatch.setattr(StatusSync, "converge_lagging", idle)
+    outcome = asyncio.run(run(SCENARIO["edit reverted during an outage"], None))
+    assert "the newest generation was never reconciled" in outcome.problems
