@@ -20,6 +20,7 @@ from tests.doubles.mas import MasDouble
 from tests.doubles.smtp import SmtpDouble
 from tests.integration.harness import InvitationsApi
 from tests.operator_process import OperatorProcess
+from tests.secret_hygiene import LEAK_LEDGER
 from tests.servers.synapse import SynapseServer
 
 SMTP_USER = "operator@example.org"
@@ -174,25 +175,6 @@ def assert_no_secret_leaks(
     leaks = [where for where, text in haystacks.items() for value in secrets_known if value in text]
     LEAK_LEDGER.leaks += len(leaks)
     assert leaks == [], f"secret values leaked into: {sorted(set(leaks))}"
-
-
-class _LeakLedger:
-    """Totals over the session, printed in the terminal summary."""
-
-    searched = 0
-    secrets = 0
-    leaks = 0
-
-
-LEAK_LEDGER = _LeakLedger()
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if LEAK_LEDGER.searched:
-        terminalreporter.write_line(
-            f"secret hygiene: searched {LEAK_LEDGER.searched} logs/Event/Invitation dumps for "
-            f"{LEAK_LEDGER.secrets} secret values, {LEAK_LEDGER.leaks} leaks"
-        )
 
 
 @pytest.fixture
