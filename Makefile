@@ -41,8 +41,10 @@ chromium:
 unit: install
 	$(BIN)/pytest tests/unit tests/contract $(PYTEST_ARGS)
 
+# Parallel workers (pytest-xdist), each with its own control plane, Synapse, Flux and Chromium:
+# the tests mostly wait on processes and timeouts. PYTEST_ARGS="-n 0" runs in one process.
 test: lint controlplane chromium
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --numprocesses=3 --dist=worksteal $(PYTEST_ARGS)
 
 demo: install controlplane
 	$(BIN)/python -m tests.demo

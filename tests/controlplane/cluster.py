@@ -207,6 +207,8 @@ class ControlPlane:
         self._atexit_registered = False
         # Built on first use; the apiserver keeps its certificate across restarts (same cert-dir).
         self._api_tls: ssl.SSLContext | None = None
+        # apiVersion -> {kind: (plural, namespaced)}, read from discovery on first use.
+        self._discovered: dict[str, dict[str, tuple[str, bool]]] = {}
 
     # -- public properties -------------------------------------------------------------------
 
@@ -401,6 +403,40 @@ class ControlPlane:
     def get(self, path: str) -> dict[str, Any] | None:
         """``GET path`` as admin: the object, or None when it does not exist."""
         return self.api("GET", path)
+
+    def server_side_apply(
+        self, objects: Sequence[Mapping[str, Any]], *, field_manager: str = "tests"
+    ) -> None:
+        """Server-side apply of each object as admin, as ``kubectl apply --server-side
+        --force-conflicts`` does it, one HTTPS request per object and no process."""
+        for body in objects:
+            self.api(
+                "PATCH",
+                f"{self.object_path(body)}?fieldManager={field_manager}&force=true",
+                body,
+                content_type="application/apply-patch+yaml",  # JSON is YAML
+            )
+
+    def object_path(self, body: Mapping[str, Any]) -> str:
+        """The API path of an object (its ``apiVersion``, ``kind``, ``metadata.name`` and, for a
+        namespaced kind, ``metadata.namespace``), from the API server's discovery."""
+        api_version: str = body["apiVersion"]
+        base = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+        # Read again when a kind is missing: a CRD may have added it since.
+        if body["kind"] not in self._discovered.get(api_version, {}):
+            found = self.get(base)
+            if found is None:
+                raise ApiError("GET", base, 404, f"the API server serves no {api_version}")
+            self._discovered[api_version] = {
+                resource["kind"]: (resource["name"], resource["namespaced"])
+                for resource in found["resources"]
+                if "/" not in resource["name"]  # subresources such as roles/status
+            }
+        plural, namespaced = self._discovered[api_version][body["kind"]]
+        metadata = body["metadata"]
+        if namespaced:
+            return f"{base}/namespaces/{metadata['namespace']}/{plural}/{metadata['name']}"
+        return f"{base}/{plural}/{metadata['name']}"
 
     def kubeconfig_for(self, user: str) -> Path:
         """Write (or rewrite) a kubeconfig for a static identity and return its path."""

@@ -117,6 +117,35 @@ def test_direct_api_requests_read_write_and_are_authorised(
     assert f'User "{UNPRIVILEGED_USER}" cannot get resource "configmaps"' in message
 
 
+def test_server_side_apply_creates_and_updates_namespaced_and_cluster_objects(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "applied", "namespace": namespace},
+        "data": {"a": "1"},
+    }
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": f"applied-{namespace}"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}],
+    }
+    control_plane.server_side_apply([config_map, role])
+    control_plane.server_side_apply([{**config_map, "data": {"a": "2"}}])
+
+    applied = control_plane.get(f"/api/v1/namespaces/{namespace}/configmaps/applied")
+    assert applied is not None
+    assert applied["data"] == {"a": "2"}
+    assert [m["manager"] for m in applied["metadata"]["managedFields"]] == ["tests"]
+    cluster_role = json.loads(
+        control_plane.kubectl("get", "clusterrole", f"applied-{namespace}", "-o", "json").stdout
+    )
+    assert cluster_role["rules"] == role["rules"]
+    control_plane.kubectl("delete", "clusterrole", f"applied-{namespace}")
+
+
 def test_restart_etcd_and_apiserver_keep_data() -> None:
     # A private control plane: restarting the session one would disturb other tests.
     with ControlPlane(controller_manager=False) as cp:
