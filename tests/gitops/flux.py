@@ -24,9 +24,10 @@ Body = dict[str, Any]
 HOST = "127.0.0.1"
 BRANCH = "main"
 STARTUP_TIMEOUT_SECONDS = 60.0
-# kustomize-controller re-checks a Kustomization whose dependsOn is not Ready after this long;
-# its default (30 s) would dominate every test.
-REQUEUE_DEPENDENCY = "2s"
+# kustomize-controller re-checks a Kustomization whose dependsOn is not Ready (or not yet at the
+# source's revision) after this long; every commit waits for it once or twice down the guide's
+# dependsOn chain (ess -> operator -> invitations), so its default (30 s) would dominate every test.
+REQUEUE_DEPENDENCY = "1s"
 # The version of both Flux APIs the tests use (kustomize.toolkit.fluxcd.io, source.toolkit...).
 FLUX_API_VERSION = "v1"
 KUSTOMIZATIONS = "kustomizations.kustomize.toolkit.fluxcd.io"
