@@ -2,6 +2,8 @@
 
 Integration tests, the demo and the benchmarks use it the same way: environment in, PID out,
 logs to a file; `kill()` sends SIGKILL for crash tests, `stop()` SIGTERM then SIGKILL.
+`wait_for_sync_pass()` is the barrier for "nothing happened": it returns once a whole status-sync
+pass has run after the call, as the operator's own /metrics reports it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+SYNC_METRIC = "matrix_invite_last_successful_sync_timestamp_seconds"
 
 
 def free_port() -> int:
@@ -79,6 +84,31 @@ class OperatorProcess:
             time.sleep(0.2)
         raise RuntimeError(f"operator not healthy within {timeout}s:\n{self.log_tail()}")
 
+    def metric(self, name: str) -> float | None:
+        """The value of an unlabelled sample on the operator's /metrics, None if it has none."""
+        url = f"http://127.0.0.1:{self.env['MATRIX_INVITE_METRICS_PORT']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            text = answer.read().decode()
+        for line in text.splitlines():
+            sample, _, value = line.rpartition(" ")
+            if sample == name:
+                return float(value)
+        return None
+
+    def wait_for_sync_pass(self, timeout: float = 30.0) -> None:
+        """Wait until a status-sync pass that began after this call has listed the backend and
+        updated every Invitation: the pass in progress now (if any) ends, then one more."""
+        deadline = time.monotonic() + timeout
+        mark = time.time()
+        for what in ("the current sync pass to end", "a whole sync pass after it"):
+            while (self.metric(SYNC_METRIC) or 0.0) <= mark:
+                if self.returncode is not None:
+                    raise RuntimeError(f"operator exited:\n{self.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"not within {timeout}s: {what}\n{self.log_tail()}")
+                time.sleep(0.1)
+            mark = self.metric(SYNC_METRIC) or mark
+
     def kill(self) -> None:
         """SIGKILL: the crash that gives no chance to clean up."""
         self._signal(signal.SIGKILL, wait=10)
@@ -111,6 +141,10 @@ class OperatorProcess:
             if self.log_path.exists()
             else ""
         )
+
+    def log_lines(self, *fragments: str) -> list[str]:
+        """The log lines that contain every one of `fragments`."""
+        return [line for line in self.logs().splitlines() if all(f in line for f in fragments)]
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.logs().splitlines()[-lines:])

@@ -1,18 +1,32 @@
-"""What integration tests do to Invitations on the real API server: apply, read, wait, inspect."""
+"""What integration tests do to Invitations on the real API server: apply, read, wait, inspect.
+
+Writes a user makes go through kubectl (`apply`, `kubectl(...)`); reads and polls go through one
+HTTP client per control plane with the admin's credentials, since a kubectl fork per poll costs
+more CPU than the operator under test on a two-core machine.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
+import ssl
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import yaml
 
 from tests.controlplane.cluster import ControlPlane
 
 Body = dict[str, Any]
+
+GROUP_VERSION = "matrix-invite.dev/v1alpha1"
+POLL_SECONDS = 0.1  # one GET on loopback: cheap enough to ask often
+
+# One client (and connection pool) per control plane; it goes when its control plane goes.
+_CLIENTS: weakref.WeakKeyDictionary[ControlPlane, httpx.Client] = weakref.WeakKeyDictionary()
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
@@ -21,15 +35,68 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.5)
+        time.sleep(0.2)
+
+
+def api_client(control_plane: ControlPlane) -> httpx.Client:
+    """An HTTP client to the control plane's API server as its admin (the admin kubeconfig's
+    server, CA and token)."""
+    client = _CLIENTS.get(control_plane)
+    if client is None:
+        config = json.loads(control_plane.kubeconfig_path.read_text(encoding="utf-8"))
+        (cluster,) = config["clusters"]
+        (user,) = config["users"]
+        ca = base64.b64decode(cluster["cluster"]["certificate-authority-data"]).decode()
+        client = httpx.Client(
+            base_url=cluster["cluster"]["server"],
+            headers={"Authorization": f"Bearer {user['user']['token']}"},
+            verify=ssl.create_default_context(cadata=ca),
+            timeout=httpx.Timeout(30.0, connect=5.0),
+        )
+        _CLIENTS[control_plane] = client
+    return client
 
 
 class InvitationsApi:
-    """kubectl on the test control plane, scoped to one namespace."""
+    """The test control plane, scoped to one namespace: kubectl for writes, HTTP for reads."""
 
     def __init__(self, control_plane: ControlPlane, namespace: str) -> None:
         self.cp = control_plane
         self.namespace = namespace
+        self.http = api_client(control_plane)
+
+    def read(self, path: str, params: dict[str, str] | None = None) -> Body | None:
+        """GET an API path (JSON), None when it does not exist."""
+        try:
+            answer = self.http.get(path, params=params)
+        except httpx.TransportError:
+            # A pooled connection the API server closed (e.g. it was restarted): once more,
+            # on a new connection.
+            answer = self.http.get(path, params=params)
+        if answer.status_code == 404:
+            return None
+        if answer.status_code != 200:
+            raise AssertionError(f"GET {path}: {answer.status_code} {answer.text}")
+        body: Body = answer.json()
+        return body
+
+    def _namespaced(self, resource: str, name: str = "", *, core: bool = False) -> str:
+        prefix = "/api/v1" if core else f"/apis/{GROUP_VERSION}"
+        path = f"{prefix}/namespaces/{self.namespace}/{resource}"
+        return f"{path}/{name}" if name else path
+
+    def listed(self) -> list[Body]:
+        """Every Invitation of the namespace (`kubectl get invitations -o json`'s items)."""
+        listed = self.read(self._namespaced("invitations"))
+        assert listed is not None, f"no Invitations resource in {self.namespace}"
+        items: list[Body] = listed["items"]
+        return items
+
+    def dump(self, resource: str, *, core: bool = False) -> str:
+        """The namespace's objects of a kind as the API server sends them, for text searches."""
+        answer = self.http.get(self._namespaced(resource, core=core))
+        assert answer.status_code == 200, f"GET {resource}: {answer.status_code} {answer.text}"
+        return answer.text
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
         result = self.cp.kubectl("-n", self.namespace, *args, input=input, check=check)
@@ -48,18 +115,16 @@ class InvitationsApi:
         self.kubectl("apply", "-f", "-", input=self.manifest(name, **spec))
 
     def patch_spec(self, name: str, **spec: Any) -> None:
-        self.kubectl("patch", "invitation", name, "--type=merge", "-p", json.dumps({"spec": spec}))
+        """A JSON merge patch of the spec, as `kubectl patch --type=merge` sends it."""
+        answer = self.http.patch(
+            self._namespaced("invitations", name),
+            content=json.dumps({"spec": spec}),
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert answer.status_code == 200, f"patch {name}: {answer.status_code} {answer.text}"
 
     def get(self, name: str) -> Body | None:
-        result = self.cp.kubectl(
-            "-n", self.namespace, "get", "invitation", name, "-o", "json", check=False
-        )
-        if result.returncode != 0:
-            if "NotFound" in result.stderr:
-                return None
-            raise AssertionError(result.stderr)
-        body: Body = json.loads(result.stdout)
-        return body
+        return self.read(self._namespaced("invitations", name))
 
     def status(self, name: str) -> Body:
         body = self.get(name)
@@ -76,7 +141,7 @@ class InvitationsApi:
             last = self.get(name)
             if last is not None and predicate(last):
                 return last
-            time.sleep(0.25)
+            time.sleep(POLL_SECONDS)
         raise AssertionError(
             f"invitation {name} did not become {what or predicate} within {timeout}s; "
             f"last seen: {json.dumps((last or {}).get('status'), indent=1)}"
@@ -97,17 +162,11 @@ class InvitationsApi:
         while time.monotonic() < deadline:
             if self.get(name) is None:
                 return
-            time.sleep(0.25)
+            time.sleep(POLL_SECONDS)
         raise AssertionError(f"invitation {name} still exists after {timeout}s")
 
     def secret(self, name: str) -> Body | None:
-        result = self.cp.kubectl(
-            "-n", self.namespace, "get", "secret", name, "-o", "json", check=False
-        )
-        if result.returncode != 0:
-            return None
-        body: Body = json.loads(result.stdout)
-        return body
+        return self.read(self._namespaced("secrets", name, core=True))
 
     def secret_token(self, secret_name: str) -> str:
         secret = self.secret(secret_name)
@@ -115,10 +174,12 @@ class InvitationsApi:
         return base64.b64decode(secret["data"]["token"]).decode()
 
     def events(self, name: str) -> list[Body]:
-        out = self.kubectl(
-            "get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json"
+        listed = self.read(
+            self._namespaced("events", core=True),
+            params={"fieldSelector": f"involvedObject.name={name}"},
         )
-        items: list[Body] = json.loads(out)["items"]
+        assert listed is not None
+        items: list[Body] = listed["items"]
         return items
 
     def event_reasons(self, name: str) -> list[str]:
@@ -134,7 +195,7 @@ class InvitationsApi:
             if time.monotonic() > deadline:
                 seen = sorted({e["reason"] for e in events})
                 raise AssertionError(f"events {reasons} not all posted on {name}; seen {seen}")
-            time.sleep(0.25)
+            time.sleep(POLL_SECONDS)
 
 
 def condition(body: Body, type_: str) -> Body | None:
