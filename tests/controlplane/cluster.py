@@ -9,6 +9,11 @@ constructor, which have no RBAC rights until a test grants them. Authorisation i
 Every process runs in its own session, is tracked by PID, logs to ``<workdir>/<name>.log`` and is
 stopped by PID (SIGTERM, then SIGKILL after 10 s) by :meth:`ControlPlane.stop`, which is also
 registered with :mod:`atexit`.
+
+Reads and small writes in polling loops go straight to the API (:meth:`ControlPlane.api`, one
+HTTPS request, no process): a ``kubectl`` fork costs a fraction of a CPU second, which a test
+that polls twice a second on a shared 2-core machine pays many times over. ``kubectl`` stays for
+what tests do as an admin would (apply, create, wait, auth).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -45,6 +50,7 @@ ADMIN_GROUPS = ("system:masters",)
 
 STOP_GRACE_SECONDS = 10.0
 KUBECTL_TIMEOUT_SECONDS = 60.0
+API_TIMEOUT_SECONDS = 30.0
 LOG_TAIL_LINES = 40
 # Ports are picked by binding to port 0 and releasing it, so another process can grab one before
 # our server binds it; a fresh set of ports on retry makes that harmless.
@@ -57,6 +63,15 @@ CONTROLLERS = "garbagecollector,namespace,serviceaccount,serviceaccount-token"
 
 class ControlPlaneError(RuntimeError):
     """A control-plane process failed to start, died, or did not become ready in time."""
+
+
+class ApiError(RuntimeError):
+    """The API server answered a direct request (:meth:`ControlPlane.api`) with an error."""
+
+    def __init__(self, method: str, path: str, status: int, body: str) -> None:
+        super().__init__(f"{method} {path} answered {status}: {body}")
+        self.status = status
+        self.body = body
 
 
 class KubectlError(subprocess.CalledProcessError):
@@ -190,6 +205,8 @@ class ControlPlane:
         self._kcm_port = 0
         self._started = False
         self._atexit_registered = False
+        # Built on first use; the apiserver keeps its certificate across restarts (same cert-dir).
+        self._api_tls: ssl.SSLContext | None = None
 
     # -- public properties -------------------------------------------------------------------
 
@@ -264,6 +281,7 @@ class ControlPlane:
             self._workdir = self._requested_workdir.resolve()
         else:
             self._workdir = Path(tempfile.mkdtemp(prefix="controlplane-"))
+        self._api_tls = None
         if not self._atexit_registered:
             atexit.register(self.stop)
             self._atexit_registered = True
@@ -339,6 +357,50 @@ class ControlPlane:
         if check and result.returncode != 0:
             raise KubectlError(result.returncode, cmd, result.stdout, result.stderr)
         return result
+
+    # -- the API, directly ---------------------------------------------------------------------
+
+    def api(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        content_type: str = "application/json",
+        user: str = ADMIN_USER,
+        timeout: float = API_TIMEOUT_SECONDS,
+    ) -> dict[str, Any] | None:
+        """One request to the API server as ``user`` (admin by default); the parsed JSON answer,
+        or None for 404. Any other error status raises :class:`ApiError`. ``body`` is sent as
+        JSON (``content_type`` says which patch flavour, e.g. ``application/merge-patch+json``).
+
+        Safe from several threads: each call opens its own connection."""
+        if self._api_tls is None:
+            self._api_tls = ssl.create_default_context(cafile=str(self._ca_path))
+        conn = http.client.HTTPSConnection(
+            HOST, self._apiserver_port, timeout=timeout, context=self._api_tls
+        )
+        headers = {"Authorization": f"Bearer {self.token_for(user)}", "Accept": "application/json"}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = content_type
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            answer = conn.getresponse()
+            text = answer.read().decode("utf-8", errors="replace")
+        finally:
+            conn.close()
+        if answer.status == 404:
+            return None
+        if answer.status >= 400:
+            raise ApiError(method, path, answer.status, text)
+        parsed: dict[str, Any] = json.loads(text) if text else {}
+        return parsed
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        """``GET path`` as admin: the object, or None when it does not exist."""
+        return self.api("GET", path)
 
     def kubeconfig_for(self, user: str) -> Path:
         """Write (or rewrite) a kubeconfig for a static identity and return its path."""
@@ -510,10 +572,14 @@ class ControlPlane:
             lambda: _http_status(HOST, self._kcm_port, "/healthz", tls=True) == 200,
         )
 
-    def _write_kubeconfig(self, path: Path, user: str) -> None:
+    @property
+    def _ca_path(self) -> Path:
         # The apiserver's self-generated serving certificate file holds its chain up to its own CA,
         # which is all a client needs to trust; it is written before /readyz first answers.
-        ca_pem = (self.workdir / "apiserver-certs" / "apiserver.crt").read_bytes()
+        return self.workdir / "apiserver-certs" / "apiserver.crt"
+
+    def _write_kubeconfig(self, path: Path, user: str) -> None:
+        ca_pem = self._ca_path.read_bytes()
         config = {
             "apiVersion": "v1",
             "kind": "Config",
