@@ -1,21 +1,19 @@
 """What integration tests do to Invitations on the real API server: apply, read, wait, inspect.
 
-Writes a user makes go through kubectl (`apply`, `kubectl(...)`); reads and polls go through one
-HTTP client per control plane with the admin's credentials, since a kubectl fork per poll costs
-more CPU than the operator under test on a two-core machine.
+Writes a user makes go through kubectl (`apply`, `kubectl(...)`); reads and polls go straight to
+the API server (`ControlPlane.api`), since a kubectl fork per poll costs more CPU than the
+operator under test on a two-core machine.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import ssl
 import time
-import weakref
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import yaml
 
 from tests.controlplane.cluster import ControlPlane
@@ -24,9 +22,6 @@ Body = dict[str, Any]
 
 GROUP_VERSION = "matrix-invite.dev/v1alpha1"
 POLL_SECONDS = 0.1  # one GET on loopback: cheap enough to ask often
-
-# One client (and connection pool) per control plane; it goes when its control plane goes.
-_CLIENTS: weakref.WeakKeyDictionary[ControlPlane, httpx.Client] = weakref.WeakKeyDictionary()
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
@@ -38,65 +33,25 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.2)
 
 
-def api_client(control_plane: ControlPlane) -> httpx.Client:
-    """An HTTP client to the control plane's API server as its admin (the admin kubeconfig's
-    server, CA and token)."""
-    client = _CLIENTS.get(control_plane)
-    if client is None:
-        config = json.loads(control_plane.kubeconfig_path.read_text(encoding="utf-8"))
-        (cluster,) = config["clusters"]
-        (user,) = config["users"]
-        ca = base64.b64decode(cluster["cluster"]["certificate-authority-data"]).decode()
-        client = httpx.Client(
-            base_url=cluster["cluster"]["server"],
-            headers={"Authorization": f"Bearer {user['user']['token']}"},
-            verify=ssl.create_default_context(cadata=ca),
-            timeout=httpx.Timeout(30.0, connect=5.0),
-        )
-        _CLIENTS[control_plane] = client
-    return client
-
-
 class InvitationsApi:
-    """The test control plane, scoped to one namespace: kubectl for writes, HTTP for reads."""
+    """The test control plane, scoped to one namespace: kubectl for writes, the API for reads."""
 
     def __init__(self, control_plane: ControlPlane, namespace: str) -> None:
         self.cp = control_plane
         self.namespace = namespace
-        self.http = api_client(control_plane)
 
-    def read(self, path: str, params: dict[str, str] | None = None) -> Body | None:
-        """GET an API path (JSON), None when it does not exist."""
-        try:
-            answer = self.http.get(path, params=params)
-        except httpx.TransportError:
-            # A pooled connection the API server closed (e.g. it was restarted): once more,
-            # on a new connection.
-            answer = self.http.get(path, params=params)
-        if answer.status_code == 404:
-            return None
-        if answer.status_code != 200:
-            raise AssertionError(f"GET {path}: {answer.status_code} {answer.text}")
-        body: Body = answer.json()
-        return body
-
-    def _namespaced(self, resource: str, name: str = "", *, core: bool = False) -> str:
+    def path(self, resource: str, name: str = "", *, core: bool = False, **query: str) -> str:
+        """The API path of a namespaced resource (or one object of it), with a query."""
         prefix = "/api/v1" if core else f"/apis/{GROUP_VERSION}"
-        path = f"{prefix}/namespaces/{self.namespace}/{resource}"
-        return f"{path}/{name}" if name else path
+        path = f"{prefix}/namespaces/{self.namespace}/{resource}" + (f"/{name}" if name else "")
+        return f"{path}?{urllib.parse.urlencode(query)}" if query else path
 
-    def listed(self) -> list[Body]:
-        """Every Invitation of the namespace (`kubectl get invitations -o json`'s items)."""
-        listed = self.read(self._namespaced("invitations"))
-        assert listed is not None, f"no Invitations resource in {self.namespace}"
-        items: list[Body] = listed["items"]
+    def listed(self, resource: str = "invitations", *, core: bool = False) -> list[Body]:
+        """Every object of a kind in the namespace (Invitations: `kubectl get inv -o json`)."""
+        answer = self.cp.get(self.path(resource, core=core))
+        assert answer is not None, f"no {resource} resource in {self.namespace}"
+        items: list[Body] = answer["items"]
         return items
-
-    def dump(self, resource: str, *, core: bool = False) -> str:
-        """The namespace's objects of a kind as the API server sends them, for text searches."""
-        answer = self.http.get(self._namespaced(resource, core=core))
-        assert answer.status_code == 200, f"GET {resource}: {answer.status_code} {answer.text}"
-        return answer.text
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
         result = self.cp.kubectl("-n", self.namespace, *args, input=input, check=check)
@@ -116,15 +71,16 @@ class InvitationsApi:
 
     def patch_spec(self, name: str, **spec: Any) -> None:
         """A JSON merge patch of the spec, as `kubectl patch --type=merge` sends it."""
-        answer = self.http.patch(
-            self._namespaced("invitations", name),
-            content=json.dumps({"spec": spec}),
-            headers={"Content-Type": "application/merge-patch+json"},
+        patched = self.cp.api(
+            "PATCH",
+            self.path("invitations", name),
+            {"spec": spec},
+            content_type="application/merge-patch+json",
         )
-        assert answer.status_code == 200, f"patch {name}: {answer.status_code} {answer.text}"
+        assert patched is not None, f"invitation {name} is gone"
 
     def get(self, name: str) -> Body | None:
-        return self.read(self._namespaced("invitations", name))
+        return self.cp.get(self.path("invitations", name))
 
     def status(self, name: str) -> Body:
         body = self.get(name)
@@ -166,7 +122,7 @@ class InvitationsApi:
         raise AssertionError(f"invitation {name} still exists after {timeout}s")
 
     def secret(self, name: str) -> Body | None:
-        return self.read(self._namespaced("secrets", name, core=True))
+        return self.cp.get(self.path("secrets", name, core=True))
 
     def secret_token(self, secret_name: str) -> str:
         secret = self.secret(secret_name)
@@ -174,12 +130,10 @@ class InvitationsApi:
         return base64.b64decode(secret["data"]["token"]).decode()
 
     def events(self, name: str) -> list[Body]:
-        listed = self.read(
-            self._namespaced("events", core=True),
-            params={"fieldSelector": f"involvedObject.name={name}"},
-        )
-        assert listed is not None
-        items: list[Body] = listed["items"]
+        path = self.path("events", core=True, fieldSelector=f"involvedObject.name={name}")
+        answer = self.cp.get(path)
+        assert answer is not None
+        items: list[Body] = answer["items"]
         return items
 
     def event_reasons(self, name: str) -> list[str]:

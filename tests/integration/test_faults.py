@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.controlplane.cluster import ControlPlane
+from tests.controlplane.cluster import ApiError, ControlPlane
 from tests.doubles.mas import TOKENS_PATH, AdminApiServing, MasDouble
 from tests.doubles.smtp import SmtpDouble
 from tests.integration.conftest import MAS_CLIENT_ID, MAS_CLIENT_SECRET
@@ -513,12 +513,12 @@ def test_a_cluster_refusing_our_secret_stalls_then_heals(
 
 def _secret_refused(invitations: InvitationsApi) -> bool:
     """A server-side dry run of a Secret's creation, as `kubectl create --dry-run=server`."""
-    answer = invitations.http.post(
-        f"/api/v1/namespaces/{invitations.namespace}/secrets",
-        params={"dryRun": "All"},
-        json={"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "probe"}},
-    )
-    return answer.status_code != 201 and "Secrets are frozen" in answer.text
+    probe = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "probe"}}
+    try:
+        invitations.cp.api("POST", invitations.path("secrets", core=True, dryRun="All"), probe)
+    except ApiError as refused:
+        return "Secrets are frozen" in refused.body
+    return False
 
 
 def _refuse_secrets_policy(name: str, invitations: InvitationsApi) -> str:

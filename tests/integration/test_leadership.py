@@ -70,7 +70,7 @@ def kubeconfig_via(proxy: ForwardingProxy, control_plane: ControlPlane, path: Pa
 
 
 def lease_holder(invitations: InvitationsApi, name: str) -> str | None:
-    lease = invitations.read(f"{LEASE_PREFIX}namespaces/{invitations.namespace}/leases/{name}")
+    lease = invitations.cp.get(f"{LEASE_PREFIX}namespaces/{invitations.namespace}/leases/{name}")
     holder = (lease or {}).get("spec", {}).get("holderIdentity")
     return str(holder) if holder else None
 
