@@ -39,8 +39,9 @@ def check_invariants(
     duplicate_mail_allowed: bool = False,
 ) -> InvariantReport:
     report = InvariantReport()
-    bodies = invitations.listed()
-    live = [b for b in bodies if not b["metadata"].get("deletionTimestamp")]
+    listed = invitations.kubectl("get", "invitations", "-o", "name").split()
+    bodies = [invitations.get(item.split("/", 1)[1]) for item in listed]
+    live = [b for b in bodies if b is not None and not b["metadata"].get("deletionTimestamp")]
     tokens = {t["id"]: t for t in mas.tokens()}
     claimed: set[str | None] = set()
     mails = Counter(rcpt for m in smtp.messages for rcpt in m.rcpt_tos)
