@@ -147,7 +147,7 @@ def start_operator(
 
     yield start
     for process in started:
-        process.stop()
+        process.stop_after_cleanup()
     synapse_secrets = (
         {t["token"] for t in synapse.tokens()} | {synapse.admin_token} if synapse else set()
     )

@@ -56,7 +56,7 @@ def test_restart_makes_no_mas_write_no_mail_and_no_api_write(
     invitations.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
     wait_until(f"{COUNT} Invitations Sent", lambda: len(settled(invitations)) == COUNT, 180)
     smtp.wait_for_sync(COUNT, timeout=10)
-    first.stop()
+    first.stop_after_cleanup()
 
     before = settled(invitations)
     versions = {name: body["metadata"]["resourceVersion"] for name, body in before.items()}

@@ -141,7 +141,7 @@ def test_revoke_deletes_the_token_and_unrevoke_issues_it_again_even_after_a_rest
 
     # A restarted operator knows nothing of the deleted token; it must not issue it again: not
     # when Kopf hands it the Invitation, nor in a whole sync pass after that.
-    operator.stop()
+    operator.stop_after_cleanup()
     restarted = start_operator()
     wait_until(
         "Kopf's handling after the restart", lambda: bool(restarted.log_lines(" is processed")), 30
