@@ -1,5 +1,12 @@
 """Fixtures shared by all test layers: the control plane (tests.controlplane) and a real Synapse
-(tests.servers); the fast layer's crash-point summary (tests.reconcile.summary)."""
+(tests.servers); the run-wide secret-hygiene line (tests.secret_hygiene) and the fast layer's
+crash-point summary (tests.reconcile.summary).
+
+Under pytest-xdist (``make test`` runs ``-n``), session fixtures are per worker: each worker starts
+its own control plane, Synapse, Flux controllers and Chromium (temporary directories, free ports on
+127.0.0.1), so no state crosses workers. The one thing that adds up over the whole run, the leak
+scan's ledger, reaches the controller through xdist's ``workeroutput`` (tests.secret_hygiene).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ import pytest
 pytest_plugins = [
     "tests.controlplane.fixtures",
     "tests.servers.fixtures",
+    "tests.secret_hygiene",
     "tests.reconcile.summary",
 ]
 

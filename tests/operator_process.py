@@ -2,6 +2,8 @@
 
 Integration tests, the demo and the benchmarks use it the same way: environment in, PID out,
 logs to a file; `kill()` sends SIGKILL for crash tests, `stop()` SIGTERM then SIGKILL.
+`wait_for_sync_pass()` is the barrier for "nothing happened": it returns once a whole status-sync
+pass has run after the call, as the operator's own /metrics reports it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+SYNC_METRIC = "matrix_invite_last_successful_sync_timestamp_seconds"
+CLEANUP_DONE = "Activity 'stop' succeeded"  # Kopf, after handlers.stop (on.cleanup) returned
 
 
 def free_port() -> int:
@@ -79,6 +85,31 @@ class OperatorProcess:
             time.sleep(0.2)
         raise RuntimeError(f"operator not healthy within {timeout}s:\n{self.log_tail()}")
 
+    def metric(self, name: str) -> float | None:
+        """The value of an unlabelled sample on the operator's /metrics, None if it has none."""
+        url = f"http://127.0.0.1:{self.env['MATRIX_INVITE_METRICS_PORT']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            text = answer.read().decode()
+        for line in text.splitlines():
+            sample, _, value = line.rpartition(" ")
+            if sample == name:
+                return float(value)
+        return None
+
+    def wait_for_sync_pass(self, timeout: float = 30.0) -> None:
+        """Wait until a status-sync pass that began after this call has listed the backend and
+        updated every Invitation: the pass in progress now (if any) ends, then one more."""
+        deadline = time.monotonic() + timeout
+        mark = time.time()
+        for what in ("the current sync pass to end", "a whole sync pass after it"):
+            while (self.metric(SYNC_METRIC) or 0.0) <= mark:
+                if self.returncode is not None:
+                    raise RuntimeError(f"operator exited:\n{self.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"not within {timeout}s: {what}\n{self.log_tail()}")
+                time.sleep(0.1)
+            mark = self.metric(SYNC_METRIC) or mark
+
     def kill(self) -> None:
         """SIGKILL: the crash that gives no chance to clean up."""
         self._signal(signal.SIGKILL, wait=10)
@@ -89,6 +120,25 @@ class OperatorProcess:
         self._signal(signal.SIGTERM, wait=15)
         if self._process.poll() is None:
             self._signal(signal.SIGKILL, wait=10)
+
+    def stop_after_cleanup(self, timeout: float = 15.0) -> None:
+        """For a test's teardown: SIGTERM, then SIGKILL once the operator's cleanup handler has
+        run (Kopf logs "Activity 'stop' succeeded"), or after `timeout`.
+
+        What `stop()` waits for beyond that is Kopf giving its idle per-object workers up to 5 s
+        to end; no test is about it, and every test would pay it. A test about an orderly stop
+        (the Lease handed over, say) calls `stop()`.
+        """
+        if self._process is None or self._process.poll() is not None:
+            return
+        done = len(self.log_lines(CLEANUP_DONE))  # Kopf may have restarted in this process
+        os.killpg(self._process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self._process.poll() is None and time.monotonic() < deadline:
+            if len(self.log_lines(CLEANUP_DONE)) > done:
+                break
+            time.sleep(0.05)
+        self._signal(signal.SIGKILL, wait=10)
 
     def _signal(self, sig: signal.Signals, *, wait: float) -> None:
         if self._process is None or self._process.poll() is not None:
@@ -111,6 +161,10 @@ class OperatorProcess:
             if self.log_path.exists()
             else ""
         )
+
+    def log_lines(self, *fragments: str) -> list[str]:
+        """The log lines that contain every one of `fragments`."""
+        return [line for line in self.logs().splitlines() if all(f in line for f in fragments)]
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.logs().splitlines()[-lines:])

@@ -11,6 +11,11 @@ Authorisation is real RBAC.
 Every process runs in its own session, is tracked by PID, logs to ``<workdir>/<name>.log`` and is
 stopped by PID (SIGTERM, then SIGKILL after 10 s) by :meth:`ControlPlane.stop`, which is also
 registered with :mod:`atexit`.
+
+Reads and small writes in polling loops go straight to the API (:meth:`ControlPlane.api`, one
+HTTPS request, no process): a ``kubectl`` fork costs a fraction of a CPU second, which a test
+that polls twice a second on a shared 2-core machine pays many times over. ``kubectl`` stays for
+what tests do as an admin would (apply, create, wait, auth).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -49,7 +54,9 @@ ADMIN_USER = "admin"
 ADMIN_GROUPS = ("system:masters",)
 
 STOP_GRACE_SECONDS = 10.0
+ETCD_OUTAGE_GRACE_SECONDS = 1.0
 KUBECTL_TIMEOUT_SECONDS = 60.0
+API_TIMEOUT_SECONDS = 30.0
 LOG_TAIL_LINES = 40
 # Ports are picked by binding to port 0 and releasing it, so another process can grab one before
 # our server binds it; a fresh set of ports on retry makes that harmless.
@@ -62,6 +69,15 @@ CONTROLLERS = "garbagecollector,namespace,serviceaccount,serviceaccount-token"
 
 class ControlPlaneError(RuntimeError):
     """A control-plane process failed to start, died, or did not become ready in time."""
+
+
+class ApiError(RuntimeError):
+    """The API server answered a direct request (:meth:`ControlPlane.api`) with an error."""
+
+    def __init__(self, method: str, path: str, status: int, body: str) -> None:
+        super().__init__(f"{method} {path} answered {status}: {body}")
+        self.status = status
+        self.body = body
 
 
 class KubectlError(subprocess.CalledProcessError):
@@ -103,12 +119,12 @@ class _Process:
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
-    def stop(self) -> None:
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         popen = self.popen
         if popen is not None and popen.poll() is None:
             popen.send_signal(signal.SIGTERM)
             try:
-                popen.wait(timeout=STOP_GRACE_SECONDS)
+                popen.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 popen.kill()
                 popen.wait()
@@ -195,6 +211,10 @@ class ControlPlane:
         self._kcm_port = 0
         self._started = False
         self._atexit_registered = False
+        # Built on first use; the apiserver keeps its certificate across restarts (same cert-dir).
+        self._api_tls: ssl.SSLContext | None = None
+        # apiVersion -> {kind: (plural, namespaced)}, read from discovery on first use.
+        self._discovered: dict[str, dict[str, tuple[str, bool]]] = {}
 
     # -- public properties -------------------------------------------------------------------
 
@@ -269,6 +289,7 @@ class ControlPlane:
             self._workdir = self._requested_workdir.resolve()
         else:
             self._workdir = Path(tempfile.mkdtemp(prefix="controlplane-"))
+        self._api_tls = None
         if not self._atexit_registered:
             atexit.register(self.stop)
             self._atexit_registered = True
@@ -311,13 +332,18 @@ class ControlPlane:
 
     def restart_etcd(self) -> None:
         """Stop and start etcd on the same port and data dir; waits for the apiserver to recover."""
-        self._processes["etcd"].stop()
+        self.stop_etcd()
         self._start_etcd()
         self._wait_apiserver_ready()
 
     def stop_etcd(self) -> None:
-        """Stop etcd only (for outage tests); :meth:`restart_etcd` brings it back."""
-        self._processes["etcd"].stop()
+        """Stop etcd only (for outage tests); :meth:`restart_etcd` brings it back.
+
+        Under a running apiserver, SIGTERM alone takes etcd about 7 s: it waits for the
+        apiserver's watch streams to close. The apiserver loses etcd at the signal either way, and
+        a kill loses no data (writes are in the OS's page cache when etcd answers them), so after
+        a short grace etcd is killed."""
+        self._processes["etcd"].stop(grace=ETCD_OUTAGE_GRACE_SECONDS)
 
     # -- kubectl and kubeconfigs -------------------------------------------------------------
 
@@ -344,6 +370,84 @@ class ControlPlane:
         if check and result.returncode != 0:
             raise KubectlError(result.returncode, cmd, result.stdout, result.stderr)
         return result
+
+    # -- the API, directly ---------------------------------------------------------------------
+
+    def api(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        content_type: str = "application/json",
+        user: str = ADMIN_USER,
+        timeout: float = API_TIMEOUT_SECONDS,
+    ) -> dict[str, Any] | None:
+        """One request to the API server as ``user`` (admin by default); the parsed JSON answer,
+        or None for 404. Any other error status raises :class:`ApiError`. ``body`` is sent as
+        JSON (``content_type`` says which patch flavour, e.g. ``application/merge-patch+json``).
+
+        Safe from several threads: each call opens its own connection."""
+        if self._api_tls is None:
+            self._api_tls = ssl.create_default_context(cafile=str(self._ca_path))
+        conn = http.client.HTTPSConnection(
+            HOST, self._apiserver_port, timeout=timeout, context=self._api_tls
+        )
+        headers = {"Authorization": f"Bearer {self.token_for(user)}", "Accept": "application/json"}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = content_type
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            answer = conn.getresponse()
+            text = answer.read().decode("utf-8", errors="replace")
+        finally:
+            conn.close()
+        if answer.status == 404:
+            return None
+        if answer.status >= 400:
+            raise ApiError(method, path, answer.status, text)
+        parsed: dict[str, Any] = json.loads(text) if text else {}
+        return parsed
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        """``GET path`` as admin: the object, or None when it does not exist."""
+        return self.api("GET", path)
+
+    def server_side_apply(
+        self, objects: Sequence[Mapping[str, Any]], *, field_manager: str = "tests"
+    ) -> None:
+        """Server-side apply of each object as admin, as ``kubectl apply --server-side
+        --force-conflicts`` does it, one HTTPS request per object and no process."""
+        for body in objects:
+            self.api(
+                "PATCH",
+                f"{self.object_path(body)}?fieldManager={field_manager}&force=true",
+                body,
+                content_type="application/apply-patch+yaml",  # JSON is YAML
+            )
+
+    def object_path(self, body: Mapping[str, Any]) -> str:
+        """The API path of an object (its ``apiVersion``, ``kind``, ``metadata.name`` and, for a
+        namespaced kind, ``metadata.namespace``), from the API server's discovery."""
+        api_version: str = body["apiVersion"]
+        base = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+        # Read again when a kind is missing: a CRD may have added it since.
+        if body["kind"] not in self._discovered.get(api_version, {}):
+            found = self.get(base)
+            if found is None:
+                raise ApiError("GET", base, 404, f"the API server serves no {api_version}")
+            self._discovered[api_version] = {
+                resource["kind"]: (resource["name"], resource["namespaced"])
+                for resource in found["resources"]
+                if "/" not in resource["name"]  # subresources such as roles/status
+            }
+        plural, namespaced = self._discovered[api_version][body["kind"]]
+        metadata = body["metadata"]
+        if namespaced:
+            return f"{base}/namespaces/{metadata['namespace']}/{plural}/{metadata['name']}"
+        return f"{base}/{plural}/{metadata['name']}"
 
     def kubeconfig_for(self, user: str) -> Path:
         """Write (or rewrite) a kubeconfig for a static identity and return its path."""
@@ -580,12 +684,16 @@ class ControlPlane:
             lambda: _http_status(HOST, self._kcm_port, "/healthz", tls=True) == 200,
         )
 
+    @property
+    def _ca_path(self) -> Path:
+        # The apiserver's self-generated serving certificate file holds its chain up to its own CA,
+        # which is all a client needs to trust; it is written before /readyz first answers.
+        return self.workdir / "apiserver-certs" / "apiserver.crt"
+
     def _write_kubeconfig(
         self, path: Path, user: str, stanza: Mapping[str, object] | None = None
     ) -> None:
-        # The apiserver's self-generated serving certificate file holds its chain up to its own CA,
-        # which is all a client needs to trust; it is written before /readyz first answers.
-        ca_pem = (self.workdir / "apiserver-certs" / "apiserver.crt").read_bytes()
+        ca_pem = self._ca_path.read_bytes()
         config = {
             "apiVersion": "v1",
             "kind": "Config",

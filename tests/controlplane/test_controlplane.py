@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.controlplane.build import kube_version
-from tests.controlplane.cluster import ControlPlane
+from tests.controlplane.cluster import ApiError, ControlPlane
 from tests.controlplane.fixtures import UNPRIVILEGED_USER
 
 pytestmark = pytest.mark.integration
@@ -56,10 +56,7 @@ def test_garbage_collector_deletes_dependents(control_plane: ControlPlane, names
     control_plane.kubectl("delete", "configmap", "owner", "-n", namespace)
 
     def dependent_gone() -> bool:
-        result = control_plane.kubectl(
-            "get", "configmap", "dependent", "-n", namespace, "--ignore-not-found", "-o", "name"
-        )
-        return result.stdout.strip() == ""
+        return control_plane.get(f"/api/v1/namespaces/{namespace}/configmaps/dependent") is None
 
     _eventually(dependent_gone, "garbage collector deletes the dependent ConfigMap")
 
@@ -90,6 +87,63 @@ def test_static_identity_without_rbac_is_forbidden(
     assert f'User "{UNPRIVILEGED_USER}" cannot list resource "secrets"' in result.stderr
     # The same request as admin succeeds, so it is RBAC and not a broken server that refused.
     control_plane.kubectl("get", "secrets", "-n", namespace)
+
+
+def test_direct_api_requests_read_write_and_are_authorised(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    path = f"/api/v1/namespaces/{namespace}/configmaps"
+    assert control_plane.get(f"{path}/direct") is None  # 404 is "absent", not an error
+
+    created = control_plane.api("POST", path, {"metadata": {"name": "direct"}, "data": {"a": "1"}})
+    assert created is not None
+    assert created["metadata"]["namespace"] == namespace
+    control_plane.api(
+        "PATCH",
+        f"{path}/direct",
+        {"data": {"b": "2"}},
+        content_type="application/merge-patch+json",
+    )
+    # kubectl, a separate client, sees what the direct requests wrote.
+    seen = json.loads(
+        control_plane.kubectl("-n", namespace, "get", "configmap", "direct", "-o", "json").stdout
+    )
+    assert seen["data"] == {"a": "1", "b": "2"}
+
+    with pytest.raises(ApiError) as refused:
+        control_plane.api("GET", f"{path}/direct", user=UNPRIVILEGED_USER)
+    assert refused.value.status == 403
+    message = json.loads(refused.value.body)["message"]
+    assert f'User "{UNPRIVILEGED_USER}" cannot get resource "configmaps"' in message
+
+
+def test_server_side_apply_creates_and_updates_namespaced_and_cluster_objects(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "applied", "namespace": namespace},
+        "data": {"a": "1"},
+    }
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": f"applied-{namespace}"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}],
+    }
+    control_plane.server_side_apply([config_map, role])
+    control_plane.server_side_apply([{**config_map, "data": {"a": "2"}}])
+
+    applied = control_plane.get(f"/api/v1/namespaces/{namespace}/configmaps/applied")
+    assert applied is not None
+    assert applied["data"] == {"a": "2"}
+    assert [m["manager"] for m in applied["metadata"]["managedFields"]] == ["tests"]
+    cluster_role = json.loads(
+        control_plane.kubectl("get", "clusterrole", f"applied-{namespace}", "-o", "json").stdout
+    )
+    assert cluster_role["rules"] == role["rules"]
+    control_plane.kubectl("delete", "clusterrole", f"applied-{namespace}")
 
 
 def test_restart_etcd_and_apiserver_keep_data() -> None:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import tempfile
@@ -100,9 +101,21 @@ def render_text(
     namespace: str = "matrix-invite",
     show_only: Sequence[str] = (),
 ) -> str:
+    """`helm template`'s output. The chart does not change during a run, so the same values,
+    release, namespace and templates render once per process (a helm process costs a good part
+    of a CPU second); a failing render is never cached."""
+    return _render_once(json.dumps(values or {}, sort_keys=True), release, namespace, (*show_only,))
+
+
+@functools.cache
+def _render_once(values_json: str, release: str, namespace: str, show_only: tuple[str, ...]) -> str:
     with tempfile.TemporaryDirectory(prefix="chart-values-") as tmp:
         args = template_args(
-            values or {}, Path(tmp), release=release, namespace=namespace, show_only=show_only
+            json.loads(values_json),
+            Path(tmp),
+            release=release,
+            namespace=namespace,
+            show_only=show_only,
         )
         return helm(*args).stdout
 

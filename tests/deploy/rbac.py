@@ -11,18 +11,27 @@ is swapped from the chart's ServiceAccount to the given identity.
 The identity must be a static one of the session control plane (see `control_plane_identities`
 in tests/conftest.py, which declares `operator`), or a ServiceAccount
 (`subject=service_account_subject(...)`, with `service_account_kubeconfig`).
+
+Every integration test binds a fresh namespace, so a `helm template` per test would cost a helm
+process each time. The chart's RBAC is rendered once per process for stand-in namespace names and
+the test's names are put in their place; that is the chart's own rendering only if the chart
+uses the names as plain values, so the stand-ins are rendered twice, with names of different
+lengths, and the two renderings must agree after swapping the names (else the test fails and
+says so).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tests.controlplane.cluster import ControlPlane
-from tests.deploy.chart import Manifest, render
+from tests.deploy.chart import Manifest, parse, render_text
 
 OPERATOR_USER = "operator"
 OPERATOR_GROUPS = ("matrix-invite:operators",)
@@ -31,12 +40,38 @@ OPERATOR_GROUPS = ("matrix-invite:operators",)
 def chart_rbac(
     namespaces: Sequence[str] = (), *, cluster_wide: bool = False, release: str = "rbac"
 ) -> list[Manifest]:
-    """The chart's RBAC objects for these watched namespaces (or cluster-wide), as rendered."""
+    """The chart's RBAC objects for these watched namespaces (or cluster-wide), as rendered
+    (for stand-in names, then with these names in their place: see the module's docstring)."""
+    text, stand_ins = _rendered_for_stand_ins(len(namespaces), cluster_wide, release)
+    return parse(_swap_names(text, stand_ins, tuple(namespaces)))
+
+
+def _render_rbac(namespaces: Sequence[str], cluster_wide: bool, release: str) -> str:
     values: dict[str, Any] = {"clusterWide": cluster_wide, "watchNamespaces": list(namespaces)}
     release_namespace = namespaces[0] if namespaces else "default"
-    return render(
+    return render_text(
         values, release=release, namespace=release_namespace, show_only=["templates/rbac.yaml"]
     )
+
+
+@functools.cache
+def _rendered_for_stand_ins(
+    count: int, cluster_wide: bool, release: str
+) -> tuple[str, tuple[str, ...]]:
+    short = tuple(f"ns{i}-{secrets.token_hex(4)}" for i in range(count))
+    long = tuple(f"a-longer-stand-in-namespace-{i}-{secrets.token_hex(8)}" for i in range(count))
+    text = _render_rbac(short, cluster_wide, release)
+    assert _swap_names(text, short, long) == _render_rbac(long, cluster_wide, release), (
+        "the chart's RBAC depends on the watched namespaces' names beyond naming them: "
+        "render it per namespace (tests/deploy/rbac.py)"
+    )
+    return text, short
+
+
+def _swap_names(text: str, old: Sequence[str], new: Sequence[str]) -> str:
+    for before, after in zip(old, new, strict=True):
+        text = text.replace(before, after)
+    return text
 
 
 def chart_lease_name(objects: Sequence[Manifest]) -> str:
@@ -77,7 +112,7 @@ def bind_chart_rbac(
     for manifest in objects:
         if manifest["kind"] in ("RoleBinding", "ClusterRoleBinding"):
             manifest["subjects"] = [dict(subject or user_subject(user))]
-    control_plane.kubectl("apply", "-f", "-", input=json.dumps(_list(objects)))
+    control_plane.server_side_apply(objects)
     return objects
 
 

@@ -39,7 +39,9 @@ CRD = "customresourcedefinition.apiextensions.k8s.io/invitations.matrix-invite.d
 
 @pytest.fixture(scope="module")
 def fresh_cluster() -> Iterator[ControlPlane]:
-    with ControlPlane(binaries=ensure_binaries()) as control_plane:
+    # No kube-controller-manager: nothing here needs garbage collection, namespace deletion or
+    # default ServiceAccounts (the chart brings its own, and TokenRequest is the API server's).
+    with ControlPlane(binaries=ensure_binaries(), controller_manager=False) as control_plane:
         yield control_plane
 
 

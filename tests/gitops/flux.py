@@ -24,9 +24,18 @@ Body = dict[str, Any]
 HOST = "127.0.0.1"
 BRANCH = "main"
 STARTUP_TIMEOUT_SECONDS = 60.0
-# kustomize-controller re-checks a Kustomization whose dependsOn is not Ready after this long;
-# its default (30 s) would dominate every test.
-REQUEUE_DEPENDENCY = "2s"
+# kustomize-controller re-checks a Kustomization whose dependsOn is not Ready (or not yet at the
+# source's revision) after this long; every commit waits for it once or twice down the guide's
+# dependsOn chain (ess -> operator -> invitations), so its default (30 s) would dominate every test.
+REQUEUE_DEPENDENCY = "1s"
+# The version of both Flux APIs the tests use (kustomize.toolkit.fluxcd.io, source.toolkit...).
+FLUX_API_VERSION = "v1"
+KUSTOMIZATIONS = "kustomizations.kustomize.toolkit.fluxcd.io"
+GIT_REPOSITORIES = "gitrepositories.source.toolkit.fluxcd.io"
+# The annotation `flux reconcile` sets; a new value asks the controller to reconcile now.
+RECONCILE_REQUESTED_AT = "reconcile.fluxcd.io/requestedAt"
+# How often the waits read a Kustomization: one HTTPS GET each, no process.
+POLL_SECONDS = 0.25
 
 
 def revision(commit: str) -> str:
@@ -125,43 +134,43 @@ class FluxControllers:
 
 
 class FluxApi:
-    """Flux objects of one namespace on the test control plane: read, nudge, wait."""
+    """Flux objects of one namespace on the test control plane: read, nudge, wait.
+
+    Straight to the API (:meth:`ControlPlane.api`), no ``kubectl`` fork: the waits poll often."""
 
     def __init__(self, cp: ControlPlane, namespace: str) -> None:
         self.cp = cp
         self.namespace = namespace
 
+    def path(self, kind: str, name: str = "") -> str:
+        """The API path of a Flux object (``kind`` as ``<plural>.<group>``) or, without a name,
+        of its collection in this namespace."""
+        plural, group = kind.split(".", 1)
+        collection = f"/apis/{group}/{FLUX_API_VERSION}/namespaces/{self.namespace}/{plural}"
+        return f"{collection}/{name}" if name else collection
+
     def get(self, kind: str, name: str) -> Body:
-        out = self.cp.kubectl("-n", self.namespace, "get", kind, name, "-o", "json").stdout
-        body: Body = json.loads(out)
+        body = self.cp.get(self.path(kind, name))
+        if body is None:
+            raise AssertionError(f"{kind} {self.namespace}/{name} does not exist")
         return body
 
     def kustomization(self, name: str) -> Body:
-        return self.get("kustomizations.kustomize.toolkit.fluxcd.io", name)
+        return self.get(KUSTOMIZATIONS, name)
+
+    def patch(self, kind: str, name: str, patch: Body) -> None:
+        self.cp.api(
+            "PATCH", self.path(kind, name), patch, content_type="application/merge-patch+json"
+        )
 
     def reconcile_now(self, *kustomizations: str) -> None:
         """What ``flux reconcile kustomization --with-source`` does: annotate with a new value."""
-        stamp = f"requestedAt={time.time_ns()}"
-        annotation = f"reconcile.fluxcd.io/{stamp}"
-        self.cp.kubectl(
-            "-n",
-            self.namespace,
-            "annotate",
-            "--overwrite",
-            "gitrepositories.source.toolkit.fluxcd.io",
-            "--all",
-            annotation,
-        )
+        nudge = {"metadata": {"annotations": {RECONCILE_REQUESTED_AT: str(time.time_ns())}}}
+        sources = self.cp.get(self.path(GIT_REPOSITORIES)) or {"items": []}
+        for source in sources["items"]:
+            self.patch(GIT_REPOSITORIES, source["metadata"]["name"], nudge)
         for name in kustomizations:
-            self.cp.kubectl(
-                "-n",
-                self.namespace,
-                "annotate",
-                "--overwrite",
-                "kustomizations.kustomize.toolkit.fluxcd.io",
-                name,
-                annotation,
-            )
+            self.patch(KUSTOMIZATIONS, name, nudge)
 
     def wait_kustomization(
         self, name: str, *, commit: str | None = None, ready: str = "True", timeout: float = 60.0
@@ -183,7 +192,7 @@ class FluxApi:
                 and condition.get("observedGeneration", 0) >= last["metadata"]["generation"]
             ):
                 return last
-            time.sleep(0.5)
+            time.sleep(POLL_SECONDS)
         raise AssertionError(
             f"Kustomization {name} not Ready={ready} at {commit} within {timeout}s; "
             f"status: {json.dumps(last.get('status'), indent=1)}"

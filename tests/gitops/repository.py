@@ -39,9 +39,12 @@ SOPS_TIMEOUT_SECONDS = 30
 
 # Kustomization interval and timeout in tests: a commit is picked up by `reconcile_now`, the
 # interval only re-runs health checks after a failure; the guide's 5 m timeout would make a
-# failing health check take 5 minutes to show.
+# failing health check take 5 minutes to show. 30 s is the shortest timeout kustomize-controller
+# applies (Kustomization.GetTimeout raises anything shorter to 30 s). After a failed attempt (MAS
+# down, a bad commit) the guide's retryInterval is what the test then waits for: 2 s here.
 TEST_INTERVAL = "5s"
-TEST_TIMEOUT = "20s"
+TEST_RETRY_INTERVAL = "2s"
+TEST_TIMEOUT = "30s"
 TEST_OVERRIDES = (
     "metadata.namespace",
     "spec.targetNamespace",
@@ -68,7 +71,7 @@ def for_test(document: Body, namespace: str, *, git_url: str | None = None) -> B
         spec["targetNamespace"] = namespace
         spec["interval"] = TEST_INTERVAL
         if "retryInterval" in spec:
-            spec["retryInterval"] = TEST_INTERVAL
+            spec["retryInterval"] = TEST_RETRY_INTERVAL
         spec["timeout"] = TEST_TIMEOUT
     elif body["kind"] == "GitRepository":
         spec["interval"] = TEST_INTERVAL

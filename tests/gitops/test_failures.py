@@ -41,6 +41,8 @@ def test_mas_down_while_flux_applies_then_back(
     failing = gitops.invitations_kustomization(commit=commit, ready="False", timeout=90)
     message = condition(failing, "Ready")["message"]  # type: ignore[index]
     assert f"Invitation/{gitops.namespace}/ada" in message
+    # Flux gave up waiting (its timeout, 30 s at the least), not on a failed Invitation.
+    assert "timeout waiting for" in message
     assert failing["status"].get("lastAppliedRevision") != revision(commit)
     pending = invitations.get("ada")
     assert pending is not None

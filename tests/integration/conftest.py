@@ -9,6 +9,7 @@ so tests cannot see each other's Invitations and a killed operator takes nothing
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tests.doubles.mas import MasDouble
 from tests.doubles.smtp import SmtpDouble
 from tests.integration.harness import InvitationsApi
 from tests.operator_process import OperatorProcess
+from tests.secret_hygiene import LEAK_LEDGER
 from tests.servers.synapse import SynapseServer
 
 SMTP_USER = "operator@example.org"
@@ -87,9 +89,13 @@ def operator_env(
         "MATRIX_INVITE_MAIL_FROM_NAME": "Example Matrix",
         "MATRIX_INVITE_SERVER_NAME": "example.org",
         "MATRIX_INVITE_REGISTRATION_URL": "https://auth.example.org/register",
-        "MATRIX_INVITE_SYNC_INTERVAL_SECONDS": "2",
-        "MATRIX_INVITE_RETRY_BASE_SECONDS": "1",
-        "MATRIX_INVITE_RETRY_MAX_SECONDS": "5",
+        # Short intervals, since tests wait for them (each test that is about an interval sets
+        # its own): a sync pass every second, retries from 0.5 s doubling to 2 s.
+        "MATRIX_INVITE_SYNC_INTERVAL_SECONDS": "1",
+        "MATRIX_INVITE_RETRY_BASE_SECONDS": "0.5",
+        "MATRIX_INVITE_RETRY_MAX_SECONDS": "2",
+        # No send-rate limit: only test_mail_delivery's rate-limit test is about it, and sets it.
+        "MATRIX_INVITE_MAIL_RATE_PER_MINUTE": "0",
     }
     if backend == "synapse":
         synapse: SynapseServer = request.getfixturevalue("synapse")
@@ -142,7 +148,7 @@ def start_operator(
 
     yield start
     for process in started:
-        process.stop()
+        process.stop_after_cleanup()
     synapse_secrets = (
         {t["token"] for t in synapse.tokens()} | {synapse.admin_token} if synapse else set()
     )
@@ -167,32 +173,13 @@ def assert_no_secret_leaks(
     secrets_known = {t["token"] for t in mas.tokens()} | {MAS_CLIENT_SECRET, SMTP_PASSWORD}
     secrets_known |= extra
     haystacks = {f"operator log {p.log_path.name}": p.logs() for p in processes}
-    haystacks["events"] = invitations.kubectl("get", "events", "-o", "yaml")
-    haystacks["invitations"] = invitations.kubectl("get", "invitations", "-o", "yaml")
+    haystacks["events"] = json.dumps(invitations.listed("events", core=True))
+    haystacks["invitations"] = json.dumps(invitations.listed())
     LEAK_LEDGER.searched += len(haystacks)
     LEAK_LEDGER.secrets += len(secrets_known)
     leaks = [where for where, text in haystacks.items() for value in secrets_known if value in text]
     LEAK_LEDGER.leaks += len(leaks)
     assert leaks == [], f"secret values leaked into: {sorted(set(leaks))}"
-
-
-class _LeakLedger:
-    """Totals over the session, printed in the terminal summary."""
-
-    searched = 0
-    secrets = 0
-    leaks = 0
-
-
-LEAK_LEDGER = _LeakLedger()
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if LEAK_LEDGER.searched:
-        terminalreporter.write_line(
-            f"secret hygiene: searched {LEAK_LEDGER.searched} logs/Event/Invitation dumps for "
-            f"{LEAK_LEDGER.secrets} secret values, {LEAK_LEDGER.leaks} leaks"
-        )
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ssl
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from tests.doubles.mas import TOKENS_PATH, MasDouble
 from tests.doubles.smtp import SmtpDouble, make_certificates
 from tests.integration.conftest import MAS_CLIENT_ID, MAS_CLIENT_SECRET
-from tests.integration.harness import InvitationsApi, condition
+from tests.integration.harness import InvitationsApi, condition, wait_until
 from tests.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.integration
@@ -132,7 +131,12 @@ def test_missing_mas_credentials_keep_the_operator_up_and_say_what_is_missing(
     assert ready is not None
     assert ready["reason"] == "OperatorMisconfigured"
     assert "MATRIX_INVITE_MAS_CLIENT_ID" in ready["message"]
-    time.sleep(6)  # a retry interval (5 s in tests) later: still running, no log flood
+    # A retry interval (2 s in tests) later, still running, no log flood: Kopf logged two tries.
+    wait_until(
+        "a retry of the misconfigured operator",
+        lambda: len(operator.log_lines("failed temporarily", "MATRIX_INVITE_MAS_CLIENT_ID")) >= 2,
+        30,
+    )
     assert operator.returncode is None
     assert 1 <= operator.logs().count("MATRIX_INVITE_MAS_CLIENT_ID") <= 6
 

@@ -100,7 +100,7 @@ def test_a_revocation_with_a_lost_answer_then_undone_converges(
     assert "RevokedOutsideGit" not in invitations.event_reasons("flip")
 
     # And a restart does not blame the operator's own revocation on anyone.
-    operator.stop()
+    operator.stop_after_cleanup()
     start_operator(**SLOW_RETRY)
     invitations.wait_for("flip", converged, timeout=30, what="still Ready after a restart")
     assert "RevokedOutsideGit" not in invitations.event_reasons("flip")

@@ -4,7 +4,7 @@ The kubelet updates a mounted Secret by writing the new files beside the old one
 symlink; `rotate` does the same with one atomic rename. The operator reads credential files
 again when it uses them (the MAS client secret at each access-token renewal, the SMTP password
 at each login), so the Invitation that stalled on the old credential is sent at its next retry
-(5 s in tests), by the same process.
+(2 s in tests), by the same process.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.controlplane.cluster import ControlPlane
+from tests.controlplane.cluster import ApiError, ControlPlane
 from tests.doubles.mas import TOKENS_PATH, AdminApiServing, MasDouble
 from tests.doubles.smtp import SmtpDouble
 from tests.integration.conftest import MAS_CLIENT_ID, MAS_CLIENT_SECRET
@@ -195,7 +195,7 @@ def test_mas_clock_ahead_is_named_and_the_mail_goes_out_once_the_clocks_agree(
     smtp: SmtpDouble,
     start_operator: Callable[..., OperatorProcess],
 ) -> None:
-    start_operator()  # the sync pass on (2 s): it must not hide the cause, and must mail
+    operator = start_operator()  # the sync pass on (1 s): it must not hide the cause, and must mail
     mas.set_clock_offset(2 * 3600)  # MAS 2 h ahead: a 1 h token is expired by its clock
     invitations.apply("skew", email="skew@example.org", validFor="1h")
     body = wait_reason(invitations, "skew", "MasClockAhead")
@@ -203,7 +203,7 @@ def test_mas_clock_ahead_is_named_and_the_mail_goes_out_once_the_clocks_agree(
     assert "clock" in body["status"]["message"]
     assert body["status"]["tokenId"] is not None
     invitations.wait_for_events("skew", "MasClockAhead")  # one Warning for kubectl describe
-    time.sleep(3)  # a sync pass or two later: still named, still no mail
+    operator.wait_for_sync_pass()  # the sync pass has seen it: still named, still no mail
     assert ready_reason(invitations.get("skew") or {}) == "MasClockAhead"
     assert smtp.messages == []
     # No handler retries it: the sync pass sees MAS agree and hands it back for the mail.
@@ -313,7 +313,12 @@ def test_refused_smtp_login_stalls_and_says_so_once_per_retry(
     invitations.apply("login", email="login@example.org")
     body = invitations.wait_for_phase("login", "Failed", timeout=20)
     assert "SMTP login refused" in body["status"]["message"]
-    time.sleep(6)  # one slow retry (5 s in tests) later the operator is still up
+    # One slow retry (2 s in tests) later the operator is still up: Kopf has logged two attempts.
+    wait_until(
+        "a slow retry of the refused login",
+        lambda: len(operator.log_lines("failed temporarily", "SMTP login refused")) >= 2,
+        30,
+    )
     assert operator.returncode is None
     refusals = operator.logs().count("SMTP login refused")
     assert 1 <= refusals <= 6, f"{refusals} log lines about one refused login: a flood"
@@ -463,11 +468,11 @@ def test_born_revoked_creates_nothing_until_unrevoked(
     smtp: SmtpDouble,
     start_operator: Callable[..., OperatorProcess],
 ) -> None:
-    start_operator()
+    operator = start_operator()
     invitations.apply("unborn", email="unborn@example.org", revoked=True)
     body = invitations.wait_for_phase("unborn", "Revoked", timeout=20)
     assert condition(body, "Ready")["status"] == "True"  # type: ignore[index]
-    time.sleep(3)  # a sync pass later: still nothing
+    operator.wait_for_sync_pass()  # the sync pass has seen it: still nothing
     assert writes(mas) == 0
     assert mas.tokens() == []
     assert invitations.secret("unborn-invite-token") is None
@@ -507,18 +512,13 @@ def test_a_cluster_refusing_our_secret_stalls_then_heals(
 
 
 def _secret_refused(invitations: InvitationsApi) -> bool:
-    result = invitations.cp.kubectl(
-        "-n",
-        invitations.namespace,
-        "create",
-        "secret",
-        "generic",
-        "probe",
-        "--from-literal=x=y",
-        "--dry-run=server",
-        check=False,
-    )
-    return result.returncode != 0 and "Secrets are frozen" in result.stderr
+    """A server-side dry run of a Secret's creation, as `kubectl create --dry-run=server`."""
+    probe = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "probe"}}
+    try:
+        invitations.cp.api("POST", invitations.path("secrets", core=True, dryRun="All"), probe)
+    except ApiError as refused:
+        return "Secrets are frozen" in refused.body
+    return False
 
 
 def _refuse_secrets_policy(name: str, invitations: InvitationsApi) -> str:

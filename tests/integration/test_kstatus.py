@@ -145,7 +145,7 @@ def test_before_first_status_and_after_an_unobserved_edit(
     assert cel.verdict(bodies["fresh"]).status == "Current"
 
     # An edit the operator has not seen yet: generation moves on, observedGeneration stays.
-    operator.stop()
+    operator.stop_after_cleanup()
     invitations.patch_spec("fresh", usageLimit=2)
     text, bodies = listing(invitations)
     meta, status = bodies["fresh"]["metadata"], bodies["fresh"]["status"]

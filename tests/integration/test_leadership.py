@@ -12,7 +12,6 @@ not leave the operator blind.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections import defaultdict
@@ -71,11 +70,8 @@ def kubeconfig_via(proxy: ForwardingProxy, control_plane: ControlPlane, path: Pa
 
 
 def lease_holder(invitations: InvitationsApi, name: str) -> str | None:
-    out = invitations.kubectl("get", "lease", name, "-o", "json", check=False)
-    try:
-        holder = json.loads(out).get("spec", {}).get("holderIdentity")
-    except ValueError:
-        return None
+    lease = invitations.cp.get(f"{LEASE_PREFIX}namespaces/{invitations.namespace}/leases/{name}")
+    holder = (lease or {}).get("spec", {}).get("holderIdentity")
     return str(holder) if holder else None
 
 
@@ -111,7 +107,10 @@ def test_one_acts_the_standby_writes_nothing_and_takes_over_after_a_sigkill_mid_
     invitations.kubectl("apply", "-f", "-", input=burst_manifest(invitations, warmup))
     for name in warmup:
         invitations.wait_for_phase(name, "Sent", timeout=60)
-    time.sleep(2 * RETRY_PERIOD)  # a few of the standby's attempts on the Lease, for the count
+    # A few of the standby's attempts on the Lease (one every RETRY_PERIOD), for the count.
+    wait_until(
+        "three attempts of the standby", lambda: len(kube_proxy.requests()) >= 3, 6 * RETRY_PERIOD
+    )
     standby_kube = kube_proxy.requests()
     assert standby_kube, "the standby never asked for the Lease: the proxy sees nothing"
     assert [r for r in standby_kube if not r.path.startswith(LEASE_PREFIX)] == []

@@ -6,7 +6,7 @@ come from the double's fault knobs, never from monkeypatching the operator.
 
 from __future__ import annotations
 
-import json
+import datetime as dt
 import time
 from collections.abc import Callable
 from email.headerregistry import AddressHeader
@@ -15,7 +15,7 @@ import pytest
 from matrix_invite_operator.mail.throttle import WAITING_FOR_SLOT
 
 from tests.doubles.smtp import ReceivedMessage, SmtpDouble
-from tests.integration.harness import Body, InvitationsApi, condition
+from tests.integration.harness import Body, InvitationsApi, condition, wait_until
 from tests.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.integration
@@ -42,9 +42,16 @@ def mails_to(smtp: SmtpDouble, address: str) -> list[ReceivedMessage]:
     return [m for m in smtp.messages if m.rcpt_tos == (address,)]
 
 
-def settle(seconds: float) -> None:
-    """Give the operator time to do something it should not do (a second mail, a retry)."""
-    time.sleep(seconds)
+def settle(operator: OperatorProcess) -> None:
+    """Let the operator do what it should not (a second mail): a whole sync pass sees it all."""
+    operator.wait_for_sync_pass()
+
+
+def wait_past(moment: str) -> None:
+    """Until the clock is a second past an RFC 3339 time (mailSentAt has one-second resolution)."""
+    at = dt.datetime.fromisoformat(moment.replace("Z", "+00:00")) + dt.timedelta(seconds=1)
+    while (left := (at - dt.datetime.now(dt.UTC)).total_seconds()) > 0:
+        time.sleep(left)
 
 
 # --- SMTP replies ---------------------------------------------------------------------------
@@ -57,7 +64,7 @@ def test_temporary_refusals_are_retried_with_backoff_until_one_mail_is_accepted(
 ) -> None:
     smtp.reject_next(1, code=451, stage="rcpt")
     smtp.reject_next(1, code=452, message="4.3.1 Insufficient system storage", stage="data")
-    start_operator()
+    operator = start_operator()
     invitations.apply("joerg", email="joerg@example.org", displayName="Jörg Müller", locale="en")
 
     deferred = invitations.wait_for(
@@ -72,7 +79,7 @@ def test_temporary_refusals_are_retried_with_backoff_until_one_mail_is_accepted(
 
     body = invitations.wait_for_phase("joerg", "Sent", timeout=40)
     assert body["status"]["mailsSent"] == 1
-    settle(2)
+    settle(operator)
     (mail,) = smtp.messages  # two refusals, then exactly one accepted mail
     assert smtp.connections >= 3
 
@@ -97,7 +104,7 @@ def test_permanent_refusal_stalls_with_the_servers_reply_and_is_not_retried(
 ) -> None:
     reply = "5.1.1 <nobody@example.org>: Recipient address rejected: User unknown"
     smtp.reject_next(1, code=550, message=reply, stage="rcpt")
-    start_operator()
+    operator = start_operator()
     invitations.apply("nobody", email="nobody@example.org")
 
     body = invitations.wait_for_phase("nobody", "Failed")
@@ -110,7 +117,13 @@ def test_permanent_refusal_stalls_with_the_servers_reply_and_is_not_retried(
     assert "Stalled" in invitations.event_reasons("nobody")
 
     connections = smtp.connections
-    settle(6)  # longer than the retry backoff of this test setup (1 s doubling to 5 s)
+    # Kopf gave up on it (no retry follows a permanent failure), and a sync pass passed it by.
+    wait_until(
+        "Kopf's word that it will not retry",
+        lambda: operator.log_lines("failed permanently", "550") != [],
+        10,
+    )
+    settle(operator)
     assert smtp.connections == connections
     assert smtp.messages == []
     assert invitations.status("nobody")["phase"] == "Failed"
@@ -146,7 +159,7 @@ def test_rate_limit_spaces_mails_and_shows_who_waits_for_a_slot(
     waiting_message = ""
     deadline = time.monotonic() + 75
     while time.monotonic() < deadline:
-        items = json.loads(invitations.kubectl("get", "invitations", "-o", "json"))["items"]
+        items = invitations.listed()
         phases = {}
         for item in items:
             status = item.get("status") or {}
@@ -158,7 +171,7 @@ def test_rate_limit_spaces_mails_and_shows_who_waits_for_a_slot(
                 waiting_message = ready(item)["message"]
         if len(phases) == count and all(p == "Sent" for p in phases.values()):
             break
-        time.sleep(0.3)
+        time.sleep(0.1)
     else:
         raise AssertionError(f"not all Invitations were sent: {phases}")
 
@@ -177,7 +190,7 @@ def test_rate_limit_spaces_mails_and_shows_who_waits_for_a_slot(
         assert in_window <= 5 + 1, [round(t - moments[0], 1) for t in moments]
     assert moments[-1] - moments[0] >= (count - 1) * interval - 2 * interval
     # No mail twice, nothing left waiting.
-    settle(2)
+    settle(operator)
     assert len(smtp.messages) == count
     # Waiting in line is no error: Kopf's line for each throttled retry is logged at INFO.
     retries = [
@@ -198,7 +211,7 @@ def test_resend_from_git_and_ad_hoc_mails_the_same_token_in_the_same_thread(
     start_operator: Callable[..., OperatorProcess],
 ) -> None:
     address = "joerg@example.org"
-    start_operator()
+    operator = start_operator()
     invitations.apply("joerg", email=address, displayName="Jörg Müller", locale="de")
     first = invitations.wait_for_phase("joerg", "Sent")["status"]
     (original,) = smtp.wait_for_sync(1, timeout=5)
@@ -216,7 +229,7 @@ def test_resend_from_git_and_ad_hoc_mails_the_same_token_in_the_same_thread(
         return lambda b: (b.get("status") or {}).get("mailsSent") == n
 
     # 1. From Git: a changed spec.resend mails the same token again, in the same thread.
-    time.sleep(1.1)  # mailSentAt has one-second resolution
+    wait_past(first["mailSentAt"])
     invitations.patch_spec("joerg", resend="2026-01-16")
     second = invitations.wait_for("joerg", sent_count(2), what="mailed twice")["status"]
     mails = smtp.wait_for_sync(2, timeout=5)
@@ -229,7 +242,7 @@ def test_resend_from_git_and_ad_hoc_mails_the_same_token_in_the_same_thread(
     assert second["phase"] == "Sent"
 
     # 2. Ad hoc: kubectl annotate mails it once more.
-    time.sleep(1.1)
+    wait_past(second["mailSentAt"])
     invitations.kubectl("annotate", "invitation", "joerg", f"{RESEND}=please", "--overwrite")
     third = invitations.wait_for("joerg", sent_count(3), what="mailed three times")["status"]
     mails = smtp.wait_for_sync(3, timeout=5)
@@ -248,7 +261,7 @@ def test_resend_from_git_and_ad_hoc_mails_the_same_token_in_the_same_thread(
         lambda b: b["status"].get("observedGeneration") == b["metadata"]["generation"],
         what="reconciled after the edit",
     )
-    settle(4)
+    settle(operator)
     assert len(smtp.messages) == 3
     assert invitations.status("joerg")["mailsSent"] == 3
 

@@ -59,7 +59,7 @@ def test_every_documented_metric_is_served(
     smtp.wait_for_sync(1, timeout=5)
 
     # The gauges read the operator's watch cache, which trails the API by one watch event, and
-    # the sync pass runs every 2 s here: wait until both have caught up.
+    # the sync pass runs every second here: wait until both have caught up.
     deadline = time.monotonic() + 20
     while True:
         samples = scrape(process)

@@ -7,8 +7,6 @@ logged "Resuming is processed" once per Invitation, and the sync loop has listed
 
 from __future__ import annotations
 
-import json
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +33,7 @@ COUNT = 60
 
 def settled(invitations: InvitationsApi) -> dict[str, dict[str, Any]]:
     """Every Invitation of the namespace that is Sent for its generation, by name."""
-    items = json.loads(invitations.kubectl("get", "invitations", "-o", "json"))["items"]
+    items = invitations.listed()
     return {
         item["metadata"]["name"]: item
         for item in items
@@ -58,7 +56,7 @@ def test_restart_makes_no_mas_write_no_mail_and_no_api_write(
     invitations.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
     wait_until(f"{COUNT} Invitations Sent", lambda: len(settled(invitations)) == COUNT, 180)
     smtp.wait_for_sync(COUNT, timeout=10)
-    first.stop()
+    first.stop_after_cleanup()
 
     before = settled(invitations)
     versions = {name: body["metadata"]["resourceVersion"] for name, body in before.items()}
@@ -72,12 +70,8 @@ def test_restart_makes_no_mas_write_no_mail_and_no_api_write(
         lambda: second.logs().count(resumed) >= COUNT,
         120,
     )
-    # Then one full sync pass (every 2 s here), which compares each Invitation with MAS.
-    listed = mas.request_count("GET", TOKENS_PATH)
-    wait_until(
-        "a sync pass after resuming", lambda: mas.request_count("GET", TOKENS_PATH) > listed, 30
-    )
-    time.sleep(2)
+    # Then one full sync pass (every second here), which compares each Invitation with MAS.
+    second.wait_for_sync_pass()
 
     after = settled(invitations)
     assert after.keys() == before.keys()

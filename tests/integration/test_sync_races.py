@@ -147,9 +147,12 @@ def sent_by_the_operator(
     invitations: InvitationsApi, env: dict[str, str], tmp_path: Path, name: str, **spec: Any
 ) -> Body:
     """An Invitation the real operator issued and mailed; the operator is stopped afterwards."""
-    with OperatorProcess(env, tmp_path / f"operator-{name}.log"):
+    operator = OperatorProcess(env, tmp_path / f"operator-{name}.log").start()
+    try:
         invitations.apply(name, email=f"{name}@example.org", **spec)
         return invitations.wait_for_phase(name, "Sent")
+    finally:
+        operator.stop_after_cleanup()
 
 
 def handled_edit(

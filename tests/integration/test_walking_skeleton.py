@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Callable
 
 import pytest
 
 from tests.doubles.mas import MasDouble
 from tests.doubles.smtp import SmtpDouble
-from tests.integration.harness import InvitationsApi, condition
+from tests.integration.harness import InvitationsApi, condition, wait_until
 from tests.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.integration
@@ -92,10 +91,12 @@ def test_restart_issues_no_second_token_and_no_second_mail(
 
     first.kill()
     second = start_operator()
-    # Give the restarted operator time for its resume handlers and a full sync pass (2 s).
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
+    # The restarted operator has handled the Invitation (Kopf: "Resuming is processed", or
+    # "Creation"/"Update" if the kill beat Kopf's own bookkeeping), then run a full sync pass.
+    wait_until(
+        "Kopf's handling after the restart", lambda: bool(second.log_lines(" is processed")), 30
+    )
+    second.wait_for_sync_pass()
     assert second.returncode is None, second.log_tail()
     assert len(mas.tokens()) == 1
     assert len(smtp.messages) == 1
