@@ -119,21 +119,32 @@ class LeaseElector:
         logger.info("acquired the Lease %s/%s as %s", self.namespace, self.name, self.identity)
 
     async def keep(self) -> None:
-        """Renew until renewal fails for `renew_deadline`; then return (the caller stops acting)."""
+        """Renew every `retry_period` until `renew_deadline` passed since the last renewal; then
+        return (the caller stops acting).
+
+        Each attempt is cut off at that deadline, as client-go's context cuts off its
+        `tryAcquireOrRenew`: an API server that takes the connection and never answers must not
+        hold us past the deadline (the request timeouts are longer than the Lease).
+        """
         last_renewed = self._clock()
         while True:
-            await asyncio.sleep(self.retry_period)
+            await asyncio.sleep(min(self.retry_period, self._left(last_renewed)))
+            attempt = asyncio.timeout(self._left(last_renewed))
             try:
-                renewed = await self.try_acquire_or_renew()
-            except (KubeError, httpx.HTTPError) as exc:
-                logger.warning("could not renew the Lease: %s", exc)
+                async with attempt:
+                    renewed = await self.try_acquire_or_renew()
+            except (KubeError, httpx.HTTPError, TimeoutError) as exc:
+                if attempt.expired():
+                    logger.warning("the Lease renewal got no answer before the renew deadline")
+                else:
+                    logger.warning("could not renew the Lease: %s", exc)
                 renewed = False
             if renewed:
                 last_renewed = self._clock()
             elif self.holder not in (None, self.identity):
                 logger.error("lost the Lease %s/%s to %s", self.namespace, self.name, self.holder)
                 return
-            elif self._clock() - last_renewed >= self.renew_deadline:
+            elif self._left(last_renewed) <= 0:
                 logger.error(
                     "lost the Lease %s/%s: not renewed for %.0f s",
                     self.namespace,
@@ -141,6 +152,10 @@ class LeaseElector:
                     self._clock() - last_renewed,
                 )
                 return
+
+    def _left(self, last_renewed: float) -> float:
+        """Seconds until the renew deadline counted from `last_renewed` (never negative)."""
+        return max(0.0, last_renewed + self.renew_deadline - self._clock())
 
     async def release(self) -> None:
         """Give the Lease up at a clean shutdown, so that a standby takes over at once."""
