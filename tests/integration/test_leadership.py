@@ -75,6 +75,28 @@ def lease_holder(invitations: InvitationsApi, name: str) -> str | None:
     return str(holder) if holder else None
 
 
+@pytest.fixture
+def holder_behind_proxy(
+    control_plane: ControlPlane,
+    invitations: InvitationsApi,
+    start_operator: Callable[..., OperatorProcess],
+    lease_env: dict[str, str],
+    kube_proxy: ForwardingProxy,
+    tmp_path: Path,
+) -> Callable[[], tuple[OperatorProcess, str | None, OperatorProcess]]:
+    """Starts a copy that talks to the API server through `kube_proxy` and holds the Lease;
+    returns it, its identity, and a standby that talks to the API server directly."""
+
+    def start() -> tuple[OperatorProcess, str | None, OperatorProcess]:
+        config = kubeconfig_via(kube_proxy, control_plane, tmp_path / "held.kubeconfig")
+        holding = start_operator(KUBECONFIG=str(config), **lease_env)
+        wait_until("it holds the Lease", lambda: "acquired the Lease" in holding.logs(), 30)
+        holder = lease_holder(invitations, lease_env["MATRIX_INVITE_LEASE_NAME"])
+        return holding, holder, start_operator(**lease_env)
+
+    return start
+
+
 def burst_manifest(invitations: InvitationsApi, names: list[str]) -> str:
     return "---\n".join(invitations.manifest(n, email=f"{n}@example.org") for n in names)
 
@@ -234,22 +256,14 @@ def test_a_410_on_a_page_of_the_initial_listing_restarts_the_watch(
 
 
 def test_a_copy_that_cannot_renew_stops_before_the_lease_passes(
-    control_plane: ControlPlane,
     invitations: InvitationsApi,
     mas: MasDouble,
-    start_operator: Callable[..., OperatorProcess],
     lease_env: dict[str, str],
     kube_proxy: ForwardingProxy,
-    tmp_path: Path,
+    holder_behind_proxy: Callable[[], tuple[OperatorProcess, str | None, OperatorProcess]],
 ) -> None:
     lease = lease_env["MATRIX_INVITE_LEASE_NAME"]
-    cut_off = start_operator(
-        KUBECONFIG=str(kubeconfig_via(kube_proxy, control_plane, tmp_path / "cut.kubeconfig")),
-        **lease_env,
-    )
-    wait_until("it holds the Lease", lambda: "acquired the Lease" in cut_off.logs(), 30)
-    holder = lease_holder(invitations, lease)
-    standby = start_operator(**lease_env)
+    cut_off, holder, standby = holder_behind_proxy()
 
     # From now on the API server refuses its renewals (as a partition would, for this copy only).
     def renewal(method: str, path: str) -> bool:
@@ -278,13 +292,11 @@ def test_a_copy_that_cannot_renew_stops_before_the_lease_passes(
 
 
 def test_a_copy_whose_renewal_hangs_stops_before_the_lease_passes(
-    control_plane: ControlPlane,
     invitations: InvitationsApi,
     mas: MasDouble,
-    start_operator: Callable[..., OperatorProcess],
     lease_env: dict[str, str],
     kube_proxy: ForwardingProxy,
-    tmp_path: Path,
+    holder_behind_proxy: Callable[[], tuple[OperatorProcess, str | None, OperatorProcess]],
 ) -> None:
     """The API server takes the connection and never answers: no error ever comes back.
 
@@ -293,13 +305,7 @@ def test_a_copy_whose_renewal_hangs_stops_before_the_lease_passes(
     (15 s) and the standby began.
     """
     lease = lease_env["MATRIX_INVITE_LEASE_NAME"]
-    hung = start_operator(
-        KUBECONFIG=str(kubeconfig_via(kube_proxy, control_plane, tmp_path / "hung.kubeconfig")),
-        **lease_env,
-    )
-    wait_until("it holds the Lease", lambda: "acquired the Lease" in hung.logs(), 30)
-    holder = lease_holder(invitations, lease)
-    standby = start_operator(**lease_env)
+    hung, holder, standby = holder_behind_proxy()
 
     kube_proxy.hang(lambda method, path: path.startswith(LEASE_PREFIX))
     hung_at = time.monotonic()
