@@ -86,8 +86,9 @@ from matrix_invite_operator.kube import kube_http_client
 from matrix_invite_operator.kube_identity import KubeLogin
 from matrix_invite_operator.models import GROUP, PLURAL, VERSION
 from matrix_invite_operator.ports import Invitation, InvitationMailer
+from matrix_invite_operator.providers import build_provider
 from matrix_invite_operator.reconcile import generate_token
-from matrix_invite_operator.runtime import build_backend, build_mailer, mas_http_client
+from matrix_invite_operator.runtime import build_mailer
 from matrix_invite_operator.settings import Settings
 
 from bench.sync_cost import PAGE_SIZE, SyncBench
@@ -591,8 +592,8 @@ class Floor:
 
 async def measure_floor(stack: Stack, rounds: int) -> Floor:
     settings = stack.settings()
-    http = mas_http_client(settings)
-    backend: TokenBackend = build_backend(settings, http)
+    provider = build_provider(settings)
+    backend: TokenBackend = provider.backend
     mailer: InvitationMailer = build_mailer(settings)
     expires = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=7)
     try:
@@ -629,8 +630,7 @@ async def measure_floor(stack: Stack, rounds: int) -> Floor:
             parts["kube"].append(kube_first + time.perf_counter() - mark)
             totals.append(time.perf_counter() - started)
     finally:
-        await backend.aclose()
-        await http.aclose()
+        await provider.aclose()
     return Floor(
         rounds=rounds,
         median=statistics.median(totals),

@@ -173,7 +173,7 @@ class SyncBench:
         self.token_ids: list[str] = []
 
     def _backend(self) -> MasTokenBackend:
-        # As `runtime.build_mas_backend` wires it: client credentials, discovery, page size 100.
+        # As `providers.mas.build` wires it: client credentials, discovery, page size 100.
         http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
         self._clients.append(http)
         auth = ClientCredentialsAuth(self._client_id, self._secret, issuer=self.mas.url)

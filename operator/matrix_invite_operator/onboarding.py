@@ -11,7 +11,8 @@ requests only for the Invitations with something to do.
 Neither condition touches `Ready`, `Reconciling` or `Stalled`: an accepted invitation whose
 rooms failed stays Ready (Accepted) and kstatus `Current`; `RoomsJoined=False` says what failed.
 Acting in Matrix needs an access token, lent per use by `ActingSessions`: the configured Synapse
-admin token, or a MAS personal session minted for the onboarding user and revoked right after.
+admin token, or a MAS personal session minted for the onboarding user and revoked right after
+(each backend's own, `backends.synapse.AdminTokenSessions` and `backends.mas.PersonalSessions`).
 """
 
 from __future__ import annotations
@@ -20,21 +21,18 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import secrets
-import string
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from pydantic import SecretStr
 
-from .backends import TokenBackend, TokenState
-from .backends.mas import MasAdminClient
-from .errors import BackendRejected, OperatorError
+from .backends import AccountFinder, TokenState
+from .errors import OperatorError
 from .formats import parse_rfc3339, rfc3339
 from .homeserver import HomeserverClient, MatrixError
 from .models import AccountSearch, InvitationSpec, InvitationStatus, RoomState, RoomStatus
 from .ports import Notice
-from .settings import SecretSource, Settings, current_secret
+from .settings import Settings
 from .status import make_condition
 
 logger = logging.getLogger(__name__)
@@ -46,8 +44,6 @@ MAX_SEARCHES = 3
 #: Synapse learns of a MAS account ~50 ms after MAS lists it: joins retry "User not found".
 USER_NOT_FOUND_RETRIES = 6
 USER_NOT_FOUND_FIRST_WAIT = 0.05
-SESSION_SCOPE = "urn:matrix:client:api:* urn:synapse:admin:* urn:matrix:client:device:{device}"
-SESSION_NAME = "matrix-invite-operator onboarding"
 
 Observer = Callable[[str, str], None]
 """Called with (what, outcome): ("account_lookup", "found"), ("join", "failed"), ..."""
@@ -64,86 +60,13 @@ class ActingSessions(Protocol):
     def session(self) -> contextlib.AbstractAsyncContextManager[SecretStr]: ...
 
 
-class AdminTokenSessions:
-    """The Synapse backend's configured admin token (read again at each use: rotation works)."""
-
-    actor = "the user of the Synapse admin token"
-
-    def __init__(self, token: SecretStr | SecretSource) -> None:
-        self._token = token
-
-    @contextlib.asynccontextmanager
-    async def session(self) -> AsyncIterator[SecretStr]:
-        yield current_secret(self._token)
-
-
-class PersonalSessions:
-    """MAS personal sessions of the onboarding user: one per use, device-scoped, revoked after.
-
-    The device scope makes a revocation take effect at once (MAS deletes the device; without it
-    Synapse honours a used token for up to two minutes) and lets the user post (FACTS, "personal
-    sessions"). The token lives only in memory for the `with` block.
-    """
-
-    def __init__(
-        self,
-        client: MasAdminClient,
-        username: str,
-        *,
-        server_name: Callable[[], str],
-        lifetime_seconds: int,
-        observe: Observer | None = None,
-    ) -> None:
-        self._client = client
-        self._username = username
-        self._lifetime = lifetime_seconds
-        self._observe = observe or (lambda what, outcome: None)
-        self._actor_id: str | None = None
-        self._server_name = server_name
-
-    @property
-    def actor(self) -> str:
-        return f"the onboarding user @{self._username}:{self._server_name()}"
-
-    @contextlib.asynccontextmanager
-    async def session(self) -> AsyncIterator[SecretStr]:
-        if self._actor_id is None:
-            self._actor_id = (await self._client.user_by_username(self._username)).id
-        device = "MIO" + "".join(secrets.choice(string.ascii_uppercase) for _ in range(10))
-        created = await self._client.create_personal_session(
-            self._actor_id,
-            human_name=SESSION_NAME,
-            scope=SESSION_SCOPE.format(device=device),
-            expires_in=self._lifetime,
-        )
-        self._observe("personal_session", "minted")
-        try:
-            token = created.attributes.access_token
-            if token is None:
-                raise BackendRejected("MAS created a personal session without an access token")
-            yield token
-        finally:
-            try:
-                await self._client.revoke_personal_session(created.id)
-                self._observe("personal_session", "revoked")
-            except OperatorError as exc:
-                # It expires by itself after its short lifetime; say so, never show the token.
-                self._observe("personal_session", "revoke_failed")
-                logger.warning(
-                    "could not revoke personal session %s (it expires within %d s): %s",
-                    created.id,
-                    self._lifetime,
-                    exc,
-                )
-
-
 class Onboarding:
     """Finds the account of a used token and places it in the Invitation's rooms."""
 
     def __init__(
         self,
         settings: Settings,
-        backend: TokenBackend,
+        accounts: AccountFinder,
         *,
         homeserver: HomeserverClient | None = None,
         sessions: ActingSessions | None = None,
@@ -151,7 +74,7 @@ class Onboarding:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._settings = settings
-        self._backend = backend
+        self._accounts = accounts
         self._homeserver = homeserver
         self._sessions = sessions
         self._observe = observe or (lambda what, outcome: None)
@@ -277,7 +200,7 @@ class Onboarding:
         status.account_search = AccountSearch(uses=uses, attempts=attempts, at=rfc3339(now) or "")
         used_at = token.last_used_at if token is not None else parse_rfc3339(status.last_used_at)
         try:
-            found = await self._backend.find_account(
+            found = await self._accounts.find_account(
                 spec.email, used_at=used_at, not_before=created
             )
         except OperatorError as exc:

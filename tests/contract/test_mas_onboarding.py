@@ -2,7 +2,7 @@
 
 The double's users, user-emails and personal-sessions endpoints answer under the spec (the
 `mas_double` fixture fails a test whose answers break it); these tests drive each path through
-real sockets, then the operator's side: `MasTokenBackend.find_account` (the heuristic of FACTS,
+real sockets, then the operator's side: `MasAccounts.find_account` (the heuristic of FACTS,
 "Who used a token") and `PersonalSessions` (minted per use, revoked after, even on failure).
 """
 
@@ -13,10 +13,14 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-from matrix_invite_operator.backends.mas import MasAdminClient, MasTokenBackend
+from matrix_invite_operator.backends.mas import (
+    SESSION_NAME,
+    MasAccounts,
+    MasAdminClient,
+    PersonalSessions,
+)
 from matrix_invite_operator.backends.oauth import ClientCredentialsAuth
 from matrix_invite_operator.errors import BackendRejected
-from matrix_invite_operator.onboarding import SESSION_NAME, PersonalSessions
 from pydantic import SecretStr
 
 from tests.doubles.mas import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, MasDouble
@@ -36,8 +40,8 @@ async def client(mas_double: MasDouble) -> AsyncIterator[MasAdminClient]:
 
 
 @pytest.fixture
-def backend(client: MasAdminClient) -> MasTokenBackend:
-    return MasTokenBackend(client, server_name=lambda: SERVER)
+def accounts(client: MasAdminClient) -> MasAccounts:
+    return MasAccounts(client, server_name=lambda: SERVER)
 
 
 @pytest.fixture
@@ -141,12 +145,12 @@ def test_the_spec_check_catches_a_wrong_user_email_answer(
 
 
 async def test_the_account_created_when_the_token_was_used_is_found(
-    mas_double: MasDouble, backend: MasTokenBackend
+    mas_double: MasDouble, accounts: MasAccounts
 ) -> None:
     token = mas_double.add_token(usage_limit=1)
     mas_double.accounts.sign_up(token["id"], "ada", "ada@example.org")
     used_at = mas_double.token(token["id"])["last_used_at"]  # type: ignore[index]
-    found = await backend.find_account("ADA@example.org", used_at=used_at, not_before=LONG_AGO)
+    found = await accounts.find_account("ADA@example.org", used_at=used_at, not_before=LONG_AGO)
     assert found.user_id == f"@ada:{SERVER}"
     # Two requests: the address, then its owner.
     assert mas_double.request_count(path="/api/admin/v1/user-emails") == 1
@@ -154,11 +158,11 @@ async def test_the_account_created_when_the_token_was_used_is_found(
 
 
 async def test_no_account_for_an_address_nobody_signed_up_with(
-    mas_double: MasDouble, backend: MasTokenBackend
+    mas_double: MasDouble, accounts: MasAccounts
 ) -> None:
     token = mas_double.add_token(usage_limit=1)
     mas_double.accounts.sign_up(token["id"], "ada", "other@example.net")
-    found = await backend.find_account(
+    found = await accounts.find_account(
         "ada@example.org", used_at=mas_double.now(), not_before=LONG_AGO
     )
     assert found.user_id is None
@@ -166,10 +170,10 @@ async def test_no_account_for_an_address_nobody_signed_up_with(
 
 
 async def test_an_older_account_holding_the_address_is_not_the_one(
-    mas_double: MasDouble, backend: MasTokenBackend
+    mas_double: MasDouble, accounts: MasAccounts
 ) -> None:
     mas_double.accounts.add_user("old", email="ada@example.org", created_at=LONG_AGO)
-    found = await backend.find_account(
+    found = await accounts.find_account(
         "ada@example.org", used_at=mas_double.now(), not_before=LONG_AGO
     )
     assert found.user_id is None
@@ -177,13 +181,13 @@ async def test_an_older_account_holding_the_address_is_not_the_one(
 
 
 async def test_the_use_may_come_just_before_or_after_the_account(
-    mas_double: MasDouble, backend: MasTokenBackend
+    mas_double: MasDouble, accounts: MasAccounts
 ) -> None:
     now = mas_double.now()
     mas_double.accounts.add_user("ada", email="ada@example.org", created_at=now)
     for skew in (-5, 5):
         used_at = now + dt.timedelta(seconds=skew)
-        found = await backend.find_account("ada@example.org", used_at=used_at, not_before=LONG_AGO)
+        found = await accounts.find_account("ada@example.org", used_at=used_at, not_before=LONG_AGO)
         assert found.user_id == "@ada:example.org"
 
 

@@ -1,6 +1,6 @@
 """Who accepted, and joining rooms, against a real Synapse (no operator, no cluster).
 
-`SynapseTokenBackend.find_account` asks Synapse's threepid lookup; `HomeserverClient` joins and
+`SynapseAccounts.find_account` asks Synapse's threepid lookup; `HomeserverClient` joins and
 invites with the admin token; `Onboarding` turns their answers into per-room outcomes (joined,
 invited, failed with Synapse's own message) and retries "User not found". Every membership is
 checked through Synapse's own room state, not through what our code reports.
@@ -14,10 +14,14 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from matrix_invite_operator.backends.synapse import SynapseAdminClient, SynapseTokenBackend
+from matrix_invite_operator.backends.synapse import (
+    AdminTokenSessions,
+    SynapseAccounts,
+    SynapseAdminClient,
+)
 from matrix_invite_operator.homeserver import HomeserverClient, MatrixError
 from matrix_invite_operator.models import InvitationSpec, InvitationStatus, RoomState
-from matrix_invite_operator.onboarding import AdminTokenSessions, Onboarding
+from matrix_invite_operator.onboarding import Onboarding
 from matrix_invite_operator.settings import Settings
 from pydantic import SecretStr
 
@@ -37,10 +41,8 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def backend(synapse: SynapseServer, http: httpx.AsyncClient) -> SynapseTokenBackend:
-    return SynapseTokenBackend(
-        SynapseAdminClient(http, synapse.url, SecretStr(synapse.admin_token))
-    )
+def accounts(synapse: SynapseServer, http: httpx.AsyncClient) -> SynapseAccounts:
+    return SynapseAccounts(SynapseAdminClient(http, synapse.url, SecretStr(synapse.admin_token)))
 
 
 @pytest.fixture
@@ -49,24 +51,24 @@ def homeserver(synapse: SynapseServer, http: httpx.AsyncClient) -> HomeserverCli
 
 
 async def test_the_account_with_the_invited_address_is_found(
-    synapse: SynapseServer, backend: SynapseTokenBackend
+    synapse: SynapseServer, accounts: SynapseAccounts
 ) -> None:
     name = fresh("ada")
     registration = synapse.register(_token(synapse), username=name)
     assert registration.ok
     assert registration.user_id is not None
     synapse.bind_email(registration.user_id, f"{name}@example.org")
-    found = await backend.find_account(
+    found = await accounts.find_account(
         f"{name.upper()}@Example.org", used_at=None, not_before=LONG_AGO
     )
     assert found.user_id == registration.user_id
 
-    nobody = await backend.find_account("nobody@example.org", used_at=None, not_before=LONG_AGO)
+    nobody = await accounts.find_account("nobody@example.org", used_at=None, not_before=LONG_AGO)
     assert nobody.user_id is None
     assert "nobody@example.org" in nobody.reason
 
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    older = await backend.find_account(f"{name}@example.org", used_at=None, not_before=later)
+    older = await accounts.find_account(f"{name}@example.org", used_at=None, not_before=later)
     assert older.user_id is None, "an account older than the Invitation is someone else's"
     assert registration.user_id in older.reason
 
@@ -116,7 +118,7 @@ async def test_admin_join_and_invite_on_real_rooms(
 
 
 async def test_onboarding_records_each_room_and_heals_when_the_actor_is_let_in(
-    synapse: SynapseServer, backend: SynapseTokenBackend, homeserver: HomeserverClient
+    synapse: SynapseServer, accounts: SynapseAccounts, homeserver: HomeserverClient
 ) -> None:
     admin_id = f"@admin:{synapse.server_name}"
     _, owner = synapse.create_user(fresh("owner"))
@@ -128,7 +130,7 @@ async def test_onboarding_records_each_room_and_heals_when_the_actor_is_let_in(
     observed: list[tuple[str, str]] = []
     onboarding = Onboarding(
         settings,
-        backend,
+        accounts,
         homeserver=homeserver,
         sessions=AdminTokenSessions(SecretStr(synapse.admin_token)),
         observe=lambda *event: observed.append(event),
@@ -178,7 +180,7 @@ async def test_onboarding_records_each_room_and_heals_when_the_actor_is_let_in(
 
 
 async def test_user_not_found_is_retried_and_the_notice_is_posted_once(
-    synapse: SynapseServer, backend: SynapseTokenBackend, homeserver: HomeserverClient
+    synapse: SynapseServer, accounts: SynapseAccounts, homeserver: HomeserverClient
 ) -> None:
     """Synapse learns of a MAS account a moment after MAS lists it: the join retries."""
     admin_id = f"@admin:{synapse.server_name}"
@@ -198,7 +200,7 @@ async def test_user_not_found_is_retried_and_the_notice_is_posted_once(
 
     onboarding = Onboarding(
         Settings(notice_room=notices_room),
-        backend,
+        accounts,
         homeserver=homeserver,
         sessions=AdminTokenSessions(SecretStr(synapse.admin_token)),
         sleep=account_appears_meanwhile,

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
-import httpx
 import pytest
-from matrix_invite_operator.backends.mas import MasTokenBackend
-from matrix_invite_operator.backends.synapse import SynapseTokenBackend
+from matrix_invite_operator.backends.mas import MasAccounts, MasTokenBackend
+from matrix_invite_operator.backends.synapse import (
+    AdminTokenSessions,
+    SynapseAccounts,
+    SynapseTokenBackend,
+)
 from matrix_invite_operator.errors import ConfigurationError
-from matrix_invite_operator.runtime import build_backend
+from matrix_invite_operator.providers import build_provider
 from matrix_invite_operator.settings import Settings
 from pydantic import SecretStr
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def test_mas_stays_the_default() -> None:
@@ -70,25 +76,42 @@ def test_the_ca_bundle_is_the_chosen_backends(tmp_path: Path) -> None:
     assert shared.backend_ca_bundle() == mas_ca
 
 
-async def test_build_backend_builds_the_configured_one() -> None:
-    async with httpx.AsyncClient() as http:
-        synapse = build_backend(
-            Settings(
-                backend="synapse",
-                synapse_url="http://synapse:8008",
-                synapse_admin_token=SecretStr("t"),
-            ),
-            http,
+async def test_the_provider_is_the_configured_backends() -> None:
+    synapse = build_provider(
+        Settings(
+            backend="synapse",
+            synapse_url="http://synapse:8008",
+            synapse_admin_token=SecretStr("t"),
         )
-        assert isinstance(synapse, SynapseTokenBackend)
-        assert synapse.name == "Synapse"
-        mas = build_backend(
-            Settings(
-                mas_url="http://mas:8081",
-                mas_client_id="01J44RKQYM4G3TNVANTMTDYTX6",
-                mas_client_secret=SecretStr("s"),
-            ),
-            http,
+    )
+    try:
+        assert isinstance(synapse.backend, SynapseTokenBackend)
+        assert isinstance(synapse.accounts, SynapseAccounts)
+        assert isinstance(synapse.sessions, AdminTokenSessions)
+        assert synapse.backend.name == synapse.name == "Synapse"
+    finally:
+        await synapse.aclose()
+    mas = build_provider(
+        Settings(
+            mas_url="http://mas:8081",
+            mas_client_id="01J44RKQYM4G3TNVANTMTDYTX6",
+            mas_client_secret=SecretStr("s"),
         )
-        assert isinstance(mas, MasTokenBackend)
-        assert mas.name == "MAS"
+    )
+    try:
+        assert isinstance(mas.backend, MasTokenBackend)
+        assert isinstance(mas.accounts, MasAccounts)
+        assert mas.sessions is None, "no onboarding user: MAS cannot act in Matrix"
+        assert mas.backend.name == mas.name == "MAS"
+    finally:
+        await mas.aclose()
+
+
+async def test_settings_that_cannot_reach_the_backend_give_a_provider_that_says_so() -> None:
+    provider = build_provider(Settings(backend="synapse"))
+    with pytest.raises(ConfigurationError, match="MATRIX_INVITE_SYNAPSE_URL"):
+        await provider.backend.read("syn-0")
+    with pytest.raises(ConfigurationError, match="MATRIX_INVITE_SYNAPSE_URL"):
+        await provider.accounts.find_account("a@example.org", used_at=None, not_before=NOW)
+    assert provider.sessions is None
+    await provider.aclose()

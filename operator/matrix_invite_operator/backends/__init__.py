@@ -1,10 +1,11 @@
 """The token backend interface: what the reconciler needs from a homeserver's token store.
 
-A backend issues, reads, lists, updates, revokes and un-revokes registration tokens, and finds
-the account a used token created (`find_account`: neither store links the two). The
-reconciler only sees `TokenBackend` and `TokenState`; the implementations are MAS
-(`backends.mas`) and Synapse's admin API (`backends.synapse`), and `runtime` picks one. Token
-values travel as `SecretStr` so that no repr or log line shows them.
+A backend issues, reads, lists, updates, revokes and un-revokes registration tokens. Finding
+the account a used token created is a capability of its own (`AccountFinder`: neither store
+links the two), which onboarding asks. The reconciler only sees `TokenBackend` and
+`TokenState`; the implementations are MAS (`backends.mas`) and Synapse's admin API
+(`backends.synapse`), and a provider (`providers/`) builds one. Token values travel as
+`SecretStr` so that no repr or log line shows them.
 """
 
 from __future__ import annotations
@@ -85,13 +86,17 @@ class TokenBackend(Protocol):
         """Undo a revocation; not revoked counts as success. Raises TokenNotFound."""
         ...
 
+    async def aclose(self) -> None:
+        """Release what the backend holds (it does not own the shared HTTP client)."""
+        ...
+
+
+class AccountFinder(Protocol):
+    """Who signed up with an address: each backend's own lookup (a few requests at most)."""
+
     async def find_account(
         self, email: str, *, used_at: dt.datetime | None, not_before: dt.datetime
     ) -> AccountLookup:
         """The account that signed up with `email` around `used_at` (the token's last use)
-        and not before `not_before` (the Invitation's creation): a few requests at most."""
-        ...
-
-    async def aclose(self) -> None:
-        """Release what the backend holds (it does not own the shared HTTP client)."""
+        and not before `not_before` (the Invitation's creation)."""
         ...

@@ -3,7 +3,9 @@
 `SynapseAdminClient` speaks HTTP to `/_synapse/admin/v1/registration_tokens` over one injected
 `httpx.AsyncClient` (whose lifetime, TLS and timeouts belong to the caller) with a server
 admin's access token, parses the answers into pydantic models and maps every failure onto our
-error tree. `SynapseTokenBackend` implements `TokenBackend` on top of it.
+error tree. `SynapseTokenBackend` implements `TokenBackend` on top of it, `SynapseAccounts`
+finds who signed up with an address, and `AdminTokenSessions` lends the admin token to act in
+Matrix for onboarding.
 
 Synapse's semantics, mapped honestly:
 - A token has no id: the token string is the key. Our `tokenId` is shown in status, so it must
@@ -457,26 +459,6 @@ class SynapseTokenBackend:
         expires_at = from_millis(known.expiry_time) if known.expiry_time is not None else None
         return await self.issue(known.token, usage_limit=known.uses_allowed, expires_at=expires_at)
 
-    async def find_account(
-        self, email: str, *, used_at: dt.datetime | None, not_before: dt.datetime
-    ) -> AccountLookup:
-        """Synapse's threepid lookup names the owner of the address; Synapse keeps no time of a
-        token's use, so the account must merely be younger than the Invitation."""
-        user_id = await self._client.user_with_email(email)
-        if user_id is None:
-            return AccountLookup(None, f"no Synapse account has the address {email}")
-        account = await self._client.user(user_id)
-        created = (
-            from_millis(account.creation_ts * 1000) if account.creation_ts is not None else None
-        )
-        if created is not None and created < not_before - ACCOUNT_MATCH_TOLERANCE:
-            return AccountLookup(
-                None,
-                f"{email} belongs to {user_id}, created at {created.isoformat()}, before the "
-                "invitation: someone else signed up",
-            )
-        return AccountLookup(user_id, f"{user_id} has the address {email}")
-
     async def aclose(self) -> None:
         """Nothing to release: the HTTP client belongs to the caller."""
 
@@ -514,3 +496,43 @@ class SynapseTokenBackend:
             await self._list()
         known = self._known.get(token_id)
         return known.token if known is not None else None
+
+
+class SynapseAccounts:
+    """The `AccountFinder` over Synapse's admin API."""
+
+    def __init__(self, client: SynapseAdminClient) -> None:
+        self._client = client
+
+    async def find_account(
+        self, email: str, *, used_at: dt.datetime | None, not_before: dt.datetime
+    ) -> AccountLookup:
+        """Synapse's threepid lookup names the owner of the address; Synapse keeps no time of a
+        token's use, so the account must merely be younger than the Invitation."""
+        user_id = await self._client.user_with_email(email)
+        if user_id is None:
+            return AccountLookup(None, f"no Synapse account has the address {email}")
+        account = await self._client.user(user_id)
+        created = (
+            from_millis(account.creation_ts * 1000) if account.creation_ts is not None else None
+        )
+        if created is not None and created < not_before - ACCOUNT_MATCH_TOLERANCE:
+            return AccountLookup(
+                None,
+                f"{email} belongs to {user_id}, created at {created.isoformat()}, before the "
+                "invitation: someone else signed up",
+            )
+        return AccountLookup(user_id, f"{user_id} has the address {email}")
+
+
+class AdminTokenSessions:
+    """The Synapse backend's configured admin token (read again at each use: rotation works)."""
+
+    actor = "the user of the Synapse admin token"
+
+    def __init__(self, token: SecretStr | SecretSource) -> None:
+        self._token = token
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[SecretStr]:
+        yield current_secret(self._token)

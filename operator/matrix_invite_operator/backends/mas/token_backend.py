@@ -1,33 +1,27 @@
 """`MasTokenBackend`: the `TokenBackend` over `MasAdminClient`, safe to repeat.
 
 It absorbs MAS's non-idempotent corners: 409 (or 500) on a repeated create, 400 on a repeated
-revoke or unrevoke; and finds the account a used token created from the invited address.
+revoke or unrevoke.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from pydantic import SecretStr
 
-from matrix_invite_operator.backends import AccountLookup, TokenState
-from matrix_invite_operator.backends.mas.client import MasAdminClient, mas_time
+from matrix_invite_operator.backends import TokenState
+from matrix_invite_operator.backends.mas.client import MasAdminClient
 from matrix_invite_operator.backends.mas.errors import MasUnavailable
-from matrix_invite_operator.backends.mas.models import UserEmail
 from matrix_invite_operator.errors import (
     BackendRejected,
     BackendUnavailable,
-    ConfigurationError,
     OperatorError,
     TokenConflict,
     TokenNotFound,
 )
-
-# A token's last use and the account's creation differ by about a millisecond (FACTS); seconds
-# leave room for a slow database without matching a sign-up from another day.
-ACCOUNT_MATCH_TOLERANCE = dt.timedelta(seconds=30)
 
 
 class MasTokenBackend:
@@ -35,28 +29,9 @@ class MasTokenBackend:
 
     name = "MAS"
 
-    def __init__(
-        self,
-        client: MasAdminClient,
-        *,
-        page_size: int = 100,
-        server_name: Callable[[], str] | None = None,
-        match_tolerance: dt.timedelta = ACCOUNT_MATCH_TOLERANCE,
-    ) -> None:
+    def __init__(self, client: MasAdminClient, *, page_size: int = 100) -> None:
         self._client = client
         self._page_size = page_size
-        self._server_name = server_name
-        self._tolerance = match_tolerance
-
-    @property
-    def client(self) -> MasAdminClient:
-        return self._client
-
-    def _require_server_name(self) -> str:
-        # Matrix IDs need it; it may come from MAS's site-config, read after startup.
-        if self._server_name is None:
-            raise ConfigurationError("the MAS backend was built without a server name")
-        return self._server_name()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._client!r})"
@@ -133,29 +108,6 @@ class MasTokenBackend:
                 return current
             raise
 
-    async def find_account(
-        self, email: str, *, used_at: dt.datetime | None, not_before: dt.datetime
-    ) -> AccountLookup:
-        """MAS does not say which account a token created: the account holding the invited
-        address whose creation is within seconds of the token's last use (FACTS, "Who used a
-        token"). One request for the address, one per owner (an address has at most one)."""
-        records = [r for r in await self._client.user_emails(email) if _same_address(r, email)]
-        if not records:
-            return AccountLookup(None, f"no account in MAS holds the address {email}")
-        for record in records:
-            user = await self._client.get_user(record.attributes.user_id)
-            user_id = f"@{user.attributes.username}:{self._require_server_name()}"
-            created = user.attributes.created_at
-            if used_at is not None and abs(created - used_at) <= self._tolerance:
-                return AccountLookup(user_id, f"{user_id} signed up with {email}")
-            if used_at is None and created >= not_before:
-                return AccountLookup(user_id, f"{user_id} signed up with {email}")
-        return AccountLookup(
-            None,
-            f"{email} belongs to {user_id}, created at {mas_time(created)}, not when the token "
-            f"was used ({mas_time(used_at) if used_at else 'unknown'}): someone else signed up",
-        )
-
     async def aclose(self) -> None:
         """Nothing to release: the HTTP client belongs to the caller."""
 
@@ -166,8 +118,3 @@ class MasTokenBackend:
             if secrets.compare_digest(value, wanted):
                 return candidate.to_state()
         return None
-
-
-def _same_address(record: UserEmail, email: str) -> bool:
-    # MAS matches the filter ignoring case; so do we, and nothing looser.
-    return record.attributes.email.casefold() == email.casefold()

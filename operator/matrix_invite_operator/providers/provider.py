@@ -1,0 +1,59 @@
+"""`Provider`: everything one token backend brings, built as one object, and the HTTP client
+each provider owns (explicit timeouts, TLS verified against the system CAs or a bundle)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from ..backends import AccountFinder, TokenBackend
+from ..onboarding import ActingSessions
+from ..settings import Settings
+from ..sign_up import SiteWatch
+
+RequestObserver = Callable[[str, str, str, float], None]
+"""Called after each backend request with (endpoint template, method, outcome, seconds)."""
+
+#: Connections each peer's client keeps open; `runtime.CONCURRENT_RECONCILES` follows it.
+MAS_CONNECTIONS = 10
+
+
+@dataclass
+class Provider:
+    """One backend's parts. `runtime` wires these into `Dependencies` without asking which
+    backend it got; the provider closes what it opened (`aclose`)."""
+
+    name: str  # "MAS", "Synapse": for messages
+    backend: TokenBackend  # the token store
+    accounts: AccountFinder  # who signed up with an address (onboarding)
+    sign_up: SiteWatch  # what the mail says about sign-up, refreshed from the backend if it can
+    sessions: ActingSessions | None  # access tokens to act in Matrix; None: cannot act
+    http: httpx.AsyncClient | None = None  # the client it owns
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+        if self.http is not None:
+            await self.http.aclose()
+
+
+def peer_http_client(settings: Settings, *, ca_bundle: Path | None) -> httpx.AsyncClient:
+    """A client for one peer (MAS, Synapse, the homeserver): explicit timeouts, TLS verified
+    against the system CAs or `ca_bundle`."""
+    verify: ssl.SSLContext | bool = True
+    if ca_bundle is not None:
+        verify = ssl.create_default_context(cafile=str(ca_bundle))
+    timeout = settings.http_timeout_seconds
+    return httpx.AsyncClient(
+        verify=verify,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        # Kept open, all of them: `runtime.CONCURRENT_RECONCILES` use them at once, and a
+        # connection closed after each request costs a TLS handshake for the next.
+        limits=httpx.Limits(
+            max_connections=MAS_CONNECTIONS, max_keepalive_connections=MAS_CONNECTIONS
+        ),
+        headers={"User-Agent": "matrix-invite-operator"},
+    )
