@@ -233,6 +233,7 @@ def doctor(_: argparse.Namespace) -> int:
     import asyncio
 
     from .doctor import Finding, Verdict, run_doctor
+    from .providers import KINDS
 
     try:
         settings = _load_settings()
@@ -240,7 +241,7 @@ def doctor(_: argparse.Namespace) -> int:
     except ConfigurationError as problem:
         print(Finding(Verdict.FAIL, "settings", str(problem)).line())
         return 1
-    where = settings.mas_url if settings.backend == "mas" else settings.synapse_url
+    where = KINDS[settings.backend].url(settings)
     print(
         Finding(
             Verdict.OK,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from matrix_invite_operator.backends.mas import MasAccounts, MasTokenBackend
@@ -13,7 +14,7 @@ from matrix_invite_operator.backends.synapse import (
     SynapseTokenBackend,
 )
 from matrix_invite_operator.errors import ConfigurationError
-from matrix_invite_operator.providers import build_provider
+from matrix_invite_operator.providers import KINDS, build_provider
 from matrix_invite_operator.settings import Settings
 from pydantic import SecretStr
 
@@ -115,3 +116,11 @@ async def test_settings_that_cannot_reach_the_backend_give_a_provider_that_says_
         await provider.accounts.find_account("a@example.org", used_at=None, not_before=NOW)
     assert provider.sessions is None
     await provider.aclose()
+
+
+def test_every_backend_the_settings_accept_has_a_provider() -> None:
+    accepted = set(get_args(Settings.model_fields["backend"].annotation))
+    assert set(KINDS) == accepted
+    where = {name: kind.url(Settings(mas_url="http://mas:8081")) for name, kind in KINDS.items()}
+    assert str(where["mas"]) == "http://mas:8081/"
+    assert where["synapse"] is None

@@ -10,13 +10,12 @@ from ..backends.mas import (
     MasAdminClient,
     MasTokenBackend,
     PersonalSessions,
-    RequestObserver,
 )
 from ..backends.oauth import ClientCredentialsAuth
 from ..onboarding import Observer
 from ..settings import Settings
 from ..sign_up import SiteWatch
-from .provider import Provider, peer_http_client
+from .provider import Provider, ProviderKind, RequestObserver, peer_http_client
 
 
 def mas_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -69,3 +68,6 @@ def build(
         sessions=sessions,
         http=http,
     )
+
+
+KIND = ProviderKind(name="MAS", build=build, url=lambda settings: settings.mas_url)

@@ -7,11 +7,12 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
 from ..backends import AccountFinder, TokenBackend
-from ..onboarding import ActingSessions
+from ..onboarding import ActingSessions, Observer
 from ..settings import Settings
 from ..sign_up import SiteWatch
 
@@ -38,6 +39,28 @@ class Provider:
         await self.backend.aclose()
         if self.http is not None:
             await self.http.aclose()
+
+
+class ProviderBuilder(Protocol):
+    """Builds a backend's provider; raises ConfigurationError when the settings cannot work."""
+
+    def __call__(
+        self,
+        settings: Settings,
+        *,
+        on_request: RequestObserver | None = None,
+        observe: Observer | None = None,
+    ) -> Provider: ...
+
+
+@dataclass(frozen=True)
+class ProviderKind:
+    """A backend as the settings name it: how to build its provider, and where it is (for
+    messages, without building anything)."""
+
+    name: str
+    build: ProviderBuilder
+    url: Callable[[Settings], object]
 
 
 def peer_http_client(settings: Settings, *, ca_bundle: Path | None) -> httpx.AsyncClient:

@@ -14,7 +14,7 @@ from ..backends.synapse import (
 from ..onboarding import Observer
 from ..settings import Settings
 from ..sign_up import SiteWatch
-from .provider import Provider, RequestObserver, peer_http_client
+from .provider import Provider, ProviderKind, RequestObserver, peer_http_client
 
 
 def synapse_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -44,3 +44,6 @@ def build(
         sessions=AdminTokenSessions(settings.synapse_admin_token_value),
         http=http,
     )
+
+
+KIND = ProviderKind(name="Synapse", build=build, url=lambda settings: settings.synapse_url)
