@@ -44,9 +44,6 @@ logger = logging.getLogger(__name__)
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 TOKEN_LENGTH = 24
 
-#: The end of the Ready reason while the backend's clock runs ahead ("MasClockAhead").
-CLOCK_AHEAD = "ClockAhead"
-
 
 def generate_token() -> SecretStr:
     """A fresh registration token: 24 characters of [A-Za-z0-9] (~143 bits), easy to paste."""
@@ -185,17 +182,18 @@ async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> Invi
     except BackendClockAhead as exc:
         # Not handed to Kopf for a retry: the sync pass sees when the backend agrees and mails
         # then (`awaits_mail`), so no retry races it for the one mail.
+        problem = Problem.of(exc, deps.backend.name)
         return await _finish(
-            deps, invitation, writer, token_state, reconciling=_problem(exc, deps.backend.name)
+            deps, invitation, writer, token_state, reconciling=problem, waiting_for_clock=True
         )
     except PermanentError as exc:
-        problem = _problem(exc, deps.backend.name)
+        problem = Problem.of(exc, deps.backend.name)
         await _finish(deps, invitation, writer, token_state, stalled=problem)
         raise
     except OperatorError as exc:
         # Transient, and (should a new error ever lack a class) the unclassified as well:
         # waiting is the safe default, and the reason still reaches status.
-        problem = _problem(exc, deps.backend.name)
+        problem = Problem.of(exc, deps.backend.name)
         await _finish(deps, invitation, writer, token_state, reconciling=problem)
         raise
     status = await _finish(deps, invitation, writer, token_state)
@@ -257,8 +255,7 @@ def clock_disagrees(invitation: Invitation, state: TokenState, now: dt.datetime)
 
 def awaits_clock_agreement(status: InvitationStatus) -> bool:
     """The last reconcile stopped because the backend's clock ran ahead: the sync pass owns it."""
-    ready = status.condition("Ready")
-    return ready is not None and ready.status == "False" and ready.reason.endswith(CLOCK_AHEAD)
+    return bool(status.waiting_for_backend_clock)
 
 
 def awaits_mail(invitation: Invitation, state: TokenState) -> bool:
@@ -292,32 +289,6 @@ def _check_clocks(
     )
 
 
-def _problem(exc: Exception, backend: str = "MAS") -> Problem:
-    prefix = backend.capitalize()  # "MAS" → MasUnavailable as ever; "Synapse" → SynapseUnavailable
-    reason = {
-        "BackendUnavailable": f"{prefix}Unavailable",
-        "BackendAuthError": f"{prefix}AuthFailed",
-        "BackendRejected": f"{prefix}Rejected",
-        "BackendMisdirected": f"{prefix}ApiNotFound",
-        "BackendClockAhead": f"{prefix}{CLOCK_AHEAD}",
-        "TokenNotFound": "TokenNotFound",
-        "TokenConflict": "TokenConflict",
-        "MailTemporaryError": "MailDeferred",
-        "MailRejectedError": "MailRejected",
-        "MailThrottled": "WaitingForMailSlot",
-        "InvalidSpecError": "InvalidSpec",
-        "ConfigurationError": "OperatorMisconfigured",
-        "KubeForbidden": "Forbidden",
-        "KubeUnavailable": "KubernetesUnavailable",
-        "KubeNotFound": "KubernetesObjectGone",
-        "KubeConflict": "KubernetesConflict",
-        "_AlreadyExists": "KubernetesConflict",
-        "KubeRejected": "KubernetesRejected",
-        "SecretConflict": "SecretConflict",
-    }.get(type(exc).__name__, type(exc).__name__)
-    return Problem(reason=reason, message=str(exc)[:1000])
-
-
 async def _finish(
     deps: Collaborators,
     invitation: Invitation,
@@ -326,6 +297,7 @@ async def _finish(
     *,
     stalled: Problem | None = None,
     reconciling: Problem | None = None,
+    waiting_for_clock: bool = False,
 ) -> InvitationStatus:
     now = deps.clock()
     before = writer.status.phase
@@ -342,6 +314,8 @@ async def _finish(
     )
     if token_state is not None:
         status.last_synced_at = rfc3339(now)
+    # Set only here, cleared by every other ending: the sync pass owns the Invitation meanwhile.
+    status.waiting_for_backend_clock = True if waiting_for_clock else None
     try:
         await writer.write(status)
     except KubeNotFound:
