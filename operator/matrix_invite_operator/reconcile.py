@@ -8,9 +8,11 @@ once at startup). Every step is safe to repeat after a crash at any point:
 2. Token: issue it in the backend with that value (a conflict means "find it", never a second
    token), record its id in status at once.
 3. Converge: usage limit, expiry and revocation as the spec says; drift is corrected with an Event.
-4. Mail: only if this token has not been mailed to this address; record it right after the relay
-   accepts. The one duplicate-mail window is between that accept and the status write.
-5. Status: computed by `status.compute_status` and written with `observedGeneration` in one patch.
+4. Mail: only if this token has not been mailed to this address; record it, with the whole
+   status, in the request right after the relay accepts. The one duplicate-mail window is
+   between that accept and that status write.
+5. Onboarding, when due (`onboarding.py`): after the mail record, never before it.
+6. Status: computed by `status.compute_status` and written with `observedGeneration` in one patch.
 """
 
 from __future__ import annotations
@@ -178,6 +180,11 @@ async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> Invi
         token_state = await _converge(deps, invitation, writer, token_state, expiry)
         _check_clocks(invitation, token_state, deps.clock(), deps.backend.name)
         mailed = await _mail_if_due(deps, invitation, writer, token, token_state)
+        if mailed is not None:
+            # The mail record goes out with the very next request: onboarding below (sessions,
+            # joins with retries, a notice) may crash or fail, and a lost record mails again.
+            await _finish(deps, invitation, writer, token_state)
+            await deps.events.normal(invitation, "MailSent", mailed)
         notices = await onboard(deps, invitation, writer, token_state)
     except BackendClockAhead as exc:
         # Not handed to Kopf for a retry: the sync pass sees when the backend agrees and mails
@@ -196,10 +203,10 @@ async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> Invi
         problem = Problem.of(exc, deps.backend.name)
         await _finish(deps, invitation, writer, token_state, reconciling=problem)
         raise
+    if notices is None and mailed is not None:
+        return writer.status  # written with the mail record; onboarding had nothing to do
     status = await _finish(deps, invitation, writer, token_state)
-    if mailed is not None:
-        await deps.events.normal(invitation, "MailSent", mailed)
-    await post_notices(deps.events, invitation, notices)
+    await post_notices(deps.events, invitation, notices or [])
     return status
 
 
@@ -209,8 +216,9 @@ ONBOARDING_FIELDS = ("account", "account_search", "rooms", "notice_posted", "con
 
 async def onboard(
     deps: Collaborators, invitation: Invitation, writer: StatusWriter, token: TokenState | None
-) -> list[Notice]:
-    """Stage what onboarding found and did, if anything is due; the Events to post after."""
+) -> list[Notice] | None:
+    """Stage what onboarding found and did, if anything is due; the Events to post after it
+    (None: nothing was due)."""
     now = deps.clock()
     current = writer.status
     if token is not None:  # the use count as the backend says now, not as status last showed
@@ -218,7 +226,7 @@ async def onboard(
             update={"times_used": token.times_used, "last_used_at": rfc3339(token.last_used_at)}
         )
     if deps.onboarding is None or not deps.onboarding.due(invitation.spec, current, now):
-        return []
+        return None
     updated, notices = await deps.onboarding.apply(
         invitation.name,
         invitation.spec,
@@ -514,9 +522,9 @@ async def _mail_if_due(
 ) -> str | None:
     """Send the mail if it is due; returns the MailSent Event's message, or None.
 
-    The mail record is staged, not written: the final status write follows at once, with no
-    I/O in between, so that one PATCH closes the duplicate-mail window (the caller posts the
-    Event after it).
+    The mail record is staged, not written: the caller writes it with the status at once, with
+    no I/O in between, so that one PATCH closes the duplicate-mail window (and posts the Event
+    after it).
     """
     status = writer.status
     already = status.mailed_token_id == state.id and status.mail_recipient == invitation.spec.email
