@@ -267,6 +267,10 @@ async def _write_from_fresh_read(
             # Idempotent (a join of a member succeeds), so a conflict below loses nothing.
             onboarded = await deps.onboarding.apply(about_to_be_written, token, now)
             updated, notices = onboarded.applied_to(updated), onboarded.notices
+        synced = status.last_synced_at
+        stale = synced is None or parse_rfc3339(synced) < now - LAST_SYNCED_REFRESH
+        if _settled(updated) == _settled(status) and not stale:
+            return False  # nothing a reader could see: a failed lookup, say, backing off
         updated.last_synced_at = rfc3339(now)
         try:
             await StatusWriter(deps.kube, current, retry_conflicts=False).write(updated)
