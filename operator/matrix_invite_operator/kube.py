@@ -28,6 +28,7 @@ from .errors import (
     KubeUnavailable,
     SecretConflict,
 )
+from .formats import retry_after_seconds
 from .kube_identity import KubeLogin, KubeTransport
 from .models import GROUP, PLURAL, VERSION
 
@@ -80,7 +81,7 @@ class KubeApi:
         if response.status_code == 429 or response.status_code >= 500:
             raise KubeUnavailable(
                 f"Kubernetes API answered {response.status_code} to {method} {path}",
-                retry_after=float(response.headers.get("Retry-After", 5)),
+                retry_after=retry_after_seconds(response.headers.get("Retry-After"), 5.0),
             )
         if response.status_code >= 400:
             raise KubeRejected(

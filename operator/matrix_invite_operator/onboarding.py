@@ -1,8 +1,9 @@
 """After sign-up: who accepted an Invitation (`status.account`), and the rooms the account joins.
 
-No Kopf and no status writes here. `Onboarding.apply` takes the status about to be written and
-returns it with `account`, `accountSearch`, `rooms`, `noticePosted` and the conditions
-`AccountKnown` and `RoomsJoined` brought up to date, plus the Events to post after the write.
+No Kopf and no status writes here. `Onboarding.apply` takes the Invitation with the status about
+to be written and returns only what it changed there (`account`, `accountSearch`, `rooms`,
+`noticePosted`, the conditions `AccountKnown` and `RoomsJoined`), plus the Events to post after
+the write.
 It acts only when `due` (a pure check, no I/O) says so: a search when the token's use count rose
 (retried a few times with backoff, since MAS lists the account a moment after the use), a room
 without an outcome, or a failed room whose backoff has run out. A sync pass therefore costs
@@ -22,16 +23,16 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import SecretStr
 
 from .backends import AccountFinder, TokenState
 from .errors import OperatorError
 from .formats import parse_rfc3339, rfc3339
-from .homeserver import HomeserverClient, MatrixError
+from .homeserver import MatrixError
 from .models import AccountSearch, InvitationSpec, InvitationStatus, RoomState, RoomStatus
-from .ports import Notice
+from .ports import Invitation, Notice, Onboarded
 from .settings import Settings
 from .status import make_condition
 
@@ -47,6 +48,17 @@ USER_NOT_FOUND_FIRST_WAIT = 0.05
 
 Observer = Callable[[str, str], None]
 """Called with (what, outcome): ("account_lookup", "found"), ("join", "failed"), ..."""
+
+
+class Homeserver(Protocol):
+    """What onboarding asks of the homeserver (`homeserver.HomeserverClient`); each call raises
+    `MatrixError` when the homeserver refuses."""
+
+    async def admin_join(self, room: str, user_id: str, token: SecretStr) -> str: ...
+
+    async def invite(self, room: str, user_id: str, token: SecretStr) -> str: ...
+
+    async def send_notice(self, room: str, text: str, token: SecretStr) -> None: ...
 
 
 class ActingSessions(Protocol):
@@ -68,7 +80,7 @@ class Onboarding:
         settings: Settings,
         accounts: AccountFinder,
         *,
-        homeserver: HomeserverClient | None = None,
+        homeserver: Homeserver | None = None,
         sessions: ActingSessions | None = None,
         observe: Observer | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -79,12 +91,21 @@ class Onboarding:
         self._sessions = sessions
         self._observe = observe or (lambda what, outcome: None)
         self._sleep = sleep
+        # Lookups that failed (an outage, a MAS without /user-emails), by Invitation uid: how
+        # often in a row, and when to try again. Kept here, not in status: a failure is no
+        # answer, and writing its time on every try woke every watcher for nothing.
+        self._failed_lookups: dict[str, tuple[int, dt.datetime]] = {}
 
     # --- what is due (no I/O) -------------------------------------------------------------
 
     def _backoff(self, attempts: int) -> dt.timedelta:
         base, ceiling = self._settings.retry_base_seconds, self._settings.retry_max_seconds
         return dt.timedelta(seconds=min(base * 2 ** max(attempts - 1, 0), ceiling))
+
+    def lookup_waits(self, invitation: Invitation, now: dt.datetime) -> bool:
+        """Whether the last lookup for this Invitation failed and its backoff still runs."""
+        failed = self._failed_lookups.get(invitation.uid)
+        return failed is not None and now < failed[1]
 
     def search_due(self, spec: InvitationSpec, status: InvitationStatus, now: dt.datetime) -> bool:
         uses = status.times_used or 0
@@ -128,15 +149,16 @@ class Onboarding:
         tried = {r.room for r in status.rooms or []}
         return all(room in tried for room in spec.rooms or [])
 
-    def due(self, spec: InvitationSpec, status: InvitationStatus, now: dt.datetime) -> bool:
+    def due(self, invitation: Invitation, now: dt.datetime) -> bool:
         """Whether `apply` would do anything: cheap enough for every Invitation on every pass."""
+        spec, status = invitation.spec, invitation.status
         if spec.account is not None and spec.account != status.account:
             return True
         if self._settings.notice_room is not None and self.notice_due(spec, status):
             return True
         stale_rooms = {r.room for r in status.rooms or []} - set(spec.rooms or [])
         return (
-            self.search_due(spec, status, now)
+            (self.search_due(spec, status, now) and not self.lookup_waits(invitation, now))
             or bool(self.rooms_due(spec, status, now))
             or bool(stale_rooms)
         )
@@ -144,21 +166,16 @@ class Onboarding:
     # --- doing it ----------------------------------------------------------------------------
 
     async def apply(
-        self,
-        name: str,
-        spec: InvitationSpec,
-        created: dt.datetime,
-        status: InvitationStatus,
-        token: TokenState | None,
-        generation: int,
-        now: dt.datetime,
-    ) -> tuple[InvitationStatus, list[Notice]]:
-        """The status with onboarding brought up to date, and the Events to post after writing.
+        self, invitation: Invitation, token: TokenState | None, now: dt.datetime
+    ) -> Onboarded:
+        """What onboarding found and did, as changes to `invitation.status` (the status about
+        to be written), and the Events to post after writing them.
 
         Never raises an OperatorError: a failed lookup or join is recorded and retried later,
         so it cannot turn an accepted invitation into a failed one.
         """
-        status = status.model_copy(deep=True)
+        spec, generation = invitation.spec, invitation.generation
+        status = invitation.status.model_copy(deep=True)
         if token is not None:
             status.times_used, status.last_used_at = token.times_used, rfc3339(token.last_used_at)
         notices: list[Notice] = []
@@ -166,8 +183,8 @@ class Onboarding:
         problem: str | None = None
         if spec.account is not None:
             status.account = spec.account
-        elif self.search_due(spec, status, now):
-            problem = await self._search(spec, created, status, token, now, notices)
+        elif self.search_due(spec, status, now) and not self.lookup_waits(invitation, now):
+            problem = await self._search(invitation, status, token, now, notices)
         if status.account != before:
             status.rooms = None  # another account: its rooms start over
             status.notice_posted = None
@@ -180,36 +197,37 @@ class Onboarding:
             bool(due) and self._settings.notice_room is not None
         )
         if due or notice:
-            await self._act(name, spec, status, due, now, notices)
+            await self._act(invitation.name, spec, status, due, now, notices)
         self._rooms_condition(spec, status, generation, now)
-        return status, notices
+        return Onboarded(_changes(invitation.status, status), notices)
 
     async def _search(
         self,
-        spec: InvitationSpec,
-        created: dt.datetime,
+        invitation: Invitation,
         status: InvitationStatus,
         token: TokenState | None,
         now: dt.datetime,
         notices: list[Notice],
     ) -> str:
         """Search once; returns why the account is (not) the one, for the condition."""
+        spec = invitation.spec
         uses = status.times_used or 0
         search = status.account_search
         attempts = search.attempts + 1 if search is not None and search.uses == uses else 1
-        status.account_search = AccountSearch(uses=uses, attempts=attempts, at=rfc3339(now) or "")
         used_at = token.last_used_at if token is not None else parse_rfc3339(status.last_used_at)
         try:
             found = await self._accounts.find_account(
-                spec.email, used_at=used_at, not_before=created
+                spec.email, used_at=used_at, not_before=invitation.created
             )
         except OperatorError as exc:
             self._observe("account_lookup", "failed")
-            # An outage is no answer: it does not use up the searches, it waits its backoff.
-            status.account_search = status.account_search.model_copy(
-                update={"attempts": min(attempts, MAX_SEARCHES - 1)}
-            )
+            # An outage is no answer: it uses up no search and leaves `accountSearch` as it
+            # was; the next try waits a backoff of its own (doubling up to the retry maximum).
+            failures = self._failed_lookups.get(invitation.uid, (0, now))[0] + 1
+            self._failed_lookups[invitation.uid] = (failures, now + self._backoff(failures))
             return f"the lookup failed: {exc}"
+        self._failed_lookups.pop(invitation.uid, None)
+        status.account_search = AccountSearch(uses=uses, attempts=attempts, at=rfc3339(now) or "")
         self._observe("account_lookup", "found" if found.user_id else "not_found")
         if found.user_id is not None and found.user_id != status.account:
             status.account = found.user_id
@@ -238,7 +256,7 @@ class Onboarding:
             message = f"{spec.email} signed up as {status.account}"
         else:
             search = status.account_search
-            searching = search is not None and search.attempts < MAX_SEARCHES
+            searching = search is None or search.attempts < MAX_SEARCHES
             value = False
             reason = "Searching" if searching else "AccountNotFound"
             previous = status.condition(ACCOUNT_CONDITION)
@@ -359,7 +377,7 @@ class Onboarding:
 
     async def _place(
         self,
-        homeserver: HomeserverClient,
+        homeserver: Homeserver,
         actor: str,
         room: str,
         account: str,
@@ -409,6 +427,15 @@ class Onboarding:
             attempts=attempts,
             last_attempt_at=rfc3339(now),
         )
+
+
+def _changes(before: InvitationStatus, after: InvitationStatus) -> dict[str, Any]:
+    """The fields `after` sets otherwise than `before`: all of them, whatever a new one is."""
+    return {
+        name: getattr(after, name)
+        for name in InvitationStatus.model_fields
+        if getattr(after, name) != getattr(before, name)
+    }
 
 
 def _not_found_message(why: str) -> str:

@@ -8,19 +8,21 @@ once at startup). Every step is safe to repeat after a crash at any point:
 2. Token: issue it in the backend with that value (a conflict means "find it", never a second
    token), record its id in status at once.
 3. Converge: usage limit, expiry and revocation as the spec says; drift is corrected with an Event.
-4. Mail: only if this token has not been mailed to this address; record it right after the relay
-   accepts. The one duplicate-mail window is between that accept and the status write.
-5. Status: computed by `status.compute_status` and written with `observedGeneration` in one patch.
+4. Mail: only if this token has not been mailed to this address; record it, with the whole
+   status, in the request right after the relay accepts. The one duplicate-mail window is
+   between that accept and that status write.
+5. Onboarding, when due (`onboarding.py`): after the mail record, never before it.
+6. Status: computed by `status.compute_status` and written with `observedGeneration` in one patch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import secrets
 import string
-from collections.abc import Callable
 
 from pydantic import SecretStr
 
@@ -33,58 +35,36 @@ from .errors import (
     PermanentError,
     SecretConflict,
 )
-from .formats import parse_rfc3339, rfc3339
-from .models import InvitationStatus, Phase
-from .ports import Collaborators, EventSink, Invitation, Notice, secret_name_for
+from .formats import rfc3339
+from .models import InvitationStatus
+from .ownership import (
+    clock_disagrees,
+    desired_expiry,
+    drifted,
+    mailed,
+    missing_token_state,
+    owned_by_handler,
+)
+from .ports import Collaborators, Invitation, Notice, secret_name_for
 from .settings import Settings
-from .status import Problem, StatusWriter, compute_status
+from .status import (
+    Problem,
+    StatusWriter,
+    announce_phase_change,
+    compute_status,
+    post_notices,
+    read_current,
+)
 
 logger = logging.getLogger(__name__)
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 TOKEN_LENGTH = 24
 
-#: The end of the Ready reason while the backend's clock runs ahead ("MasClockAhead").
-CLOCK_AHEAD = "ClockAhead"
-
 
 def generate_token() -> SecretStr:
     """A fresh registration token: 24 characters of [A-Za-z0-9] (~143 bits), easy to paste."""
     return SecretStr("".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH)))
-
-
-def desired_expiry(invitation: Invitation, settings: Settings) -> dt.datetime:
-    """When the token should expire, in whole milliseconds: the finest any backend keeps
-    (Synapse counts milliseconds), so a stored expiry never differs from the desired one."""
-    expiry = invitation.spec.expiry(invitation.created, settings.default_validity)
-    return expiry.replace(microsecond=expiry.microsecond // 1000 * 1000)
-
-
-def missing_token_state(
-    invitation: Invitation, expiry: dt.datetime, now: dt.datetime
-) -> TokenState | None:
-    """What a token the backend no longer holds amounts to, when issuing it again would be wrong.
-
-    Synapse cannot revoke, so revoking deletes the token there, and Synapse admins delete spent
-    or expired tokens; MAS may lose one in a restored database. Issuing it again from the Secret
-    would undo the spec's revocation or hand out uses beyond the limit, so a missing token of an
-    Invitation that is revoked, used up or past its expiry is reported from what status last
-    showed. None means: nothing stands against issuing it again.
-    """
-    status, spec = invitation.status, invitation.spec
-    used = status.times_used or 0
-    if status.token_id is None or not (spec.revoked or used >= spec.usage_limit or expiry <= now):
-        return None
-    return TokenState(
-        id=status.token_id,
-        token=SecretStr(""),  # the value lives in the Secret; nothing here reads it
-        valid=False,
-        usage_limit=spec.usage_limit,
-        times_used=used,
-        expires_at=expiry,
-        last_used_at=parse_rfc3339(status.last_used_at),
-        revoked_at=now if spec.revoked else None,
-    )
 
 
 def check_spec(invitation: Invitation, settings: Settings, now: dt.datetime) -> dt.datetime:
@@ -117,48 +97,33 @@ async def reconcile(deps: Collaborators, invitation: Invitation) -> InvitationSt
     fresh read, so nothing done is done twice.
     """
     async with deps.slots, deps.lock_for(invitation):
-        current = await read_current(deps, invitation)
+        current = await read_current(deps.kube, invitation)
         if current is None:
             return None
         return await _reconcile_locked(deps, current)
 
 
-async def read_current(deps: Collaborators, invitation: Invitation) -> Invitation | None:
-    """The Invitation as the API server holds it now; None if it is gone or being deleted."""
-    body = await deps.kube.get_invitation(invitation.namespace, invitation.name)
-    if (
-        body is None
-        or body["metadata"].get("uid") != invitation.uid
-        or body["metadata"].get("deletionTimestamp")
-    ):
-        return None
-    return Invitation.from_body(body)
-
-
-async def repair_drift(
-    deps: Collaborators,
-    invitation: Invitation,
-    drifted: Callable[[Invitation, TokenState | None], bool],
-) -> bool:
+async def repair_drift(deps: Collaborators, invitation: Invitation) -> bool:
     """Reconcile an Invitation the sync pass found drifted, if it still is.
 
     The sync pass compares a listing with its watch cache; either may be older than a handler
     that just ran. Deciding on them could set an edited limit back, or mark a settled
     Invitation Pending during an outage. So: under the Invitation's lock, read both afresh
-    and decide again. A held lock means a handler is at work on it: skipped, not waited for
-    (it may be waiting on a mail relay for its whole timeout). Returns whether it reconciled.
+    and decide again (`ownership.drifted`). A held lock means a handler is at work on it:
+    skipped, not waited for (it may be waiting on a mail relay for its whole timeout).
+    Returns whether it reconciled.
     """
     lock = deps.lock_for(invitation)
     if lock.locked():
         return False
     async with lock:
-        current = await read_current(deps, invitation)
-        if current is None:
+        current = await read_current(deps.kube, invitation)
+        if current is None or owned_by_handler(current):
             return False
         token_id = current.status.token_id
-        if token_id is None or current.status.observed_generation != current.generation:
-            return False  # a handler owns it now
-        if not drifted(current, await deps.backend.read(token_id)):
+        assert token_id is not None  # owned_by_handler said so
+        token = await deps.backend.read(token_id)
+        if not drifted(current, token, deps.settings, deps.clock()):
             return False
         await _reconcile_locked(deps, current)
         return True
@@ -181,100 +146,53 @@ async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> Invi
         token_state = await _converge(deps, invitation, writer, token_state, expiry)
         _check_clocks(invitation, token_state, deps.clock(), deps.backend.name)
         mailed = await _mail_if_due(deps, invitation, writer, token, token_state)
+        if mailed is not None:
+            # The mail record goes out with the very next request: onboarding below (sessions,
+            # joins with retries, a notice) may crash or fail, and a lost record mails again.
+            await _finish(deps, invitation, writer, token_state)
+            await deps.events.normal(invitation, "MailSent", mailed)
         notices = await onboard(deps, invitation, writer, token_state)
     except BackendClockAhead as exc:
         # Not handed to Kopf for a retry: the sync pass sees when the backend agrees and mails
         # then (`awaits_mail`), so no retry races it for the one mail.
+        problem = Problem.of(exc, deps.backend.name)
         return await _finish(
-            deps, invitation, writer, token_state, reconciling=_problem(exc, deps.backend.name)
+            deps, invitation, writer, token_state, reconciling=problem, waiting_for_clock=True
         )
     except PermanentError as exc:
-        problem = _problem(exc, deps.backend.name)
+        problem = Problem.of(exc, deps.backend.name)
         await _finish(deps, invitation, writer, token_state, stalled=problem)
         raise
     except OperatorError as exc:
         # Transient, and (should a new error ever lack a class) the unclassified as well:
         # waiting is the safe default, and the reason still reaches status.
-        problem = _problem(exc, deps.backend.name)
+        problem = Problem.of(exc, deps.backend.name)
         await _finish(deps, invitation, writer, token_state, reconciling=problem)
         raise
+    if notices is None and mailed is not None:
+        return writer.status  # written with the mail record; onboarding had nothing to do
     status = await _finish(deps, invitation, writer, token_state)
-    if mailed is not None:
-        await deps.events.normal(invitation, "MailSent", mailed)
-    await post_notices(deps.events, invitation, notices)
+    await post_notices(deps.events, invitation, notices or [])
     return status
-
-
-#: What onboarding changes in status (`onboarding.Onboarding.apply`).
-ONBOARDING_FIELDS = ("account", "account_search", "rooms", "notice_posted", "conditions")
 
 
 async def onboard(
     deps: Collaborators, invitation: Invitation, writer: StatusWriter, token: TokenState | None
-) -> list[Notice]:
-    """Stage what onboarding found and did, if anything is due; the Events to post after."""
+) -> list[Notice] | None:
+    """Stage what onboarding found and did, if anything is due; the Events to post after it
+    (None: nothing was due)."""
     now = deps.clock()
     current = writer.status
     if token is not None:  # the use count as the backend says now, not as status last showed
         current = current.model_copy(
             update={"times_used": token.times_used, "last_used_at": rfc3339(token.last_used_at)}
         )
-    if deps.onboarding is None or not deps.onboarding.due(invitation.spec, current, now):
-        return []
-    updated, notices = await deps.onboarding.apply(
-        invitation.name,
-        invitation.spec,
-        invitation.created,
-        current,
-        token,
-        invitation.generation,
-        now,
-    )
-    writer.stage(**{name: getattr(updated, name) for name in ONBOARDING_FIELDS})
-    return notices
-
-
-async def post_notices(events: EventSink, invitation: Invitation, notices: list[Notice]) -> None:
-    for notice in notices:
-        post = events.warning if notice.warning else events.normal
-        await post(invitation, notice.reason, notice.message)
-
-
-def clock_disagrees(invitation: Invitation, state: TokenState, now: dt.datetime) -> bool:
-    """The backend calls the token invalid, though by our clock it has not expired and it is
-    neither revoked nor used up: the backend's clock runs ahead of ours."""
-    # Synapse counts sign-ups in progress (`pending`) against the limit too.
-    uses = state.times_used + (state.pending or 0)
-    used_up = state.usage_limit is not None and uses >= state.usage_limit
-    return (
-        not state.valid
-        and not state.revoked
-        and not used_up
-        and not invitation.spec.revoked
-        and not state.expired(now)
-    )
-
-
-def awaits_clock_agreement(status: InvitationStatus) -> bool:
-    """The last reconcile stopped because the backend's clock ran ahead: the sync pass owns it."""
-    ready = status.condition("Ready")
-    return ready is not None and ready.status == "False" and ready.reason.endswith(CLOCK_AHEAD)
-
-
-def awaits_mail(invitation: Invitation, state: TokenState) -> bool:
-    """A token the backend calls valid now, whose mail waited for the clocks to agree.
-
-    A reconcile that met a token the backend called invalid (its clock ahead) ends without
-    mailing and without a retry; only the sync pass sees when the backend agrees, and hands the
-    Invitation back to reconcile. Other unmailed states belong to a handler's retry (mail
-    deferred, waiting for a slot), which the sync pass must not race for the one mail.
-    """
-    status = invitation.status
-    if not state.valid or invitation.spec.revoked:
-        return False
-    if status.mailed_token_id == state.id and status.mail_recipient == invitation.spec.email:
-        return False
-    return awaits_clock_agreement(status)
+    about_to_be_written = dataclasses.replace(invitation, status=current)
+    if deps.onboarding is None or not deps.onboarding.due(about_to_be_written, now):
+        return None
+    onboarded = await deps.onboarding.apply(about_to_be_written, token, now)
+    writer.stage(**onboarded.changes)
+    return onboarded.notices
 
 
 def _check_clocks(
@@ -292,32 +210,6 @@ def _check_clocks(
     )
 
 
-def _problem(exc: Exception, backend: str = "MAS") -> Problem:
-    prefix = backend.capitalize()  # "MAS" → MasUnavailable as ever; "Synapse" → SynapseUnavailable
-    reason = {
-        "BackendUnavailable": f"{prefix}Unavailable",
-        "BackendAuthError": f"{prefix}AuthFailed",
-        "BackendRejected": f"{prefix}Rejected",
-        "BackendMisdirected": f"{prefix}ApiNotFound",
-        "BackendClockAhead": f"{prefix}{CLOCK_AHEAD}",
-        "TokenNotFound": "TokenNotFound",
-        "TokenConflict": "TokenConflict",
-        "MailTemporaryError": "MailDeferred",
-        "MailRejectedError": "MailRejected",
-        "MailThrottled": "WaitingForMailSlot",
-        "InvalidSpecError": "InvalidSpec",
-        "ConfigurationError": "OperatorMisconfigured",
-        "KubeForbidden": "Forbidden",
-        "KubeUnavailable": "KubernetesUnavailable",
-        "KubeNotFound": "KubernetesObjectGone",
-        "KubeConflict": "KubernetesConflict",
-        "_AlreadyExists": "KubernetesConflict",
-        "KubeRejected": "KubernetesRejected",
-        "SecretConflict": "SecretConflict",
-    }.get(type(exc).__name__, type(exc).__name__)
-    return Problem(reason=reason, message=str(exc)[:1000])
-
-
 async def _finish(
     deps: Collaborators,
     invitation: Invitation,
@@ -326,6 +218,7 @@ async def _finish(
     *,
     stalled: Problem | None = None,
     reconciling: Problem | None = None,
+    waiting_for_clock: bool = False,
 ) -> InvitationStatus:
     now = deps.clock()
     before = writer.status.phase
@@ -342,6 +235,8 @@ async def _finish(
     )
     if token_state is not None:
         status.last_synced_at = rfc3339(now)
+    # Set only here, cleared by every other ending: the sync pass owns the Invitation meanwhile.
+    status.waiting_for_backend_clock = True if waiting_for_clock else None
     try:
         await writer.write(status)
     except KubeNotFound:
@@ -351,33 +246,6 @@ async def _finish(
         # Once per cause, not once per retry: the condition carries the details meanwhile.
         await deps.events.warning(invitation, reconciling.reason, reconciling.message)
     return status
-
-
-async def announce_phase_change(
-    events: EventSink, invitation: Invitation, before: Phase | None, status: InvitationStatus
-) -> None:
-    """One Event per transition into a terminal or failed phase."""
-    if status.phase == before:
-        return
-    if status.phase is Phase.ACCEPTED:
-        account = f"; the account is {status.account}" if status.account else ""
-        await events.normal(
-            invitation,
-            "InvitationAccepted",
-            f"The token was used {status.times_used} of {status.usage_limit} times{account}",
-        )
-    elif status.phase is Phase.EXPIRED:
-        await events.normal(
-            invitation, "InvitationExpired", f"The token expired at {status.expires_at}"
-        )
-    elif status.phase is Phase.REVOKED and not invitation.spec.revoked:
-        await events.warning(
-            invitation,
-            "RevokedOutsideGit",
-            "The token was revoked in MAS, not through the spec; it stays revoked",
-        )
-    elif status.phase is Phase.FAILED:
-        await events.warning(invitation, "Stalled", status.message or "")
 
 
 async def _rotate_if_readdressed(
@@ -540,12 +408,12 @@ async def _mail_if_due(
 ) -> str | None:
     """Send the mail if it is due; returns the MailSent Event's message, or None.
 
-    The mail record is staged, not written: the final status write follows at once, with no
-    I/O in between, so that one PATCH closes the duplicate-mail window (the caller posts the
-    Event after it).
+    The mail record is staged, not written: the caller writes it with the status at once, with
+    no I/O in between, so that one PATCH closes the duplicate-mail window (and posts the Event
+    after it).
     """
     status = writer.status
-    already = status.mailed_token_id == state.id and status.mail_recipient == invitation.spec.email
+    already = mailed(dataclasses.replace(invitation, status=status), state)
     # A resend request that was already present when the first mail went out is not a new one.
     resend = already and resend_requested(invitation, status.resend_handled)
     if (already and not resend) or not state.valid or invitation.spec.revoked:

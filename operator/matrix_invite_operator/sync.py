@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,19 +28,23 @@ from .backends import TokenState
 from .errors import InvalidSpecError, KubeConflict, KubeNotFound, OperatorError
 from .formats import parse_rfc3339, rfc3339
 from .models import RESEND_ANNOTATION, InvitationStatus, Phase
-from .ports import Collaborators, Invitation, Notice
-from .reconcile import (
-    announce_phase_change,
-    awaits_mail,
+from .ownership import (
     clock_disagrees,
     desired_expiry,
+    expiry_due,
     missing_token_state,
+    needs_reconcile,
+    owned_by_handler,
+)
+from .ports import Collaborators, Invitation, Notice
+from .reconcile import reconcile, repair_drift
+from .status import (
+    StatusWriter,
+    announce_phase_change,
+    compute_status,
     post_notices,
     read_current,
-    reconcile,
-    repair_drift,
 )
-from .status import StatusWriter, compute_status
 
 logger = logging.getLogger(__name__)
 
@@ -131,16 +136,6 @@ class WatchedInvitation:
 Registry = dict[tuple[str, str], WatchedInvitation]
 
 
-def needs_reconcile(invitation: Invitation, token: TokenState | None, expiry: dt.datetime) -> bool:
-    """Drift that only the reconcile steps can repair, or a mail that is due."""
-    if token is None:
-        return True
-    spec = invitation.spec
-    if token.usage_limit != spec.usage_limit or token.expires_at != expiry:
-        return True
-    return (spec.revoked and not token.revoked) or awaits_mail(invitation, token)
-
-
 def _settled(status: InvitationStatus) -> InvitationStatus:
     """Status without the fields that change on every computation, for comparison."""
     return status.model_copy(
@@ -177,9 +172,9 @@ async def sync_invitations(
             continue
         status = invitation.status
         token_id = status.token_id
-        if token_id is None or _owned_by_handler(invitation):
+        if token_id is None or owned_by_handler(invitation):
             continue
-        if not fresh and not _due(status, now):
+        if not fresh and not expiry_due(invitation, now):
             continue  # an expiry wake-up only flips what is due; drift waits for a listing
         token = tokens.get(token_id)
         try:
@@ -190,7 +185,7 @@ async def sync_invitations(
                 # Revoked by deletion (Synapse), spent or expired: nothing to repair.
                 token = missing_token_state(invitation, expiry, now)
             if fresh and needs_reconcile(invitation, token, expiry):
-                if await repair_drift(deps, invitation, _drift_check(deps, now)):
+                if await repair_drift(deps, invitation):
                     report.reconciled += 1
                 continue
             unmailed = token is not None and token.id != status.mailed_token_id
@@ -202,7 +197,7 @@ async def sync_invitations(
             # Onboarding acts (lookups, joins) only in the fresh-read write below; here it is only
             # a reason to get there.
             onboarding_due = deps.onboarding is not None and deps.onboarding.due(
-                invitation.spec, updated, now
+                dataclasses.replace(invitation, status=updated), now
             )
             synced = status.last_synced_at
             stale = synced is None or parse_rfc3339(synced) < now - LAST_SYNCED_REFRESH
@@ -217,17 +212,6 @@ async def sync_invitations(
         except OperatorError as exc:
             report.failed += 1
             logger.warning("sync of %s/%s failed: %s", invitation.namespace, invitation.name, exc)
-
-
-def _owned_by_handler(invitation: Invitation) -> bool:
-    """New, being edited, or stuck on an error: the handlers' business, not the sync pass's."""
-    status = invitation.status
-    stalled = status.condition("Stalled")
-    return (
-        status.token_id is None
-        or status.observed_generation != invitation.generation
-        or (stalled is not None and stalled.status == "True")
-    )
 
 
 async def _write_from_fresh_read(
@@ -246,11 +230,11 @@ async def _write_from_fresh_read(
     if lock.locked():
         return False
     async with lock:
-        current = await read_current(deps, seen)
-        if current is None or _owned_by_handler(current):
+        current = await read_current(deps.kube, seen)
+        if current is None or owned_by_handler(current):
             return False
         token_id = current.status.token_id
-        assert token_id is not None  # _owned_by_handler said so
+        assert token_id is not None  # owned_by_handler said so
         expiry = desired_expiry(current, deps.settings)
         if current.resource_version != seen.resource_version or token_id != seen.status.token_id:
             token = await deps.backend.read(token_id) or missing_token_state(current, expiry, now)
@@ -261,17 +245,15 @@ async def _write_from_fresh_read(
             status, spec=current.spec, generation=current.generation, token=token, now=now
         )
         notices: list[Notice] = []
-        if deps.onboarding is not None and deps.onboarding.due(current.spec, updated, now):
+        about_to_be_written = dataclasses.replace(current, status=updated)
+        if deps.onboarding is not None and deps.onboarding.due(about_to_be_written, now):
             # Idempotent (a join of a member succeeds), so a conflict below loses nothing.
-            updated, notices = await deps.onboarding.apply(
-                current.name,
-                current.spec,
-                current.created,
-                updated,
-                token,
-                current.generation,
-                now,
-            )
+            onboarded = await deps.onboarding.apply(about_to_be_written, token, now)
+            updated, notices = onboarded.applied_to(updated), onboarded.notices
+        synced = status.last_synced_at
+        stale = synced is None or parse_rfc3339(synced) < now - LAST_SYNCED_REFRESH
+        if _settled(updated) == _settled(status) and not stale:
+            return False  # nothing a reader could see: a failed lookup, say, backing off
         updated.last_synced_at = rfc3339(now)
         try:
             await StatusWriter(deps.kube, current, retry_conflicts=False).write(updated)
@@ -280,23 +262,6 @@ async def _write_from_fresh_read(
     await announce_phase_change(deps.events, current, status.phase, updated)
     await post_notices(deps.events, current, notices)
     return True
-
-
-def _drift_check(
-    deps: Collaborators, now: dt.datetime
-) -> Callable[[Invitation, TokenState | None], bool]:
-    def drifted(invitation: Invitation, token: TokenState | None) -> bool:
-        expiry = desired_expiry(invitation, deps.settings)
-        return needs_reconcile(
-            invitation, token or missing_token_state(invitation, expiry, now), expiry
-        )
-
-    return drifted
-
-
-def _due(status: InvitationStatus, now: dt.datetime) -> bool:
-    expires = status.expires_at
-    return expires is not None and not status.expired and parse_rfc3339(expires) <= now
 
 
 def any_due(watched: Iterable[WatchedInvitation], now: dt.datetime) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import email.utils
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -678,3 +679,78 @@ async def test_discovery_and_token_requests_carry_the_clients_user_agent(
         (OAUTH_TOKEN_PATH, "matrix-invite-operator"),
         ("/api/admin/v1/version", "matrix-invite-operator"),
     }
+
+
+# --- an overloaded MAS gets no more load (issue 21, defect 4) -------------------------------
+
+#: Enough tokens that listing them all takes several pages of the backend's 100.
+CROWD = 250
+
+
+def _crowd(double: MasDouble) -> None:
+    for _ in range(CROWD):
+        double.add_token()
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_create_refused_for_load_is_not_looked_up(mas: Harness, status: int) -> None:
+    """429 and 503 say MAS did not act: no search for a token that cannot exist, and the
+    error carries MAS's Retry-After for Kopf's next attempt."""
+    _crowd(mas.double)
+    mas.double.fail_next(1, status=status, retry_after=7, method="POST")
+    with pytest.raises(MasUnavailable) as raised:
+        await mas.backend.issue(INVITE, usage_limit=1, expires_at=None)
+    assert not raised.value.may_have_taken_effect
+    assert raised.value.retry_after == 7
+    assert mas.double.request_count("POST", TOKENS_PATH) == 1
+    assert mas.double.request_count("GET", TOKENS_PATH) == 0
+    assert token_count(mas.double, INVITE) == 0
+
+
+async def test_retry_after_as_an_http_date_is_honoured(mas: Harness) -> None:
+    when = dt.datetime.now(UTC) + dt.timedelta(seconds=90)
+    mas.double.fail_next(1, status=429, retry_after=email.utils.format_datetime(when, usegmt=True))
+    with pytest.raises(MasUnavailable) as raised:
+        await mas.backend.issue(INVITE, usage_limit=1, expires_at=None)
+    assert 80 <= raised.value.retry_after <= 90
+
+
+async def test_a_lost_answer_among_many_tokens_is_found_on_the_newest_page(mas: Harness) -> None:
+    """A create whose answer was lost made the newest token: one page of the newest finds it,
+    not a listing of all (3 pages here; 50 at 5,000 tokens)."""
+    _crowd(mas.double)
+    mas.double.drop_response_after_commit_next(1)
+    state = await mas.backend.issue(INVITE, usage_limit=1, expires_at=None)
+    assert state.token.get_secret_value() == INVITE.get_secret_value()
+    assert mas.double.request_count("GET", TOKENS_PATH) == 1
+
+
+async def test_a_conflict_looks_newest_first(mas: Harness) -> None:
+    _crowd(mas.double)
+    first = await mas.backend.issue(INVITE, usage_limit=1, expires_at=None)
+    again = await mas.backend.issue(INVITE, usage_limit=1, expires_at=None)  # 409: find it
+    assert again.id == first.id
+    assert mas.double.request_count("GET", TOKENS_PATH) == 1
+
+
+async def test_a_maybe_created_token_not_on_the_newest_page_is_left_to_the_retry(
+    mas: Harness,
+) -> None:
+    """A 502 from a proxy may or may not hide a create; when the newest page lacks the value,
+    the create failure stands (the retry's create then answers 201 or 409)."""
+    _crowd(mas.double)
+    mas.double.fail_next(1, status=502, method="POST")
+    with pytest.raises(MasUnavailable):
+        await mas.backend.issue(INVITE, usage_limit=1, expires_at=None)
+    assert mas.double.request_count("GET", TOKENS_PATH) == 1
+    state = await mas.backend.issue(INVITE, usage_limit=1, expires_at=None)
+    assert token_count(mas.double, INVITE) == 1
+    assert state.token.get_secret_value() == INVITE.get_secret_value()
+
+
+async def test_newest_tokens_walks_back_through_every_page(mas: Harness) -> None:
+    _crowd(mas.double)
+    ids = [t["id"] for t in mas.double.tokens()]
+    newest = [t.id async for t in mas.client.newest_tokens(page_size=100)]
+    assert newest == ids[::-1]
+    assert mas.double.request_count("GET", TOKENS_PATH) == 3

@@ -358,7 +358,7 @@ class Fault:
     status: int
     target: FaultTarget
     commit: bool
-    retry_after: float | None
+    retry_after: float | str | None  # seconds, or a header value as it is (an HTTP date)
     text: str | None
     method: str | None = None
 
@@ -673,7 +673,7 @@ class MasDouble:
         *,
         target: FaultTarget = "admin",
         commit: bool = False,
-        retry_after: float | None = None,
+        retry_after: float | str | None = None,
         text: str | None = None,
         method: str | None = None,
     ) -> None:
@@ -974,7 +974,10 @@ class MasDouble:
     def _fault_response(fault: Fault, kind: RouteKind) -> web.Response:
         headers = {}
         if fault.retry_after is not None:
-            headers["Retry-After"] = str(int(fault.retry_after))
+            retry_after = fault.retry_after
+            headers["Retry-After"] = (
+                retry_after if isinstance(retry_after, str) else str(int(retry_after))
+            )
         if fault.text is not None:
             return web.Response(
                 status=fault.status, text=fault.text, content_type="text/plain", headers=headers

@@ -16,6 +16,7 @@ from matrix_invite_operator import sync as sync_module
 from matrix_invite_operator.backends import AccountLookup, TokenBackend, TokenState
 from matrix_invite_operator.backends.mas import RegistrationToken
 from matrix_invite_operator.errors import (
+    BackendMisdirected,
     BackendRejected,
     BackendUnavailable,
     KubeConflict,
@@ -28,7 +29,9 @@ from matrix_invite_operator.errors import (
     TokenNotFound,
     TransientError,
 )
+from matrix_invite_operator.homeserver import MatrixError
 from matrix_invite_operator.models import GROUP, RESEND_ANNOTATION, VERSION
+from matrix_invite_operator.onboarding import Onboarding
 from matrix_invite_operator.ports import EventSink, Invitation, InvitationMailer, KubeStore
 from matrix_invite_operator.reconcile import finalize, reconcile
 from matrix_invite_operator.runtime import Dependencies
@@ -52,6 +55,7 @@ __all__ = [
     "RESEND_ANNOTATION",
     "VERSION",
     "AccountLookup",
+    "BackendMisdirected",
     "BackendRejected",
     "BackendUnavailable",
     "Dependencies",
@@ -63,6 +67,8 @@ __all__ = [
     "KubeStore",
     "KubeUnavailable",
     "MailTemporaryError",
+    "MatrixError",
+    "Onboarding",
     "OperatorError",
     "PermanentError",
     "RegistrationToken",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import email.utils
 import json
 import math
 import time
@@ -25,6 +24,7 @@ import httpx
 from pydantic import SecretStr
 
 from matrix_invite_operator.errors import BackendAuthError, BackendUnavailable, ConfigurationError
+from matrix_invite_operator.formats import retry_after_seconds
 from matrix_invite_operator.settings import SecretSource, current_secret
 
 ADMIN_SCOPE = "urn:mas:admin"
@@ -42,25 +42,6 @@ _DEFAULT_RETRY_AFTER = 15.0
 class _CachedToken:
     value: SecretStr
     renew_at: float
-
-
-def retry_after_seconds(response: httpx.Response, default: float = _DEFAULT_RETRY_AFTER) -> float:
-    """Seconds to wait as the response's Retry-After asks (delta or HTTP date), else `default`."""
-    header = response.headers.get("Retry-After")
-    if not header:
-        return default
-    header = header.strip()
-    seconds: float
-    if header.isdigit():
-        seconds = float(header)
-    else:
-        try:
-            when = email.utils.parsedate_to_datetime(header)
-        except (TypeError, ValueError):
-            return default
-        seconds = when.timestamp() - time.time()
-    # A hostile or confused header must neither spin us nor park us for a day.
-    return min(max(seconds, 1.0), 3600.0)
 
 
 class ClientCredentialsAuth(httpx.Auth):
@@ -206,7 +187,9 @@ class ClientCredentialsAuth(httpx.Auth):
         if response.status_code >= 500:
             raise BackendUnavailable(
                 f"MAS discovery at {where} answered {response.status_code}",
-                retry_after=retry_after_seconds(response),
+                retry_after=retry_after_seconds(
+                    response.headers.get("Retry-After"), _DEFAULT_RETRY_AFTER
+                ),
             )
         if response.status_code != httpx.codes.OK:
             raise BackendAuthError(
@@ -259,7 +242,9 @@ class ClientCredentialsAuth(httpx.Auth):
         if status >= 500 or status == httpx.codes.TOO_MANY_REQUESTS:
             raise BackendUnavailable(
                 f"The MAS token endpoint answered {status}",
-                retry_after=retry_after_seconds(response),
+                retry_after=retry_after_seconds(
+                    response.headers.get("Retry-After"), _DEFAULT_RETRY_AFTER
+                ),
             )
         said = f"{status} {error}" if isinstance(error, str) and error.isascii() else str(status)
         if error == "invalid_scope" or status == httpx.codes.FORBIDDEN:

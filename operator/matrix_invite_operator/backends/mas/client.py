@@ -12,7 +12,7 @@ import datetime as dt
 import enum
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any, TypeAlias
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -142,6 +142,31 @@ class MasAdminClient:
         async for page in self._pages(Endpoint.TOKENS, params, page_size, RegistrationTokenPage):
             for token in page.data or []:
                 yield token
+
+    async def newest_tokens(self, page_size: int = 100) -> AsyncGenerator[RegistrationToken, None]:
+        """Every token, newest first (MAS orders by id, which grows with creation time): the
+        last page (`page[last]`), then the ones before it. A token just created is on the
+        first page, whatever the number of tokens."""
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        before: str | None = None
+        while True:
+            params = {"count": "false", "page[last]": str(page_size)}
+            if before is not None:
+                params["page[before]"] = before
+            call = Call("GET", Endpoint.TOKENS, Endpoint.TOKENS, params=params)
+            page = await self._send(call, RegistrationTokenPage)
+            data = page.data or []
+            for token in reversed(data):
+                yield token
+            if not data or page.links.prev is None:
+                return
+            if data[0].id == before:
+                raise BackendRejected(
+                    f"MAS's list at {Endpoint.TOKENS} points its previous page at the page just "
+                    "read: stopping instead of looping"
+                )
+            before = data[0].id
 
     async def _pages(
         self,

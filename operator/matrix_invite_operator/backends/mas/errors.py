@@ -14,7 +14,6 @@ import httpx
 
 from matrix_invite_operator.backends.answers import describe_body, is_web_page
 from matrix_invite_operator.backends.mas.models import Call, Endpoint
-from matrix_invite_operator.backends.oauth import retry_after_seconds
 from matrix_invite_operator.backends.transport import SERVER_ERROR_RETRY_AFTER, plain_text, scrubbed
 from matrix_invite_operator.errors import (
     BackendAuthError,
@@ -24,6 +23,7 @@ from matrix_invite_operator.errors import (
     TokenConflict,
     TokenNotFound,
 )
+from matrix_invite_operator.formats import retry_after_seconds
 
 
 class RequestOutcome(enum.StrEnum):
@@ -40,6 +40,10 @@ class RequestOutcome(enum.StrEnum):
     TIMEOUT = "timeout"
     CONNECTION_ERROR = "connection_error"
     AUTH_FAILED = "auth_failed"
+
+
+#: Answers that say MAS did not act on the request: asked to come back later.
+NOT_ACTED_ON = frozenset({httpx.codes.TOO_MANY_REQUESTS, httpx.codes.SERVICE_UNAVAILABLE})
 
 
 class MasUnavailable(BackendUnavailable):
@@ -95,8 +99,13 @@ def raise_for_status(call: Call, response: httpx.Response) -> None:
         if status == httpx.codes.TOO_MANY_REQUESTS or status >= 500:
             raise MasUnavailable(
                 f"MAS answered {what} with {status}: {reason}",
-                retry_after=retry_after_seconds(response, SERVER_ERROR_RETRY_AFTER),
+                retry_after=retry_after_seconds(
+                    response.headers.get("Retry-After"), SERVER_ERROR_RETRY_AFTER
+                ),
                 status=status,
+                # 429 and 503 say "not now": nothing was done. Any other 5xx may come after
+                # the write (MAS's 500 for two racing creates of one value, a proxy's 504).
+                may_have_taken_effect=status not in NOT_ACTED_ON,
             ) from exc
         if is_web_page(response):
             raise BackendMisdirected(

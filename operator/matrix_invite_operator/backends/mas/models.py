@@ -86,6 +86,7 @@ class RegistrationTokenResponse(MasModel):
 class PaginationLinks(MasModel):
     self_: str = Field(alias="self")
     next: str | None = None
+    prev: str | None = None
 
 
 class PaginationMeta(MasModel):

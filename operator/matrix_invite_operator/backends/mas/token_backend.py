@@ -6,6 +6,7 @@ revoke or unrevoke.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
 from collections.abc import AsyncIterator
@@ -52,12 +53,14 @@ class MasTokenBackend:
                 ) from conflict
             return existing
         except MasUnavailable as failure:
-            # A lost answer, or MAS's 500 for two simultaneous creates of one value, may
-            # hide a token that now exists: look once before giving up.
+            # A lost answer, or MAS's 500 for two simultaneous creates of one value, may hide
+            # a token that now exists; a 429 or 503 does not (MAS asked for less load, and
+            # gets none). A token the create made is among the newest: one page of them is
+            # read. Not there, the retry's create answers 409 if it exists after all.
             if not failure.may_have_taken_effect:
                 raise
             try:
-                existing = await self._find_by_value(token)
+                existing = await self._find_by_value(token, pages=1)
             except OperatorError:
                 raise failure  # noqa: B904 - the create failure is the one worth reporting
             if existing is None:
@@ -111,10 +114,20 @@ class MasTokenBackend:
     async def aclose(self) -> None:
         """Nothing to release: the HTTP client belongs to the caller."""
 
-    async def _find_by_value(self, token: SecretStr) -> TokenState | None:
+    async def _find_by_value(
+        self, token: SecretStr, *, pages: int | None = None
+    ) -> TokenState | None:
+        """The token holding this value, newest first (ours was created a moment ago); at most
+        `pages` pages of them (None: all, for a 409 that says it exists)."""
         wanted = token.get_secret_value().encode()
-        async for candidate in self._client.list_tokens(page_size=self._page_size):
-            value = candidate.attributes.token.get_secret_value().encode()
-            if secrets.compare_digest(value, wanted):
-                return candidate.to_state()
+        limit = None if pages is None else pages * self._page_size
+        seen = 0
+        async with contextlib.aclosing(self._client.newest_tokens(self._page_size)) as newest:
+            async for candidate in newest:
+                value = candidate.attributes.token.get_secret_value().encode()
+                if secrets.compare_digest(value, wanted):
+                    return candidate.to_state()
+                seen += 1
+                if limit is not None and seen >= limit:
+                    break
         return None
