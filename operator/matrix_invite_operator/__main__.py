@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     from . import handlers  # noqa: F401  (registers the Kopf handlers)
+    from .authentik import InvitationPathRedaction
     from .backends.synapse import TokenPathRedaction
 
     # Settings that cannot even be parsed stop here. Missing credentials or unusable mail
@@ -60,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
     for chatty in ("httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     # Whatever is logged, at any level: Synapse's admin API has the token in the URL path.
-    redaction = TokenPathRedaction()
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(redaction)
+    # authentik's invitation API has the invitation's pk (the enrollment link's secret) there.
+    for redaction in (TokenPathRedaction(), InvitationPathRedaction()):
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(redaction)
     return asyncio.run(_lead_then_operate(settings, lease))
 
 

@@ -332,7 +332,8 @@ def test_upstream_provider_name_is_escaped_in_html(locale: Locale) -> None:
     mail = render("mas-upstream", locale, upstream_provider="Corp <SSO> & Co")
     assert "Corp <SSO> & Co" in mail.text  # plain text needs no escaping
     assert "<SSO>" not in mail.html
-    assert mail.html.count("Corp &lt;SSO&gt; &amp; Co") == 3  # button, login step, note
+    # button, login step, note, and "No account at ... yet?" (enrollment.html)
+    assert mail.html.count("Corp &lt;SSO&gt; &amp; Co") == 4
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,14 @@ Variables available to templates:
     element_web_url   str | None  where to log in with Element Web after signing up
     invite_url        str | None  the invitee's invite page link (`https://<host>/<locale>/#<token>`)
                                   when the invite page is enabled: the mail's main call to action
+    enrollment_url    str | None  the invitee's single-use authentik enrollment link (authentik
+                                  configured): the mail's first step; a secret like the token
+    account_provider  str         who holds the invitee's login account: the upstream provider's
+                                  name, else "authentik"
+    account_url       str | None  without authentik settings: where invitees get an account
+    account_contact   str | None  without either: whom invitees ask for an account
+
+`<locale>/enrollment.txt` and `.html` (included by the bodies) hold the account step.
 
 `body.html` wraps the sign-up steps in `{% block sign_up_steps %}`: the invite page renders that
 block (`MailRenderer.sign_up_steps`), so the page and the mail say the same thing from one source.
@@ -61,6 +69,9 @@ SIGN_UPS: tuple[SignUp, ...] = ("mas-password", "mas-upstream", "synapse")
 UPSTREAM_PROVIDER_MAX_LENGTH = 100
 TEMPLATE_FILES: tuple[str, ...] = ("subject.txt", "body.txt", "body.html")
 
+SAMPLE_ENROLLMENT_URL = SecretStr(
+    "https://auth.example.org/if/flow/sample/?itoken=00000000-0000-4000-8000-000000000000"
+)
 _URL_PLACEHOLDERS = frozenset({"token", "email"})
 STEPS_BLOCK = "sign_up_steps"
 _INLINE_STYLE = re.compile(r'\sstyle="[^"]*"')
@@ -102,8 +113,11 @@ class MailContext(BaseModel):
     captcha: bool = False
     element_web_url: str | None = None
     invite_url: str | None = None
+    enrollment_url: SecretStr | None = None
+    account_url: str | None = None
+    account_contact: str | None = Field(None, max_length=200)
 
-    @field_validator("element_web_url", "invite_url")
+    @field_validator("element_web_url", "invite_url", "account_url")
     @classmethod
     def _web_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -276,6 +290,7 @@ class MailRenderer:
 
     def render(self, ctx: MailContext) -> RenderedMail:
         token = ctx.token.get_secret_value()
+        enrollment = ctx.enrollment_url.get_secret_value() if ctx.enrollment_url else None
         variables = {
             "display_name": ctx.display_name,
             "email": ctx.email,
@@ -296,6 +311,10 @@ class MailRenderer:
             "captcha": ctx.captcha,
             "element_web_url": ctx.element_web_url,
             "invite_url": ctx.invite_url,
+            "enrollment_url": enrollment,
+            "account_provider": ctx.upstream_provider or "authentik",
+            "account_url": ctx.account_url,
+            "account_contact": ctx.account_contact,
         }
         subject = self._render_one(f"{ctx.locale}/subject.txt", variables, token).strip()
         text = self._render_one(f"{ctx.locale}/body.txt", variables, token)
@@ -319,6 +338,16 @@ class MailRenderer:
             raise ConfigurationError(
                 f"mail templates for locale {ctx.locale} must show the registration token in both "
                 "body.txt and body.html"
+            )
+        if enrollment and (enrollment in subject or enrollment not in text):
+            raise ConfigurationError(
+                f"mail templates for locale {ctx.locale} must show the authentik enrollment link "
+                "in the body (enrollment.txt), never in the subject"
+            )
+        if enrollment and str(markupsafe.escape(enrollment)) not in html:
+            raise ConfigurationError(
+                f"mail template {ctx.locale}/body.html must show the authentik enrollment link "
+                "(enrollment.html)"
             )
         return RenderedMail(subject=subject, text=_tidy_text(text), html=html.strip() + "\n")
 
@@ -349,9 +378,10 @@ class MailRenderer:
         # no raw '"', so this removes whole style attributes and nothing else.
         return markupsafe.Markup(_INLINE_STYLE.sub("", html).strip())  # noqa: S704
 
-    def check(self) -> None:
+    def check(self, *, enrollment: bool = False) -> None:
         """Render every locale and sign-up once with sample values: broken admin templates fail
-        at startup."""
+        at startup. `enrollment` (authentik configured): with an enrollment link too, which an
+        admin's body templates must then show (the built-in ones include `enrollment.*`)."""
         sample_token = SecretStr("SampleToken12")
         # Every branch the built-in templates have: upstream with and without a provider name,
         # password sign-up with and without the email code, with a CAPTCHA, with Element Web.
@@ -383,6 +413,7 @@ class MailRenderer:
                     captcha=captcha,
                     element_web_url=web,
                     invite_url=invite_url,
+                    enrollment_url=SAMPLE_ENROLLMENT_URL if enrollment and invite_url else None,
                 )
             )
             self.sign_up_steps(
