@@ -382,3 +382,84 @@ def _detail(response: httpx.Response) -> str:
         text = ""
     text = " ".join(text.split())
     return text[:300]
+
+
+# --- doctor ------------------------------------------------------------------------------------
+
+PROBE_NAME = "matrix-invite-operator-doctor-probe"
+
+
+@dataclass(frozen=True)
+class SetupCheck:
+    """One line of `doctor` about authentik: verdict "OK" or "FAIL", what, and the details."""
+
+    verdict: str
+    check: str
+    text: str
+
+
+async def setup_checks(client: AuthentikClient) -> list[SetupCheck]:
+    """The authentik side as the operator needs it: the token accepted, the flow there with an
+    Invitation stage, invitations may be added and deleted. Stops at the first failure.
+
+    The last check creates one probe invitation that expired before it was made (so nobody can
+    ever use it) and deletes it at once: only doing it proves the permissions.
+    """
+    checks: list[SetupCheck] = []
+    try:
+        await client.list_named(PROBE_NAME)
+        checks.append(SetupCheck("OK", "authentik token", "accepted; may view invitations"))
+        flow = await client.flow()
+        if flow.designation != "enrollment":
+            checks.append(
+                SetupCheck(
+                    "FAIL",
+                    "authentik flow",
+                    f"{flow.slug} is a {flow.designation} flow; invitations need an enrollment "
+                    "flow with an Invitation stage (the guide's blueprint)",
+                )
+            )
+            return checks
+        stages = [s for s in await client.invitation_stages() if s.pk in flow.stages]
+        if not stages:
+            checks.append(
+                SetupCheck(
+                    "FAIL",
+                    "authentik flow",
+                    f"{flow.slug} has no Invitation stage: the link's itoken would be ignored and "
+                    "the invitee not bound; bind an Invitation stage first in the flow (order 5 "
+                    "in the guide's blueprint)",
+                )
+            )
+            return checks
+        checks.append(
+            SetupCheck(
+                "OK",
+                "authentik flow",
+                f"{flow.slug} (enrollment) has the Invitation stage {stages[0].name}",
+            )
+        )
+        probe = await client.create(
+            PROBE_NAME,
+            email="doctor@invalid",
+            display_name=None,
+            expires=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1),
+        )
+        await client.delete(probe)
+        checks.append(
+            SetupCheck(
+                "OK",
+                "authentik invitations",
+                "may add and delete them (a probe, expired before it was made, was added and "
+                "deleted)",
+            )
+        )
+    except (AuthentikForbidden, AuthentikMisdirected, AuthentikRejected) as exc:
+        checks.append(SetupCheck("FAIL", _failed_check(len(checks)), str(exc)))
+    except (AuthentikUnavailable, AuthentikTlsError) as exc:
+        checks.append(SetupCheck("FAIL", _failed_check(len(checks)), str(exc)))
+    return checks
+
+
+def _failed_check(passed: int) -> str:
+    return ("authentik token", "authentik flow", "authentik invitations")[min(passed, 2)]

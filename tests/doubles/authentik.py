@@ -35,7 +35,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -261,6 +261,8 @@ class AuthentikDouble(LoopbackHttpServer):
         self.down = False
         self._drops: list[tuple[str, str, bool]] = []  # (method, template, act first)
         self.now: dt.datetime | None = None  # None: the wall clock
+        # Run once after the next create took effect, before its answer (which is then lost).
+        self.after_create: Callable[[], None] | None = None
         super().__init__(_handler_for(self), host="127.0.0.1", name="authentik-double")
 
     # --- steering -------------------------------------------------------------------------------
@@ -332,6 +334,12 @@ class AuthentikDouble(LoopbackHttpServer):
                 answer = Answer(503, None, None)
             else:
                 answer = self._answer(method, template, argument, query, headers, body)
+            hook = self.after_create if answer.status == 201 else None
+            if hook is not None:
+                self.after_create = None
+        if hook is not None:
+            hook()  # e.g. kill the operator: it dies after authentik acted, before the answer
+            return answer, template, True
         return answer, template, drop is not None
 
     def _take_drop(self, method: str, template: str) -> bool | None:
