@@ -26,9 +26,12 @@ class _BlueprintLoader(yaml.SafeLoader):
     """YAML with authentik's `!KeyOf <id>` tag (read as ("KeyOf", id))."""
 
 
-_BlueprintLoader.add_constructor(
-    "!KeyOf", lambda loader, node: ("KeyOf", loader.construct_scalar(node))
-)
+def _key_of(loader: yaml.SafeLoader, node: yaml.Node) -> tuple[str, str]:
+    assert isinstance(node, yaml.ScalarNode)
+    return ("KeyOf", str(loader.construct_scalar(node)))
+
+
+_BlueprintLoader.add_constructor("!KeyOf", _key_of)
 
 
 def blueprint() -> dict[str, Any]:
