@@ -245,6 +245,27 @@ class AuthentikClient:
                 return found
             page = following
 
+    async def names(self, prefix: str) -> set[str]:
+        """authentik's `search` is a case-insensitive substring match over several fields: the
+        prefix is checked here again."""
+        found: set[str] = set()
+        page = 1
+        while True:
+            params = {"search": prefix, "page": str(page), "page_size": str(PAGE_SIZE)}
+            call = _Call(
+                "GET",
+                INVITATIONS,
+                "listing invitations",
+                params=params,
+                permission="view_invitation",
+            )
+            answer = await self._send(call, InvitationPage)
+            found |= {i.name for i in answer.results if i.name.startswith(prefix)}
+            following = int(answer.pagination.next)
+            if following == 0 or following <= page:
+                return found
+            page = following
+
     async def flow(self) -> Flow:
         """The enrollment flow named by the slug; AuthentikMisdirected when there is none."""
         call = _Call(

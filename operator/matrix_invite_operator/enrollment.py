@@ -79,6 +79,17 @@ def withdrawal_due(status: AuthentikInvitationStatus | None, token_valid: bool) 
     return status is not None and status.exists and not token_valid
 
 
+def looks_opened(status: AuthentikInvitationStatus | None, alive: set[str]) -> bool:
+    """Status says a mailed invitation exists, but the sync pass's listing (`alive`: the names
+    authentik has now) lacks it: opened, most likely. Reconcile looks again and records it."""
+    return (
+        status is not None
+        and status.exists
+        and status.mailed_id is not None
+        and status.name not in alive
+    )
+
+
 async def ensure(
     invitations: EnrollmentInvitations,
     invitation: Invitation,
@@ -157,6 +168,11 @@ async def withdraw(
     base = before or AuthentikInvitationStatus(
         name=invitation_name(invitation), state=EnrollmentState.DELETED, exists=False
     )
+    if not found and base.mailed_id is not None and base.state is EnrollmentState.ACTIVE:
+        # Gone before the operator came to delete it: the invitee opened the mailed link.
+        opened = {"state": EnrollmentState.OPENED, "message": OPENED_MESSAGE}
+        status = base.model_copy(update={**opened, "exists": False, "checked_at": rfc3339(now)})
+        return Enrollment(status)
     status = base.model_copy(
         update={
             "state": EnrollmentState.DELETED,

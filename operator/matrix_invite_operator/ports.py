@@ -238,6 +238,11 @@ class EnrollmentInvitations(Protocol):
         """Every invitation of that name (authentik's names are not unique), expired included."""
         ...
 
+    async def names(self, prefix: str) -> set[str]:
+        """The names of every invitation whose name starts with `prefix` (one paged listing:
+        the sync pass's view of which invitations still exist)."""
+        ...
+
     async def create(
         self, name: str, *, email: str, display_name: str | None, expires: dt.datetime
     ) -> EnrollmentInvite:

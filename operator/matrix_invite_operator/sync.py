@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import TokenState
-from .enrollment import withdrawal_due
+from .enrollment import NAME_PREFIX, looks_opened, withdrawal_due
 from .errors import InvalidSpecError, KubeConflict, KubeNotFound, OperatorError
 from .formats import parse_rfc3339, rfc3339
 from .models import RESEND_ANNOTATION, InvitationStatus, Phase
@@ -138,15 +138,20 @@ def needs_reconcile(
     expiry: dt.datetime,
     *,
     enrollment: bool = False,
+    alive: set[str] | None = None,
 ) -> bool:
     """Drift that only the reconcile steps can repair, or a mail that is due; with `enrollment`
-    (authentik configured), also an authentik invitation that outlived its token."""
+    (authentik configured), also an authentik invitation that outlived its token, or a mailed
+    one missing from `alive` (the names authentik listed this pass, if it could)."""
     if token is None:
         return True
     spec = invitation.spec
     if token.usage_limit != spec.usage_limit or token.expires_at != expiry:
         return True
-    if enrollment and withdrawal_due(invitation.status.authentik_invitation, token.valid):
+    ours = invitation.status.authentik_invitation
+    if enrollment and withdrawal_due(ours, token.valid):
+        return True
+    if enrollment and alive is not None and looks_opened(ours, alive):
         return True
     return (spec.revoked and not token.revoked) or awaits_mail(invitation, token)
 
@@ -171,6 +176,7 @@ async def sync_invitations(
     report: SyncReport,
     *,
     fresh: bool = True,
+    alive: set[str] | None = None,
 ) -> None:
     """Bring each Invitation's status in line with the tokens listed from the backend.
 
@@ -199,10 +205,11 @@ async def sync_invitations(
             if token is None:
                 # Revoked by deletion (Synapse), spent or expired: nothing to repair.
                 token = missing_token_state(invitation, expiry, now)
+            enrolled = deps.enrollment is not None
             if fresh and needs_reconcile(
-                invitation, token, expiry, enrollment=deps.enrollment is not None
+                invitation, token, expiry, enrollment=enrolled, alive=alive
             ):
-                if await repair_drift(deps, invitation, _drift_check(deps, now)):
+                if await repair_drift(deps, invitation, _drift_check(deps, now, alive)):
                     report.reconciled += 1
                 continue
             unmailed = token is not None and token.id != status.mailed_token_id
@@ -295,7 +302,7 @@ async def _write_from_fresh_read(
 
 
 def _drift_check(
-    deps: Collaborators, now: dt.datetime
+    deps: Collaborators, now: dt.datetime, alive: set[str] | None = None
 ) -> Callable[[Invitation, TokenState | None], bool]:
     def drifted(invitation: Invitation, token: TokenState | None) -> bool:
         expiry = desired_expiry(invitation, deps.settings)
@@ -304,6 +311,7 @@ def _drift_check(
             token or missing_token_state(invitation, expiry, now),
             expiry,
             enrollment=deps.enrollment is not None,
+            alive=alive,
         )
 
     return drifted
@@ -343,6 +351,7 @@ class StatusSync:
         self.passes = 0
         self.last_success: float | None = None  # Unix time of the last pass that listed MAS
         self._outage_logged = False
+        self._enrollment_outage_logged = False
         self._wake = asyncio.Event()
         self._wake_at: dt.datetime | None = None  # when the sleeping loop wakes by itself
         self._converging: dict[str, asyncio.Task[None]] = {}  # by uid
@@ -364,6 +373,21 @@ class StatusSync:
         report.listed = len(tokens)
         return tokens
 
+    async def list_enrollment(self) -> set[str] | None:
+        """The names of the operator's authentik invitations, one listing per pass; None when
+        authentik is not configured or did not answer (then nothing is judged opened)."""
+        if self.deps.enrollment is None:
+            return None
+        try:
+            names = await self.deps.enrollment.names(NAME_PREFIX + "_")
+        except OperatorError as exc:
+            if not self._enrollment_outage_logged:  # once per outage, as for the tokens
+                logger.warning("status sync cannot list authentik's invitations: %s", exc)
+                self._enrollment_outage_logged = True
+            return None
+        self._enrollment_outage_logged = False
+        return names
+
     async def run_pass(self, *, list_backend: bool = True) -> SyncReport:
         report = SyncReport()
         if list_backend:
@@ -378,8 +402,14 @@ class StatusSync:
         if not list_backend:
             now = self.deps.clock()
             watched = [w for w in watched if w.due(now)]
+        alive = await self.list_enrollment() if list_backend else None
         await sync_invitations(
-            self.deps, (w.body() for w in watched), self.tokens, report, fresh=list_backend
+            self.deps,
+            (w.body() for w in watched),
+            self.tokens,
+            report,
+            fresh=list_backend,
+            alive=alive,
         )
         if list_backend:
             report.reconciled += self.converge_lagging(watched)

@@ -93,6 +93,9 @@ class UnconfiguredEnrollment:
     async def named(self, name: str) -> list[EnrollmentInvite]:
         self._fail()
 
+    async def names(self, prefix: str) -> set[str]:
+        self._fail()
+
     async def create(
         self, name: str, *, email: str, display_name: str | None, expires: dt.datetime
     ) -> EnrollmentInvite:

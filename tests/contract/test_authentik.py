@@ -179,6 +179,16 @@ async def test_delete_counts_a_missing_invitation_as_deleted(
     await client.delete(invite)  # 404: gone already (opened, say)
 
 
+async def test_names_with_a_prefix_take_one_listing(
+    authentik: AuthentikDouble, client: AuthentikClient
+) -> None:
+    for name in ("matrix-invite_a_x_1", "matrix-invite_b_y_2", "other", "MATRIX-INVITE_c"):
+        await client.create(name, email="a@example.org", display_name=None, expires=EXPIRY)
+    # authentik's search is a case-insensitive substring over several fields: filtered again.
+    assert await client.names("matrix-invite_") == {"matrix-invite_a_x_1", "matrix-invite_b_y_2"}
+    assert authentik.requests.count(("GET", INVITATIONS)) == 1
+
+
 async def test_listing_follows_pages(authentik: AuthentikDouble, client: AuthentikClient) -> None:
     for _ in range(105):  # beyond authentik's page size cap of 100
         await client.create("many", email="a@example.org", display_name=None, expires=EXPIRY)
@@ -407,3 +417,23 @@ def test_names_are_slugs_and_tell_invitations_apart() -> None:
         status=InvitationStatus(),
     )
     assert enrollment.invitation_name(other) != a  # re-created under the same name
+
+
+async def test_a_link_opened_before_the_token_stopped_working_stays_opened(
+    authentik: AuthentikDouble, client: AuthentikClient
+) -> None:
+    first = await enrollment.ensure(
+        client, invitation(), None, expiry=EXPIRY, resend=False, now=NOW
+    )
+    assert first.status is not None
+    mailed = enrollment.mailed(first.status)
+    assert authentik.open(authentik.invitations()[0].pk)
+    spent = await enrollment.withdraw(
+        client, invitation(), mailed, why="the token is spent", now=NOW
+    )
+    assert spent.status is not None
+    assert spent.status.state is EnrollmentState.OPENED  # not "deleted by the operator"
+    assert spent.notices == []
+    assert enrollment.looks_opened(mailed, alive=set())
+    assert not enrollment.looks_opened(mailed, alive={mailed.name})
+    assert not enrollment.looks_opened(first.status, alive=set())  # not mailed yet: no claim

@@ -2,7 +2,8 @@
 
 An HTTP server on 127.0.0.1 (a free port, a thread of its own) that copies what authentik does
 (`../shared/reference/authentik/FACTS.md`, section numbers below refer to it):
-- `/api/v3/stages/invitation/invitations/`: list (exact `name` filter, page/page_size, the
+- `/api/v3/stages/invitation/invitations/`: list (exact `name` filter, `search` as a
+  case-insensitive substring over name, creator and flow slug, page/page_size, the
   pagination block with 0 for "no such page", `autocomplete: {}`), create (201; `name` is NOT
   unique, a second create makes a second invitation; no `expires` → one day; the flow by UUID),
   retrieve, delete (204, 404 for an unknown one) (section 1, 5);
@@ -418,6 +419,9 @@ class AuthentikDouble(LoopbackHttpServer):
         except ValueError:
             return Answer(404, {"detail": "Invalid page."}, INVITATIONS)
         found = [i for i in self._invitations.values() if query.get("name", i.name) == i.name]
+        if query.get("search"):  # case-insensitive substring, OR over name, creator, flow slug
+            needle = query["search"].lower()
+            found = [i for i in found if needle in self._searchable(i)]
         found.sort(key=lambda i: i.expires, reverse=True)  # ordering -expires
         pages = max(1, -(-len(found) // size))
         if page < 1 or page > pages:
@@ -435,6 +439,11 @@ class AuthentikDouble(LoopbackHttpServer):
         results = [self._invitation_json(i) for i in shown]
         body = {"pagination": pagination, "results": results, "autocomplete": {}}
         return Answer(200, body, INVITATIONS)
+
+    def _searchable(self, invitation: StoredInvitation) -> str:
+        creator = next(a for a in self._accounts.values() if a.pk == invitation.created_by)
+        flow = next((f.slug for f in self.flows.values() if f.pk == invitation.flow), "")
+        return " ".join((invitation.name, creator.username, flow)).lower()
 
     def _create(self, account: ServiceAccount, raw: bytes) -> Answer:
         try:

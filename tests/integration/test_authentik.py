@@ -119,6 +119,29 @@ def test_a_crash_between_authentiks_answer_and_the_status_write_makes_no_second_
 
 
 @pytest.mark.usefixtures("operator")
+def test_an_opened_link_shows_as_opened_not_as_an_account(
+    invitations: InvitationsApi, authentik: AuthentikDouble, smtp: SmtpDouble
+) -> None:
+    invitations.apply("open", email="open@example.org")
+    invitations.wait_for_phase("open", "Sent")
+    (mail,) = smtp.wait_for_sync(1)
+    (key,) = links(mail)
+    assert authentik.open(key)  # the invitee opens the link: authentik deletes it there
+    body = invitations.wait_for(
+        "open",
+        lambda b: enrollment_status(b).get("state") == "Opened",
+        timeout=15,
+        what="Opened (the sync pass's listing lacks it)",
+    )
+    ours = enrollment_status(body)
+    assert ours["exists"] is False
+    assert "does not mean the account was created" in str(ours["message"])
+    assert body["status"]["phase"] == "Sent"  # the token is still unused: not Accepted
+    assert authentik.invitations() == []  # not made again
+    assert len(smtp.messages) == 1
+
+
+@pytest.mark.usefixtures("operator")
 def test_a_new_address_deletes_the_old_invitation_and_mails_a_new_one(
     invitations: InvitationsApi, authentik: AuthentikDouble, smtp: SmtpDouble
 ) -> None:
