@@ -126,7 +126,7 @@ async def ensure(
                 "message": OPENED_MESSAGE,
             }
         )
-        return Enrollment(status, None, notices)
+        return Enrollment(_unless_same(before, status), None, notices)
     if current is None:
         current = await _create(invitations, invitation, name, expiry, now)
         notices.append(
@@ -146,7 +146,17 @@ async def ensure(
         expires_at=rfc3339(current.expires),
         checked_at=rfc3339(now),
     )
-    return Enrollment(status, invitations.link(current), notices)
+    return Enrollment(_unless_same(before, status), invitations.link(current), notices)
+
+
+def _unless_same(
+    before: AuthentikInvitationStatus | None, status: AuthentikInvitationStatus
+) -> AuthentikInvitationStatus:
+    """`before` when only the time of the look differs: a settled Invitation reconciled again
+    writes nothing (`checkedAt` moves when something else does)."""
+    if before is not None and status.model_copy(update={"checked_at": before.checked_at}) == before:
+        return before
+    return status
 
 
 async def withdraw(
@@ -172,7 +182,7 @@ async def withdraw(
         # Gone before the operator came to delete it: the invitee opened the mailed link.
         opened = {"state": EnrollmentState.OPENED, "message": OPENED_MESSAGE}
         status = base.model_copy(update={**opened, "exists": False, "checked_at": rfc3339(now)})
-        return Enrollment(status)
+        return Enrollment(_unless_same(before, status))
     status = base.model_copy(
         update={
             "state": EnrollmentState.DELETED,

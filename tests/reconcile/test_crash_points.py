@@ -15,10 +15,6 @@ from .subject import reconcile_module, sync_module
 #: Coroutine functions of reconcile and the sync pass that await no fake themselves, and why.
 NOT_STEPS = {
     "reconcile": "the entry: takes the lock and awaits read_current and the steps",
-    "enroll": "awaits only deps.enrollment (authentik), unset here "
-    "(tests/contract/test_authentik.py, tests/integration/test_authentik.py)",
-    "sync.list_enrollment": "awaits only deps.enrollment (authentik), unset here "
-    "(tests/integration/test_authentik.py)",
     "sync.run_pass": "awaits list_tokens and sync_invitations",
     "sync._converge": "awaits reconcile (converge_lagging's task), whose steps are counted",
     "sync.aclose": "cancels tasks",

@@ -947,9 +947,15 @@ def settings() -> Settings:
 class World:
     """What outlives an operator process; `restart` builds the process's side afresh."""
 
-    def __init__(self, *, backend: BackendFactory = FakeTokenBackend) -> None:
+    def __init__(
+        self, *, backend: BackendFactory = FakeTokenBackend, authentik: bool = False
+    ) -> None:
         self.clock = FakeClock()
         self.ledger = Ledger()
+        # authentik's invitations (enrollment_fake.py), for the scenarios that configure it.
+        self.authentik: AuthentikStore | None = (
+            AuthentikStore(self.ledger, self.clock) if authentik else None
+        )
         self.mas = MasStore(self.clock, self.ledger)
         self.api = ApiServer(self.clock, self.ledger)
         self.window_mails: set[int] = set()  # outbox indices unrecorded when a crash struck
@@ -984,6 +990,9 @@ class World:
             events=self.events,
             clock=self.clock,
             onboarding=onboarding,
+            enrollment=FakeEnrollment(self.authentik, self.wire)
+            if self.authentik is not None
+            else None,
         )
 
     def unrecorded_mails(self) -> set[int]:
@@ -1033,8 +1042,12 @@ class World:
         values = {t.token for t in self.mas.tokens.values()}
         values |= {v for name in self.api.secrets if (v := self.api.secret_value(name))}
         values |= {m.token_value for m in self.outbox.mails}
+        if self.authentik is not None:  # an enrollment link's key is as secret as a token
+            values |= self.authentik.ever
         return {v for v in values if v}
 
+
+from .enrollment_fake import AuthentikStore, FakeEnrollment  # noqa: E402 (it imports this module)
 
 __all__ = [
     "NAMESPACE",
