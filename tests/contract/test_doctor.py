@@ -85,6 +85,8 @@ def healthy_lines(mas_url: str, smtp: SmtpDouble) -> list[str]:
         "section (ESS sets none; check with mas-cli config dump)",
         "OK    captcha: off",
         "OK    server name: example.org (from MAS)",
+        "OK    sign-up: mas-password: /register goes straight to the password form (MAS: "
+        "password registration on, enabled upstream providers: none)",
         "OK    token list: readable",
         f"OK    smtp: {host}:{port} with STARTTLS, login as {SMTP_USER} accepted (nothing sent)",
     ]
@@ -219,7 +221,94 @@ def test_registration_without_a_token_fails_loudly_with_the_key_for_the_version(
     assert result.returncode == 1
 
 
-def test_upstream_sign_up_lists_the_providers_and_warns_about_an_open_one(
+def upstream_only(mas: MasDouble, *, gated: bool) -> None:
+    """MAS as observed in mas/FACTS.md: passwords off, Authentik the only provider."""
+    mas.configure_site(
+        password_registration_enabled=False,
+        password_registration_token_required=False,
+        registration_token_required=False,
+        password_login_enabled=False,
+    )
+    mas.add_upstream_provider("Authentik", registration_token_required=gated)
+
+
+#: `doctor` on the guide's path (docs/install-authentik.md shows these lines).
+UPSTREAM_LINES = [
+    "OK    admin api: MAS 1.22.0 answers /api/admin/v1/version and /site-config",
+    "OK    password registration: off: invitees sign up upstream",
+    "SKIP  registration token: no password registration",
+    "OK    email verification: none on upstream sign-up: MAS sends no code (the provider's "
+    "address counts as verified), so sign-up needs no email section in MAS",
+    "OK    captcha: off",
+    "OK    server name: example.org (from MAS)",
+]
+UPSTREAM_SHAPE = (
+    "OK    sign-up: mas-upstream: /register goes straight to Authentik's login, no button to "
+    "choose (MAS: password registration off, enabled upstream providers: Authentik)"
+)
+UNGATED = (
+    "FAIL  upstream providers: Authentik lets anyone with an account there sign up WITHOUT A "
+    "TOKEN, the invitations protect nothing. Set registration_token_required: true in the "
+    "fragment that already defines that provider (in upstream_oauth2.providers; never in a "
+    "copy: ESS appends lists), then restart MAS (kubectl rollout restart), which reads its "
+    "config only at start"
+)
+
+
+def test_the_upstream_path_with_a_gated_provider_passes(
+    tmp_path: Path, mas_double: MasDouble, smtp: SmtpDouble
+) -> None:
+    upstream_only(mas_double, gated=True)
+    result = doctor(tmp_path, mas_double.url, smtp)
+    assert result.stdout.splitlines()[5:] == [
+        *UPSTREAM_LINES,
+        "OK    upstream providers: token required by Authentik",
+        UPSTREAM_SHAPE,
+        "OK    token list: readable",
+        healthy_lines(mas_double.url, smtp)[-1],
+    ]
+    assert result.returncode == 0
+
+
+def test_an_enabled_provider_without_a_token_fails_naming_it_and_the_fix(
+    tmp_path: Path, mas_double: MasDouble, smtp: SmtpDouble
+) -> None:
+    upstream_only(mas_double, gated=False)
+    result = doctor(tmp_path, mas_double.url, smtp)
+    assert result.stdout.splitlines()[5:] == [
+        *UPSTREAM_LINES,
+        UNGATED,
+        UPSTREAM_SHAPE,
+        "OK    token list: readable",
+        healthy_lines(mas_double.url, smtp)[-1],
+    ]
+    assert result.returncode == 1, "an open provider is as bad as open password sign-up"
+
+
+def test_on_mas_1_18_the_global_key_gates_the_provider_and_is_the_fix(
+    tmp_path: Path, smtp: SmtpDouble
+) -> None:
+    with MasDouble(version="1.18.0") as mas:
+        upstream_only(mas, gated=False)
+        ungated = doctor(tmp_path, mas.url, smtp)
+        mas.configure_site(registration_token_required=True)
+        gated = doctor(tmp_path, mas.url, smtp)
+    assert (
+        "FAIL  upstream providers: Authentik lets anyone with an account there sign up WITHOUT A "
+        "TOKEN, the invitations protect nothing. Set account.registration_token_required: true "
+        "(MAS 1.18.0 is older than 1.19: its providers have no key of their own, the global one "
+        "gates them), then restart MAS (kubectl rollout restart), which reads its config only "
+        "at start"
+    ) in ungated.stdout.splitlines()
+    assert ungated.returncode == 1
+    assert (
+        "OK    upstream providers: token required by Authentik through the deprecated global "
+        "account.registration_token_required"
+    ) in gated.stdout.splitlines()
+    assert gated.returncode == 0, gated.stdout
+
+
+def test_several_providers_show_mas_s_buttons_and_an_open_one_fails(
     tmp_path: Path, mas_double: MasDouble, smtp: SmtpDouble
 ) -> None:
     mas_double.configure_site(
@@ -228,21 +317,27 @@ def test_upstream_sign_up_lists_the_providers_and_warns_about_an_open_one(
     mas_double.add_upstream_provider("Authentik", registration_token_required=True)
     mas_double.add_upstream_provider("GitHub", registration_token_required=False)
     mas_double.add_upstream_provider("Retired", registration_token_required=False, enabled=False)
-    result = doctor(tmp_path, mas_double.url, smtp, MATRIX_INVITE_MAS_SIGN_UP="upstream")
+    result = doctor(
+        tmp_path,
+        mas_double.url,
+        smtp,
+        MATRIX_INVITE_MAS_SIGN_UP="upstream",
+        MATRIX_INVITE_MAS_UPSTREAM_PROVIDER_NAME="Authentik",
+    )
     lines = result.stdout.splitlines()
-    assert lines[6:13] == [
-        "OK    password registration: off: invitees sign up upstream",
-        "SKIP  registration token: no password registration",
-        "OK    captcha: off",
-        "OK    server name: example.org (from MAS)",
+    assert lines[11:15] == [
         "OK    upstream providers: token required by Authentik",
-        "WARN  upstream providers: GitHub lets anyone with an account there sign up WITHOUT A "
-        "TOKEN: set registration_token_required: true in the fragment that already defines that "
-        "provider (never in a copy: ESS appends lists), then restart MAS (kubectl rollout "
-        "restart), which reads its config only at start",
+        "FAIL  upstream providers: GitHub lets anyone with an account there sign up WITHOUT A "
+        "TOKEN, the invitations protect nothing. Set registration_token_required: true in the "
+        "fragment that already defines that provider (in upstream_oauth2.providers; never in a "
+        "copy: ESS appends lists), then restart MAS (kubectl rollout restart), which reads its "
+        "config only at start",
+        "OK    sign-up: mas-choice: /register shows buttons for Authentik, GitHub; the mail "
+        "follows Authentik (MAS: password registration off, enabled upstream providers: "
+        "Authentik, GitHub)",
         "OK    token list: readable",
     ]
-    assert result.returncode == 0, "a warning alone does not fail"
+    assert result.returncode == 1
 
 
 def test_a_registration_link_off_mas_s_public_host_is_named(

@@ -17,12 +17,22 @@ Variables available to templates:
     inviter           str         who invites
     server_name       str         the Matrix server name
     locale            "en" | "de"
-    sign_up           how the invitee signs up:
+    sign_up           how the invitee signs up (`sign_up.py` picks it the way MAS's `/register`
+                      does, from site-config and the enabled upstream providers):
                         "mas-password"  MAS's password registration (with its 6-digit email code)
-                        "mas-upstream"  MAS through an upstream identity provider (no password)
+                        "mas-upstream"  MAS's only way in is one upstream provider: `/register`
+                                        redirects straight to its login (no button to choose)
+                        "mas-choice"    MAS's "Create an account" page with a button per provider
+                                        (and one for a password): the invitee picks a provider
                         "synapse"       a Matrix client such as Element that asks Synapse
-    upstream_provider str | None  the provider's name on MAS's "Continue with ..." button, or
-                                  None when not configured (the templates then describe it)
+    upstream_provider str | None  the provider whose steps the mail describes, or None when not
+                                  known (the templates then describe it)
+    provider_buttons  tuple[str, ...]  the provider names on MAS's "Create an account" page, in
+                                  MAS's order; empty when MAS shows no such page
+    password_button   bool        that page also offers password sign-up ("Continue with email
+                                  address", or "Continue with password" without the email code)
+    enrollment_url    str | None  where the invitee first creates their account at the provider
+                                  (an optional first step); None: the mail says whom to ask
     email_code        bool        MAS asks for the 6-digit code it emails (password sign-up)
     captcha           bool        MAS's sign-up form asks for a CAPTCHA
     element_web_url   str | None  where to log in with Element Web after signing up
@@ -56,9 +66,10 @@ from ..errors import ConfigurationError
 
 Locale = Literal["en", "de"]
 LOCALES: tuple[Locale, ...] = ("en", "de")
-SignUp = Literal["mas-password", "mas-upstream", "synapse"]
-SIGN_UPS: tuple[SignUp, ...] = ("mas-password", "mas-upstream", "synapse")
+SignUp = Literal["mas-password", "mas-upstream", "mas-choice", "synapse"]
+SIGN_UPS: tuple[SignUp, ...] = ("mas-password", "mas-upstream", "mas-choice", "synapse")
 UPSTREAM_PROVIDER_MAX_LENGTH = 100
+PROVIDER_BUTTONS_MAX = 20
 TEMPLATE_FILES: tuple[str, ...] = ("subject.txt", "body.txt", "body.html")
 
 _URL_PLACEHOLDERS = frozenset({"token", "email"})
@@ -98,12 +109,15 @@ class MailContext(BaseModel):
     timezone: str = "UTC"
     sign_up: SignUp = "mas-password"
     upstream_provider: str | None = Field(None, max_length=UPSTREAM_PROVIDER_MAX_LENGTH)
+    provider_buttons: tuple[str, ...] = Field((), max_length=PROVIDER_BUTTONS_MAX)
+    password_button: bool = False
     email_code: bool = True
     captcha: bool = False
     element_web_url: str | None = None
     invite_url: str | None = None
+    enrollment_url: str | None = None
 
-    @field_validator("element_web_url", "invite_url")
+    @field_validator("element_web_url", "invite_url", "enrollment_url")
     @classmethod
     def _web_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -141,6 +155,34 @@ class MailContext(BaseModel):
             raise ValueError("must be a single line")
         return value
 
+    @field_validator("provider_buttons")
+    @classmethod
+    def _button_labels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not name.strip() or len(name) > UPSTREAM_PROVIDER_MAX_LENGTH:
+                raise ValueError(
+                    f"each name must be 1 to {UPSTREAM_PROVIDER_MAX_LENGTH} characters"
+                )
+            if "\r" in name or "\n" in name:
+                raise ValueError("each name must be a single line")
+        return value
+
+    def steps(self) -> SignUpSteps:
+        """The parts of this mail that the sign-up steps depend on."""
+        return SignUpSteps(
+            locale=self.locale,
+            server_name=self.server_name,
+            sign_up=self.sign_up,
+            upstream_provider=self.upstream_provider,
+            email_code=self.email_code,
+            captcha=self.captcha,
+            element_web_url=self.element_web_url,
+            provider_buttons=self.provider_buttons,
+            password_button=self.password_button,
+            enrollment_url=self.enrollment_url,
+            inviter=self.inviter,
+        )
+
 
 @dataclass(frozen=True)
 class SignUpSteps:
@@ -153,6 +195,25 @@ class SignUpSteps:
     email_code: bool = True
     captcha: bool = False
     element_web_url: str | None = None
+    provider_buttons: tuple[str, ...] = ()
+    password_button: bool = False
+    enrollment_url: str | None = None
+    inviter: str | None = None  # whom to ask for a provider account; None: "whoever invited you"
+
+    def variables(self) -> dict[str, object]:
+        """The template variables the `sign_up_steps` block uses."""
+        return {
+            "sign_up": self.sign_up,
+            "upstream_provider": self.upstream_provider,
+            "provider_buttons": self.provider_buttons,
+            "password_button": self.password_button,
+            "enrollment_url": self.enrollment_url,
+            "email_code": self.email_code,
+            "captcha": self.captcha,
+            "server_name": self.server_name,
+            "element_web_url": self.element_web_url,
+            "inviter": self.inviter,
+        }
 
 
 @dataclass(frozen=True)
@@ -277,6 +338,7 @@ class MailRenderer:
     def render(self, ctx: MailContext) -> RenderedMail:
         token = ctx.token.get_secret_value()
         variables = {
+            **ctx.steps().variables(),
             "display_name": ctx.display_name,
             "email": ctx.email,
             "token": token,
@@ -288,13 +350,7 @@ class MailRenderer:
             ),
             "usage_limit": ctx.usage_limit,
             "inviter": ctx.inviter,
-            "server_name": ctx.server_name,
             "locale": ctx.locale,
-            "sign_up": ctx.sign_up,
-            "upstream_provider": ctx.upstream_provider,
-            "email_code": ctx.email_code,
-            "captcha": ctx.captcha,
-            "element_web_url": ctx.element_web_url,
             "invite_url": ctx.invite_url,
         }
         subject = self._render_one(f"{ctx.locale}/subject.txt", variables, token).strip()
@@ -330,14 +386,7 @@ class MailRenderer:
         page styles them itself and its Content-Security-Policy forbids inline styles.
         """
         name = f"{steps.locale}/body.html"
-        variables = {
-            "sign_up": steps.sign_up,
-            "upstream_provider": steps.upstream_provider,
-            "email_code": steps.email_code,
-            "captcha": steps.captcha,
-            "server_name": steps.server_name,
-            "element_web_url": steps.element_web_url,
-        }
+        variables = steps.variables()
         try:
             template = self._env.get_template(name)
             if STEPS_BLOCK not in template.blocks:
@@ -352,42 +401,58 @@ class MailRenderer:
     def check(self) -> None:
         """Render every locale and sign-up once with sample values: broken admin templates fail
         at startup."""
-        sample_token = SecretStr("SampleToken12")
-        # Every branch the built-in templates have: upstream with and without a provider name,
-        # password sign-up with and without the email code, with a CAPTCHA, with Element Web.
-        shapes: tuple[tuple[SignUp, str | None, bool, bool, str | None], ...] = (
-            ("mas-password", None, True, False, "https://app.example.org"),
-            ("mas-password", None, False, True, None),
-            ("mas-upstream", "Sample Provider", True, False, None),
-            ("mas-upstream", None, True, False, "https://app.example.org"),
-            ("synapse", None, True, False, None),
+        # Every branch the built-in templates have: password sign-up with and without the email
+        # code, with a CAPTCHA, beside provider buttons; one provider (named or not, with an
+        # enrollment link); MAS's page of buttons with and without a password button; Synapse.
+        web = "https://app.example.org"
+        shapes: tuple[dict[str, object], ...] = (
+            {"sign_up": "mas-password", "element_web_url": web},
+            {"sign_up": "mas-password", "email_code": False, "captcha": True},
+            {"sign_up": "mas-password", "provider_buttons": ("Sample",), "password_button": True},
+            {"sign_up": "mas-upstream", "upstream_provider": "Sample Provider"},
+            {"sign_up": "mas-upstream", "element_web_url": web},
+            {
+                "sign_up": "mas-upstream",
+                "upstream_provider": "Sample Provider",
+                "enrollment_url": "https://id.example.org/if/flow/enroll/",
+            },
+            {
+                "sign_up": "mas-choice",
+                "upstream_provider": "Sample",
+                "provider_buttons": ("Sample", "Other"),
+            },
+            {
+                "sign_up": "mas-choice",
+                "provider_buttons": ("Sample", "Other"),
+                "password_button": True,
+            },
+            {
+                "sign_up": "mas-choice",
+                "provider_buttons": ("Sample",),
+                "password_button": True,
+                "email_code": False,
+            },
+            {"sign_up": "synapse"},
         )
         invite_urls = (None, "https://invite.example.org/en/#SampleToken12")
-        for locale, (sign_up, provider, email_code, captcha, web), invite_url in itertools.product(
-            LOCALES, shapes, invite_urls
-        ):
-            self.render(
-                MailContext(
-                    email="invitee@example.org",
-                    display_name="Sample Invitee",
-                    token=sample_token,
-                    registration_url="https://auth.example.org/register",
-                    expires_at=dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
-                    usage_limit=2,
-                    inviter="Sample Admin",
-                    server_name="example.org",
-                    locale=locale,
-                    sign_up=sign_up,
-                    upstream_provider=provider,
-                    email_code=email_code,
-                    captcha=captcha,
-                    element_web_url=web,
-                    invite_url=invite_url,
-                )
+        for locale, shape, invite_url in itertools.product(LOCALES, shapes, invite_urls):
+            context = MailContext.model_validate(
+                {
+                    "email": "invitee@example.org",
+                    "display_name": "Sample Invitee",
+                    "token": SecretStr("SampleToken12"),
+                    "registration_url": "https://auth.example.org/register",
+                    "expires_at": dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+                    "usage_limit": 2,
+                    "inviter": "Sample Admin",
+                    "server_name": "example.org",
+                    "locale": locale,
+                    "invite_url": invite_url,
+                    **shape,
+                }
             )
-            self.sign_up_steps(
-                SignUpSteps(locale, "example.org", sign_up, provider, email_code, captcha, web)
-            )
+            self.render(context)
+            self.sign_up_steps(context.steps())
 
     def _render_one(self, name: str, variables: Mapping[str, object], token: str) -> str:
         try:
