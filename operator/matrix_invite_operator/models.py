@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from .formats import GO_DURATION_PATTERN, ROOM_PATTERN, parse_go_duration
+from .formats import GO_DURATION_PATTERN, MAX_COMMON_ROOMS, ROOM_PATTERN, parse_go_duration
 
 GROUP = "matrix-invite.dev"
 VERSION = "v1alpha1"
@@ -146,7 +146,8 @@ class InvitationStatus(_CamelModel):
     resend_handled: str | None = Field(None, max_length=400)
     account: str | None = Field(None, max_length=255)
     account_search: AccountSearch | None = None
-    rooms: list[RoomStatus] | None = Field(None, max_length=MAX_ROOMS)
+    # spec.rooms and the rooms every accepted account joins (settings.onboarding_rooms)
+    rooms: list[RoomStatus] | None = Field(None, max_length=MAX_ROOMS + MAX_COMMON_ROOMS)
     notice_posted: bool | None = None
 
     def condition(self, type_: str) -> Condition | None:

@@ -18,7 +18,9 @@ from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigurationError
-from .formats import ROOM_PATTERN, parse_go_duration
+from .formats import MAX_COMMON_ROOMS, ROOM_PATTERN, parse_go_duration
+
+RoomReference = Annotated[str, Field(max_length=255, pattern=ROOM_PATTERN)]
 
 SecretSource = Callable[[], SecretStr]
 """A credential read when it is used: `Settings.mas_client_secret_value` and its siblings."""
@@ -104,6 +106,12 @@ class Settings(BaseSettings):
         max_length=255,
         pattern=ROOM_PATTERN,
         description="Room where the onboarding user posts one notice per accepted invitation",
+    )
+    onboarding_rooms: Annotated[list[RoomReference], NoDecode] = Field(
+        default_factory=list,
+        max_length=MAX_COMMON_ROOMS,
+        description="Rooms and spaces (IDs or aliases, comma-separated) every accepted account "
+        "joins, before its spec.rooms; shown in status.rooms like them",
     )
 
     # --- mail ---
@@ -214,12 +222,19 @@ class Settings(BaseSettings):
     def _parse_duration(cls, value: object) -> object:
         return _duration(value)
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("namespaces", "onboarding_rooms", mode="before")
     @classmethod
-    def _split_namespaces(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("onboarding_rooms")
+    @classmethod
+    def _rooms_once(cls, rooms: list[str]) -> list[str]:
+        if len(set(rooms)) != len(rooms):
+            raise ValueError("a room is listed twice")
+        return rooms
 
     @field_validator(
         "mail_from_name", "inviter_name", "server_name", "mail_from", "mas_upstream_provider_name"
