@@ -348,10 +348,35 @@ async def test_both_client_auth_methods(
     assert mas_double.request_count("POST", OAUTH_TOKEN_PATH, 200) == 1
 
 
+#: An `openssl rand -base64`-like secret with every character form-urlencoding changes.
+AWKWARD_SECRET = "Ab+c/d=e%f g"
+
+
+@pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
+async def test_a_secret_that_form_encoding_would_change_is_accepted(
+    http: httpx.AsyncClient, method: ClientAuthMethod
+) -> None:
+    # MAS compares the Basic password as it is (mas/FACTS.md): encoded, it got 401.
+    with MasDouble(client_secret=AWKWARD_SECRET, client_auth_method=method) as double:
+        mas = Harness(double, http, secret=AWKWARD_SECRET, method=method)
+        await mas.client.create_token(INVITE)
+        assert double.request_count("POST", OAUTH_TOKEN_PATH, 401) == 0
+        assert double.request_count("POST", OAUTH_TOKEN_PATH, 200) == 1
+        assert [t["token"] for t in double.tokens()] == [INVITE.get_secret_value()]
+
+
+def test_a_client_id_basic_cannot_carry_is_refused_at_startup() -> None:
+    with pytest.raises(ConfigurationError, match="contains a colon"):
+        ClientCredentialsAuth("a:b", SecretStr("s"), issuer="http://mas")
+    ClientCredentialsAuth(
+        "a:b", SecretStr("s"), issuer="http://mas", client_auth_method="client_secret_post"
+    )
+
+
 async def test_a_client_pinned_to_the_other_auth_method(http: httpx.AsyncClient) -> None:
     with MasDouble(client_auth_method="client_secret_post") as double:
         mas = Harness(double, http, method="client_secret_basic")
-        with pytest.raises(BackendAuthError, match="client_auth_method: client_secret_basic"):
+        with pytest.raises(BackendAuthError, match="another client_auth_method"):
             await mas.client.server_version()
 
 
@@ -424,7 +449,7 @@ async def test_wrong_secret(mas_double: MasDouble, http: httpx.AsyncClient) -> N
         await mas.client.create_token(INVITE)
     message = str(raised.value)
     assert message.startswith(
-        f"MAS refused the client credentials for client {DEFAULT_CLIENT_ID}: check"
+        f"MAS refused the client credentials for client {DEFAULT_CLIENT_ID} (401 invalid_client)"
     )
     assert mas_double.tokens() == []
     assert_no_secrets(raised.value, "wrong-secret-value")

@@ -38,7 +38,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
-from urllib.parse import unquote
 
 import jsonschema
 from aiohttp import web
@@ -1596,7 +1595,8 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
     client_id, colon, secret = decoded.partition(":")
     if not colon:
         return None
-    return unquote(client_id), unquote(secret)
+    # As MAS 1.22 does: the pair as it is, never form-decoded (mas/FACTS.md).
+    return client_id, secret
 
 
 def _json_kind(value: object) -> str:

@@ -19,7 +19,7 @@ import time
 from asyncio import Lock
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any, Literal
-from urllib.parse import quote, urljoin
+from urllib.parse import urljoin
 
 import httpx
 from pydantic import SecretStr
@@ -101,6 +101,12 @@ class ClientCredentialsAuth(httpx.Auth):
             raise ConfigurationError(
                 f"Unsupported client auth method {client_auth_method!r}: "
                 f"use one of {', '.join(CLIENT_AUTH_METHODS)}"
+            )
+        if client_auth_method == "client_secret_basic" and ":" in client_id:
+            # Basic ends the user name at the first colon; MAS's client ids are ULIDs anyway.
+            raise ConfigurationError(
+                f"The MAS client id {client_id!r} contains a colon, which client_secret_basic "
+                "cannot carry: MAS client ids are ULIDs"
             )
         self.client_id = client_id
         self._client_secret = client_secret
@@ -222,10 +228,13 @@ class ClientCredentialsAuth(httpx.Auth):
         # Read at every renewal: a rotated Secret heals a rejected client without a restart.
         secret = current_secret(self._client_secret).get_secret_value()
         if self.client_auth_method == "client_secret_basic":
-            # RFC 6749 2.3.1: both parts are form-urlencoded before the Basic encoding.
-            pair = f"{quote(self.client_id, safe='')}:{quote(secret, safe='')}"
+            # As they are, not form-urlencoded first as RFC 6749 2.3.1 asks: MAS compares the
+            # Basic password with its configured secret byte for byte and decodes nothing, so
+            # an encoded `+ / = %` or space never matches (mas/FACTS.md, tried on MAS 1.22).
+            pair = f"{self.client_id}:{secret}"
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
         else:
+            # A form body is form-decoded by every server, MAS included: the value arrives as is.
             form["client_id"] = self.client_id
             form["client_secret"] = secret
         return httpx.Request(
@@ -262,14 +271,16 @@ class ClientCredentialsAuth(httpx.Auth):
                 "change)"
             )
         if error == "invalid_client" or status == httpx.codes.UNAUTHORIZED:
+            # Not "they do not match": until the secret went out unencoded, a matching secret
+            # with `+ / = %` or a space was refused too. Say what is sent and what MAS compares.
             raise BackendAuthError(
-                f"MAS refused the client credentials for client {self.client_id}: check that "
-                "MATRIX_INVITE_MAS_CLIENT_ID and the secret in "
-                "MATRIX_INVITE_MAS_CLIENT_SECRET_FILE (chart values mas.clientId, "
-                "mas.clientSecret.existingSecret and .key) match the "
-                "client in MAS's config, which MAS reads only at start (restart MAS after "
-                "rotating), and that it has client_auth_method: "
-                f"{self.client_auth_method} (MATRIX_INVITE_MAS_CLIENT_AUTH_METHOD)"
+                f"MAS refused the client credentials for client {self.client_id} ({said}). "
+                "The operator sends the secret from MATRIX_INVITE_MAS_CLIENT_SECRET_FILE (chart "
+                "values mas.clientSecret.existingSecret and .key) byte for byte, by "
+                f"{self.client_auth_method} (MATRIX_INVITE_MAS_CLIENT_AUTH_METHOD); MAS refuses "
+                "it when its client with this id (MATRIX_INVITE_MAS_CLIENT_ID, chart value "
+                "mas.clientId) has another secret or another client_auth_method. MAS reads its "
+                "clients only at start: restart MAS after rotating the secret"
             )
         detail = f" ({error})" if isinstance(error, str) and error.isascii() else ""
         raise BackendAuthError(
