@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     from . import handlers  # noqa: F401  (registers the Kopf handlers)
+    from .authentik import InvitationPathRedaction
     from .backends.synapse import TokenPathRedaction
 
     # Settings that cannot even be parsed stop here. Missing credentials or unusable mail
@@ -65,9 +66,10 @@ def run(args: argparse.Namespace) -> int:
     for chatty in ("httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     # Whatever is logged, at any level: Synapse's admin API has the token in the URL path.
-    redaction = TokenPathRedaction()
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(redaction)
+    # authentik's invitation API has the invitation's pk (the enrollment link's secret) there.
+    for redaction in (TokenPathRedaction(), InvitationPathRedaction()):
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(redaction)
     return asyncio.run(_lead_then_operate(settings, lease))
 
 
@@ -203,7 +205,11 @@ def render_mail(args: argparse.Namespace) -> int:
             invite_url=invite_link(str(settings.invite_page_url), locale, token)
             if settings.invite_page_url
             else None,
-            enrollment_url=args.enrollment_url,
+            enrollment_url=SecretStr(args.enrollment_url) if args.enrollment_url else None,
+            account_url=str(settings.account_enrollment_url)
+            if settings.account_enrollment_url
+            else None,
+            account_contact=settings.account_contact,
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -330,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     mail.add_argument(
         "--enrollment-url",
-        help="show a first step that creates the invitee's account at the provider (the "
-        "operator's per-invitee link goes there)",
+        help="a sample single-use enrollment link: the first step that creates the invitee's "
+        "account at Authentik (with Authentik settings each mail carries its own)",
     )
     mail.add_argument(
         "--no-email-code",

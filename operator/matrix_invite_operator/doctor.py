@@ -3,8 +3,9 @@
 Owns the order of the checks and what each line says. It talks to MAS and the SMTP relay
 exactly as the operator does (the same settings, HTTP client, OAuth flow, Admin API client and
 mailer), so a green run means the first Invitation will not fail on configuration. Nothing is
-written anywhere: no token is created, no mail is sent. No line ever contains a secret: the
-texts come from our own error tree, which never quotes one.
+written anywhere: no token is created, no mail is sent; with authentik configured, one probe
+invitation that expired before it was made is added and deleted (only that proves the role).
+No line ever contains a secret: the texts come from our own error tree, which never quotes one.
 
 The MAS checks stop at the first failure (each needs the one before); SMTP is checked anyway.
 """
@@ -20,12 +21,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from .authentik import setup_checks
 from .backends.mas import MasAdminClient, SiteConfig, UpstreamProvider
 from .backends.oauth import DISCOVERY_PATH, ClientCredentialsAuth
 from .backends.transport import certificate_error
-from .errors import MailError, OperatorError
+from .errors import ConfigurationError, MailError, OperatorError
 from .mail.send import Mailer
-from .runtime import mas_admin_client, mas_http_client
+from .runtime import authentik_http_client, build_authentik, mas_admin_client, mas_http_client
 from .settings import Settings
 from .sign_up import SignUpFacts, facts_from
 
@@ -84,7 +86,19 @@ class Doctor:
             yield Finding(
                 Verdict.SKIP, "backend", "synapse: only the settings and SMTP are checked"
             )
+        if settings.authentik_enabled:
+            for finding in await self._authentik():
+                yield finding
         yield await self._smtp()
+
+    async def _authentik(self) -> list[Finding]:
+        """authentik's side (`authentik.setup_checks`): the one write is an expired probe."""
+        try:
+            async with authentik_http_client(self.settings) as http:
+                checks = await setup_checks(build_authentik(self.settings, http))
+        except ConfigurationError as exc:
+            return [_fail("authentik", str(exc))]
+        return [Finding(Verdict(c.verdict), c.check, c.text) for c in checks]
 
     # --- MAS --------------------------------------------------------------------------------
 

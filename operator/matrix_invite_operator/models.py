@@ -119,6 +119,31 @@ class AccountSearch(_CamelModel):
     at: str = Field(max_length=64)
 
 
+class EnrollmentState(enum.StrEnum):
+    """Where the invitee's authentik invitation stands (`status.authentikInvitation.state`)."""
+
+    ACTIVE = "Active"  # authentik has it; its link works
+    # Gone after its link was mailed. authentik deletes a single-use invitation when the invitee
+    # OPENS the link (the flow reaches its Invitation stage), not when the account is created;
+    # an expiry or a deletion in authentik's admin looks the same.
+    OPENED = "Opened"
+    DELETED = "Deleted"  # deleted by the operator: revoked, new address, token spent or expired
+
+
+class AuthentikInvitationStatus(_CamelModel):
+    """The invitee's single-use authentik invitation: never its link or pk, only their handles."""
+
+    name: str = Field(max_length=253)
+    id: str | None = Field(None, max_length=64)  # `ak-` + a hash of the pk (ports.EnrollmentInvite)
+    email: str | None = Field(None, max_length=254)  # the address it is bound to (fixed_data)
+    state: EnrollmentState
+    exists: bool
+    mailed_id: str | None = Field(None, max_length=64)  # the invitation whose link was mailed
+    expires_at: str | None = Field(None, max_length=64)
+    checked_at: str | None = Field(None, max_length=64)
+    message: str | None = Field(None, max_length=1024)
+
+
 class InvitationStatus(_CamelModel):
     """What the operator reports. Never a token value: only MAS's id for it."""
 
@@ -149,6 +174,7 @@ class InvitationStatus(_CamelModel):
     # spec.rooms and the rooms every accepted account joins (settings.onboarding_rooms)
     rooms: list[RoomStatus] | None = Field(None, max_length=MAX_ROOMS + MAX_COMMON_ROOMS)
     notice_posted: bool | None = None
+    authentik_invitation: AuthentikInvitationStatus | None = None
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from pydantic import SecretStr
 
+from . import enrollment
 from .backends import TokenState
 from .errors import (
     BackendClockAhead,
@@ -175,13 +176,16 @@ async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> Invi
             # revoked (the old address's token was just revoked): nothing to issue, no mail,
             # until the spec un-revokes it. Issuing first and revoking after would leave a
             # valid token no status names, were the operator to stop in between.
+            await enroll(deps, invitation, writer, None, expiry)
             return await _finish(deps, invitation, writer, None)
         token = await _ensure_secret(deps, invitation, writer)
         token_state = await _ensure_token(deps, invitation, writer, token, expiry)
         token_state = await _converge(deps, invitation, writer, token_state, expiry)
         _check_clocks(invitation, token_state, deps.clock(), deps.backend.name)
-        mailed = await _mail_if_due(deps, invitation, writer, token, token_state)
+        enrolled = await enroll(deps, invitation, writer, token_state, expiry)
+        mailed = await _mail_if_due(deps, invitation, writer, token, token_state, enrolled)
         notices = await onboard(deps, invitation, writer, token_state)
+        notices = (enrolled.notices if enrolled is not None else []) + notices
     except BackendClockAhead as exc:
         # Not handed to Kopf for a retry: the sync pass sees when the backend agrees and mails
         # then (`awaits_mail`), so no retry races it for the one mail.
@@ -203,6 +207,35 @@ async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> Invi
         await deps.events.normal(invitation, "MailSent", mailed)
     await post_notices(deps.events, invitation, notices)
     return status
+
+
+async def enroll(
+    deps: Collaborators,
+    invitation: Invitation,
+    writer: StatusWriter,
+    token: TokenState | None,
+    expiry: dt.datetime,
+) -> enrollment.Enrollment | None:
+    """The invitee's authentik invitation (`enrollment.py`), if authentik is configured: kept
+    while the token works, deleted once it does not; staged for the next status write (a crash
+    before it loses nothing: the next run finds the invitation by its name)."""
+    if deps.enrollment is None:
+        return None
+    now = deps.clock()
+    before = writer.status.authentik_invitation
+    if token is not None and token.valid and not invitation.spec.revoked:
+        resend = resend_requested(invitation, writer.status.resend_handled)
+        enrolled = await enrollment.ensure(
+            deps.enrollment, invitation, before, expiry=expiry, resend=resend, now=now
+        )
+    else:
+        why = "the Invitation is revoked"
+        if token is not None and not invitation.spec.revoked:
+            why = "the registration token expired" if token.expired(now) else "the token is spent"
+        enrolled = await enrollment.withdraw(deps.enrollment, invitation, before, why=why, now=now)
+    if enrolled.status != before:
+        writer.stage(authentik_invitation=enrolled.status)
+    return enrolled
 
 
 #: What onboarding changes in status (`onboarding.Onboarding.apply`).
@@ -537,6 +570,7 @@ async def _mail_if_due(
     writer: StatusWriter,
     token: SecretStr,
     state: TokenState,
+    enrolled: enrollment.Enrollment | None = None,
 ) -> str | None:
     """Send the mail if it is due; returns the MailSent Event's message, or None.
 
@@ -548,9 +582,16 @@ async def _mail_if_due(
     already = status.mailed_token_id == state.id and status.mail_recipient == invitation.spec.email
     # A resend request that was already present when the first mail went out is not a new one.
     resend = already and resend_requested(invitation, status.resend_handled)
-    if (already and not resend) or not state.valid or invitation.spec.revoked:
+    # A new authentik invitation (after an un-revoke, say) is mailed even for a mailed token.
+    new_link = enrolled is not None and enrolled.unmailed
+    if (already and not resend and not new_link) or not state.valid or invitation.spec.revoked:
         return None
-    await deps.mailer.send_invitation(invitation, token=token, token_state=state)
+    link = enrolled.link if enrolled is not None else None
+    await deps.mailer.send_invitation(
+        invitation, token=token, token_state=state, enrollment_url=link
+    )
+    if enrolled is not None and enrolled.status is not None and link is not None:
+        writer.stage(authentik_invitation=enrollment.mailed(enrolled.status))
     writer.stage(
         mail_sent_at=rfc3339(deps.clock()),
         mail_recipient=invitation.spec.email,
@@ -587,6 +628,9 @@ async def finalize(deps: Collaborators, invitation: Invitation) -> None:
                 and await deps.backend.revoke(other.id) is not None
             ):
                 await _announce_revoked(deps, invitation, other.id)
+        if deps.enrollment is not None:
+            notices = await enrollment.remove_all(deps.enrollment, invitation)
+            await post_notices(deps.events, invitation, notices)
     deps.locks.pop(invitation.uid, None)
 
 

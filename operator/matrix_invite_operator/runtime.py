@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from .authentik import AuthentikClient, BearerTokenAuth
 from .backends import TokenBackend
 from .backends.mas import MasAdminClient, MasTokenBackend, RequestObserver
 from .backends.oauth import ClientCredentialsAuth
@@ -40,10 +41,10 @@ from .onboarding import (
     Onboarding,
     PersonalSessions,
 )
-from .ports import EventSink, Invitation, InvitationMailer, KubeStore
+from .ports import EnrollmentInvitations, EventSink, Invitation, InvitationMailer, KubeStore
 from .settings import Settings
 from .sign_up import SignUpFacts, SiteWatch
-from .unconfigured import UnconfiguredBackend, UnconfiguredMailer
+from .unconfigured import UnconfiguredBackend, UnconfiguredEnrollment, UnconfiguredMailer
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class Clients:
     backend: httpx.AsyncClient
     kube: httpx.AsyncClient
     homeserver: httpx.AsyncClient | None = None
+    authentik: httpx.AsyncClient | None = None
 
 
 def peer_http_client(settings: Settings, *, ca_bundle: Path | None) -> httpx.AsyncClient:
@@ -99,6 +101,25 @@ def synapse_http_client(settings: Settings) -> httpx.AsyncClient:
 def backend_http_client(settings: Settings) -> httpx.AsyncClient:
     """The client for the token backend `settings.backend` names."""
     return peer_http_client(settings, ca_bundle=settings.backend_ca_bundle())
+
+
+def authentik_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The client for authentik's API (the invitee's enrollment invitation)."""
+    return peer_http_client(settings, ca_bundle=settings.authentik_ca_bundle)
+
+
+def build_authentik(settings: Settings, http: httpx.AsyncClient) -> AuthentikClient:
+    """The authentik client the settings describe (`require_authentik` has checked them)."""
+    settings.require_authentik()
+    if settings.authentik_url is None or settings.authentik_flow_slug is None:
+        raise AssertionError("unreachable")  # require_authentik said so
+    return AuthentikClient(
+        http,
+        str(settings.authentik_url),
+        # Read at each request: a rotated token file needs no restart.
+        auth=BearerTokenAuth(settings.authentik_api_token_value),
+        flow_slug=settings.authentik_flow_slug,
+    )
 
 
 def build_mas_backend(
@@ -160,7 +181,8 @@ def build_mailer(
     validate_registration_url_template(settings.registration_url)
     mailer = Mailer.from_settings(settings)
     renderer = MailRenderer(settings.mail_template_dir)
-    renderer.check()  # a broken admin template fails at startup, not on the first Invitation
+    # A broken admin template fails at startup, not on the first Invitation.
+    renderer.check(enrollment=settings.authentik_enabled)
     rate = settings.mail_rate_per_minute
     throttle = MailThrottle(rate) if rate > 0 else None
     return SmtpInvitationMailer(settings, renderer, mailer, throttle, sign_up=sign_up)
@@ -184,6 +206,8 @@ class Dependencies:
     # What MAS says about sign-up; None: nothing known beyond the settings.
     site: SiteWatch | None = None
     onboarding: Onboarding | None = None  # who accepted, and their rooms (onboarding.py)
+    # The invitee's authentik invitation (enrollment.py); None: authentik is not configured.
+    enrollment: EnrollmentInvitations | None = None
     resources: Clients | None = None  # what `build_dependencies` opened; closed on shutdown
 
     def lock_for(self, invitation: Invitation) -> asyncio.Lock:
@@ -243,7 +267,17 @@ async def build_dependencies(
             observe=metrics.record_onboarding if metrics is not None else None,
         ),
     )
-    deps.resources = Clients(backend=backend_http, kube=kube_http, homeserver=homeserver_http)
+    authentik_http = None
+    if settings.authentik_enabled:
+        authentik_http = authentik_http_client(settings)
+        try:
+            deps.enrollment = build_authentik(settings, authentik_http)
+        except ConfigurationError as problem:
+            logger.error("authentik is misconfigured, no invitation will be sent: %s", problem)
+            deps.enrollment = UnconfiguredEnrollment(problem)
+    deps.resources = Clients(
+        backend=backend_http, kube=kube_http, homeserver=homeserver_http, authentik=authentik_http
+    )
     return deps
 
 
@@ -281,3 +315,5 @@ async def close_dependencies(deps: Dependencies) -> None:
         await clients.kube.aclose()
         if clients.homeserver is not None:
             await clients.homeserver.aclose()
+        if clients.authentik is not None:
+            await clients.authentik.aclose()

@@ -83,6 +83,39 @@ class Settings(BaseSettings):
         "unset: the name MAS gives its only enabled provider",
     )
 
+    # --- the invitee's account at authentik (the upstream provider), optional ---
+    authentik_url: AnyHttpUrl | None = Field(
+        None,
+        description="authentik's base URL (e.g. https://auth.example.org); set: each Invitation "
+        "gets a single-use authentik invitation, and the mail's first step is its enrollment link",
+    )
+    authentik_api_token: SecretStr | None = None
+    authentik_api_token_file: Path | None = Field(
+        None,
+        description="File holding an authentik API token (intent 'api') of the operator's "
+        "service account, which may view, add and delete invitations",
+    )
+    authentik_flow_slug: str | None = Field(
+        None,
+        max_length=255,
+        pattern=r"^[-a-zA-Z0-9_]+$",
+        description="Slug of the invitation enrollment flow (it must contain an Invitation stage)",
+    )
+    authentik_ca_bundle: Path | None = Field(
+        None, description="PEM bundle to trust for authentik instead of the system CAs"
+    )
+    account_enrollment_url: AnyHttpUrl | None = Field(
+        None,
+        description="Without authentik settings: where invitees without an account at the "
+        "upstream provider get one (the mail offers it)",
+    )
+    account_contact: str | None = Field(
+        None,
+        max_length=200,
+        description="Without authentik settings or an enrollment URL: whom invitees without an "
+        "account at the upstream provider ask for one, e.g. 'the IT desk (it@example.org)'",
+    )
+
     # --- onboarding: the account a token created, and the rooms it joins ---
     homeserver_url: AnyHttpUrl | None = Field(
         None,
@@ -237,7 +270,12 @@ class Settings(BaseSettings):
         return rooms
 
     @field_validator(
-        "mail_from_name", "inviter_name", "server_name", "mail_from", "mas_upstream_provider_name"
+        "mail_from_name",
+        "inviter_name",
+        "server_name",
+        "mail_from",
+        "mas_upstream_provider_name",
+        "account_contact",
     )
     @classmethod
     def _single_line(cls, value: str | None) -> str | None:
@@ -251,6 +289,8 @@ class Settings(BaseSettings):
         "mas_sign_up",
         "onboarding_user",
         "notice_room",
+        "authentik_flow_slug",
+        "account_contact",
         mode="before",
     )
     @classmethod
@@ -283,6 +323,36 @@ class Settings(BaseSettings):
             self.synapse_admin_token_file,
             env="MATRIX_INVITE_SYNAPSE_ADMIN_TOKEN_FILE",
         )
+
+    def authentik_api_token_value(self) -> SecretStr:
+        return _secret_from(
+            "authentik API token",
+            self.authentik_api_token,
+            self.authentik_api_token_file,
+            env="MATRIX_INVITE_AUTHENTIK_API_TOKEN_FILE",
+        )
+
+    @property
+    def authentik_enabled(self) -> bool:
+        """Whether the invitee's account is made at authentik (`MATRIX_INVITE_AUTHENTIK_URL`)."""
+        return self.authentik_url is not None
+
+    def require_authentik(self) -> None:
+        """With authentik's URL set, the token and the flow's slug must be there too: one
+        sentence naming what is missing (reads the token file once)."""
+        if not self.authentik_enabled:
+            return
+        missing = []
+        if self.authentik_api_token is None and self.authentik_api_token_file is None:
+            missing.append("MATRIX_INVITE_AUTHENTIK_API_TOKEN_FILE (or _TOKEN)")
+        if self.authentik_flow_slug is None:
+            missing.append("MATRIX_INVITE_AUTHENTIK_FLOW_SLUG")
+        if missing:
+            raise ConfigurationError(
+                "authentik invitations (MATRIX_INVITE_AUTHENTIK_URL is set) need "
+                + ", ".join(missing)
+            )
+        self.authentik_api_token_value()
 
     def backend_ca_bundle(self) -> Path | None:
         """The CA bundle for the chosen backend's HTTPS (None: the system CAs)."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import TokenState
+from .enrollment import withdrawal_due
 from .errors import InvalidSpecError, KubeConflict, KubeNotFound, OperatorError
 from .formats import parse_rfc3339, rfc3339
 from .models import RESEND_ANNOTATION, InvitationStatus, Phase
@@ -131,12 +132,21 @@ class WatchedInvitation:
 Registry = dict[tuple[str, str], WatchedInvitation]
 
 
-def needs_reconcile(invitation: Invitation, token: TokenState | None, expiry: dt.datetime) -> bool:
-    """Drift that only the reconcile steps can repair, or a mail that is due."""
+def needs_reconcile(
+    invitation: Invitation,
+    token: TokenState | None,
+    expiry: dt.datetime,
+    *,
+    enrollment: bool = False,
+) -> bool:
+    """Drift that only the reconcile steps can repair, or a mail that is due; with `enrollment`
+    (authentik configured), also an authentik invitation that outlived its token."""
     if token is None:
         return True
     spec = invitation.spec
     if token.usage_limit != spec.usage_limit or token.expires_at != expiry:
+        return True
+    if enrollment and withdrawal_due(invitation.status.authentik_invitation, token.valid):
         return True
     return (spec.revoked and not token.revoked) or awaits_mail(invitation, token)
 
@@ -189,7 +199,9 @@ async def sync_invitations(
             if token is None:
                 # Revoked by deletion (Synapse), spent or expired: nothing to repair.
                 token = missing_token_state(invitation, expiry, now)
-            if fresh and needs_reconcile(invitation, token, expiry):
+            if fresh and needs_reconcile(
+                invitation, token, expiry, enrollment=deps.enrollment is not None
+            ):
                 if await repair_drift(deps, invitation, _drift_check(deps, now)):
                     report.reconciled += 1
                 continue
@@ -254,7 +266,7 @@ async def _write_from_fresh_read(
         expiry = desired_expiry(current, deps.settings)
         if current.resource_version != seen.resource_version or token_id != seen.status.token_id:
             token = await deps.backend.read(token_id) or missing_token_state(current, expiry, now)
-            if needs_reconcile(current, token, expiry):
+            if needs_reconcile(current, token, expiry, enrollment=deps.enrollment is not None):
                 return False  # drift: the next listing hands it to repair_drift
         status = current.status
         updated = compute_status(
@@ -288,7 +300,10 @@ def _drift_check(
     def drifted(invitation: Invitation, token: TokenState | None) -> bool:
         expiry = desired_expiry(invitation, deps.settings)
         return needs_reconcile(
-            invitation, token or missing_token_state(invitation, expiry, now), expiry
+            invitation,
+            token or missing_token_state(invitation, expiry, now),
+            expiry,
+            enrollment=deps.enrollment is not None,
         )
 
     return drifted

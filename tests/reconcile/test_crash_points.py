@@ -17,6 +17,8 @@ NOT_STEPS = {
     "reconcile": "the entry: takes the lock and awaits read_current and the steps",
     "onboard": "awaits only deps.onboarding, unset here (tests/integration/test_onboarding.py)",
     "post_notices": "posts onboarding's notices, of which there are none without onboarding",
+    "enroll": "awaits only deps.enrollment (authentik), unset here "
+    "(tests/contract/test_authentik.py, tests/integration/test_authentik.py)",
     "sync.run_pass": "awaits list_tokens and sync_invitations",
     "sync._converge": "awaits reconcile (converge_lagging's task), whose steps are counted",
     "sync.aclose": "cancels tasks",

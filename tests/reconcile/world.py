@@ -750,6 +750,7 @@ class Mail:
     invitation_uid: str
     token_id: str
     token_value: str
+    enrollment_url: str | None = None
 
 
 class Outbox:
@@ -761,9 +762,20 @@ class Outbox:
         self.mails: list[Mail] = []
 
     async def send_invitation(
-        self, invitation: Invitation, *, token: SecretStr, token_state: TokenState
+        self,
+        invitation: Invitation,
+        *,
+        token: SecretStr,
+        token_state: TokenState,
+        enrollment_url: SecretStr | None = None,
     ) -> None:
-        mail = Mail(invitation.spec.email, invitation.uid, token_state.id, token.get_secret_value())
+        mail = Mail(
+            invitation.spec.email,
+            invitation.uid,
+            token_state.id,
+            token.get_secret_value(),
+            enrollment_url.get_secret_value() if enrollment_url is not None else None,
+        )
         try:
             await self._wire.call("SMTP DATA", lambda: self._accept(mail))
         except LostAnswer as lost:

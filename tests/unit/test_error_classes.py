@@ -11,7 +11,13 @@ from matrix_invite_operator.errors import OperatorError, PermanentError, Transie
 from matrix_invite_operator.reconcile import _problem
 
 #: Never raised themselves: only grouping what a module raises.
-BASES = {OperatorError, errors.BackendError, errors.MailError, errors.KubeError}
+BASES = {
+    OperatorError,
+    errors.BackendError,
+    errors.MailError,
+    errors.KubeError,
+    errors.AuthentikError,
+}
 
 
 def _raised_classes() -> list[type[OperatorError]]:

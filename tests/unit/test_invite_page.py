@@ -155,7 +155,7 @@ def test_the_pages_steps_are_the_mails_steps(locale: Locale, overrides: dict[str
             token=SecretStr(TOKEN),
             registration_url=REGISTER,
             expires_at=dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
-            inviter=configured.inviter_name or "example.org",  # as the mail names the inviter
+            inviter="Alice",
             server_name="example.org",
             locale=locale,
             sign_up="mas-upstream" if configured.mas_sign_up == "upstream" else "mas-password",

@@ -296,7 +296,7 @@ UPSTREAM_STEPS: dict[str, list[str]] = {
     "en": [
         "1. Open the link above. It takes you straight to the login at Authentik;\n"
         "   there is no button to choose on the way.",
-        "2. Log in at Authentik. If you have no account there yet, ask\n   Alice Admin for one.",
+        "2. Log in at Authentik.",
         '3. Back on the Matrix server, the page "Continue signing up with\n'
         '   your Authentik account" shows your username (as\n'
         '   @username:example.org): keep it or change it. Leave "Use" ticked to\n'
@@ -311,8 +311,7 @@ UPSTREAM_STEPS: dict[str, list[str]] = {
     "de": [
         "1. Öffnen Sie den Link oben. Er führt Sie direkt zur Anmeldung\n"
         "   bei Authentik; unterwegs ist nichts auszuwählen.",
-        "2. Melden Sie sich bei Authentik an. Falls Sie dort noch kein Konto\n"
-        "   haben, bitten Sie Alice Admin darum.",
+        "2. Melden Sie sich bei Authentik an.",
         "3. Zurück auf dem Matrix-Server zeigt die Seite „Setze die Anmeldung\n"
         "   mit Authentik Konto fort“ Ihren Benutzernamen (als\n"
         "   @benutzername:example.org): Behalten oder ändern Sie ihn. Lassen Sie\n"
@@ -400,13 +399,18 @@ def test_an_enrollment_link_is_the_first_step(locale: Locale) -> None:
             enrollment_url=link,
         )
     )
+    # The enrollment step (enrollment.txt, i22-authentik's) comes first, then the token, then
+    # the same five steps, the login now with the account just created.
+    token_at = mail.text.index(TOKEN)
+    assert mail.text.index(link) < token_at < mail.text.index("\n1. ", token_at)
+    assert mail.text.count(link) == 1
     steps = upstream_steps(mail.text)
-    assert steps[0].startswith("1. ")
-    assert link in steps[0]
-    assert "Authentik" in steps[0]
-    assert len(steps) == 6
-    assert not [step for step in steps if "Alice Admin" in step]  # nobody to ask for an account
-    assert mail.html.count(f'href="{link.replace("&", "&amp;")}"') == 1
+    assert len(steps) == 5
+    created = "just created" if locale == "en" else "gerade\n   angelegt haben"
+    assert created in steps[1]
+    assert "Ask Alice Admin" not in mail.text
+    assert "Bitten Sie zuerst Alice Admin" not in mail.text
+    assert mail.html.count(f'href="{link.replace("&", "&amp;")}"') == 2  # button and link
 
 
 @pytest.mark.parametrize("locale", ["en", "de"])
@@ -414,8 +418,9 @@ def test_upstream_provider_name_is_escaped_in_html(locale: Locale) -> None:
     mail = render("mas-upstream", locale, upstream_provider="Corp <SSO> & Co")
     assert "Corp <SSO> & Co" in mail.text  # plain text needs no escaping
     assert "<SSO>" not in mail.html
-    # login, the link page's heading, "Use" and the closing note
-    assert mail.html.count("Corp &lt;SSO&gt; &amp; Co") == 5
+    # "No account for ... yet?" (enrollment.html), the login steps, the link page's heading,
+    # "Use", and the closing note
+    assert mail.html.count("Corp &lt;SSO&gt; &amp; Co") == 6
 
 
 @pytest.mark.parametrize(
@@ -516,7 +521,6 @@ def test_upstream_settings_defaults_and_blank_provider() -> None:
         '{% if sign_up == "mas-upstream" and not upstream_provider %}{{ no_such_variable }}'
         "{% endif %}",
         '{% if sign_up == "mas-choice" and password_button %}{{ no_such_variable }}{% endif %}',
-        "{% if enrollment_url %}{{ no_such_variable }}{% endif %}",
     ],
 )
 def test_the_startup_check_renders_the_upstream_branches(tmp_path: Path, broken: str) -> None:
@@ -524,6 +528,16 @@ def test_the_startup_check_renders_the_upstream_branches(tmp_path: Path, broken:
     (tmp_path / "de" / "body.txt").write_text("{{ token }}" + broken)
     with pytest.raises(ConfigurationError, match="no_such_variable"):
         MailRenderer(tmp_path).check()
+
+
+def test_with_authentik_the_startup_check_renders_the_enrollment_branches(tmp_path: Path) -> None:
+    (tmp_path / "en").mkdir()
+    (tmp_path / "en" / "body.txt").write_text(
+        '{{ token }}{{ enrollment_url or "" }}{% if enrollment %}{{ no_such_variable }}{% endif %}'
+    )
+    MailRenderer(tmp_path).check()  # no Authentik: no enrollment link, the branch never runs
+    with pytest.raises(ConfigurationError, match="no_such_variable"):
+        MailRenderer(tmp_path).check(enrollment=True)
 
 
 if __name__ == "__main__":

@@ -181,7 +181,6 @@ def build_invite_page(settings: Settings, *, prefill: bool | None = None) -> Inv
                 email_code=settings.invite_page_email_code,
                 captcha=settings.invite_page_captcha,
                 element_web_url=str(settings.element_web_url) if settings.element_web_url else None,
-                inviter=settings.inviter_name or facts.server_name,
             )
         )
         html = template.render(

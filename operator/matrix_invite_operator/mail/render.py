@@ -31,13 +31,21 @@ Variables available to templates:
                                   MAS's order; empty when MAS shows no such page
     password_button   bool        that page also offers password sign-up ("Continue with email
                                   address", or "Continue with password" without the email code)
-    enrollment_url    str | None  where the invitee first creates their account at the provider
-                                  (an optional first step); None: the mail says whom to ask
+    enrollment        bool        an enrollment link is the mail's first step (`enrollment_url`):
+                                  the steps then log in with the account just created
     email_code        bool        MAS asks for the 6-digit code it emails (password sign-up)
     captcha           bool        MAS's sign-up form asks for a CAPTCHA
     element_web_url   str | None  where to log in with Element Web after signing up
     invite_url        str | None  the invitee's invite page link (`https://<host>/<locale>/#<token>`)
                                   when the invite page is enabled: the mail's main call to action
+    enrollment_url    str | None  the invitee's single-use authentik enrollment link (authentik
+                                  configured): the mail's first step; a secret like the token
+    account_provider  str         who holds the invitee's login account: the upstream provider's
+                                  name, else "authentik"
+    account_url       str | None  without authentik settings: where invitees get an account
+    account_contact   str | None  without either: whom invitees ask for an account
+
+`<locale>/enrollment.txt` and `.html` (included by the bodies) hold the account step.
 
 `body.html` wraps the sign-up steps in `{% block sign_up_steps %}`: the invite page renders that
 block (`MailRenderer.sign_up_steps`), so the page and the mail say the same thing from one source.
@@ -72,6 +80,9 @@ UPSTREAM_PROVIDER_MAX_LENGTH = 100
 PROVIDER_BUTTONS_MAX = 20
 TEMPLATE_FILES: tuple[str, ...] = ("subject.txt", "body.txt", "body.html")
 
+SAMPLE_ENROLLMENT_URL = SecretStr(
+    "https://auth.example.org/if/flow/sample/?itoken=00000000-0000-4000-8000-000000000000"
+)
 _URL_PLACEHOLDERS = frozenset({"token", "email"})
 STEPS_BLOCK = "sign_up_steps"
 _INLINE_STYLE = re.compile(r'\sstyle="[^"]*"')
@@ -115,9 +126,11 @@ class MailContext(BaseModel):
     captcha: bool = False
     element_web_url: str | None = None
     invite_url: str | None = None
-    enrollment_url: str | None = None
+    enrollment_url: SecretStr | None = None
+    account_url: str | None = None
+    account_contact: str | None = Field(None, max_length=200)
 
-    @field_validator("element_web_url", "invite_url", "enrollment_url")
+    @field_validator("element_web_url", "invite_url", "account_url")
     @classmethod
     def _web_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -179,8 +192,7 @@ class MailContext(BaseModel):
             element_web_url=self.element_web_url,
             provider_buttons=self.provider_buttons,
             password_button=self.password_button,
-            enrollment_url=self.enrollment_url,
-            inviter=self.inviter,
+            enrollment=self.enrollment_url is not None,
         )
 
 
@@ -197,8 +209,7 @@ class SignUpSteps:
     element_web_url: str | None = None
     provider_buttons: tuple[str, ...] = ()
     password_button: bool = False
-    enrollment_url: str | None = None
-    inviter: str | None = None  # whom to ask for a provider account; None: "whoever invited you"
+    enrollment: bool = False  # the mail's first step created the account (enrollment.*)
 
     def variables(self) -> dict[str, object]:
         """The template variables the `sign_up_steps` block uses."""
@@ -207,12 +218,11 @@ class SignUpSteps:
             "upstream_provider": self.upstream_provider,
             "provider_buttons": self.provider_buttons,
             "password_button": self.password_button,
-            "enrollment_url": self.enrollment_url,
+            "enrollment": self.enrollment,
             "email_code": self.email_code,
             "captcha": self.captcha,
             "server_name": self.server_name,
             "element_web_url": self.element_web_url,
-            "inviter": self.inviter,
         }
 
 
@@ -337,6 +347,7 @@ class MailRenderer:
 
     def render(self, ctx: MailContext) -> RenderedMail:
         token = ctx.token.get_secret_value()
+        enrollment = ctx.enrollment_url.get_secret_value() if ctx.enrollment_url else None
         variables = {
             **ctx.steps().variables(),
             "display_name": ctx.display_name,
@@ -352,6 +363,10 @@ class MailRenderer:
             "inviter": ctx.inviter,
             "locale": ctx.locale,
             "invite_url": ctx.invite_url,
+            "enrollment_url": enrollment,
+            "account_provider": ctx.upstream_provider or "authentik",
+            "account_url": ctx.account_url,
+            "account_contact": ctx.account_contact,
         }
         subject = self._render_one(f"{ctx.locale}/subject.txt", variables, token).strip()
         text = self._render_one(f"{ctx.locale}/body.txt", variables, token)
@@ -376,6 +391,16 @@ class MailRenderer:
                 f"mail templates for locale {ctx.locale} must show the registration token in both "
                 "body.txt and body.html"
             )
+        if enrollment and (enrollment in subject or enrollment not in text):
+            raise ConfigurationError(
+                f"mail templates for locale {ctx.locale} must show the authentik enrollment link "
+                "in the body (enrollment.txt), never in the subject"
+            )
+        if enrollment and str(markupsafe.escape(enrollment)) not in html:
+            raise ConfigurationError(
+                f"mail template {ctx.locale}/body.html must show the authentik enrollment link "
+                "(enrollment.html)"
+            )
         return RenderedMail(subject=subject, text=_tidy_text(text), html=html.strip() + "\n")
 
     def sign_up_steps(self, steps: SignUpSteps) -> markupsafe.Markup:
@@ -398,12 +423,13 @@ class MailRenderer:
         # no raw '"', so this removes whole style attributes and nothing else.
         return markupsafe.Markup(_INLINE_STYLE.sub("", html).strip())  # noqa: S704
 
-    def check(self) -> None:
+    def check(self, *, enrollment: bool = False) -> None:
         """Render every locale and sign-up once with sample values: broken admin templates fail
-        at startup."""
+        at startup. `enrollment` (authentik configured): with an enrollment link too, which an
+        admin's body templates must then show (the built-in ones include `enrollment.*`)."""
         # Every branch the built-in templates have: password sign-up with and without the email
-        # code, with a CAPTCHA, beside provider buttons; one provider (named or not, with an
-        # enrollment link); MAS's page of buttons with and without a password button; Synapse.
+        # code, with a CAPTCHA, beside provider buttons; one provider (named or not); MAS's page
+        # of buttons with and without a password button; Synapse.
         web = "https://app.example.org"
         shapes: tuple[dict[str, object], ...] = (
             {"sign_up": "mas-password", "element_web_url": web},
@@ -411,11 +437,6 @@ class MailRenderer:
             {"sign_up": "mas-password", "provider_buttons": ("Sample",), "password_button": True},
             {"sign_up": "mas-upstream", "upstream_provider": "Sample Provider"},
             {"sign_up": "mas-upstream", "element_web_url": web},
-            {
-                "sign_up": "mas-upstream",
-                "upstream_provider": "Sample Provider",
-                "enrollment_url": "https://id.example.org/if/flow/enroll/",
-            },
             {
                 "sign_up": "mas-choice",
                 "upstream_provider": "Sample",
@@ -448,6 +469,7 @@ class MailRenderer:
                     "server_name": "example.org",
                     "locale": locale,
                     "invite_url": invite_url,
+                    "enrollment_url": SAMPLE_ENROLLMENT_URL if enrollment and invite_url else None,
                     **shape,
                 }
             )
