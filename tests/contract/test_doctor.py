@@ -20,6 +20,7 @@ from tests.doubles.smtp import SmtpDouble, make_certificates
 
 SMTP_USER = "invitations@example.org"
 SMTP_PASSWORD = "smtp-double-password-4711"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "install-authentik-only.md"
 SECRETS = (DEFAULT_CLIENT_SECRET, SMTP_PASSWORD, "wrong-client-secret", "wrong-smtp-password")
 
 
@@ -257,12 +258,22 @@ UNGATED = (
 )
 
 
+def guide_lines(name: str) -> list[str]:
+    """The lines of a `doctor` sample in docs/install-authentik-only.md."""
+    text = GUIDE.read_text(encoding="utf-8")
+    block = text.split(f"<!-- doctor: {name} -->\n```text\n", 1)[1].split("```", 1)[0]
+    return block.splitlines()
+
+
 def test_the_upstream_path_with_a_gated_provider_passes(
     tmp_path: Path, mas_double: MasDouble, smtp: SmtpDouble
 ) -> None:
     upstream_only(mas_double, gated=True)
-    result = doctor(tmp_path, mas_double.url, smtp)
-    assert result.stdout.splitlines()[5:] == [
+    # As the ESS values set it: the token endpoint given, discovery skipped.
+    endpoint = f"{mas_double.url}{OAUTH_TOKEN_PATH}"
+    result = doctor(tmp_path, mas_double.url, smtp, MATRIX_INVITE_MAS_TOKEN_ENDPOINT=endpoint)
+    lines = result.stdout.splitlines()
+    assert lines[5:] == [
         *UPSTREAM_LINES,
         "OK    upstream providers: token required by Authentik",
         UPSTREAM_SHAPE,
@@ -270,6 +281,10 @@ def test_the_upstream_path_with_a_gated_provider_passes(
         healthy_lines(mas_double.url, smtp)[-1],
     ]
     assert result.returncode == 0
+    # The guide shows these lines (its URLs and SMTP host are ESS's, not the double's).
+    sample = guide_lines("upstream gated")
+    assert sample[5:-1] == lines[5:-1]
+    assert [line[:6] for line in sample] == [line[:6] for line in lines]
 
 
 def test_an_enabled_provider_without_a_token_fails_naming_it_and_the_fix(
@@ -285,6 +300,7 @@ def test_an_enabled_provider_without_a_token_fails_naming_it_and_the_fix(
         healthy_lines(mas_double.url, smtp)[-1],
     ]
     assert result.returncode == 1, "an open provider is as bad as open password sign-up"
+    assert guide_lines("upstream ungated") == [UNGATED]
 
 
 def test_on_mas_1_18_the_global_key_gates_the_provider_and_is_the_fix(
