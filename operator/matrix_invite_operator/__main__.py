@@ -24,6 +24,7 @@ from pydantic import SecretStr, ValidationError
 
 from . import __version__
 from .errors import ConfigurationError, OperatorError
+from .locales import LOCALES
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     mail = sub.add_parser("render-mail", help="print the invitation mail without sending it")
     mail.add_argument("--email", required=True)
     mail.add_argument("--display-name")
-    mail.add_argument("--locale", choices=["en", "de"])
+    mail.add_argument("--locale", choices=LOCALES)
     mail.add_argument("--usage-limit", type=int, default=1)
     mail.add_argument("--token", default="ExampleToken0123456789ab")
     mail.add_argument(

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigurationError
 from .formats import MAX_COMMON_ROOMS, ROOM_PATTERN, parse_go_duration
+from .locales import require_locale
 
 RoomReference = Annotated[str, Field(max_length=255, pattern=ROOM_PATTERN)]
 
@@ -164,7 +165,7 @@ class Settings(BaseSettings):
     mail_from_name: str | None = Field(None, max_length=128)
     mail_template_dir: Path | None = None
     mail_timezone: str = "UTC"
-    default_locale: Literal["en", "de"] = "en"
+    default_locale: str = Field("en", description="A folder of the mail templates: en, de")
     mail_rate_per_minute: int = Field(
         30, ge=0, le=60000, description="Mails per minute at most, evenly spaced; 0 = no limit"
     )
@@ -254,6 +255,11 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_duration(cls, value: object) -> object:
         return _duration(value)
+
+    @field_validator("default_locale")
+    @classmethod
+    def _known_locale(cls, value: str) -> str:
+        return require_locale(value)
 
     @field_validator("namespaces", "onboarding_rooms", mode="before")
     @classmethod

@@ -280,7 +280,7 @@ def test_each_sign_up_shape_renders_byte_for_byte_as_pinned(
 
 def write_fixtures() -> None:
     for shape, locale, case in itertools.product(FIXTURE_SHAPES, ("en", "de"), FIXTURE_CASES):
-        mail = fixture_mail(shape, locale, case)  # type: ignore[arg-type]
+        mail = fixture_mail(shape, locale, case)
         stem = FIXTURES / f"mas-{shape}-{locale}-{case}"
         Path(f"{stem}.subject.txt").write_text(mail.subject + "\n", encoding="utf-8")
         Path(f"{stem}.txt").write_text(mail.text, encoding="utf-8")

@@ -16,7 +16,7 @@ Variables available to templates:
     usage_limit       int         how many registrations the token allows
     inviter           str         who invites
     server_name       str         the Matrix server name
-    locale            "en" | "de"
+    locale            str         the language being rendered: a folder of `templates/`
     sign_up           how the invitee signs up (`sign_up.py` picks it the way MAS's `/register`
                       does, from site-config and the enabled upstream providers):
                         "mas-password"  MAS's password registration (with its 6-digit email code)
@@ -71,9 +71,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from ..errors import ConfigurationError
+from ..locales import LOCALES, Locale, require_locale, strings
 
-Locale = Literal["en", "de"]
-LOCALES: tuple[Locale, ...] = ("en", "de")
 SignUp = Literal["mas-password", "mas-upstream", "mas-choice", "synapse"]
 SIGN_UPS: tuple[SignUp, ...] = ("mas-password", "mas-upstream", "mas-choice", "synapse")
 UPSTREAM_PROVIDER_MAX_LENGTH = 100
@@ -87,19 +86,6 @@ _URL_PLACEHOLDERS = frozenset({"token", "email"})
 STEPS_BLOCK = "sign_up_steps"
 _INLINE_STYLE = re.compile(r'\sstyle="[^"]*"')
 
-# Written out by hand: the operator ships without Babel, and these two tables are all we need.
-# fmt: off
-_WEEKDAYS: dict[Locale, tuple[str, ...]] = {
-    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
-    "de": ("Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag", "Sonntag"),
-}
-_MONTHS: dict[Locale, tuple[str, ...]] = {
-    "en": ("January", "February", "March", "April", "May", "June",
-           "July", "August", "September", "October", "November", "December"),
-    "de": ("Januar", "Februar", "März", "April", "Mai", "Juni",
-           "Juli", "August", "September", "Oktober", "November", "Dezember"),
-}
-# fmt: on
 _UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Zulu", "Etc/Zulu", "Universal"})
 
 
@@ -149,6 +135,11 @@ class MailContext(BaseModel):
         if value is not None and value.utcoffset() is None:
             raise ValueError("expires_at must carry a time zone")
         return value
+
+    @field_validator("locale")
+    @classmethod
+    def _known_locale(cls, value: str) -> str:
+        return require_locale(value)
 
     @field_validator("timezone")
     @classmethod
@@ -257,18 +248,19 @@ def format_expiry(moment: dt.datetime, *, locale: Locale, timezone: str = "UTC")
     if moment.utcoffset() is None:
         raise ValueError("expiry must carry a time zone")
     local = moment.astimezone(_zone(timezone))
-    weekday = _WEEKDAYS[locale][local.weekday()]
-    month = _MONTHS[locale][local.month - 1]
-    clock = f"{local.hour:02d}:{local.minute:02d}"
+    words = strings(locale)  # the language's names and order, from its strings.json
     offset = local.utcoffset() or dt.timedelta(0)
     # The IANA name plus the offset: abbreviations such as "CST" mean different zones to
     # different readers, and the offset alone hides daylight-saving changes.
-    zone = "UTC" if timezone in _UTC_NAMES else f"{timezone}, {_offset_label(offset)}"
-    if locale == "de":
-        return f"{weekday}, {local.day}. {month} {local.year}, {clock} Uhr ({zone})"
-    if zone == "UTC":
-        return f"{weekday}, {local.day} {month} {local.year}, {clock} UTC"
-    return f"{weekday}, {local.day} {month} {local.year}, {clock} ({zone})"
+    utc = timezone in _UTC_NAMES
+    return (words.expiry_utc if utc else words.expiry).format(
+        weekday=words.weekdays[local.weekday()],
+        day=local.day,
+        month=words.months[local.month - 1],
+        year=local.year,
+        clock=f"{local.hour:02d}:{local.minute:02d}",
+        zone="UTC" if utc else f"{timezone}, {_offset_label(offset)}",
+    )
 
 
 # --- registration link --------------------------------------------------------------------
