@@ -163,7 +163,8 @@ class SiteWatch:
         if facts != self.facts:
             log = logger.warning if facts.unprotected else logger.info
             log(
-                "MAS's sign-up: %s, provider %s, server name %s, email code %s, CAPTCHA %s%s",
+                "MAS's sign-up: %s, provider %s, server name %s, password sign-up emails a code "
+                "%s, CAPTCHA %s%s",
                 facts.sign_up,
                 facts.upstream_provider or "-",
                 facts.server_name,

@@ -224,17 +224,6 @@ def test_registration_without_a_token_fails_loudly_with_the_key_for_the_version(
     assert result.returncode == 1
 
 
-def upstream_only(mas: MasDouble, *, gated: bool) -> None:
-    """MAS as observed in mas/FACTS.md: passwords off, Authentik the only provider."""
-    mas.configure_site(
-        password_registration_enabled=False,
-        password_registration_token_required=False,
-        registration_token_required=False,
-        password_login_enabled=False,
-    )
-    mas.add_upstream_provider("Authentik", registration_token_required=gated)
-
-
 #: `doctor` on the guide's path (docs/install-authentik.md shows these lines).
 UPSTREAM_LINES = [
     "OK    admin api: MAS 1.22.0 answers /api/admin/v1/version and /site-config",
@@ -268,7 +257,7 @@ def guide_lines(name: str) -> list[str]:
 def test_the_upstream_path_with_a_gated_provider_passes(
     tmp_path: Path, mas_double: MasDouble, smtp: SmtpDouble
 ) -> None:
-    upstream_only(mas_double, gated=True)
+    mas_double.configure_upstream_only(registration_token_required=True)
     # As the ESS values set it: the token endpoint given, discovery skipped.
     endpoint = f"{mas_double.url}{OAUTH_TOKEN_PATH}"
     result = doctor(tmp_path, mas_double.url, smtp, MATRIX_INVITE_MAS_TOKEN_ENDPOINT=endpoint)
@@ -290,7 +279,7 @@ def test_the_upstream_path_with_a_gated_provider_passes(
 def test_an_enabled_provider_without_a_token_fails_naming_it_and_the_fix(
     tmp_path: Path, mas_double: MasDouble, smtp: SmtpDouble
 ) -> None:
-    upstream_only(mas_double, gated=False)
+    mas_double.configure_upstream_only(registration_token_required=False)
     result = doctor(tmp_path, mas_double.url, smtp)
     assert result.stdout.splitlines()[5:] == [
         *UPSTREAM_LINES,
@@ -307,7 +296,7 @@ def test_on_mas_1_18_the_global_key_gates_the_provider_and_is_the_fix(
     tmp_path: Path, smtp: SmtpDouble
 ) -> None:
     with MasDouble(version="1.18.0") as mas:
-        upstream_only(mas, gated=False)
+        mas.configure_upstream_only(registration_token_required=False)
         ungated = doctor(tmp_path, mas.url, smtp)
         mas.configure_site(registration_token_required=True)
         gated = doctor(tmp_path, mas.url, smtp)

@@ -28,16 +28,6 @@ from tests.unit.test_mail_sign_up import UPSTREAM_STEPS, upstream_steps
 TOKEN = "Zq7Rk2Lm9Xw4Pb8Tn3Vc6Hd1"
 
 
-def upstream_only(mas: MasDouble) -> None:
-    mas.configure_site(
-        password_registration_enabled=False,
-        password_registration_token_required=False,
-        registration_token_required=False,
-        password_login_enabled=False,
-    )
-    mas.add_upstream_provider("Authentik", registration_token_required=True)
-
-
 def settings_for(mas: MasDouble, tmp_path: Path, **values: object) -> Settings:
     (tmp_path / "client-secret").write_text(DEFAULT_CLIENT_SECRET)
     return Settings(
@@ -61,7 +51,7 @@ def read_facts(settings: Settings) -> SignUpFacts:
 def test_the_operator_mails_the_observed_upstream_steps(
     mas_double: MasDouble, tmp_path: Path
 ) -> None:
-    upstream_only(mas_double)
+    mas_double.configure_upstream_only()
     settings = settings_for(mas_double, tmp_path)
     facts = read_facts(settings)
     assert (facts.sign_up, facts.upstream_provider, facts.provider_buttons) == (
@@ -150,7 +140,7 @@ def render_mail(mas_url: str, tmp_path: Path, *args: str) -> subprocess.Complete
 def test_render_mail_asks_mas_and_says_which_shape_it_used(
     mas_double: MasDouble, tmp_path: Path
 ) -> None:
-    upstream_only(mas_double)
+    mas_double.configure_upstream_only()
     asked = render_mail(mas_double.url, tmp_path)
     assert asked.returncode == 0, asked.stderr
     assert upstream_steps(asked.stdout) == UPSTREAM_STEPS["en"]

@@ -91,12 +91,7 @@ def test_with_authentik_the_only_way_in_the_operator_mails_the_observed_steps(
     """MAS as observed (mas/FACTS.md): passwords off, Authentik the only provider, its token
     required. The operator reads site-config and upstream-oauth-providers from the double and
     mails exactly the observed steps; a provider that stops requiring a token is reported."""
-    mas.configure_site(
-        password_registration_enabled=False,
-        password_registration_token_required=False,
-        password_login_enabled=False,
-    )
-    mas.add_upstream_provider("Authentik", registration_token_required=True)
+    mas.configure_upstream_only()
     process = start_operator()
     wait_for_gauge(process, 0.0)
 

@@ -383,22 +383,28 @@ def test_upstream_mail_has_no_code_no_choice_and_no_password(locale: Locale) -> 
         assert "organisation gave you" not in part
 
 
+def render_for_ada(locale: Locale, **shape: object) -> RenderedMail:
+    """Ada's mail from Alice Admin, following Authentik's steps, in `shape`'s sign-up."""
+    return MailRenderer().render(
+        MailContext.model_validate(
+            {
+                "email": "ada@example.org",
+                "token": SecretStr(TOKEN),
+                "registration_url": ELEMENT,
+                "inviter": "Alice Admin",
+                "server_name": "example.org",
+                "locale": locale,
+                "upstream_provider": "Authentik",
+                **shape,
+            }
+        )
+    )
+
+
 @pytest.mark.parametrize("locale", ["en", "de"])
 def test_an_enrollment_link_is_the_first_step(locale: Locale) -> None:
     link = "https://id.example.org/if/flow/matrix-invitation/?itoken=0a1b2c"
-    mail = MailRenderer().render(
-        MailContext(
-            email="ada@example.org",
-            token=SecretStr(TOKEN),
-            registration_url=ELEMENT,
-            inviter="Alice Admin",
-            server_name="example.org",
-            locale=locale,
-            sign_up="mas-upstream",
-            upstream_provider="Authentik",
-            enrollment_url=link,
-        )
-    )
+    mail = render_for_ada(locale, sign_up="mas-upstream", enrollment_url=link)
     # The enrollment step (enrollment.txt, i22-authentik's) comes first, then the token, then
     # the same five steps, the login now with the account just created.
     token_at = mail.text.index(TOKEN)
@@ -464,19 +470,11 @@ def test_upstream_without_a_provider_name_describes_the_login(
 def test_mas_s_page_of_buttons_is_listed_as_mas_renders_it(
     locale: Locale, buttons: list[str], choose: str
 ) -> None:
-    mail = MailRenderer().render(
-        MailContext(
-            email="ada@example.org",
-            token=SecretStr(TOKEN),
-            registration_url=ELEMENT,
-            inviter="Alice Admin",
-            server_name="example.org",
-            locale=locale,
-            sign_up="mas-choice",
-            upstream_provider="Authentik",
-            provider_buttons=("Authentik", "GitHub"),
-            password_button=True,
-        )
+    mail = render_for_ada(
+        locale,
+        sign_up="mas-choice",
+        provider_buttons=("Authentik", "GitHub"),
+        password_button=True,
     )
     positions = [mail.text.index(line) for line in [*buttons, choose]]
     assert positions == sorted(positions)
