@@ -18,7 +18,10 @@ from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigurationError
-from .formats import ROOM_PATTERN, parse_go_duration
+from .formats import MAX_COMMON_ROOMS, ROOM_PATTERN, parse_go_duration
+from .locales import require_locale
+
+RoomReference = Annotated[str, Field(max_length=255, pattern=ROOM_PATTERN)]
 
 SecretSource = Callable[[], SecretStr]
 """A credential read when it is used: `Settings.mas_client_secret_value` and its siblings."""
@@ -138,6 +141,12 @@ class Settings(BaseSettings):
         pattern=ROOM_PATTERN,
         description="Room where the onboarding user posts one notice per accepted invitation",
     )
+    onboarding_rooms: Annotated[list[RoomReference], NoDecode] = Field(
+        default_factory=list,
+        max_length=MAX_COMMON_ROOMS,
+        description="Rooms and spaces (IDs or aliases, comma-separated) every accepted account "
+        "joins, before its spec.rooms; shown in status.rooms like them",
+    )
 
     # --- mail ---
     smtp_host: str = "localhost"
@@ -156,7 +165,7 @@ class Settings(BaseSettings):
     mail_from_name: str | None = Field(None, max_length=128)
     mail_template_dir: Path | None = None
     mail_timezone: str = "UTC"
-    default_locale: Literal["en", "de"] = "en"
+    default_locale: str = Field("en", description="A folder of the mail templates: en, de")
     mail_rate_per_minute: int = Field(
         30, ge=0, le=60000, description="Mails per minute at most, evenly spaced; 0 = no limit"
     )
@@ -247,12 +256,24 @@ class Settings(BaseSettings):
     def _parse_duration(cls, value: object) -> object:
         return _duration(value)
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("default_locale")
     @classmethod
-    def _split_namespaces(cls, value: object) -> object:
+    def _known_locale(cls, value: str) -> str:
+        return require_locale(value)
+
+    @field_validator("namespaces", "onboarding_rooms", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("onboarding_rooms")
+    @classmethod
+    def _rooms_once(cls, rooms: list[str]) -> list[str]:
+        if len(set(rooms)) != len(rooms):
+            raise ValueError("a room is listed twice")
+        return rooms
 
     @field_validator(
         "mail_from_name",

@@ -71,6 +71,8 @@ class SmtpInvitationMailer:
             timezone=settings.mail_timezone,
             sign_up=facts.sign_up,
             upstream_provider=facts.upstream_provider,
+            provider_buttons=facts.provider_buttons,
+            password_button=facts.password_button,
             email_code=facts.email_code,
             captcha=facts.captcha,
             element_web_url=str(settings.element_web_url) if settings.element_web_url else None,
