@@ -23,7 +23,7 @@ import datetime as dt
 import json
 import logging
 import re
-from collections.abc import Generator, Mapping
+from collections.abc import AsyncIterator, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -227,31 +227,19 @@ class AuthentikClient:
 
     async def list_named(self, name: str) -> list[Invitation]:
         """Every invitation with exactly this name, page by page."""
-        found: list[Invitation] = []
-        page = 1
-        while True:
-            params = {"name": name, "page": str(page), "page_size": str(PAGE_SIZE)}
-            call = _Call(
-                "GET",
-                INVITATIONS,
-                "listing invitations",
-                params=params,
-                permission="view_invitation",
-            )
-            answer = await self._send(call, InvitationPage)
-            found += answer.results
-            following = int(answer.pagination.next)
-            if following == 0 or following <= page:
-                return found
-            page = following
+        return [i async for i in self._listed({"name": name})]
 
     async def names(self, prefix: str) -> set[str]:
         """authentik's `search` is a case-insensitive substring match over several fields: the
         prefix is checked here again."""
-        found: set[str] = set()
+        return {i.name async for i in self._listed({"search": prefix}) if i.name.startswith(prefix)}
+
+    async def _listed(self, query: Mapping[str, str]) -> AsyncIterator[Invitation]:
+        """The invitations a filtered listing holds, following the pages (`next` is 0 on the
+        last one)."""
         page = 1
         while True:
-            params = {"search": prefix, "page": str(page), "page_size": str(PAGE_SIZE)}
+            params = {**query, "page": str(page), "page_size": str(PAGE_SIZE)}
             call = _Call(
                 "GET",
                 INVITATIONS,
@@ -260,10 +248,11 @@ class AuthentikClient:
                 permission="view_invitation",
             )
             answer = await self._send(call, InvitationPage)
-            found |= {i.name for i in answer.results if i.name.startswith(prefix)}
+            for invitation in answer.results:
+                yield invitation
             following = int(answer.pagination.next)
             if following == 0 or following <= page:
-                return found
+                return
             page = following
 
     async def flow(self) -> Flow:

@@ -23,7 +23,12 @@ from matrix_invite_operator.errors import (
     AuthentikMisdirected,
     AuthentikUnavailable,
 )
-from matrix_invite_operator.models import EnrollmentState, InvitationSpec, InvitationStatus
+from matrix_invite_operator.models import (
+    AuthentikInvitationStatus,
+    EnrollmentState,
+    InvitationSpec,
+    InvitationStatus,
+)
 from matrix_invite_operator.ports import Invitation
 from matrix_invite_operator.settings import Settings
 from pydantic import SecretStr
@@ -269,6 +274,17 @@ async def test_nothing_answering_is_unavailable_not_taken_effect() -> None:
 # --- the enrollment step against the double ---------------------------------------------------
 
 
+async def created_and_mailed(
+    client: AuthentikClient,
+) -> tuple[enrollment.Enrollment, AuthentikInvitationStatus]:
+    """Ada's invitation made, and its status as it reads once her mail went out."""
+    first = await enrollment.ensure(
+        client, invitation(), None, expiry=EXPIRY, resend=False, now=NOW
+    )
+    assert first.status is not None
+    return first, enrollment.mailed(first.status)
+
+
 async def test_ensure_creates_once_and_keeps_it(
     authentik: AuthentikDouble, client: AuthentikClient
 ) -> None:
@@ -305,18 +321,14 @@ async def test_a_lost_create_answer_is_looked_up_not_repeated(
 async def test_a_duplicate_is_deleted_and_the_mailed_one_kept(
     authentik: AuthentikDouble, client: AuthentikClient
 ) -> None:
-    first = await enrollment.ensure(
-        client, invitation(), None, expiry=EXPIRY, resend=False, now=NOW
-    )
-    assert first.status is not None
-    mailed = enrollment.mailed(first.status)
+    _, mailed = await created_and_mailed(client)
     # A create whose answer was lost and that landed after the lookup: a second of the name.
     await client.create(mailed.name, email="ada@example.org", display_name=None, expires=EXPIRY)
     kept = await enrollment.ensure(
         client, invitation(), mailed, expiry=EXPIRY, resend=False, now=NOW
     )
     assert kept.status is not None
-    assert kept.status.id == first.status.id
+    assert kept.status.id == mailed.id
     assert not kept.unmailed
     assert len(authentik.invitations()) == 1
     assert [n.reason for n in kept.notices] == ["AuthentikInvitationDeleted"]
@@ -325,11 +337,7 @@ async def test_a_duplicate_is_deleted_and_the_mailed_one_kept(
 async def test_an_opened_link_is_reported_and_not_made_again(
     authentik: AuthentikDouble, client: AuthentikClient
 ) -> None:
-    first = await enrollment.ensure(
-        client, invitation(), None, expiry=EXPIRY, resend=False, now=NOW
-    )
-    assert first.status is not None
-    mailed = enrollment.mailed(first.status)
+    _, mailed = await created_and_mailed(client)
     assert authentik.open(authentik.invitations()[0].pk)
     after = await enrollment.ensure(
         client, invitation(), mailed, expiry=EXPIRY, resend=False, now=NOW
@@ -351,11 +359,7 @@ async def test_an_opened_link_is_reported_and_not_made_again(
 async def test_a_new_address_replaces_the_invitation(
     authentik: AuthentikDouble, client: AuthentikClient
 ) -> None:
-    first = await enrollment.ensure(
-        client, invitation(), None, expiry=EXPIRY, resend=False, now=NOW
-    )
-    assert first.status is not None
-    mailed = enrollment.mailed(first.status)
+    _, mailed = await created_and_mailed(client)
     moved = invitation("grace@example.org")
     after = await enrollment.ensure(client, moved, mailed, expiry=EXPIRY, resend=False, now=NOW)
     assert after.status is not None
@@ -369,11 +373,7 @@ async def test_a_new_address_replaces_the_invitation(
 async def test_withdraw_deletes_every_one_and_unrevoke_makes_a_new_one(
     authentik: AuthentikDouble, client: AuthentikClient
 ) -> None:
-    first = await enrollment.ensure(
-        client, invitation(), None, expiry=EXPIRY, resend=False, now=NOW
-    )
-    assert first.status is not None
-    mailed = enrollment.mailed(first.status)
+    _, mailed = await created_and_mailed(client)
     await client.create(mailed.name, email="ada@example.org", display_name=None, expires=EXPIRY)
     gone = await enrollment.withdraw(client, invitation(), mailed, why="revoked", now=NOW)
     assert gone.status is not None
@@ -422,11 +422,7 @@ def test_names_are_slugs_and_tell_invitations_apart() -> None:
 async def test_a_link_opened_before_the_token_stopped_working_stays_opened(
     authentik: AuthentikDouble, client: AuthentikClient
 ) -> None:
-    first = await enrollment.ensure(
-        client, invitation(), None, expiry=EXPIRY, resend=False, now=NOW
-    )
-    assert first.status is not None
-    mailed = enrollment.mailed(first.status)
+    first, mailed = await created_and_mailed(client)
     assert authentik.open(authentik.invitations()[0].pk)
     spent = await enrollment.withdraw(
         client, invitation(), mailed, why="the token is spent", now=NOW
