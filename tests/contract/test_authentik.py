@@ -21,6 +21,7 @@ from matrix_invite_operator.authentik import AuthentikClient, BearerTokenAuth
 from matrix_invite_operator.errors import (
     AuthentikForbidden,
     AuthentikMisdirected,
+    AuthentikTlsError,
     AuthentikUnavailable,
 )
 from matrix_invite_operator.models import (
@@ -30,6 +31,7 @@ from matrix_invite_operator.models import (
     InvitationStatus,
 )
 from matrix_invite_operator.ports import Invitation
+from matrix_invite_operator.runtime import authentik_http_client, build_authentik
 from matrix_invite_operator.settings import Settings
 from pydantic import SecretStr
 
@@ -42,6 +44,7 @@ from tests.doubles.authentik import (
     AuthentikDouble,
     InvitationsSpec,
 )
+from tests.doubles.smtp import make_certificates
 
 UTC = dt.UTC
 NOW = dt.datetime.now(UTC).replace(microsecond=0)
@@ -256,6 +259,30 @@ async def test_outages_are_transient(authentik: AuthentikDouble, client: Authent
         await client.create("n", email="a@example.org", display_name=None, expires=EXPIRY)
     assert lost.value.may_have_taken_effect
     assert len(authentik.named("n")) == 1  # the create ran; only its answer was lost
+
+
+async def test_a_private_ca_is_trusted_only_when_configured(tmp_path: Path) -> None:
+    certificates = make_certificates(tmp_path / "tls", ca_name="authentik double test CA")
+    with AuthentikDouble(tls=certificates.server_context()) as double:
+        token = tmp_path / "token"
+        token.write_text(double.api_token)
+        for ca_bundle in (None, certificates.ca_path):
+            settings = Settings(
+                authentik_url=double.url,
+                authentik_api_token_file=token,
+                authentik_flow_slug="matrix-invitation",
+                authentik_ca_bundle=ca_bundle,
+            )
+            async with authentik_http_client(settings) as http:
+                client = build_authentik(settings, http)
+                if ca_bundle is None:
+                    with pytest.raises(
+                        AuthentikTlsError, match="MATRIX_INVITE_AUTHENTIK_CA_BUNDLE"
+                    ):
+                        await client.named("n")
+                else:
+                    assert await client.named("n") == []
+    assert double.spec_violations == []
 
 
 async def test_nothing_answering_is_unavailable_not_taken_effect() -> None:

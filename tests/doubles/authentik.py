@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import re
+import ssl
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -239,6 +240,7 @@ class AuthentikDouble(LoopbackHttpServer):
         flow_slug: str = "matrix-invitation",
         permissions: frozenset[str] = OPERATOR_PERMISSIONS,
         spec: InvitationsSpec | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.spec = spec or InvitationsSpec()
         self.api_token = api_token
@@ -265,6 +267,14 @@ class AuthentikDouble(LoopbackHttpServer):
         # Run once after the next create took effect, before its answer (which is then lost).
         self.after_create: Callable[[], None] | None = None
         super().__init__(_handler_for(self), host="127.0.0.1", name="authentik-double")
+        self._tls = tls
+        if tls is not None:  # HTTPS, as authentik behind its own certificate
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+
+    @property
+    def url(self) -> str:
+        plain = super().url
+        return plain.replace("http://", "https://", 1) if self._tls is not None else plain
 
     # --- steering -------------------------------------------------------------------------------
 
