@@ -114,7 +114,12 @@ class NoMail:
     """The sync pass never mails; if it tried, the measurement would be wrong: fail loudly."""
 
     async def send_invitation(
-        self, invitation: Invitation, *, token: SecretStr, token_state: TokenState
+        self,
+        invitation: Invitation,
+        *,
+        token: SecretStr,
+        token_state: TokenState,
+        enrollment_url: SecretStr | None = None,
     ) -> None:
         raise AssertionError(f"the sync pass tried to mail {invitation.name}")
 

@@ -16,13 +16,19 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr, ValidationError
 
 from . import __version__
 from .errors import ConfigurationError, OperatorError
+from .locales import LOCALES
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .sign_up import SignUpFacts
 
 LOST_LEASE_EXIT_CODE = 3
 WATCH_RESTART_MAX_DELAY = 60.0
@@ -44,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     from . import handlers  # noqa: F401  (registers the Kopf handlers)
+    from .authentik import InvitationPathRedaction
     from .backends.synapse import TokenPathRedaction
 
     # Settings that cannot even be parsed stop here. Missing credentials or unusable mail
@@ -60,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
     for chatty in ("httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     # Whatever is logged, at any level: Synapse's admin API has the token in the URL path.
-    redaction = TokenPathRedaction()
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(redaction)
+    # authentik's invitation API has the invitation's pk (the enrollment link's secret) there.
+    for redaction in (TokenPathRedaction(), InvitationPathRedaction()):
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(redaction)
     return asyncio.run(_lead_then_operate(settings, lease))
 
 
@@ -165,17 +173,13 @@ def _stop_acting_when_lost(task: asyncio.Task[None]) -> None:
 
 def render_mail(args: argparse.Namespace) -> int:
     from .invite_page import invite_link
-    from .mail.render import MailContext, MailRenderer, SignUp, expand_registration_url
-    from .sign_up import facts_from
+    from .mail.render import MailContext, MailRenderer, expand_registration_url
 
     settings = _load_settings()
-    facts = facts_from(settings)
-    sign_up: SignUp = {
-        None: facts.sign_up,
-        "password": "mas-password",
-        "upstream": "mas-upstream",
-        "synapse": "synapse",
-    }[args.sign_up]
+    if args.sign_up in ("password", "upstream"):
+        settings = settings.model_copy(update={"mas_sign_up": args.sign_up})
+    facts = _sign_up_facts(settings, offline=args.offline)
+    sign_up = "synapse" if args.sign_up == "synapse" else facts.sign_up
     token = SecretStr(args.token)
     expires = dt.datetime.now(dt.UTC) + settings.default_validity
     server_name = args.server_name or facts.server_name or "example.org"
@@ -196,12 +200,19 @@ def render_mail(args: argparse.Namespace) -> int:
             timezone=settings.mail_timezone,
             sign_up=sign_up,
             upstream_provider=facts.upstream_provider,
-            email_code=not args.no_email_code,
-            captcha=args.captcha,
+            provider_buttons=facts.provider_buttons,
+            password_button=facts.password_button,
+            email_code=facts.email_code and not args.no_email_code,
+            captcha=facts.captcha or args.captcha,
             element_web_url=str(settings.element_web_url) if settings.element_web_url else None,
             invite_url=invite_link(str(settings.invite_page_url), locale, token)
             if settings.invite_page_url
             else None,
+            enrollment_url=SecretStr(args.enrollment_url) if args.enrollment_url else None,
+            account_url=str(settings.account_enrollment_url)
+            if settings.account_enrollment_url
+            else None,
+            account_contact=settings.account_contact,
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -215,8 +226,34 @@ def render_mail(args: argparse.Namespace) -> int:
         ) from None
     print(f"Subject: {rendered.subject}\n")
     print(rendered.text)
+    print(f"(sign-up shape: {sign_up}, from {facts.source})", file=sys.stderr)
     print(f"(HTML part written to {args.html})", file=sys.stderr)
     return 0
+
+
+def _sign_up_facts(settings: Settings, *, offline: bool) -> SignUpFacts:
+    """What the operator would put in a mail now: MAS asked as `run` asks it (site-config and
+    enabled upstream providers, through the same client), unless offline or MAS is not set up."""
+    from .sign_up import SiteWatch, facts_from
+
+    facts = facts_from(settings)
+    if offline or settings.backend != "mas":
+        return facts
+    if settings.mas_url is None:
+        return replace(facts, source="the settings (MAS not configured: MATRIX_INVITE_MAS_URL)")
+    from .runtime import mas_admin_client, mas_http_client
+
+    async def ask() -> SignUpFacts:
+        async with mas_http_client(settings) as http:
+            return await SiteWatch(settings, mas_admin_client(settings, http)).refresh()
+
+    try:
+        return asyncio.run(ask())
+    except OperatorError as exc:
+        raise ConfigurationError(
+            f"cannot ask MAS how invitees sign up ({exc}); run `doctor`, or preview with "
+            "--offline from the settings alone"
+        ) from None
 
 
 def check_config(_: argparse.Namespace) -> int:
@@ -285,14 +322,26 @@ def main(argv: list[str] | None = None) -> int:
     mail = sub.add_parser("render-mail", help="print the invitation mail without sending it")
     mail.add_argument("--email", required=True)
     mail.add_argument("--display-name")
-    mail.add_argument("--locale", choices=["en", "de"])
+    mail.add_argument("--locale", choices=LOCALES)
     mail.add_argument("--usage-limit", type=int, default=1)
     mail.add_argument("--token", default="ExampleToken0123456789ab")
     mail.add_argument(
         "--sign-up",
         choices=["password", "upstream", "synapse"],
         help="which sign-up steps to show: MAS password registration, MAS through an upstream "
-        "identity provider, or Element with Synapse (default: from the settings)",
+        "identity provider, or Element with Synapse (default: what the operator would pick: "
+        "the settings, then MAS's site-config and upstream providers)",
+    )
+    mail.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not ask MAS (default: ask it as the operator does, when MATRIX_INVITE_MAS_URL "
+        "is set): the sign-up shape then comes from the settings alone",
+    )
+    mail.add_argument(
+        "--enrollment-url",
+        help="a sample single-use enrollment link: the first step that creates the invitee's "
+        "account at Authentik (with Authentik settings each mail carries its own)",
     )
     mail.add_argument(
         "--no-email-code",

@@ -3,8 +3,9 @@
 Owns the order of the checks and what each line says. It talks to MAS and the SMTP relay
 exactly as the operator does (the same settings, HTTP client, OAuth flow, Admin API client and
 mailer), so a green run means the first Invitation will not fail on configuration. Nothing is
-written anywhere: no token is created, no mail is sent. No line ever contains a secret: the
-texts come from our own error tree, which never quotes one.
+written anywhere: no token is created, no mail is sent; with authentik configured, one probe
+invitation that expired before it was made is added and deleted (only that proves the role).
+No line ever contains a secret: the texts come from our own error tree, which never quotes one.
 
 The MAS checks stop at the first failure (each needs the one before); SMTP is checked anyway.
 """
@@ -20,12 +21,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from .authentik import setup_checks
 from .backends.mas import MasAdminClient, SiteConfig, UpstreamProvider
 from .backends.oauth import DISCOVERY_PATH, ClientCredentialsAuth
 from .backends.transport import certificate_error
-from .errors import MailError, OperatorError
+from .errors import ConfigurationError, MailError, OperatorError
 from .mail.send import Mailer
-from .runtime import mas_admin_client, mas_http_client
+from .runtime import authentik_http_client, build_authentik, mas_admin_client, mas_http_client
 from .settings import Settings
 from .sign_up import SignUpFacts, facts_from
 
@@ -84,7 +86,19 @@ class Doctor:
             yield Finding(
                 Verdict.SKIP, "backend", "synapse: only the settings and SMTP are checked"
             )
+        if settings.authentik_enabled:
+            for finding in await self._authentik():
+                yield finding
         yield await self._smtp()
+
+    async def _authentik(self) -> list[Finding]:
+        """authentik's side (`authentik.setup_checks`): the one write is an expired probe."""
+        try:
+            async with authentik_http_client(self.settings) as http:
+                checks = await setup_checks(build_authentik(self.settings, http))
+        except ConfigurationError as exc:
+            return [_fail("authentik", str(exc))]
+        return [Finding(Verdict(c.verdict), c.check, c.text) for c in checks]
 
     # --- MAS --------------------------------------------------------------------------------
 
@@ -105,8 +119,9 @@ class Doctor:
             facts = facts_from(self.settings, site, providers)
             for finding in self._site(site, version, facts):
                 yield finding
-            for finding in self._providers(providers, site, facts):
+            for finding in self._providers(providers, site, facts, version):
                 yield finding
+            yield _sign_up_shape(facts)
             yield await self._token_list(client)
         except _Stopped as stopped:
             yield stopped.finding
@@ -187,7 +202,7 @@ class Doctor:
 
     def _site(self, site: SiteConfig, version: str, facts: SignUpFacts) -> list[Finding]:
         settings = self.settings
-        upstream = facts.sign_up == "mas-upstream"
+        upstream = facts.sign_up in ("mas-upstream", "mas-choice")
         findings: list[Finding] = []
         if site.password_registration_enabled:
             findings.append(_ok("password registration", "enabled"))
@@ -229,7 +244,21 @@ class Doctor:
                 )
             )
         elif site.password_registration_enabled:
-            findings.append(_ok("email verification", "not required: the mail skips the code"))
+            findings.append(
+                _ok(
+                    "email verification",
+                    "not required: the mail skips the code, and sign-up needs no email section "
+                    "in MAS",
+                )
+            )
+        elif upstream:
+            findings.append(
+                _ok(
+                    "email verification",
+                    "none on upstream sign-up: MAS sends no code (the provider's address counts "
+                    "as verified), so sign-up needs no email section in MAS",
+                )
+            )
         findings.append(
             _ok("captcha", "on: the mail tells invitees to expect it")
             if site.captcha_enabled
@@ -251,10 +280,14 @@ class Doctor:
         return findings
 
     def _providers(
-        self, providers: list[UpstreamProvider], site: SiteConfig, facts: SignUpFacts
+        self,
+        providers: list[UpstreamProvider],
+        site: SiteConfig,
+        facts: SignUpFacts,
+        version: str,
     ) -> list[Finding]:
         if not providers:
-            if facts.sign_up == "mas-upstream":
+            if facts.sign_up != "mas-password":
                 raise _Stopped(
                     "upstream providers",
                     "none enabled, but MATRIX_INVITE_MAS_SIGN_UP (mas.signUp) is upstream: add "
@@ -264,21 +297,42 @@ class Doctor:
                 raise _Stopped("sign-up", "MAS offers neither password nor upstream sign-up")
             return []
         findings = []
+        # MAS ORs the deprecated global account.registration_token_required into upstream
+        # sign-ups (site-config shows that key as registration_token_required).
         gated = [p.name for p in providers if p.attributes.registration_token_required]
         if gated:
             findings.append(_ok("upstream providers", "token required by " + ", ".join(gated)))
-        for provider in providers:
-            if not provider.attributes.registration_token_required:
-                findings.append(
-                    Finding(
-                        Verdict.WARN,
-                        "upstream providers",
-                        f"{provider.name} lets anyone with an account there sign up "
-                        "WITHOUT A TOKEN: set registration_token_required: true in the "
-                        "fragment that already defines that provider (never in a copy: ESS "
-                        f"appends lists), {_RESTART}",
-                    )
+        globally = [
+            p.name
+            for p in providers
+            if not p.attributes.registration_token_required and site.registration_token_required
+        ]
+        if globally:
+            findings.append(
+                _ok(
+                    "upstream providers",
+                    "token required by "
+                    + ", ".join(globally)
+                    + " through the deprecated global account.registration_token_required",
                 )
+            )
+        for provider in providers:
+            if provider.attributes.registration_token_required or site.registration_token_required:
+                continue
+            key = (
+                "registration_token_required: true in the fragment that already defines that "
+                "provider (in upstream_oauth2.providers; never in a copy: ESS appends lists)"
+                if _at_least(version, (1, 19))
+                else f"account.registration_token_required: true (MAS {version} is older than "
+                "1.19: its providers have no key of their own, the global one gates them)"
+            )
+            findings.append(
+                _fail(
+                    "upstream providers",
+                    f"{provider.name} lets anyone with an account there sign up WITHOUT A "
+                    f"TOKEN, the invitations protect nothing. Set {key}, {_RESTART}",
+                )
+            )
         return findings
 
     async def _token_list(self, client: MasAdminClient) -> Finding:
@@ -318,6 +372,22 @@ class Doctor:
             f"{settings.smtp_host}:{settings.smtp_port} with {tls[settings.smtp_tls]}, {login} "
             "(nothing sent)",
         )
+
+
+def _sign_up_shape(facts: SignUpFacts) -> Finding:
+    """What MAS's /register shows and which steps the mail therefore describes."""
+    if facts.sign_up == "mas-upstream":
+        where = f"{facts.upstream_provider}'s login" if facts.upstream_provider else "the provider"
+        shown = f"/register goes straight to {where}, no button to choose"
+    elif facts.sign_up == "mas-choice" or facts.provider_buttons:
+        buttons = (["a password"] if facts.password_button else []) + list(facts.provider_buttons)
+        follows = facts.upstream_provider or "whichever the invitee picks"
+        if facts.sign_up == "mas-password":
+            follows = "the password"
+        shown = f"/register shows buttons for {', '.join(buttons)}; the mail follows {follows}"
+    else:
+        shown = "/register goes straight to the password form"
+    return _ok("sign-up", f"{facts.sign_up}: {shown} ({facts.source})")
 
 
 def _text(exc: BaseException) -> str:

@@ -238,3 +238,56 @@ class SecretConflict(PermanentError):
 
     reason = "SecretConflict"
     needs_spec_change = False
+
+
+# --- authentik (the invitee's account at the identity provider, optional) --------------------
+
+
+class AuthentikError(OperatorError):
+    """Something went wrong talking to authentik's invitation API."""
+
+    reason = "AuthentikError"
+
+
+class AuthentikUnavailable(AuthentikError, TransientError):
+    """authentik did not answer, answered 5xx or 429, or timed out. `may_have_taken_effect`: the
+    request may have run anyway (an answer lost on the way back), so a create is looked up."""
+
+    reason = "AuthentikUnavailable"
+
+    def __init__(
+        self, message: str, *, retry_after: float = 10.0, may_have_taken_effect: bool = False
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.may_have_taken_effect = may_have_taken_effect
+
+
+class AuthentikForbidden(AuthentikError, PermanentError):
+    """authentik refused the API token (403 "Token invalid/expired") or the permission a call
+    needs: the token or its role must change; heals by itself once it has."""
+
+    reason = "AuthentikForbidden"
+    needs_spec_change = False
+
+
+class AuthentikRejected(AuthentikError, PermanentError):
+    """authentik refused the request itself (400) or answered with an unexpected shape."""
+
+    reason = "AuthentikRejected"
+    needs_spec_change = False
+
+
+class AuthentikMisdirected(AuthentikError, PermanentError):
+    """Something answers at authentik's URL, but not its API (a 404 for the API, a web page), or
+    the enrollment flow's slug names no flow: the settings must change."""
+
+    reason = "AuthentikMisdirected"
+    needs_spec_change = False
+
+
+class AuthentikTlsError(AuthentikError, PermanentError):
+    """authentik's TLS certificate is not trusted: MATRIX_INVITE_AUTHENTIK_CA_BUNDLE is missing
+    or wrong."""
+
+    reason = "AuthentikCertificateUntrusted"
+    needs_spec_change = False

@@ -22,6 +22,9 @@ from typing import overload
 # A room ID or alias (spec.rooms and the notice room). Room IDs of room version 12 carry no
 # server name (`!opaque`); aliases always do (`#name:server`). Spaces are rooms.
 ROOM_PATTERN = r"^(![^\s:]+(:[^\s/]+)?|#[^\s:]+:[^\s/]+)$"
+# How many rooms the settings may give every accepted account (MATRIX_INVITE_ONBOARDING_ROOMS);
+# status.rooms holds them beside spec.rooms, so both the settings and the models bound by it.
+MAX_COMMON_ROOMS = 20
 
 _GO_AMOUNT = r"[0-9]+(\.[0-9]+)?"
 _GO_UNITS = "ns|us|µs|ms|s|m|h"

@@ -223,10 +223,17 @@ class _CountingMailer:
         return getattr(self._inner, name)
 
     async def send_invitation(
-        self, invitation: Invitation, *, token: SecretStr, token_state: TokenState
+        self,
+        invitation: Invitation,
+        *,
+        token: SecretStr,
+        token_state: TokenState,
+        enrollment_url: SecretStr | None = None,
     ) -> None:
         try:
-            await self._inner.send_invitation(invitation, token=token, token_state=token_state)
+            await self._inner.send_invitation(
+                invitation, token=token, token_state=token_state, enrollment_url=enrollment_url
+            )
         except MailThrottled:
             raise
         except Exception as exc:

@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from .formats import GO_DURATION_PATTERN, ROOM_PATTERN, parse_go_duration
+from .formats import GO_DURATION_PATTERN, MAX_COMMON_ROOMS, ROOM_PATTERN, parse_go_duration
+from .locales import LOCALES, require_locale
 
 GROUP = "matrix-invite.dev"
 VERSION = "v1alpha1"
@@ -54,11 +55,17 @@ class InvitationSpec(_CamelModel):
     expires_at: dt.datetime | None = None
     valid_for: str | None = Field(None, max_length=32, pattern=GO_DURATION_PATTERN)
     revoked: bool = False
-    locale: Literal["en", "de"] | None = None
+    # One of the template folders (locales.py); the CRD's enum lists the same.
+    locale: str | None = Field(None, json_schema_extra={"enum": list(LOCALES)})
     resend: str | None = Field(None, max_length=64, pattern=SINGLE_LINE_PATTERN)
     rooms: list[RoomReference] | None = Field(None, max_length=MAX_ROOMS)
     room_membership: Literal["join", "invite"] | None = None
     account: str | None = Field(None, max_length=255, pattern=MATRIX_USER_PATTERN)
+
+    @field_validator("locale")
+    @classmethod
+    def _known_locale(cls, value: str | None) -> str | None:
+        return None if value is None else require_locale(value)
 
     @field_validator("rooms")
     @classmethod
@@ -119,6 +126,31 @@ class AccountSearch(_CamelModel):
     at: str = Field(max_length=64)
 
 
+class EnrollmentState(enum.StrEnum):
+    """Where the invitee's authentik invitation stands (`status.authentikInvitation.state`)."""
+
+    ACTIVE = "Active"  # authentik has it; its link works
+    # Gone after its link was mailed. authentik deletes a single-use invitation when the invitee
+    # OPENS the link (the flow reaches its Invitation stage), not when the account is created;
+    # an expiry or a deletion in authentik's admin looks the same.
+    OPENED = "Opened"
+    DELETED = "Deleted"  # deleted by the operator: revoked, new address, token spent or expired
+
+
+class AuthentikInvitationStatus(_CamelModel):
+    """The invitee's single-use authentik invitation: never its link or pk, only their handles."""
+
+    name: str = Field(max_length=253)
+    id: str | None = Field(None, max_length=64)  # `ak-` + a hash of the pk (ports.EnrollmentInvite)
+    email: str | None = Field(None, max_length=254)  # the address it is bound to (fixed_data)
+    state: EnrollmentState
+    exists: bool
+    mailed_id: str | None = Field(None, max_length=64)  # the invitation whose link was mailed
+    expires_at: str | None = Field(None, max_length=64)
+    checked_at: str | None = Field(None, max_length=64)
+    message: str | None = Field(None, max_length=1024)
+
+
 class InvitationStatus(_CamelModel):
     """What the operator reports. Never a token value: only MAS's id for it."""
 
@@ -146,8 +178,10 @@ class InvitationStatus(_CamelModel):
     resend_handled: str | None = Field(None, max_length=400)
     account: str | None = Field(None, max_length=255)
     account_search: AccountSearch | None = None
-    rooms: list[RoomStatus] | None = Field(None, max_length=MAX_ROOMS)
+    # spec.rooms and the rooms every accepted account joins (settings.onboarding_rooms)
+    rooms: list[RoomStatus] | None = Field(None, max_length=MAX_ROOMS + MAX_COMMON_ROOMS)
     notice_posted: bool | None = None
+    authentik_invitation: AuthentikInvitationStatus | None = None
     # The backend called the token invalid though our clock says it is not: the mail waits,
     # and the sync pass (not a handler's retry) hands it back to reconcile once they agree.
     waiting_for_backend_clock: bool | None = None

@@ -98,6 +98,15 @@ class Onboarding:
 
     # --- what is due (no I/O) -------------------------------------------------------------
 
+    def with_common_rooms(self, spec: InvitationSpec) -> InvitationSpec:
+        """The spec whose rooms are the settings' rooms (every accepted account joins them),
+        then its own: from here on they are all `spec.rooms`, in status and conditions too."""
+        common = self._settings.onboarding_rooms
+        if not common:
+            return spec
+        rooms = list(dict.fromkeys([*common, *(spec.rooms or [])]))
+        return spec.model_copy(update={"rooms": rooms})
+
     def _backoff(self, attempts: int) -> dt.timedelta:
         base, ceiling = self._settings.retry_base_seconds, self._settings.retry_max_seconds
         return dt.timedelta(seconds=min(base * 2 ** max(attempts - 1, 0), ceiling))
@@ -151,7 +160,7 @@ class Onboarding:
 
     def due(self, invitation: Invitation, now: dt.datetime) -> bool:
         """Whether `apply` would do anything: cheap enough for every Invitation on every pass."""
-        spec, status = invitation.spec, invitation.status
+        spec, status = self.with_common_rooms(invitation.spec), invitation.status
         if spec.account is not None and spec.account != status.account:
             return True
         if self._settings.notice_room is not None and self.notice_due(spec, status):
@@ -174,7 +183,7 @@ class Onboarding:
         Never raises an OperatorError: a failed lookup or join is recorded and retried later,
         so it cannot turn an accepted invitation into a failed one.
         """
-        spec, generation = invitation.spec, invitation.generation
+        spec, generation = self.with_common_rooms(invitation.spec), invitation.generation
         status = invitation.status.model_copy(deep=True)
         if token is not None:
             status.times_used, status.last_used_at = token.times_used, rfc3339(token.last_used_at)

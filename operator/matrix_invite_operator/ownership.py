@@ -9,8 +9,9 @@ ask here instead of deciding each in its own words:
 - `awaits_clock_agreement`: the last reconcile stopped because the backend's clock runs ahead
   (`status.waitingForBackendClock`); only the sync pass sees when the clocks agree, and hands
   the Invitation back (`awaits_mail`), so that no handler retry races it for the one mail.
-- `drifted`: the backend's token differs from what the spec asks, or a mail is due: only the
-  reconcile steps repair it. `expiry_due`: the sync pass flips it to Expired.
+- `drifted`: the backend's token differs from what the spec asks, a mail is due, or (authentik
+  configured) an authentik invitation outlived its token or was opened: only the reconcile steps
+  repair it. `expiry_due`: the sync pass flips it to Expired.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import SecretStr
 
 from .backends import TokenState
 from .formats import parse_rfc3339
-from .models import Phase
+from .models import AuthentikInvitationStatus, Phase
 from .ports import Invitation
 from .settings import Settings
 
@@ -123,24 +124,60 @@ def awaits_mail(invitation: Invitation, state: TokenState) -> bool:
     return awaits_clock_agreement(invitation)
 
 
-def needs_reconcile(invitation: Invitation, token: TokenState | None, expiry: dt.datetime) -> bool:
-    """Drift that only the reconcile steps can repair, or a mail that is due."""
+def withdrawal_due(status: AuthentikInvitationStatus | None, token_valid: bool) -> bool:
+    """The token no longer works but authentik's invitation (as last seen) still would: for the
+    sync pass, which hands such an Invitation to reconcile."""
+    return status is not None and status.exists and not token_valid
+
+
+def looks_opened(status: AuthentikInvitationStatus | None, alive: set[str]) -> bool:
+    """Status says a mailed invitation exists, but the sync pass's listing (`alive`: the names
+    authentik has now) lacks it: opened, most likely. Reconcile looks again and records it."""
+    return (
+        status is not None
+        and status.exists
+        and status.mailed_id is not None
+        and status.name not in alive
+    )
+
+
+def needs_reconcile(
+    invitation: Invitation,
+    token: TokenState | None,
+    expiry: dt.datetime,
+    *,
+    enrollment: bool = False,
+    alive: set[str] | None = None,
+) -> bool:
+    """Drift that only the reconcile steps can repair, or a mail that is due; with `enrollment`
+    (authentik configured), also an authentik invitation that outlived its token, or a mailed
+    one missing from `alive` (the names authentik listed this pass, if it could)."""
     if token is None:
         return True
     spec = invitation.spec
     if token.usage_limit != spec.usage_limit or token.expires_at != expiry:
         return True
+    ours = invitation.status.authentik_invitation
+    if enrollment and withdrawal_due(ours, token.valid):
+        return True
+    if enrollment and alive is not None and looks_opened(ours, alive):
+        return True
     return (spec.revoked and not token.revoked) or awaits_mail(invitation, token)
 
 
 def drifted(
-    invitation: Invitation, token: TokenState | None, settings: Settings, now: dt.datetime
+    invitation: Invitation,
+    token: TokenState | None,
+    settings: Settings,
+    now: dt.datetime,
+    *,
+    enrollment: bool = False,
+    alive: set[str] | None = None,
 ) -> bool:
     """`needs_reconcile` for a token as the backend answered a read (None: it holds none)."""
     expiry = desired_expiry(invitation, settings)
-    return needs_reconcile(
-        invitation, token or missing_token_state(invitation, expiry, now), expiry
-    )
+    token = token or missing_token_state(invitation, expiry, now)
+    return needs_reconcile(invitation, token, expiry, enrollment=enrollment, alive=alive)
 
 
 def expiry_due(invitation: Invitation, now: dt.datetime) -> bool:

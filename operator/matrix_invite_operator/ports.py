@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -148,8 +149,16 @@ class InvitationMailer(Protocol):
     """Renders and sends the invitation mail for one token."""
 
     async def send_invitation(
-        self, invitation: Invitation, *, token: SecretStr, token_state: TokenState
-    ) -> None: ...
+        self,
+        invitation: Invitation,
+        *,
+        token: SecretStr,
+        token_state: TokenState,
+        enrollment_url: SecretStr | None = None,
+    ) -> None:
+        """`enrollment_url`: the invitee's own link to create their identity-provider account
+        (an authentik invitation), the mail's first step; a secret like the token."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -204,6 +213,57 @@ class SignUpSource(Protocol):
     def facts(self) -> RegistrationGate: ...
 
 
+@dataclass(frozen=True)
+class EnrollmentInvite:
+    """One single-use authentik invitation, as the enrollment step sees it.
+
+    `key` is authentik's pk: whoever holds it can enroll, so it is a secret like the token
+    (only the mail carries it, as the link's `itoken`). `id` is what status may show instead.
+    """
+
+    key: SecretStr
+    name: str
+    email: str | None
+    expires: dt.datetime
+
+    @property
+    def id(self) -> str:
+        """A stable handle that does not reveal the key: `ak-` + 16 hex digits of its SHA-256."""
+        digest = hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()
+        return "ak-" + digest[:16]
+
+
+class EnrollmentInvitations(Protocol):
+    """authentik's invitation API, as the enrollment step uses it (`authentik.AuthentikClient`).
+
+    Errors are ours: `AuthentikUnavailable` (with `may_have_taken_effect` when a create may have
+    run anyway), `AuthentikForbidden`, `AuthentikRejected`, `AuthentikMisdirected`.
+    """
+
+    async def named(self, name: str) -> list[EnrollmentInvite]:
+        """Every invitation of that name (authentik's names are not unique), expired included."""
+        ...
+
+    async def names(self, prefix: str) -> set[str]:
+        """The names of every invitation whose name starts with `prefix` (one paged listing:
+        the sync pass's view of which invitations still exist)."""
+        ...
+
+    async def create(
+        self, name: str, *, email: str, display_name: str | None, expires: dt.datetime
+    ) -> EnrollmentInvite:
+        """A new single-use invitation for the enrollment flow, bound to the invitee."""
+        ...
+
+    async def delete(self, invite: EnrollmentInvite) -> None:
+        """Delete it; one that is gone already counts as deleted."""
+        ...
+
+    def link(self, invite: EnrollmentInvite) -> SecretStr:
+        """The enrollment link the invitee opens (it carries the key)."""
+        ...
+
+
 class Collaborators(Protocol):
     """What the steps and the sync pass talk to and share (`runtime.Dependencies`)."""
 
@@ -236,6 +296,11 @@ class Collaborators(Protocol):
 
     @property
     def onboarding(self) -> OnboardingSteps | None: ...
+
+    @property
+    def enrollment(self) -> EnrollmentInvitations | None:
+        """authentik's invitations for the invitee's account; None: not configured."""
+        ...
 
     def lock_for(self, invitation: Invitation) -> asyncio.Lock:
         """The Kopf handler and the sync pass may both act on one Invitation: serialise them."""

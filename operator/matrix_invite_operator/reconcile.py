@@ -26,6 +26,7 @@ import string
 
 from pydantic import SecretStr
 
+from . import enrollment
 from .backends import TokenState
 from .errors import (
     BackendClockAhead,
@@ -103,7 +104,9 @@ async def reconcile(deps: Collaborators, invitation: Invitation) -> InvitationSt
         return await _reconcile_locked(deps, current)
 
 
-async def repair_drift(deps: Collaborators, invitation: Invitation) -> bool:
+async def repair_drift(
+    deps: Collaborators, invitation: Invitation, *, alive: set[str] | None = None
+) -> bool:
     """Reconcile an Invitation the sync pass found drifted, if it still is.
 
     The sync pass compares a listing with its watch cache; either may be older than a handler
@@ -123,7 +126,10 @@ async def repair_drift(deps: Collaborators, invitation: Invitation) -> bool:
         token_id = current.status.token_id
         assert token_id is not None  # owned_by_handler said so
         token = await deps.backend.read(token_id)
-        if not drifted(current, token, deps.settings, deps.clock()):
+        enrolled = deps.enrollment is not None
+        if not drifted(
+            current, token, deps.settings, deps.clock(), enrollment=enrolled, alive=alive
+        ):
             return False
         await _reconcile_locked(deps, current)
         return True
@@ -140,12 +146,14 @@ async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> Invi
             # revoked (the old address's token was just revoked): nothing to issue, no mail,
             # until the spec un-revokes it. Issuing first and revoking after would leave a
             # valid token no status names, were the operator to stop in between.
+            await enroll(deps, invitation, writer, None, expiry)
             return await _finish(deps, invitation, writer, None)
         token = await _ensure_secret(deps, invitation, writer)
         token_state = await _ensure_token(deps, invitation, writer, token, expiry)
         token_state = await _converge(deps, invitation, writer, token_state, expiry)
         _check_clocks(invitation, token_state, deps.clock(), deps.backend.name)
-        mailed = await _mail_if_due(deps, invitation, writer, token, token_state)
+        enrolled = await enroll(deps, invitation, writer, token_state, expiry)
+        mailed = await _mail_if_due(deps, invitation, writer, token, token_state, enrolled)
         if mailed is not None:
             # The mail record goes out with the very next request: onboarding below (sessions,
             # joins with retries, a notice) may crash or fail, and a lost record mails again.
@@ -174,6 +182,38 @@ async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> Invi
     status = await _finish(deps, invitation, writer, token_state)
     await post_notices(deps.events, invitation, notices or [])
     return status
+
+
+async def enroll(
+    deps: Collaborators,
+    invitation: Invitation,
+    writer: StatusWriter,
+    token: TokenState | None,
+    expiry: dt.datetime,
+) -> enrollment.Enrollment | None:
+    """The invitee's authentik invitation (`enrollment.py`), if authentik is configured: kept
+    while the token works, deleted once it does not; staged for the next status write (a crash
+    before it loses nothing: the next run finds the invitation by its name), which for a mail
+    is the one right after the relay's accept."""
+    if deps.enrollment is None:
+        return None
+    now = deps.clock()
+    before = writer.status.authentik_invitation
+    if token is not None and token.valid and not invitation.spec.revoked:
+        resend = resend_requested(invitation, writer.status.resend_handled)
+        enrolled = await enrollment.ensure(
+            deps.enrollment, invitation, before, expiry=expiry, resend=resend, now=now
+        )
+    else:
+        why = "the Invitation is revoked"
+        if token is not None and not invitation.spec.revoked:
+            why = "the registration token expired" if token.expired(now) else "the token is spent"
+        enrolled = await enrollment.withdraw(deps.enrollment, invitation, before, why=why, now=now)
+    if enrolled.status != before:
+        writer.stage(authentik_invitation=enrolled.status)
+    # Now, not after the status write: what was created or deleted in authentik is done.
+    await post_notices(deps.events, invitation, enrolled.notices)
+    return enrolled
 
 
 async def onboard(
@@ -405,6 +445,7 @@ async def _mail_if_due(
     writer: StatusWriter,
     token: SecretStr,
     state: TokenState,
+    enrolled: enrollment.Enrollment | None = None,
 ) -> str | None:
     """Send the mail if it is due; returns the MailSent Event's message, or None.
 
@@ -416,9 +457,16 @@ async def _mail_if_due(
     already = mailed(dataclasses.replace(invitation, status=status), state)
     # A resend request that was already present when the first mail went out is not a new one.
     resend = already and resend_requested(invitation, status.resend_handled)
-    if (already and not resend) or not state.valid or invitation.spec.revoked:
+    # A new authentik invitation (after an un-revoke, say) is mailed even for a mailed token.
+    new_link = enrolled is not None and enrolled.unmailed
+    if (already and not resend and not new_link) or not state.valid or invitation.spec.revoked:
         return None
-    await deps.mailer.send_invitation(invitation, token=token, token_state=state)
+    link = enrolled.link if enrolled is not None else None
+    await deps.mailer.send_invitation(
+        invitation, token=token, token_state=state, enrollment_url=link
+    )
+    if enrolled is not None and enrolled.status is not None and link is not None:
+        writer.stage(authentik_invitation=enrollment.mailed(enrolled.status))
     writer.stage(
         mail_sent_at=rfc3339(deps.clock()),
         mail_recipient=invitation.spec.email,
@@ -455,6 +503,9 @@ async def finalize(deps: Collaborators, invitation: Invitation) -> None:
                 and await deps.backend.revoke(other.id) is not None
             ):
                 await _announce_revoked(deps, invitation, other.id)
+        if deps.enrollment is not None:
+            notices = await enrollment.remove_all(deps.enrollment, invitation)
+            await post_notices(deps.events, invitation, notices)
     deps.locks.pop(invitation.uid, None)
 
 

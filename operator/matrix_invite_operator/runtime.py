@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from .authentik import AuthentikClient, BearerTokenAuth
 from .backends import TokenBackend
 from .errors import ConfigurationError
 from .homeserver import HomeserverClient
@@ -28,7 +29,7 @@ from .mail.send import Mailer
 from .mail.throttle import MailThrottle
 from .metrics import OperatorMetrics
 from .onboarding import Onboarding
-from .ports import EventSink, Invitation, InvitationMailer, KubeStore
+from .ports import EnrollmentInvitations, EventSink, Invitation, InvitationMailer, KubeStore
 from .providers import MAS_CONNECTIONS, Provider, build_provider
 from .providers import peer_http_client as peer_http_client  # authentik's client uses it
 from .providers.mas import mas_admin_client as mas_admin_client  # doctor uses it
@@ -36,7 +37,7 @@ from .providers.mas import mas_http_client as mas_http_client  # doctor and benc
 from .providers.synapse import synapse_http_client
 from .settings import Settings
 from .sign_up import SignUpFacts, SiteWatch
-from .unconfigured import UnconfiguredMailer
+from .unconfigured import UnconfiguredEnrollment, UnconfiguredMailer
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,26 @@ class Clients:
 
     kube: httpx.AsyncClient
     homeserver: httpx.AsyncClient | None = None
+    authentik: httpx.AsyncClient | None = None
+
+
+def authentik_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The client for authentik's API (the invitee's enrollment invitation)."""
+    return peer_http_client(settings, ca_bundle=settings.authentik_ca_bundle)
+
+
+def build_authentik(settings: Settings, http: httpx.AsyncClient) -> AuthentikClient:
+    """The authentik client the settings describe (`require_authentik` has checked them)."""
+    settings.require_authentik()
+    if settings.authentik_url is None or settings.authentik_flow_slug is None:
+        raise AssertionError("unreachable")  # require_authentik said so
+    return AuthentikClient(
+        http,
+        str(settings.authentik_url),
+        # Read at each request: a rotated token file needs no restart.
+        auth=BearerTokenAuth(settings.authentik_api_token_value),
+        flow_slug=settings.authentik_flow_slug,
+    )
 
 
 def build_mailer(
@@ -61,7 +82,8 @@ def build_mailer(
     validate_registration_url_template(settings.registration_url)
     mailer = Mailer.from_settings(settings)
     renderer = MailRenderer(settings.mail_template_dir)
-    renderer.check()  # a broken admin template fails at startup, not on the first Invitation
+    # A broken admin template fails at startup, not on the first Invitation.
+    renderer.check(enrollment=settings.authentik_enabled)
     rate = settings.mail_rate_per_minute
     throttle = MailThrottle(rate) if rate > 0 else None
     return SmtpInvitationMailer(settings, renderer, mailer, throttle, sign_up=sign_up)
@@ -86,6 +108,8 @@ class Dependencies:
     site: SiteWatch | None = None
     onboarding: Onboarding | None = None  # who accepted, and their rooms (onboarding.py)
     provider: Provider | None = None  # the backend's parts, closed on shutdown
+    # The invitee's authentik invitation (enrollment.py); None: authentik is not configured.
+    enrollment: EnrollmentInvitations | None = None
     resources: Clients | None = None  # what `build_dependencies` opened; closed on shutdown
 
     def lock_for(self, invitation: Invitation) -> asyncio.Lock:
@@ -135,7 +159,15 @@ async def build_dependencies(
         ),
         provider=provider,
     )
-    deps.resources = Clients(kube=kube_http, homeserver=homeserver_http)
+    authentik_http = None
+    if settings.authentik_enabled:
+        authentik_http = authentik_http_client(settings)
+        try:
+            deps.enrollment = build_authentik(settings, authentik_http)
+        except ConfigurationError as problem:
+            logger.error("authentik is misconfigured, no invitation will be sent: %s", problem)
+            deps.enrollment = UnconfiguredEnrollment(problem)
+    deps.resources = Clients(kube=kube_http, homeserver=homeserver_http, authentik=authentik_http)
     return deps
 
 
@@ -168,3 +200,5 @@ async def close_dependencies(deps: Dependencies) -> None:
         await clients.kube.aclose()
         if clients.homeserver is not None:
             await clients.homeserver.aclose()
+        if clients.authentik is not None:
+            await clients.authentik.aclose()

@@ -18,7 +18,10 @@ from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigurationError
-from .formats import ROOM_PATTERN, parse_go_duration
+from .formats import MAX_COMMON_ROOMS, ROOM_PATTERN, parse_go_duration
+from .locales import require_locale
+
+RoomReference = Annotated[str, Field(max_length=255, pattern=ROOM_PATTERN)]
 
 SecretSource = Callable[[], SecretStr]
 """A credential read when it is used: `Settings.mas_client_secret_value` and its siblings."""
@@ -81,6 +84,39 @@ class Settings(BaseSettings):
         "unset: the name MAS gives its only enabled provider",
     )
 
+    # --- the invitee's account at authentik (the upstream provider), optional ---
+    authentik_url: AnyHttpUrl | None = Field(
+        None,
+        description="authentik's base URL (e.g. https://auth.example.org); set: each Invitation "
+        "gets a single-use authentik invitation, and the mail's first step is its enrollment link",
+    )
+    authentik_api_token: SecretStr | None = None
+    authentik_api_token_file: Path | None = Field(
+        None,
+        description="File holding an authentik API token (intent 'api') of the operator's "
+        "service account, which may view, add and delete invitations",
+    )
+    authentik_flow_slug: str | None = Field(
+        None,
+        max_length=255,
+        pattern=r"^[-a-zA-Z0-9_]+$",
+        description="Slug of the invitation enrollment flow (it must contain an Invitation stage)",
+    )
+    authentik_ca_bundle: Path | None = Field(
+        None, description="PEM bundle to trust for authentik instead of the system CAs"
+    )
+    account_enrollment_url: AnyHttpUrl | None = Field(
+        None,
+        description="Without authentik settings: where invitees without an account at the "
+        "upstream provider get one (the mail offers it)",
+    )
+    account_contact: str | None = Field(
+        None,
+        max_length=200,
+        description="Without authentik settings or an enrollment URL: whom invitees without an "
+        "account at the upstream provider ask for one, e.g. 'the IT desk (it@example.org)'",
+    )
+
     # --- onboarding: the account a token created, and the rooms it joins ---
     homeserver_url: AnyHttpUrl | None = Field(
         None,
@@ -105,6 +141,12 @@ class Settings(BaseSettings):
         pattern=ROOM_PATTERN,
         description="Room where the onboarding user posts one notice per accepted invitation",
     )
+    onboarding_rooms: Annotated[list[RoomReference], NoDecode] = Field(
+        default_factory=list,
+        max_length=MAX_COMMON_ROOMS,
+        description="Rooms and spaces (IDs or aliases, comma-separated) every accepted account "
+        "joins, before its spec.rooms; shown in status.rooms like them",
+    )
 
     # --- mail ---
     smtp_host: str = "localhost"
@@ -123,7 +165,7 @@ class Settings(BaseSettings):
     mail_from_name: str | None = Field(None, max_length=128)
     mail_template_dir: Path | None = None
     mail_timezone: str = "UTC"
-    default_locale: Literal["en", "de"] = "en"
+    default_locale: str = Field("en", description="A folder of the mail templates: en, de")
     mail_rate_per_minute: int = Field(
         30, ge=0, le=60000, description="Mails per minute at most, evenly spaced; 0 = no limit"
     )
@@ -214,15 +256,32 @@ class Settings(BaseSettings):
     def _parse_duration(cls, value: object) -> object:
         return _duration(value)
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("default_locale")
     @classmethod
-    def _split_namespaces(cls, value: object) -> object:
+    def _known_locale(cls, value: str) -> str:
+        return require_locale(value)
+
+    @field_validator("namespaces", "onboarding_rooms", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("onboarding_rooms")
+    @classmethod
+    def _rooms_once(cls, rooms: list[str]) -> list[str]:
+        if len(set(rooms)) != len(rooms):
+            raise ValueError("a room is listed twice")
+        return rooms
+
     @field_validator(
-        "mail_from_name", "inviter_name", "server_name", "mail_from", "mas_upstream_provider_name"
+        "mail_from_name",
+        "inviter_name",
+        "server_name",
+        "mail_from",
+        "mas_upstream_provider_name",
+        "account_contact",
     )
     @classmethod
     def _single_line(cls, value: str | None) -> str | None:
@@ -236,6 +295,8 @@ class Settings(BaseSettings):
         "mas_sign_up",
         "onboarding_user",
         "notice_room",
+        "authentik_flow_slug",
+        "account_contact",
         mode="before",
     )
     @classmethod
@@ -268,6 +329,36 @@ class Settings(BaseSettings):
             self.synapse_admin_token_file,
             env="MATRIX_INVITE_SYNAPSE_ADMIN_TOKEN_FILE",
         )
+
+    def authentik_api_token_value(self) -> SecretStr:
+        return _secret_from(
+            "authentik API token",
+            self.authentik_api_token,
+            self.authentik_api_token_file,
+            env="MATRIX_INVITE_AUTHENTIK_API_TOKEN_FILE",
+        )
+
+    @property
+    def authentik_enabled(self) -> bool:
+        """Whether the invitee's account is made at authentik (`MATRIX_INVITE_AUTHENTIK_URL`)."""
+        return self.authentik_url is not None
+
+    def require_authentik(self) -> None:
+        """With authentik's URL set, the token and the flow's slug must be there too: one
+        sentence naming what is missing (reads the token file once)."""
+        if not self.authentik_enabled:
+            return
+        missing = []
+        if self.authentik_api_token is None and self.authentik_api_token_file is None:
+            missing.append("MATRIX_INVITE_AUTHENTIK_API_TOKEN_FILE (or _TOKEN)")
+        if self.authentik_flow_slug is None:
+            missing.append("MATRIX_INVITE_AUTHENTIK_FLOW_SLUG")
+        if missing:
+            raise ConfigurationError(
+                "authentik invitations (MATRIX_INVITE_AUTHENTIK_URL is set) need "
+                + ", ".join(missing)
+            )
+        self.authentik_api_token_value()
 
     def backend_ca_bundle(self) -> Path | None:
         """The CA bundle for the chosen backend's HTTPS (None: the system CAs)."""

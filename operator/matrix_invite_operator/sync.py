@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import TokenState
+from .enrollment import NAME_PREFIX
 from .errors import InvalidSpecError, KubeConflict, KubeNotFound, OperatorError
 from .formats import parse_rfc3339, rfc3339
 from .models import RESEND_ANNOTATION, InvitationStatus, Phase
@@ -156,6 +157,7 @@ async def sync_invitations(
     report: SyncReport,
     *,
     fresh: bool = True,
+    alive: set[str] | None = None,
 ) -> None:
     """Bring each Invitation's status in line with the tokens listed from the backend.
 
@@ -184,8 +186,11 @@ async def sync_invitations(
             if token is None:
                 # Revoked by deletion (Synapse), spent or expired: nothing to repair.
                 token = missing_token_state(invitation, expiry, now)
-            if fresh and needs_reconcile(invitation, token, expiry):
-                if await repair_drift(deps, invitation):
+            enrolled = deps.enrollment is not None
+            if fresh and needs_reconcile(
+                invitation, token, expiry, enrollment=enrolled, alive=alive
+            ):
+                if await repair_drift(deps, invitation, alive=alive):
                     report.reconciled += 1
                 continue
             unmailed = token is not None and token.id != status.mailed_token_id
@@ -238,7 +243,7 @@ async def _write_from_fresh_read(
         expiry = desired_expiry(current, deps.settings)
         if current.resource_version != seen.resource_version or token_id != seen.status.token_id:
             token = await deps.backend.read(token_id) or missing_token_state(current, expiry, now)
-            if needs_reconcile(current, token, expiry):
+            if needs_reconcile(current, token, expiry, enrollment=deps.enrollment is not None):
                 return False  # drift: the next listing hands it to repair_drift
         status = current.status
         updated = compute_status(
@@ -293,6 +298,7 @@ class StatusSync:
         self.passes = 0
         self.last_success: float | None = None  # Unix time of the last pass that listed MAS
         self._outage_logged = False
+        self._enrollment_outage_logged = False
         self._wake = asyncio.Event()
         self._wake_at: dt.datetime | None = None  # when the sleeping loop wakes by itself
         self._converging: dict[str, asyncio.Task[None]] = {}  # by uid
@@ -314,6 +320,21 @@ class StatusSync:
         report.listed = len(tokens)
         return tokens
 
+    async def list_enrollment(self) -> set[str] | None:
+        """The names of the operator's authentik invitations, one listing per pass; None when
+        authentik is not configured or did not answer (then nothing is judged opened)."""
+        if self.deps.enrollment is None:
+            return None
+        try:
+            names = await self.deps.enrollment.names(NAME_PREFIX + "_")
+        except OperatorError as exc:
+            if not self._enrollment_outage_logged:  # once per outage, as for the tokens
+                logger.warning("status sync cannot list authentik's invitations: %s", exc)
+                self._enrollment_outage_logged = True
+            return None
+        self._enrollment_outage_logged = False
+        return names
+
     async def run_pass(self, *, list_backend: bool = True) -> SyncReport:
         report = SyncReport()
         if list_backend:
@@ -328,8 +349,14 @@ class StatusSync:
         if not list_backend:
             now = self.deps.clock()
             watched = [w for w in watched if w.due(now)]
+        alive = await self.list_enrollment() if list_backend else None
         await sync_invitations(
-            self.deps, (w.body() for w in watched), self.tokens, report, fresh=list_backend
+            self.deps,
+            (w.body() for w in watched),
+            self.tokens,
+            report,
+            fresh=list_backend,
+            alive=alive,
         )
         if list_backend:
             report.reconciled += self.converge_lagging(watched)

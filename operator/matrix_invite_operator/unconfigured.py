@@ -17,7 +17,7 @@ from .backends import AccountLookup, TokenState
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from .ports import Invitation
+    from .ports import EnrollmentInvite, Invitation
 
 
 class UnconfiguredBackend:
@@ -70,6 +70,39 @@ class UnconfiguredMailer:
         self._message = str(problem)
 
     async def send_invitation(
-        self, invitation: Invitation, *, token: SecretStr, token_state: TokenState
+        self,
+        invitation: Invitation,
+        *,
+        token: SecretStr,
+        token_state: TokenState,
+        enrollment_url: SecretStr | None = None,
     ) -> None:
         raise ConfigurationError(self._message)
+
+
+class UnconfiguredEnrollment:
+    """An `EnrollmentInvitations` for authentik settings that cannot work (a URL without the
+    token file or the flow's slug): every call answers with what to set."""
+
+    def __init__(self, problem: ConfigurationError) -> None:
+        self._message = str(problem)
+
+    def _fail(self) -> NoReturn:
+        raise ConfigurationError(self._message)
+
+    async def named(self, name: str) -> list[EnrollmentInvite]:
+        self._fail()
+
+    async def names(self, prefix: str) -> set[str]:
+        self._fail()
+
+    async def create(
+        self, name: str, *, email: str, display_name: str | None, expires: dt.datetime
+    ) -> EnrollmentInvite:
+        self._fail()
+
+    async def delete(self, invite: EnrollmentInvite) -> None:
+        self._fail()
+
+    def link(self, invite: EnrollmentInvite) -> SecretStr:
+        self._fail()

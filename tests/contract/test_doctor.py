@@ -20,6 +20,7 @@ from tests.doubles.smtp import SmtpDouble, make_certificates
 
 SMTP_USER = "invitations@example.org"
 SMTP_PASSWORD = "smtp-double-password-4711"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "install-authentik-only.md"
 SECRETS = (DEFAULT_CLIENT_SECRET, SMTP_PASSWORD, "wrong-client-secret", "wrong-smtp-password")
 
 
@@ -85,6 +86,8 @@ def healthy_lines(mas_url: str, smtp: SmtpDouble) -> list[str]:
         "section (ESS sets none; check with mas-cli config dump)",
         "OK    captcha: off",
         "OK    server name: example.org (from MAS)",
+        "OK    sign-up: mas-password: /register goes straight to the password form (MAS: "
+        "password registration on, enabled upstream providers: none)",
         "OK    token list: readable",
         f"OK    smtp: {host}:{port} with STARTTLS, login as {SMTP_USER} accepted (nothing sent)",
     ]
@@ -221,7 +224,98 @@ def test_registration_without_a_token_fails_loudly_with_the_key_for_the_version(
     assert result.returncode == 1
 
 
-def test_upstream_sign_up_lists_the_providers_and_warns_about_an_open_one(
+#: `doctor` on the guide's path (docs/install-authentik.md shows these lines).
+UPSTREAM_LINES = [
+    "OK    admin api: MAS 1.22.0 answers /api/admin/v1/version and /site-config",
+    "OK    password registration: off: invitees sign up upstream",
+    "SKIP  registration token: no password registration",
+    "OK    email verification: none on upstream sign-up: MAS sends no code (the provider's "
+    "address counts as verified), so sign-up needs no email section in MAS",
+    "OK    captcha: off",
+    "OK    server name: example.org (from MAS)",
+]
+UPSTREAM_SHAPE = (
+    "OK    sign-up: mas-upstream: /register goes straight to Authentik's login, no button to "
+    "choose (MAS: password registration off, enabled upstream providers: Authentik)"
+)
+UNGATED = (
+    "FAIL  upstream providers: Authentik lets anyone with an account there sign up WITHOUT A "
+    "TOKEN, the invitations protect nothing. Set registration_token_required: true in the "
+    "fragment that already defines that provider (in upstream_oauth2.providers; never in a "
+    "copy: ESS appends lists), then restart MAS (kubectl rollout restart), which reads its "
+    "config only at start"
+)
+
+
+def guide_lines(name: str) -> list[str]:
+    """The lines of a `doctor` sample in docs/install-authentik-only.md."""
+    text = GUIDE.read_text(encoding="utf-8")
+    block = text.split(f"<!-- doctor: {name} -->\n```text\n", 1)[1].split("```", 1)[0]
+    return block.splitlines()
+
+
+def test_the_upstream_path_with_a_gated_provider_passes(
+    tmp_path: Path, mas_double: MasDouble, smtp: SmtpDouble
+) -> None:
+    mas_double.configure_upstream_only(registration_token_required=True)
+    # As the ESS values set it: the token endpoint given, discovery skipped.
+    endpoint = f"{mas_double.url}{OAUTH_TOKEN_PATH}"
+    result = doctor(tmp_path, mas_double.url, smtp, MATRIX_INVITE_MAS_TOKEN_ENDPOINT=endpoint)
+    lines = result.stdout.splitlines()
+    assert lines[5:] == [
+        *UPSTREAM_LINES,
+        "OK    upstream providers: token required by Authentik",
+        UPSTREAM_SHAPE,
+        "OK    token list: readable",
+        healthy_lines(mas_double.url, smtp)[-1],
+    ]
+    assert result.returncode == 0
+    # The guide shows these lines (its URLs and SMTP host are ESS's, not the double's).
+    sample = guide_lines("upstream gated")
+    assert sample[5:-1] == lines[5:-1]
+    assert [line[:6] for line in sample] == [line[:6] for line in lines]
+
+
+def test_an_enabled_provider_without_a_token_fails_naming_it_and_the_fix(
+    tmp_path: Path, mas_double: MasDouble, smtp: SmtpDouble
+) -> None:
+    mas_double.configure_upstream_only(registration_token_required=False)
+    result = doctor(tmp_path, mas_double.url, smtp)
+    assert result.stdout.splitlines()[5:] == [
+        *UPSTREAM_LINES,
+        UNGATED,
+        UPSTREAM_SHAPE,
+        "OK    token list: readable",
+        healthy_lines(mas_double.url, smtp)[-1],
+    ]
+    assert result.returncode == 1, "an open provider is as bad as open password sign-up"
+    assert guide_lines("upstream ungated") == [UNGATED]
+
+
+def test_on_mas_1_18_the_global_key_gates_the_provider_and_is_the_fix(
+    tmp_path: Path, smtp: SmtpDouble
+) -> None:
+    with MasDouble(version="1.18.0") as mas:
+        mas.configure_upstream_only(registration_token_required=False)
+        ungated = doctor(tmp_path, mas.url, smtp)
+        mas.configure_site(registration_token_required=True)
+        gated = doctor(tmp_path, mas.url, smtp)
+    assert (
+        "FAIL  upstream providers: Authentik lets anyone with an account there sign up WITHOUT A "
+        "TOKEN, the invitations protect nothing. Set account.registration_token_required: true "
+        "(MAS 1.18.0 is older than 1.19: its providers have no key of their own, the global one "
+        "gates them), then restart MAS (kubectl rollout restart), which reads its config only "
+        "at start"
+    ) in ungated.stdout.splitlines()
+    assert ungated.returncode == 1
+    assert (
+        "OK    upstream providers: token required by Authentik through the deprecated global "
+        "account.registration_token_required"
+    ) in gated.stdout.splitlines()
+    assert gated.returncode == 0, gated.stdout
+
+
+def test_several_providers_show_mas_s_buttons_and_an_open_one_fails(
     tmp_path: Path, mas_double: MasDouble, smtp: SmtpDouble
 ) -> None:
     mas_double.configure_site(
@@ -230,21 +324,27 @@ def test_upstream_sign_up_lists_the_providers_and_warns_about_an_open_one(
     mas_double.add_upstream_provider("Authentik", registration_token_required=True)
     mas_double.add_upstream_provider("GitHub", registration_token_required=False)
     mas_double.add_upstream_provider("Retired", registration_token_required=False, enabled=False)
-    result = doctor(tmp_path, mas_double.url, smtp, MATRIX_INVITE_MAS_SIGN_UP="upstream")
+    result = doctor(
+        tmp_path,
+        mas_double.url,
+        smtp,
+        MATRIX_INVITE_MAS_SIGN_UP="upstream",
+        MATRIX_INVITE_MAS_UPSTREAM_PROVIDER_NAME="Authentik",
+    )
     lines = result.stdout.splitlines()
-    assert lines[6:13] == [
-        "OK    password registration: off: invitees sign up upstream",
-        "SKIP  registration token: no password registration",
-        "OK    captcha: off",
-        "OK    server name: example.org (from MAS)",
+    assert lines[11:15] == [
         "OK    upstream providers: token required by Authentik",
-        "WARN  upstream providers: GitHub lets anyone with an account there sign up WITHOUT A "
-        "TOKEN: set registration_token_required: true in the fragment that already defines that "
-        "provider (never in a copy: ESS appends lists), then restart MAS (kubectl rollout "
-        "restart), which reads its config only at start",
+        "FAIL  upstream providers: GitHub lets anyone with an account there sign up WITHOUT A "
+        "TOKEN, the invitations protect nothing. Set registration_token_required: true in the "
+        "fragment that already defines that provider (in upstream_oauth2.providers; never in a "
+        "copy: ESS appends lists), then restart MAS (kubectl rollout restart), which reads its "
+        "config only at start",
+        "OK    sign-up: mas-choice: /register shows buttons for Authentik, GitHub; the mail "
+        "follows Authentik (MAS: password registration off, enabled upstream providers: "
+        "Authentik, GitHub)",
         "OK    token list: readable",
     ]
-    assert result.returncode == 0, "a warning alone does not fail"
+    assert result.returncode == 1
 
 
 def test_a_registration_link_off_mas_s_public_host_is_named(

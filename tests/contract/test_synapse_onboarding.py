@@ -215,3 +215,48 @@ async def test_user_not_found_is_retried_and_the_notice_is_posted_once(
     assert not onboarding.due(invitation(spec, status), now)
     texts = synapse.messages(notices_room)
     assert texts == [f"{name}@example.org accepted invitation `late` as {account}; joined {room}"]
+
+
+async def test_the_settings_rooms_are_joined_by_every_account_and_shown_in_status(
+    synapse: SynapseServer, accounts: SynapseAccounts, homeserver: HomeserverClient
+) -> None:
+    """Rooms for everyone (issue 22): a private space and room set once in the settings, joined
+    before the Invitation's own rooms, each outcome in status.rooms; a missing one is visible
+    there (Synapse's auto_join_rooms would only log it)."""
+    admin_id = f"@admin:{synapse.server_name}"
+    _, owner = synapse.create_user(fresh("owner"))
+    space = synapse.create_room(owner, space=True)
+    private = synapse.create_room(owner)
+    own = synapse.create_room(owner, public=True)
+    for room in (space, private):
+        synapse.invite_and_join(owner, room, admin_id, synapse.admin_token)
+    missing = f"#{fresh('nowhere')}:{synapse.server_name}"
+    ada, _ = synapse.create_user(fresh("ada"))
+    onboarding = Onboarding(
+        Settings(onboarding_rooms=f"{space}, {private},{missing}"),
+        accounts,
+        homeserver=homeserver,
+        sessions=AdminTokenSessions(SecretStr(synapse.admin_token)),
+    )
+    now = dt.datetime.now(dt.UTC)
+    bare = InvitationSpec(email="ada@example.org", account=ada)
+    assert onboarding.due(invitation(bare, InvitationStatus(account=ada)), now), (
+        "no spec.rooms, still due"
+    )
+    spec = bare.model_copy(update={"rooms": [own, private]})
+    status, _ = await applied(onboarding, spec, InvitationStatus(), now, created=LONG_AGO)
+
+    assert [(r.room, r.state) for r in status.rooms or []] == [
+        (space, RoomState.JOINED),
+        (private, RoomState.JOINED),  # listed in both: joined once
+        (missing, RoomState.FAILED),
+        (own, RoomState.JOINED),
+    ]
+    for room in (space, private, own):
+        assert synapse.membership(room, ada) == "join"
+    rooms = status.condition("RoomsJoined")
+    assert rooms is not None
+    assert (rooms.status, rooms.reason) == ("False", "RoomJoinFailed")
+    assert missing in rooms.message
+    # The spec's own rooms are untouched: the settings' rooms live only in status.
+    assert spec.rooms == [own, private]

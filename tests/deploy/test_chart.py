@@ -79,6 +79,7 @@ ONBOARDING: dict[str, Any] = {
         "sessionSeconds": 120,
         "roomMembership": "invite",
         "noticeRoom": "#admins:example.org",
+        "rooms": ["#welcome:example.org", "!space:example.org"],
     },
 }
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -380,7 +381,11 @@ def test_onboarding_values_reach_the_operator() -> None:
     assert env["MATRIX_INVITE_ONBOARDING_SESSION_SECONDS"] == "120"
     assert env["MATRIX_INVITE_ROOM_MEMBERSHIP"] == "invite"
     assert env["MATRIX_INVITE_NOTICE_ROOM"] == "#admins:example.org"
+    assert env["MATRIX_INVITE_ONBOARDING_ROOMS"] == "#welcome:example.org,!space:example.org"
+    settings = Settings(onboarding_rooms=env["MATRIX_INVITE_ONBOARDING_ROOMS"])
+    assert settings.onboarding_rooms == ["#welcome:example.org", "!space:example.org"]
     default = env_of(render())
+    assert "MATRIX_INVITE_ONBOARDING_ROOMS" not in default
     assert default["MATRIX_INVITE_ROOM_MEMBERSHIP"] == "join"
     assert "MATRIX_INVITE_ONBOARDING_USER" not in default  # empty: no personal sessions
 
@@ -484,6 +489,8 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
         "upstreamProviderName",
     ),
     "Synapse URL without scheme": ({"synapse": {"url": "synapse:8008"}}, "synapse/url"),
+    "a room that is no room": ({"onboarding": {"rooms": ["welcome"]}}, "rooms"),
+    "a room listed twice": ({"onboarding": {"rooms": ["#a:example.org"] * 2}}, "rooms"),
 }
 
 

@@ -24,36 +24,49 @@ FLUX_EXAMPLES = REPO_ROOT / "docs" / "examples" / "flux"
 OPERATOR_CLIENT = "01J44RKQYM4G3TNVANTMTDYTX6"
 
 #: What ESS's renderer merges before and after the fragments: the parts of the chart's own
-#: under- and overrides that a fragment could collide with (ESS 26.8.1, ess/FACTS.md).
+#: under- and overrides that a fragment could collide with (ESS 26.8.1,
+#: configs/matrix-authentication-service/config-{under,over}rides.yaml.tpl). The listeners are
+#: overrides, bound by port without an address (the default dual-stack network); the chart sets
+#: no `email` at all (the blackhole transport is MAS's own default).
 ESS_UNDERRIDES: dict[str, Any] = {
+    "policy": {
+        "data": {
+            "admin_clients": [],
+            "admin_users": [],
+            "client_registration": {"allow_host_mismatch": False, "allow_insecure_uris": False},
+        }
+    },
+    "experimental": {"session_limit": {"soft_limit": 50, "hard_limit": 50}},
+}
+ESS_OVERRIDES: dict[str, Any] = {
     "http": {
+        "public_base": "https://account.example.org",
         "listeners": [
             {
                 "name": "web",
+                "binds": [{"port": 8080}],
                 "resources": [
-                    {"name": n} for n in ("discovery", "human", "oauth", "compat", "graphql")
+                    {"name": n} for n in ("human", "discovery", "oauth", "compat", "assets")
                 ]
-                + [{"name": "assets"}, {"name": "adminapi"}],
-                "binds": [{"address": "[::]:8080"}],
+                + [{"name": "graphql", "undocumented_oauth2_access": True}, {"name": "adminapi"}],
             },
             {
                 "name": "internal",
+                "binds": [{"port": 8081}],
                 "resources": [
                     {"name": "health"},
                     {"name": "prometheus"},
                     {"name": "connection-info"},
                 ],
-                "binds": [{"address": "[::]:8081"}],
             },
-        ]
+        ],
     },
-    "policy": {"data": {"admin_clients": [], "admin_users": []}},
-    "email": {"transport": "blackhole"},
 }
 #: The keys a fragment for the operator may set, as MAS 1.22 knows them (mas/FACTS.md: the
 #: smallest configuration, the account flags, the email section; upstream_oauth2 providers).
 KNOWN_KEYS: dict[str, set[str]] = {
-    "": {"clients", "policy", "account", "email", "upstream_oauth2"},
+    "": {"clients", "policy", "account", "email", "upstream_oauth2", "passwords"},
+    "passwords": {"enabled"},
     "clients[]": {"client_id", "client_auth_method", "client_secret_file", "client_secret"},
     "policy": {"data"},
     "policy.data": {"admin_clients"},
@@ -74,7 +87,10 @@ KNOWN_KEYS: dict[str, set[str]] = {
         "token_endpoint_auth_method",
         "scope",
         "registration_token_required",
+        "discovery_mode",
+        "claims_imports",
     },
+    "upstream_oauth2.providers[].claims_imports": {"localpart", "displayname", "email"},
 }
 #: Settings the chart owns (ess/FACTS.md): a fragment that sets them fights the chart.
 CHART_OWNED = {"http", "database", "matrix", "secrets"}
@@ -141,18 +157,24 @@ def check_keys(node: Any, where: str = "") -> None:
 
 
 def merged_config(values: dict[str, Any], secret: dict[str, Any]) -> dict[str, Any]:
-    """What MAS would read: underrides, fragments in alphabetical order, each one checked."""
+    """What MAS would read: underrides, fragments in alphabetical order (each one checked),
+    overrides."""
     config: dict[str, Any] = ESS_UNDERRIDES
     for name, fragment in sorted(fragments(values, secret).items()):
         assert not CHART_OWNED & set(fragment), f"{name} sets what the chart owns"
         check_keys(fragment)
         config = ess_merge(config, fragment)
-    return config
+    merged: dict[str, Any] = ess_merge(config, ESS_OVERRIDES)
+    return merged
 
 
 def assert_nothing_repeated(config: dict[str, Any]) -> None:
     listeners = [listener["name"] for listener in config["http"]["listeners"]]
-    ports = [b["address"] for listener in config["http"]["listeners"] for b in listener["binds"]]
+    ports = [
+        str(b.get("port") or b["address"].rsplit(":", 1)[-1])
+        for listener in config["http"]["listeners"]
+        for b in listener["binds"]
+    ]
     assert len(set(listeners)) == len(listeners), f"listener repeated: {listeners}"
     assert len(set(ports)) == len(ports), "two listeners on one port: MAS exits at start"
     clients = [c["client_id"] for c in config.get("clients", [])]
@@ -194,8 +216,10 @@ def test_the_valuesfrom_secret_with_authentik_keeps_one_provider_that_requires_a
     assert_operator_client(config, secret)
     (provider,) = config["upstream_oauth2"]["providers"]
     assert provider["registration_token_required"] is True
-    assert "account" not in config
-    assert config["email"] == {"transport": "blackhole"}  # no code mails on this path
+    # Authentik the only way in: MAS's own passwords off, else password login stays on.
+    assert config["passwords"] == {"enabled": False}
+    assert config["account"] == {"password_registration_enabled": False}
+    assert "email" not in config  # no code mails on this path; MAS's default is the blackhole
     # The same additional entry as in the plain values.yaml: one fragment, two places.
     (plain,) = load("values.yaml")
     entry = plain["matrixAuthenticationService"]["additional"]["invite-operator"]
@@ -206,11 +230,15 @@ def test_the_check_catches_a_fragment_that_repeats_the_chart_s_listener() -> Non
     (values,) = load("values.yaml")
     (secret,) = load("secret-password.yaml")
     fragment = yaml.safe_load(secret["stringData"]["mas-fragment.yaml"])
-    config = ess_merge(merged_config(values, secret), {"http": ESS_UNDERRIDES["http"]})
+    config = ess_merge(merged_config(values, secret), {"http": ESS_OVERRIDES["http"]})
     with pytest.raises(AssertionError, match="listener repeated"):
         assert_nothing_repeated(config)
     with pytest.raises(AssertionError, match="client repeated"):
-        assert_nothing_repeated(ess_merge(config | {"http": ESS_UNDERRIDES["http"]}, fragment))
+        assert_nothing_repeated(ess_merge(config | {"http": ESS_OVERRIDES["http"]}, fragment))
+    # A fragment that brings its own listener on 8080 under another name: two binds, one port.
+    own = {"http": {"listeners": [{"name": "mine", "binds": [{"address": "[::]:8080"}]}]}}
+    with pytest.raises(AssertionError, match="two listeners on one port"):
+        assert_nothing_repeated(ess_merge(own, merged_config(values, secret)))
     with pytest.raises(AssertionError, match="MAS knows no"):
         check_keys({"account": {"password_registration_token_requried": True}})
 

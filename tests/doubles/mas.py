@@ -797,6 +797,22 @@ class MasDouble:
         with self._lock:
             self.site_config.update(changes)
 
+    def configure_upstream_only(
+        self, human_name: str = "Authentik", *, registration_token_required: bool = True
+    ) -> str:
+        """MAS as mas/FACTS.md observed it with an upstream provider only: MAS's own passwords
+        off (site-config then says false for every password and token flag) and exactly one
+        enabled provider; its id."""
+        self.configure_site(
+            password_registration_enabled=False,
+            password_registration_token_required=False,
+            registration_token_required=False,
+            password_login_enabled=False,
+        )
+        return self.add_upstream_provider(
+            human_name, registration_token_required=registration_token_required
+        )
+
     def add_upstream_provider(
         self,
         human_name: str | None,

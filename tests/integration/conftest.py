@@ -17,6 +17,7 @@ import pytest
 
 from tests.controlplane.cluster import ControlPlane
 from tests.deploy.rbac import OPERATOR_USER, bind_chart_rbac, chart_lease_name, chart_rbac
+from tests.doubles.authentik import AuthentikDouble, every_pk_form
 from tests.doubles.mas import MasDouble
 from tests.doubles.smtp import SmtpDouble
 from tests.integration.harness import InvitationsApi
@@ -138,6 +139,10 @@ def start_operator(
     synapse: SynapseServer | None = (
         request.getfixturevalue("synapse") if backend == "synapse" else None
     )
+    # Set up before the operator, so torn down after it: the leak scan below needs its keys.
+    authentik: AuthentikDouble | None = (
+        request.getfixturevalue("authentik") if "authentik" in request.fixturenames else None
+    )
 
     def start(*args: str, **overrides: str) -> OperatorProcess:
         process = OperatorProcess(
@@ -156,6 +161,8 @@ def start_operator(
         synapse_secrets.add(request.getfixturevalue("synapse").admin_token)
     # Every personal session MAS minted for the onboarding user (real Synapse tokens, too).
     synapse_secrets |= {s["access_token"] for s in mas_of_test.accounts.sessions()}
+    if authentik is not None:  # its API token and every enrollment link's key
+        synapse_secrets |= {authentik.api_token, *every_pk_form(authentik.link_pks())}
     assert_no_secret_leaks(started, invitations_of_test, mas_of_test, synapse_secrets)
 
 

@@ -16,6 +16,7 @@ from tests.doubles.mas import MasDouble
 from tests.doubles.smtp import SmtpDouble
 from tests.integration.harness import InvitationsApi
 from tests.operator_process import OperatorProcess
+from tests.unit.test_mail_sign_up import UPSTREAM_STEPS, upstream_steps
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +80,39 @@ def test_the_mail_and_the_warnings_follow_mas_s_site_config(
     invitations.apply("bob", email="bob@example.org")
     invitations.wait_for_phase("bob", "Sent")
     assert "RegistrationNotTokenGated" not in invitations.event_reasons("bob")
+
+
+def test_with_authentik_the_only_way_in_the_operator_mails_the_observed_steps(
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    smtp: SmtpDouble,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    """MAS as observed (mas/FACTS.md): passwords off, Authentik the only provider, its token
+    required. The operator reads site-config and upstream-oauth-providers from the double and
+    mails exactly the observed steps; a provider that stops requiring a token is reported."""
+    mas.configure_upstream_only()
+    process = start_operator()
+    wait_for_gauge(process, 0.0)
+
+    invitations.apply("ada", email="ada@example.org")
+    invitations.wait_for_phase("ada", "Sent")
+    (mail,) = smtp.wait_for_sync(1, timeout=10)
+    assert upstream_steps(mail.text or "") == UPSTREAM_STEPS["en"]
+    assert "RegistrationNotTokenGated" not in invitations.event_reasons("ada")
+
+    # A second provider without a token: MAS now shows a page of buttons, and anyone with an
+    # account there gets in.
+    mas.add_upstream_provider("GitHub", registration_token_required=False)
+    wait_for_gauge(process, 1.0)
+    invitations.apply("bob", email="bob@example.org")
+    invitations.wait_for_phase("bob", "Sent")
+    (warning,) = [
+        e
+        for e in invitations.wait_for_events("bob", "RegistrationNotTokenGated")
+        if e["reason"] == "RegistrationNotTokenGated"
+    ]
+    assert "upstream provider GitHub lets anyone" in warning["message"]
+    mails = smtp.wait_for_sync(2, timeout=10)
+    text = mails[-1].text or ""
+    assert '- "Continue with Authentik"\n   - "Continue with GitHub"' in text

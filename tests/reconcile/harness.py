@@ -64,6 +64,7 @@ class Scenario:
     change: Callable[[World], object]  # what the admin did (kubectl, Flux, MAS's admin)
     expect: Callable[[World], list[str]]  # promises beyond the invariants; [] when kept
     mails_expected: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    authentik: bool = False  # with authentik configured: an enrollment invitation per Invitation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,7 +269,7 @@ async def run(
 
 async def prepare(scenario: Scenario, backend: BackendFactory = FakeTokenBackend) -> World:
     """The settled world before the scenario's change (its requests are not the scenario's)."""
-    world = World(backend=backend)
+    world = World(backend=backend, authentik=scenario.authentik)
     await scenario.prepare(world)
     world.wire.points.clear()
     return world
@@ -301,7 +302,8 @@ def _fingerprint(world: World) -> str:
         bodies.append(body)
     secrets = {name: world.api.secret_value(name) for name in world.api.secrets}
     tokens, mails, events = world.mas.snapshot(), world.outbox.mails, world.events.events
-    return json.dumps([bodies, secrets, tokens, len(mails), len(events)], default=str)
+    invites = sorted(world.authentik.invites) if world.authentik is not None else []
+    return json.dumps([bodies, secrets, tokens, len(mails), len(events), invites], default=str)
 
 
 def snapshot(world: World) -> Snapshot:

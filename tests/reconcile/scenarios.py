@@ -11,9 +11,10 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+from .enrollment_fake import LINK
 from .harness import Interference, Scenario, operate
-from .subject import RESEND_ANNOTATION
-from .world import ROOMS, Crash, World
+from .subject import RESEND_ANNOTATION, Invitation, invitation_name
+from .world import ROOMS, Crash, World, json_copy
 
 ADA = "ada@example.org"
 ADA_ACCOUNT = "@ada:example.org"
@@ -354,6 +355,56 @@ def _revoke_by_hand(world: World) -> None:
     world.mas.revoke(_token_id(world))
 
 
+def _enrollment(world: World) -> list[str]:
+    """With authentik: a Sent Invitation has exactly one authentik invitation, bound to its
+    address, and the last mail to it carries that one's link; any other has none."""
+    assert world.authentik is not None
+    problems: list[str] = []
+    names = set()
+    for body in world.api.invitations.values():
+        if body["metadata"].get("deletionTimestamp"):
+            continue
+        invitation = Invitation.from_body(json_copy(body))
+        name = invitation_name(invitation)
+        names.add(name)
+        held = world.authentik.named(name)
+        status = body.get("status") or {}
+        if status.get("phase") != "Sent":
+            problems += [f"{invitation.name}: authentik keeps {len(held)} for a dead token"] * bool(
+                held
+            )
+            continue
+        if [i.email for i in held] != [invitation.spec.email]:
+            problems.append(f"{invitation.name}: authentik holds {held}, not one for its address")
+            continue
+        mails = [m for m in world.outbox.mails if m.invitation_uid == invitation.uid]
+        if not mails or mails[-1].enrollment_url != LINK + held[0].pk:
+            problems.append(f"{invitation.name}: the last mail does not carry the live link")
+    strays = [i.name for i in world.authentik.invites.values() if i.name not in names]
+    problems += [f"an authentik invitation outlived its Invitation: {strays}"] * bool(strays)
+    return problems
+
+
+def _with_enrollment(expect: Callable[[World], list[str]]) -> Callable[[World], list[str]]:
+    return lambda world: expect(world) + _enrollment(world)
+
+
+def _invitee_opens_the_link(world: World) -> None:
+    assert world.authentik is not None
+    (invite,) = world.authentik.invites.values()
+    world.authentik.open(invite.pk)
+
+
+def _expect_opened(world: World) -> list[str]:
+    assert world.authentik is not None
+    state = (_status(world).get("authentikInvitation") or {}).get("state")
+    return _check(
+        (state == "Opened", f"authentikInvitation.state {state}, not Opened"),
+        (not world.authentik.invites, "the opened invitation was made again"),
+        (len(world.outbox.mails) == 1, "the invitee was mailed again"),
+    )
+
+
 SCENARIOS = [
     Scenario(
         "create",
@@ -493,6 +544,57 @@ SCENARIOS = [
         lambda w: invited(w, rooms=list(ROOMS)),
         _used_by_ada,
         _expect_onboarded("Accepted"),
+    ),
+    # With authentik: one enrollment invitation per Invitation, whatever crashes.
+    Scenario(
+        "authentik: create",
+        nothing,
+        lambda w: w.api.create_invitation(NAME, {"email": ADA}),
+        _with_enrollment(_one_token_sent),
+        authentik=True,
+    ),
+    Scenario(
+        "authentik: change email",
+        invited,
+        lambda w: w.api.edit_spec(NAME, email=BOB),
+        _with_enrollment(_expect_readdressed),
+        authentik=True,
+    ),
+    Scenario(
+        "authentik: revoke",
+        invited,
+        lambda w: w.api.edit_spec(NAME, revoked=True),
+        _with_enrollment(_expect_revoked),
+        authentik=True,
+    ),
+    Scenario(
+        "authentik: un-revoke",
+        revoked,
+        lambda w: w.api.edit_spec(NAME, revoked=False),
+        _with_enrollment(_one_token_sent),
+        mails_expected={ADA: 2},  # the first link died with the revocation: a new one
+        authentik=True,
+    ),
+    Scenario(
+        "authentik: expired",
+        invited,
+        lambda w: w.clock.advance(8 * 86400),
+        _with_enrollment(_expect_phase("Expired")),
+        authentik=True,
+    ),
+    Scenario(
+        "authentik: link opened",
+        invited,
+        _invitee_opens_the_link,
+        _expect_opened,
+        authentik=True,
+    ),
+    Scenario(
+        "authentik: delete",
+        invited_among_neighbours,
+        lambda w: w.api.delete_invitation(NAME),
+        _with_enrollment(_expect_gone),
+        authentik=True,
     ),
 ]
 

@@ -15,7 +15,9 @@ from matrix_invite_operator import reconcile as reconcile_module
 from matrix_invite_operator import sync as sync_module
 from matrix_invite_operator.backends import AccountLookup, TokenBackend, TokenState
 from matrix_invite_operator.backends.mas import RegistrationToken
+from matrix_invite_operator.enrollment import invitation_name
 from matrix_invite_operator.errors import (
+    AuthentikUnavailable,
     BackendMisdirected,
     BackendRejected,
     BackendUnavailable,
@@ -32,7 +34,13 @@ from matrix_invite_operator.errors import (
 from matrix_invite_operator.homeserver import MatrixError
 from matrix_invite_operator.models import GROUP, RESEND_ANNOTATION, VERSION
 from matrix_invite_operator.onboarding import Onboarding
-from matrix_invite_operator.ports import EventSink, Invitation, InvitationMailer, KubeStore
+from matrix_invite_operator.ports import (
+    EnrollmentInvite,
+    EventSink,
+    Invitation,
+    InvitationMailer,
+    KubeStore,
+)
 from matrix_invite_operator.reconcile import finalize, reconcile
 from matrix_invite_operator.runtime import Dependencies
 from matrix_invite_operator.settings import Settings
@@ -55,10 +63,12 @@ __all__ = [
     "RESEND_ANNOTATION",
     "VERSION",
     "AccountLookup",
+    "AuthentikUnavailable",
     "BackendMisdirected",
     "BackendRejected",
     "BackendUnavailable",
     "Dependencies",
+    "EnrollmentInvite",
     "EventSink",
     "Invitation",
     "InvitationMailer",
@@ -82,6 +92,7 @@ __all__ = [
     "WatchedInvitation",
     "finalize",
     "handlers",
+    "invitation_name",
     "kopf",
     "kopf_body",
     "on_change",

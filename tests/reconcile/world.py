@@ -773,6 +773,7 @@ class Mail:
     invitation_uid: str
     token_id: str
     token_value: str
+    enrollment_url: str | None = None
 
 
 class Outbox:
@@ -784,9 +785,20 @@ class Outbox:
         self.mails: list[Mail] = []
 
     async def send_invitation(
-        self, invitation: Invitation, *, token: SecretStr, token_state: TokenState
+        self,
+        invitation: Invitation,
+        *,
+        token: SecretStr,
+        token_state: TokenState,
+        enrollment_url: SecretStr | None = None,
     ) -> None:
-        mail = Mail(invitation.spec.email, invitation.uid, token_state.id, token.get_secret_value())
+        mail = Mail(
+            invitation.spec.email,
+            invitation.uid,
+            token_state.id,
+            token.get_secret_value(),
+            enrollment_url.get_secret_value() if enrollment_url is not None else None,
+        )
         try:
             await self._wire.call("SMTP DATA", lambda: self._accept(mail))
         except LostAnswer as lost:
@@ -943,9 +955,15 @@ def settings() -> Settings:
 class World:
     """What outlives an operator process; `restart` builds the process's side afresh."""
 
-    def __init__(self, *, backend: BackendFactory = FakeTokenBackend) -> None:
+    def __init__(
+        self, *, backend: BackendFactory = FakeTokenBackend, authentik: bool = False
+    ) -> None:
         self.clock = FakeClock()
         self.ledger = Ledger()
+        # authentik's invitations (enrollment_fake.py), for the scenarios that configure it.
+        self.authentik: AuthentikStore | None = (
+            AuthentikStore(self.ledger, self.clock) if authentik else None
+        )
         self.mas = MasStore(self.clock, self.ledger)
         self.api = ApiServer(self.clock, self.ledger)
         self.window_mails: set[int] = set()  # outbox indices unrecorded when a crash struck
@@ -981,6 +999,9 @@ class World:
             events=self.events,
             clock=self.clock,
             onboarding=onboarding,
+            enrollment=FakeEnrollment(self.authentik, self.wire)
+            if self.authentik is not None
+            else None,
         )
 
     def unrecorded_mails(self) -> set[int]:
@@ -1030,8 +1051,12 @@ class World:
         values = {t.token for t in self.mas.tokens.values()}
         values |= {v for name in self.api.secrets if (v := self.api.secret_value(name))}
         values |= {m.token_value for m in self.outbox.mails}
+        if self.authentik is not None:  # an enrollment link's key is as secret as a token
+            values |= self.authentik.ever
         return {v for v in values if v}
 
+
+from .enrollment_fake import AuthentikStore, FakeEnrollment  # noqa: E402 (it imports this module)
 
 __all__ = [
     "NAMESPACE",

@@ -129,19 +129,26 @@ def test_sign_up_upstream_previews_the_identity_provider_steps(tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     out = result.stdout
     steps = [
-        '2. Choose "Continue with Authentik <SSO>".',
-        "3. Log in at Authentik <SSO>",
-        "paste the token from this invitation",
-        "5. Confirm or choose your username.",
+        "1. Open the link above. It takes you straight to the login at Authentik <SSO>;",
+        "2. Log in at Authentik <SSO>.",
+        '3. Back on the Matrix server, the page "Continue signing up with\n'
+        '   your Authentik <SSO> account"',
+        '4. On the page "Registration token", paste the token from this',
+        '5. Only if the page "Choose your display name" appears',
     ]
     positions = [out.index(step) for step in steps]
     assert positions == sorted(positions)
     assert TOKEN in out.splitlines()
-    assert "you do not choose a password for Matrix" in out
+    assert "You do not choose a password for Matrix here" in out
     assert "and a password" not in out
+    assert "6-digit" not in out
     html = (tmp_path / "invitation.html").read_text(encoding="utf-8")
-    assert "Continue with Authentik &lt;SSO&gt;" in html
+    assert "Continue signing up with your Authentik &lt;SSO&gt; account" in html
     assert "<SSO>" not in html
+    assert (
+        "(sign-up shape: mas-upstream, from the settings (MAS not configured: "
+        "MATRIX_INVITE_MAS_URL))"
+    ) in result.stderr
 
 
 def test_sign_up_comes_from_the_settings_and_the_option_overrides_them(tmp_path: Path) -> None:
@@ -161,7 +168,7 @@ def test_sign_up_comes_from_the_settings_and_the_option_overrides_them(tmp_path:
 
     for result in (upstream, password, synapse, default):
         assert result.returncode == 0, result.stderr
-    assert "Schaltfläche „Weiter mit …“ der Anmeldung Ihrer" in upstream.stdout
+    assert "direkt zur Anmeldung bei Ihrer Organisation;" in " ".join(upstream.stdout.split())
     assert "Sie wählen hier kein Passwort für Matrix" in upstream.stdout
     assert "2. Choose a username and enter your email address and a password, then" in (
         password.stdout

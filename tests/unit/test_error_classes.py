@@ -19,7 +19,13 @@ from matrix_invite_operator.errors import (
 from matrix_invite_operator.metrics import OperatorMetrics
 
 #: Never raised themselves: only grouping what a module raises.
-BASES = {OperatorError, errors.BackendError, errors.MailError, errors.KubeError}
+BASES = {
+    OperatorError,
+    errors.BackendError,
+    errors.MailError,
+    errors.KubeError,
+    errors.AuthentikError,
+}
 ARCHITECTURE = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
 
 

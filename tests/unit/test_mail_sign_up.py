@@ -204,9 +204,44 @@ FIXTURE_SHAPES: dict[str, dict[str, dict[str, object]]] = {
         "full": {"sign_up": "mas-password", "email_code": False, "captcha": True},
         "bare": {"sign_up": "mas-password", "email_code": False},
     },
+    # One provider, password registration off: MAS redirects straight to the provider. The
+    # full case has an enrollment link as its first step (an Authentik invitation).
     "upstream": {
-        "full": {"sign_up": "mas-upstream", "upstream_provider": "Authentik"},
+        "full": {
+            "sign_up": "mas-upstream",
+            "upstream_provider": "Authentik",
+            "enrollment_url": "https://id.example.org/if/flow/matrix-invitation/?itoken=0a1b2c",
+        },
         "bare": {"sign_up": "mas-upstream"},
+    },
+    # MAS's "Create an account" page: several providers (full: the mail follows the one the
+    # settings name), or a password button beside one provider (bare: without the email code).
+    "choice": {
+        "full": {
+            "sign_up": "mas-choice",
+            "upstream_provider": "Authentik",
+            "provider_buttons": ("Authentik", "GitHub"),
+        },
+        "bare": {
+            "sign_up": "mas-choice",
+            "provider_buttons": ("Authentik",),
+            "password_button": True,
+            "email_code": False,
+        },
+    },
+    # Password sign-up chosen by the settings on a page that also shows a provider's button.
+    "password-beside-providers": {
+        "full": {
+            "sign_up": "mas-password",
+            "provider_buttons": ("Authentik",),
+            "password_button": True,
+        },
+        "bare": {
+            "sign_up": "mas-password",
+            "provider_buttons": ("Authentik", "id.example.org/application/o/matrix/"),
+            "password_button": True,
+            "email_code": False,
+        },
     },
 }
 
@@ -245,7 +280,7 @@ def test_each_sign_up_shape_renders_byte_for_byte_as_pinned(
 
 def write_fixtures() -> None:
     for shape, locale, case in itertools.product(FIXTURE_SHAPES, ("en", "de"), FIXTURE_CASES):
-        mail = fixture_mail(shape, locale, case)  # type: ignore[arg-type]
+        mail = fixture_mail(shape, locale, case)
         stem = FIXTURES / f"mas-{shape}-{locale}-{case}"
         Path(f"{stem}.subject.txt").write_text(mail.subject + "\n", encoding="utf-8")
         Path(f"{stem}.txt").write_text(mail.text, encoding="utf-8")
@@ -254,77 +289,134 @@ def write_fixtures() -> None:
 
 # --- MAS through an upstream identity provider ------------------------------------------------
 
+#: The steps a real MAS 1.22 showed with Authentik as the only provider and passwords off
+#: (mas/FACTS.md, "What an invitee goes through with an upstream provider only"), in that order,
+#: with MAS's own labels (en, and MAS's German translation for de).
 UPSTREAM_STEPS: dict[str, list[str]] = {
     "en": [
-        "1. Open the link above.",
-        '2. Choose "Continue with Authentik".',
-        "3. Log in at Authentik with the account your organisation",
-        'when you are asked for a "Registration\n   token", paste the token from this invitation',
-        "The token\n   is asked for only after that login.",
-        "5. Confirm or choose your username. You may import or enter a display\n"
-        "   name, or skip it.",
-        "you do not choose a password for Matrix here",
-        "If the server asks you to confirm your email address with a 6-digit code,\n"
-        "that code is not the registration token.",
+        "1. Open the link above. It takes you straight to the login at Authentik;\n"
+        "   there is no button to choose on the way.",
+        "2. Log in at Authentik.",
+        '3. Back on the Matrix server, the page "Continue signing up with\n'
+        '   your Authentik account" shows your username (as\n'
+        '   @username:example.org): keep it or change it. Leave "Use" ticked to\n'
+        "   take your email address and display name from Authentik.\n"
+        '   Choose "Create Account".',
+        '4. On the page "Registration token", paste the token from this\n'
+        '   invitation (shown above) and choose "Continue".',
+        '5. Only if the page "Choose your display name" appears (when no name\n'
+        '   came from the login, or you unticked "Use"): enter a name, or choose\n'
+        '   "Skip".',
     ],
     "de": [
-        "1. Öffnen Sie den Link oben.",
-        "2. Wählen Sie „Weiter mit Authentik“.",
-        "3. Melden Sie sich bei Authentik mit dem Konto an",
-        "„Registrierungstoken“ gefragt werden, fügen Sie das Token aus dieser",
-        "Das Token wird erst nach dieser Anmeldung",
-        "5. Bestätigen oder wählen Sie Ihren Benutzernamen. Einen Anzeigenamen",
-        "Sie wählen hier kein Passwort für Matrix",
-        "Dieser Code ist nicht das Registrierungstoken.",
+        "1. Öffnen Sie den Link oben. Er führt Sie direkt zur Anmeldung\n"
+        "   bei Authentik; unterwegs ist nichts auszuwählen.",
+        "2. Melden Sie sich bei Authentik an.",
+        "3. Zurück auf dem Matrix-Server zeigt die Seite „Setze die Anmeldung\n"
+        "   mit Authentik Konto fort“ Ihren Benutzernamen (als\n"
+        "   @benutzername:example.org): Behalten oder ändern Sie ihn. Lassen Sie\n"
+        "   „Verwenden“ angehakt, um E-Mail-Adresse und Anzeigenamen von\n"
+        "   Authentik zu übernehmen. Wählen Sie „Konto erstellen“.",
+        "4. Fügen Sie auf der Seite „Registrierungstoken“ das Token aus dieser\n"
+        "   Einladung ein (siehe oben) und wählen Sie „Weiter“.",
+        "5. Nur falls die Seite „Wähle deinen Anzeigenamen“ erscheint (wenn bei\n"
+        "   der Anmeldung kein Name mitkam oder Sie „Verwenden“ abgewählt haben):\n"
+        "   Geben Sie einen Namen ein oder wählen Sie „Überspringen“.",
     ],
 }
 
 UPSTREAM_HTML_STEPS: dict[str, list[str]] = {
     "en": [
-        "Continue with Authentik",
+        "straight to the login at Authentik",
         "Log in at Authentik",
-        "asked for a Registration token , paste",
-        "Confirm or choose your username",
-        "you do not choose a password",
+        "Continue signing up with your Authentik account",
+        "Create Account",
+        "Registration token",
+        "Choose your display name",
     ],
     "de": [
-        "Weiter mit Authentik",
-        "Melden Sie sich bei Authentik",
-        "nach einem Registrierungstoken gefragt",
-        "Bestätigen oder wählen Sie Ihren Benutzernamen",
-        "Sie wählen hier kein Passwort",
+        "direkt zur Anmeldung bei Authentik",
+        "Melden Sie sich bei Authentik an",
+        "Setze die Anmeldung mit Authentik Konto fort",
+        "Konto erstellen",
+        "Registrierungstoken",
+        "Wähle deinen Anzeigenamen",
     ],
 }
 
 
+def upstream_steps(text: str) -> list[str]:
+    """The numbered steps of a text mail, each with its continuation lines."""
+    section = text.split("\n\n")
+    (steps,) = [part for part in section if part.startswith("1. ")]
+    return re.split(r"\n(?=\d\. )", steps)
+
+
 @pytest.mark.parametrize("locale", ["en", "de"])
-def test_upstream_steps_come_in_the_order_mas_asks(locale: Locale) -> None:
+def test_upstream_steps_are_exactly_the_observed_ones_in_order(locale: Locale) -> None:
     mail = render("mas-upstream", locale, upstream_provider="Authentik")
-    positions = [mail.text.index(step) for step in UPSTREAM_STEPS[locale]]
-    assert positions == sorted(positions)
+    assert upstream_steps(mail.text) == UPSTREAM_STEPS[locale]
     assert mail.html.count("<li") == 6  # five steps, one app to log in with afterwards
     html = visible(mail.html)
-    positions = [html.index(TOKEN)] + [html.index(step) for step in UPSTREAM_HTML_STEPS[locale]]
+    after_token = html.index(TOKEN)
+    positions = [html.index(step, after_token) for step in UPSTREAM_HTML_STEPS[locale]]
     assert positions == sorted(positions)
 
 
 @pytest.mark.parametrize("locale", ["en", "de"])
-def test_upstream_mail_shows_the_token_and_asks_for_no_password(locale: Locale) -> None:
+def test_upstream_mail_has_no_code_no_choice_and_no_password(locale: Locale) -> None:
     mail = render("mas-upstream", locale, upstream_provider="Authentik")
     assert TOKEN not in mail.subject
     for part in (mail.text, visible(mail.html)):
         assert TOKEN in part
-        assert "Authentik" in part
         assert "It opens Element" not in part
         assert "Öffnet die Registrierung von Element" not in part
         # No password to choose: neither MAS's nor Element's password step.
         assert "Choose a username and" not in part
         assert "and a password" not in part
-        assert "und ein Passwort" not in part
         assert "ein Passwort ein" not in part
-        # The 6-digit code appears once: only to say it is not the token.
-        code = "6-digit" if locale == "en" else "6-stellig"
-        assert part.count(code) == 1
+        # MAS sends no code on this path and shows no button to choose.
+        assert "6-digit" not in part
+        assert "6-stellig" not in part
+        assert "Continue with Authentik" not in part
+        assert "Weiter mit Authentik" not in part
+        assert "organisation gave you" not in part
+
+
+def render_for_ada(locale: Locale, **shape: object) -> RenderedMail:
+    """Ada's mail from Alice Admin, following Authentik's steps, in `shape`'s sign-up."""
+    return MailRenderer().render(
+        MailContext.model_validate(
+            {
+                "email": "ada@example.org",
+                "token": SecretStr(TOKEN),
+                "registration_url": ELEMENT,
+                "inviter": "Alice Admin",
+                "server_name": "example.org",
+                "locale": locale,
+                "upstream_provider": "Authentik",
+                **shape,
+            }
+        )
+    )
+
+
+@pytest.mark.parametrize("locale", ["en", "de"])
+def test_an_enrollment_link_is_the_first_step(locale: Locale) -> None:
+    link = "https://id.example.org/if/flow/matrix-invitation/?itoken=0a1b2c"
+    mail = render_for_ada(locale, sign_up="mas-upstream", enrollment_url=link)
+    # The enrollment step (enrollment.txt, i22-authentik's) comes first, then the token, then
+    # the same five steps, the login now with the account just created.
+    token_at = mail.text.index(TOKEN)
+    assert mail.text.index(link) < token_at < mail.text.index("\n1. ", token_at)
+    assert mail.text.count(link) == 1
+    steps = upstream_steps(mail.text)
+    assert len(steps) == 5
+    created = "just created" if locale == "en" else "gerade\n   angelegt haben"
+    assert created in steps[1]
+    assert "Ask Alice Admin" not in mail.text
+    assert "Bitten Sie zuerst Alice Admin" not in mail.text
+    assert mail.html.count(f'href="{link.replace("&", "&amp;")}"') == 2  # button and link
 
 
 @pytest.mark.parametrize("locale", ["en", "de"])
@@ -332,26 +424,63 @@ def test_upstream_provider_name_is_escaped_in_html(locale: Locale) -> None:
     mail = render("mas-upstream", locale, upstream_provider="Corp <SSO> & Co")
     assert "Corp <SSO> & Co" in mail.text  # plain text needs no escaping
     assert "<SSO>" not in mail.html
-    assert mail.html.count("Corp &lt;SSO&gt; &amp; Co") == 3  # button, login step, note
+    # "No account for ... yet?" (enrollment.html), the login steps, the link page's heading,
+    # "Use", and the closing note
+    assert mail.html.count("Corp &lt;SSO&gt; &amp; Co") == 6
 
 
 @pytest.mark.parametrize(
-    ("locale", "button", "fallback"),
+    ("locale", "login", "fallback"),
     [
-        ("en", '"Continue with ..." button', "in through your organisation's login."),
-        ("de", "Schaltfläche „Weiter mit …“", "über die Anmeldung Ihrer Organisation an."),
+        (
+            "en",
+            "straight to the login at your organisation;",
+            "you always log in at your organisation.",
+        ),
+        ("de", "direkt zur Anmeldung bei Ihrer Organisation;", "immer bei Ihrer Organisation an."),
     ],
 )
-def test_upstream_without_a_provider_name_describes_the_button(
-    locale: Locale, button: str, fallback: str
+def test_upstream_without_a_provider_name_describes_the_login(
+    locale: Locale, login: str, fallback: str
 ) -> None:
     mail = render("mas-upstream", locale)
     text = " ".join(mail.text.split())
-    assert button in text
+    assert login in text
     assert fallback in text
     assert "None" not in text
     assert TOKEN in mail.text
     assert mail.html.count("<li") == 6
+
+
+@pytest.mark.parametrize(
+    ("locale", "buttons", "choose"),
+    [
+        (
+            "en",
+            ['- "Continue with email address"', '- "Continue with Authentik"'],
+            'Choose "Continue with Authentik".',
+        ),
+        (
+            "de",
+            ["- „Mit E-Mail-Adresse fortfahren“", "- „Weiter mit Authentik“"],
+            "Wählen Sie „Weiter mit Authentik“.",
+        ),
+    ],
+)
+def test_mas_s_page_of_buttons_is_listed_as_mas_renders_it(
+    locale: Locale, buttons: list[str], choose: str
+) -> None:
+    mail = render_for_ada(
+        locale,
+        sign_up="mas-choice",
+        provider_buttons=("Authentik", "GitHub"),
+        password_button=True,
+    )
+    positions = [mail.text.index(line) for line in [*buttons, choose]]
+    assert positions == sorted(positions)
+    assert mail.text.count("GitHub") == 1  # a button, not a step
+    code = "6-digit" if locale == "en" else "6-stellig"
+    assert mail.text.count(code) == 1  # only in the note on the password button
 
 
 @pytest.mark.parametrize("provider", ["Auth\nentik", "x" * 101])
@@ -389,6 +518,7 @@ def test_upstream_settings_defaults_and_blank_provider() -> None:
         '{% if sign_up == "mas-upstream" %}{{ no_such_variable }}{% endif %}',
         '{% if sign_up == "mas-upstream" and not upstream_provider %}{{ no_such_variable }}'
         "{% endif %}",
+        '{% if sign_up == "mas-choice" and password_button %}{{ no_such_variable }}{% endif %}',
     ],
 )
 def test_the_startup_check_renders_the_upstream_branches(tmp_path: Path, broken: str) -> None:
@@ -396,6 +526,16 @@ def test_the_startup_check_renders_the_upstream_branches(tmp_path: Path, broken:
     (tmp_path / "de" / "body.txt").write_text("{{ token }}" + broken)
     with pytest.raises(ConfigurationError, match="no_such_variable"):
         MailRenderer(tmp_path).check()
+
+
+def test_with_authentik_the_startup_check_renders_the_enrollment_branches(tmp_path: Path) -> None:
+    (tmp_path / "en").mkdir()
+    (tmp_path / "en" / "body.txt").write_text(
+        '{{ token }}{{ enrollment_url or "" }}{% if enrollment %}{{ no_such_variable }}{% endif %}'
+    )
+    MailRenderer(tmp_path).check()  # no Authentik: no enrollment link, the branch never runs
+    with pytest.raises(ConfigurationError, match="no_such_variable"):
+        MailRenderer(tmp_path).check(enrollment=True)
 
 
 if __name__ == "__main__":

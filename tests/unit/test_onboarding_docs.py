@@ -50,8 +50,21 @@ def test_the_values_pass_the_chart_schema_and_configure_the_operator() -> None:
         onboarding_session_seconds=onboarding["sessionSeconds"],
         room_membership=onboarding["roomMembership"],
         notice_room=onboarding["noticeRoom"],
+        onboarding_rooms=",".join(onboarding["rooms"]),
     )
     assert (settings.homeserver_client_url() or "").rstrip("/") == onboarding["homeserverUrl"]
+    assert settings.onboarding_rooms == onboarding["rooms"]
+
+
+def test_the_ess_values_give_synapse_auto_join_rooms_of_existing_form() -> None:
+    values = yaml.safe_load((EXAMPLES / "ess-synapse-auto-join.yaml").read_text(encoding="utf-8"))
+    (fragment,) = values["synapse"]["additional"].values()
+    config = yaml.safe_load(fragment["config"])
+    assert set(config) == {"auto_join_rooms", "autocreate_auto_join_rooms"}
+    assert config["autocreate_auto_join_rooms"] is False
+    for room in config["auto_join_rooms"]:  # aliases of rooms that must exist already
+        InvitationSpec(email="a@example.org", rooms=[room])
+        assert room.startswith("#")
 
 
 def test_a_spec_with_a_room_twice_or_a_bad_reference_is_refused() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from matrix_invite_operator.errors import ConfigurationError
 from matrix_invite_operator.formats import rfc3339
 from matrix_invite_operator.models import (
@@ -142,3 +143,28 @@ async def test_rooms_fail_with_a_clear_sentence_when_nobody_can_act() -> None:
     assert failing is not None
     assert (failing.status, failing.reason) == ("False", "RoomJoinFailed")
     assert notices == []
+
+
+def test_the_settings_rooms_come_first_once_and_are_validated() -> None:
+    onboarding = Onboarding(
+        Settings(onboarding_rooms="#welcome:example.org, !space:example.org"),
+        UnconfiguredBackend(ConfigurationError("no MAS configured")),
+    )
+    spec = SPEC.model_copy(update={"rooms": ["#team:example.org", "#welcome:example.org"]})
+    assert onboarding.with_common_rooms(spec).rooms == [
+        "#welcome:example.org",
+        "!space:example.org",
+        "#team:example.org",
+    ]
+    assert ONBOARDING.with_common_rooms(spec) is spec  # no settings rooms: the spec as it is
+    joined = InvitationStatus(
+        times_used=1,
+        account="@ada:example.org",
+        account_search=searched(1, 1, 0),
+        rooms=[RoomStatus(room="#team:example.org", state=RoomState.JOINED)],
+    )
+    assert not ONBOARDING.due(invitation(SPEC, joined), NOW)
+    assert onboarding.due(invitation(SPEC, joined), NOW), "the settings' rooms are still to join"
+    for bad in ("welcome", "#a:example.org,#a:example.org"):
+        with pytest.raises(ValueError, match="onboarding_rooms"):
+            Settings(onboarding_rooms=bad)

@@ -103,3 +103,78 @@ def test_a_watch_without_mas_returns_at_once_instead_of_spinning() -> None:
     assert not runner.is_alive(), "run_forever spins (or waits) without MAS to read"
     assert watch.facts.sign_up == "synapse"
     assert not watch.read_once
+
+
+# --- the shape MAS's /register shows (crates/handlers/src/views/register/mod.rs, v1.22.0) ------
+
+
+def named(name: str | None, *, issuer: str | None = None) -> UpstreamProvider:
+    return UpstreamProvider.model_validate(
+        {
+            "id": "01J44RKQYM4G3TNVANTMTDYTX6",
+            "attributes": {
+                "human_name": name,
+                "issuer": issuer,
+                "registration_token_required": True,
+            },
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("password", "providers", "setting", "expected"),
+    [
+        # password registration only: /register redirects to the password form
+        (True, [], None, ("mas-password", (), False)),
+        # passwords off, one provider: straight to the provider, no page, no button
+        (False, ["Authentik"], None, ("mas-upstream", (), False)),
+        # passwords off, two providers: MAS's page with a button each
+        (False, ["Authentik", "GitHub"], None, ("mas-choice", ("Authentik", "GitHub"), False)),
+        # password and a provider: the page with the password button first
+        (True, ["Authentik"], None, ("mas-choice", ("Authentik",), True)),
+        # the settings choose the path; the page stays what MAS shows
+        (True, ["Authentik"], "password", ("mas-password", ("Authentik",), True)),
+        (False, ["Authentik"], "upstream", ("mas-upstream", (), False)),
+        (True, [], "upstream", ("mas-upstream", (), False)),
+    ],
+)
+def test_the_shape_is_what_mas_s_register_page_does(
+    password: bool, providers: list[str], setting: str | None, expected: tuple[object, ...]
+) -> None:
+    site = SITE.model_copy(update={"password_registration_enabled": password})
+    facts = facts_from(Settings(mas_sign_up=setting), site, [named(n) for n in providers])
+    assert (facts.sign_up, facts.provider_buttons, facts.password_button) == expected
+    listed = ", ".join(providers) or "none"
+    state = "on" if password else "off"
+    assert facts.source == (
+        f"MAS: password registration {state}, enabled upstream providers: {listed}"
+    )
+
+
+def test_a_button_without_a_name_shows_the_issuer_as_mas_does() -> None:
+    site = SITE.model_copy(update={"password_registration_enabled": False})
+    providers = [
+        named(None, issuer="https://id.example.org/application/o/matrix/?x=1"),
+        named(None, issuer="http://id.local/"),
+        named(None),
+    ]
+    facts = facts_from(Settings(), site, providers)
+    assert facts.provider_buttons == (
+        "id.example.org/application/o/matrix/",
+        "http://id.local/",
+        "01J44RKQYM4G3TNVANTMTDYTX6",
+    )
+
+
+def test_the_deprecated_global_key_gates_upstream_sign_ups_too() -> None:
+    site = SITE.model_copy(
+        update={
+            "password_registration_enabled": False,
+            "password_registration_token_required": False,
+            "registration_token_required": True,
+        }
+    )
+    assert facts_from(Settings(), site, [provider("Authentik", gated=False)]).unprotected is None
+    open_site = site.model_copy(update={"registration_token_required": False})
+    unprotected = facts_from(Settings(), open_site, [provider("Authentik", gated=False)])
+    assert unprotected.unprotected is not None

@@ -56,13 +56,14 @@ async def passes(sync: StatusSync, n: int) -> None:
 
 async def test_the_loop_wakes_for_a_due_invitation_not_for_a_later_one() -> None:
     backend = _NoTokens()
-    # The loop reads only these three; the pass below does no other I/O.
+    # The loop reads only these four; the pass below does no other I/O.
     deps = cast(
         Dependencies,
         SimpleNamespace(
             settings=Settings(sync_interval_seconds=3600),
             backend=backend,
             clock=lambda: dt.datetime.now(dt.UTC),
+            enrollment=None,  # no authentik: nothing more to list
         ),
     )
     registry: Registry = {}

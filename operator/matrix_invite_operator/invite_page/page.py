@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 import jinja2
 
 from ..errors import ConfigurationError
-from ..mail.render import LOCALES, Locale, MailRenderer, SignUpSteps, invite_link
+from ..locales import LOCALES, Locale, strings
+from ..mail.render import MailRenderer, SignUpSteps, invite_link
 from ..settings import Settings
 from ..sign_up import facts_from
 
@@ -42,54 +43,8 @@ STATIC_FILES: dict[str, str] = {
 
 _VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
 
-# fmt: off
-_TEXTS: dict[Locale, dict[str, str]] = {
-    "en": {
-        "title": "Your invitation to {server}",
-        "heading": "You are invited to {server}",
-        "intro": "Someone has invited you to create an account on the Matrix server {server}.",
-        "token_label": "Your registration token",
-        "token_help": "You will paste this token when the sign-up asks for a Registration token.",
-        "copy_button": "Copy token",
-        "copied": "Token copied. Paste it when the sign-up asks for it.",
-        "copy_failed": "Copying did not work: select the token and copy it yourself.",
-        "continue_button": "Continue to sign-up",
-        "continue_prefilled": "The sign-up fills in your token for you.",
-        "no_token": "This link carries no token. Open the link from your invitation email again, "
-                    "or use the registration token written in that email.",
-        "noscript": "Your browser runs no JavaScript, so this page cannot show your token. "
-                    "Your invitation email contains it as well: copy the registration token "
-                    "from that email, choose Continue to sign-up below, and paste the token "
-                    "when the sign-up asks for a Registration token.",
-        "language": "Language",
-        "footer": "Your token stays in your browser: this page never sends it anywhere.",
-    },
-    "de": {
-        "title": "Ihre Einladung zu {server}",
-        "heading": "Sie sind zu {server} eingeladen",
-        "intro": "Sie wurden eingeladen, ein Konto auf dem Matrix-Server {server} anzulegen.",
-        "token_label": "Ihr Registrierungstoken",
-        "token_help": "Sie fügen dieses Token ein, wenn die Registrierung nach einem "
-                      "Registrierungstoken fragt.",
-        "copy_button": "Token kopieren",
-        "copied": "Token kopiert. Fügen Sie es ein, wenn die Registrierung danach fragt.",
-        "copy_failed": "Kopieren hat nicht geklappt: Markieren und kopieren Sie das Token selbst.",
-        "continue_button": "Weiter zur Registrierung",
-        "continue_prefilled": "Die Registrierung übernimmt Ihr Token automatisch.",
-        "no_token": "Dieser Link enthält kein Token. Öffnen Sie den Link aus Ihrer "
-                    "Einladungs-E-Mail noch einmal, oder verwenden Sie das Registrierungstoken "
-                    "aus dieser E-Mail.",
-        "noscript": "Ihr Browser führt kein JavaScript aus, daher kann diese Seite Ihr Token "
-                    "nicht anzeigen. Es steht auch in Ihrer Einladungs-E-Mail: Kopieren Sie das "
-                    "Registrierungstoken aus dieser E-Mail, wählen Sie unten „Weiter zur "
-                    "Registrierung“ und fügen Sie das Token ein, wenn die Registrierung nach "
-                    "einem Registrierungstoken fragt.",
-        "language": "Sprache",
-        "footer": "Ihr Token bleibt in Ihrem Browser: Diese Seite schickt es nirgendwohin.",
-    },
-}
-# fmt: on
-LANGUAGE_NAMES: dict[Locale, str] = {"en": "English", "de": "Deutsch"}
+# Each locale's texts and name live beside its mail templates (<locale>/strings.json).
+LANGUAGE_NAMES: dict[Locale, str] = {locale: strings(locale).language_name for locale in LOCALES}
 
 
 def prefills_token(
@@ -170,7 +125,8 @@ def build_invite_page(settings: Settings, *, prefill: bool | None = None) -> Inv
     pages: dict[Locale, bytes] = {}
     for locale in LOCALES:
         texts = {
-            key: value.format(server=facts.server_name) for key, value in _TEXTS[locale].items()
+            key: value.format(server=facts.server_name)
+            for key, value in strings(locale).invite_page.items()
         }
         steps = renderer.sign_up_steps(
             SignUpSteps(

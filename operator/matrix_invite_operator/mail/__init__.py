@@ -8,9 +8,8 @@ raising `MailTemporaryError` or `MailRejectedError` from `matrix_invite_operator
 
 from __future__ import annotations
 
+from ..locales import LOCALES, Locale
 from .render import (
-    LOCALES,
-    Locale,
     MailContext,
     MailRenderer,
     RenderedMail,

@@ -44,7 +44,12 @@ class SmtpInvitationMailer:
         self.throttle = throttle
 
     def context_for(
-        self, invitation: Invitation, *, token: SecretStr, token_state: TokenState
+        self,
+        invitation: Invitation,
+        *,
+        token: SecretStr,
+        token_state: TokenState,
+        enrollment_url: SecretStr | None = None,
     ) -> MailContext:
         settings = self._settings
         spec = invitation.spec
@@ -66,19 +71,33 @@ class SmtpInvitationMailer:
             timezone=settings.mail_timezone,
             sign_up=facts.sign_up,
             upstream_provider=facts.upstream_provider,
+            provider_buttons=facts.provider_buttons,
+            password_button=facts.password_button,
             email_code=facts.email_code,
             captcha=facts.captcha,
             element_web_url=str(settings.element_web_url) if settings.element_web_url else None,
             invite_url=invite_link(str(settings.invite_page_url), locale, token)
             if settings.invite_page_url
             else None,
+            enrollment_url=enrollment_url,
+            account_url=str(settings.account_enrollment_url)
+            if settings.account_enrollment_url
+            else None,
+            account_contact=settings.account_contact,
         )
 
     async def send_invitation(
-        self, invitation: Invitation, *, token: SecretStr, token_state: TokenState
+        self,
+        invitation: Invitation,
+        *,
+        token: SecretStr,
+        token_state: TokenState,
+        enrollment_url: SecretStr | None = None,
     ) -> None:
         rendered = self._renderer.render(
-            self.context_for(invitation, token=token, token_state=token_state)
+            self.context_for(
+                invitation, token=token, token_state=token_state, enrollment_url=enrollment_url
+            )
         )
         message = build_message(
             rendered,

@@ -16,18 +16,36 @@ Variables available to templates:
     usage_limit       int         how many registrations the token allows
     inviter           str         who invites
     server_name       str         the Matrix server name
-    locale            "en" | "de"
-    sign_up           how the invitee signs up:
+    locale            str         the language being rendered: a folder of `templates/`
+    sign_up           how the invitee signs up (`sign_up.py` picks it the way MAS's `/register`
+                      does, from site-config and the enabled upstream providers):
                         "mas-password"  MAS's password registration (with its 6-digit email code)
-                        "mas-upstream"  MAS through an upstream identity provider (no password)
+                        "mas-upstream"  MAS's only way in is one upstream provider: `/register`
+                                        redirects straight to its login (no button to choose)
+                        "mas-choice"    MAS's "Create an account" page with a button per provider
+                                        (and one for a password): the invitee picks a provider
                         "synapse"       a Matrix client such as Element that asks Synapse
-    upstream_provider str | None  the provider's name on MAS's "Continue with ..." button, or
-                                  None when not configured (the templates then describe it)
+    upstream_provider str | None  the provider whose steps the mail describes, or None when not
+                                  known (the templates then describe it)
+    provider_buttons  tuple[str, ...]  the provider names on MAS's "Create an account" page, in
+                                  MAS's order; empty when MAS shows no such page
+    password_button   bool        that page also offers password sign-up ("Continue with email
+                                  address", or "Continue with password" without the email code)
+    enrollment        bool        an enrollment link is the mail's first step (`enrollment_url`):
+                                  the steps then log in with the account just created
     email_code        bool        MAS asks for the 6-digit code it emails (password sign-up)
     captcha           bool        MAS's sign-up form asks for a CAPTCHA
     element_web_url   str | None  where to log in with Element Web after signing up
     invite_url        str | None  the invitee's invite page link (`https://<host>/<locale>/#<token>`)
                                   when the invite page is enabled: the mail's main call to action
+    enrollment_url    str | None  the invitee's single-use authentik enrollment link (authentik
+                                  configured): the mail's first step; a secret like the token
+    account_provider  str         who holds the invitee's login account: the upstream provider's
+                                  name, else "authentik"
+    account_url       str | None  without authentik settings: where invitees get an account
+    account_contact   str | None  without either: whom invitees ask for an account
+
+`<locale>/enrollment.txt` and `.html` (included by the bodies) hold the account step.
 
 `body.html` wraps the sign-up steps in `{% block sign_up_steps %}`: the invite page renders that
 block (`MailRenderer.sign_up_steps`), so the page and the mail say the same thing from one source.
@@ -53,31 +71,21 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from ..errors import ConfigurationError
+from ..locales import LOCALES, Locale, require_locale, strings
 
-Locale = Literal["en", "de"]
-LOCALES: tuple[Locale, ...] = ("en", "de")
-SignUp = Literal["mas-password", "mas-upstream", "synapse"]
-SIGN_UPS: tuple[SignUp, ...] = ("mas-password", "mas-upstream", "synapse")
+SignUp = Literal["mas-password", "mas-upstream", "mas-choice", "synapse"]
+SIGN_UPS: tuple[SignUp, ...] = ("mas-password", "mas-upstream", "mas-choice", "synapse")
 UPSTREAM_PROVIDER_MAX_LENGTH = 100
+PROVIDER_BUTTONS_MAX = 20
 TEMPLATE_FILES: tuple[str, ...] = ("subject.txt", "body.txt", "body.html")
 
+SAMPLE_ENROLLMENT_URL = SecretStr(
+    "https://auth.example.org/if/flow/sample/?itoken=00000000-0000-4000-8000-000000000000"
+)
 _URL_PLACEHOLDERS = frozenset({"token", "email"})
 STEPS_BLOCK = "sign_up_steps"
 _INLINE_STYLE = re.compile(r'\sstyle="[^"]*"')
 
-# Written out by hand: the operator ships without Babel, and these two tables are all we need.
-# fmt: off
-_WEEKDAYS: dict[Locale, tuple[str, ...]] = {
-    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
-    "de": ("Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag", "Sonntag"),
-}
-_MONTHS: dict[Locale, tuple[str, ...]] = {
-    "en": ("January", "February", "March", "April", "May", "June",
-           "July", "August", "September", "October", "November", "December"),
-    "de": ("Januar", "Februar", "März", "April", "Mai", "Juni",
-           "Juli", "August", "September", "Oktober", "November", "Dezember"),
-}
-# fmt: on
 _UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Zulu", "Etc/Zulu", "Universal"})
 
 
@@ -98,12 +106,17 @@ class MailContext(BaseModel):
     timezone: str = "UTC"
     sign_up: SignUp = "mas-password"
     upstream_provider: str | None = Field(None, max_length=UPSTREAM_PROVIDER_MAX_LENGTH)
+    provider_buttons: tuple[str, ...] = Field((), max_length=PROVIDER_BUTTONS_MAX)
+    password_button: bool = False
     email_code: bool = True
     captcha: bool = False
     element_web_url: str | None = None
     invite_url: str | None = None
+    enrollment_url: SecretStr | None = None
+    account_url: str | None = None
+    account_contact: str | None = Field(None, max_length=200)
 
-    @field_validator("element_web_url", "invite_url")
+    @field_validator("element_web_url", "invite_url", "account_url")
     @classmethod
     def _web_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -123,6 +136,11 @@ class MailContext(BaseModel):
             raise ValueError("expires_at must carry a time zone")
         return value
 
+    @field_validator("locale")
+    @classmethod
+    def _known_locale(cls, value: str) -> str:
+        return require_locale(value)
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -141,6 +159,33 @@ class MailContext(BaseModel):
             raise ValueError("must be a single line")
         return value
 
+    @field_validator("provider_buttons")
+    @classmethod
+    def _button_labels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not name.strip() or len(name) > UPSTREAM_PROVIDER_MAX_LENGTH:
+                raise ValueError(
+                    f"each name must be 1 to {UPSTREAM_PROVIDER_MAX_LENGTH} characters"
+                )
+            if "\r" in name or "\n" in name:
+                raise ValueError("each name must be a single line")
+        return value
+
+    def steps(self) -> SignUpSteps:
+        """The parts of this mail that the sign-up steps depend on."""
+        return SignUpSteps(
+            locale=self.locale,
+            server_name=self.server_name,
+            sign_up=self.sign_up,
+            upstream_provider=self.upstream_provider,
+            email_code=self.email_code,
+            captcha=self.captcha,
+            element_web_url=self.element_web_url,
+            provider_buttons=self.provider_buttons,
+            password_button=self.password_button,
+            enrollment=self.enrollment_url is not None,
+        )
+
 
 @dataclass(frozen=True)
 class SignUpSteps:
@@ -153,6 +198,23 @@ class SignUpSteps:
     email_code: bool = True
     captcha: bool = False
     element_web_url: str | None = None
+    provider_buttons: tuple[str, ...] = ()
+    password_button: bool = False
+    enrollment: bool = False  # the mail's first step created the account (enrollment.*)
+
+    def variables(self) -> dict[str, object]:
+        """The template variables the `sign_up_steps` block uses."""
+        return {
+            "sign_up": self.sign_up,
+            "upstream_provider": self.upstream_provider,
+            "provider_buttons": self.provider_buttons,
+            "password_button": self.password_button,
+            "enrollment": self.enrollment,
+            "email_code": self.email_code,
+            "captcha": self.captcha,
+            "server_name": self.server_name,
+            "element_web_url": self.element_web_url,
+        }
 
 
 @dataclass(frozen=True)
@@ -186,18 +248,19 @@ def format_expiry(moment: dt.datetime, *, locale: Locale, timezone: str = "UTC")
     if moment.utcoffset() is None:
         raise ValueError("expiry must carry a time zone")
     local = moment.astimezone(_zone(timezone))
-    weekday = _WEEKDAYS[locale][local.weekday()]
-    month = _MONTHS[locale][local.month - 1]
-    clock = f"{local.hour:02d}:{local.minute:02d}"
+    words = strings(locale)  # the language's names and order, from its strings.json
     offset = local.utcoffset() or dt.timedelta(0)
     # The IANA name plus the offset: abbreviations such as "CST" mean different zones to
     # different readers, and the offset alone hides daylight-saving changes.
-    zone = "UTC" if timezone in _UTC_NAMES else f"{timezone}, {_offset_label(offset)}"
-    if locale == "de":
-        return f"{weekday}, {local.day}. {month} {local.year}, {clock} Uhr ({zone})"
-    if zone == "UTC":
-        return f"{weekday}, {local.day} {month} {local.year}, {clock} UTC"
-    return f"{weekday}, {local.day} {month} {local.year}, {clock} ({zone})"
+    utc = timezone in _UTC_NAMES
+    return (words.expiry_utc if utc else words.expiry).format(
+        weekday=words.weekdays[local.weekday()],
+        day=local.day,
+        month=words.months[local.month - 1],
+        year=local.year,
+        clock=f"{local.hour:02d}:{local.minute:02d}",
+        zone="UTC" if utc else f"{timezone}, {_offset_label(offset)}",
+    )
 
 
 # --- registration link --------------------------------------------------------------------
@@ -276,7 +339,9 @@ class MailRenderer:
 
     def render(self, ctx: MailContext) -> RenderedMail:
         token = ctx.token.get_secret_value()
+        enrollment = ctx.enrollment_url.get_secret_value() if ctx.enrollment_url else None
         variables = {
+            **ctx.steps().variables(),
             "display_name": ctx.display_name,
             "email": ctx.email,
             "token": token,
@@ -288,14 +353,12 @@ class MailRenderer:
             ),
             "usage_limit": ctx.usage_limit,
             "inviter": ctx.inviter,
-            "server_name": ctx.server_name,
             "locale": ctx.locale,
-            "sign_up": ctx.sign_up,
-            "upstream_provider": ctx.upstream_provider,
-            "email_code": ctx.email_code,
-            "captcha": ctx.captcha,
-            "element_web_url": ctx.element_web_url,
             "invite_url": ctx.invite_url,
+            "enrollment_url": enrollment,
+            "account_provider": ctx.upstream_provider or "authentik",
+            "account_url": ctx.account_url,
+            "account_contact": ctx.account_contact,
         }
         subject = self._render_one(f"{ctx.locale}/subject.txt", variables, token).strip()
         text = self._render_one(f"{ctx.locale}/body.txt", variables, token)
@@ -320,6 +383,16 @@ class MailRenderer:
                 f"mail templates for locale {ctx.locale} must show the registration token in both "
                 "body.txt and body.html"
             )
+        if enrollment and (enrollment in subject or enrollment not in text):
+            raise ConfigurationError(
+                f"mail templates for locale {ctx.locale} must show the authentik enrollment link "
+                "in the body (enrollment.txt), never in the subject"
+            )
+        if enrollment and str(markupsafe.escape(enrollment)) not in html:
+            raise ConfigurationError(
+                f"mail template {ctx.locale}/body.html must show the authentik enrollment link "
+                "(enrollment.html)"
+            )
         return RenderedMail(subject=subject, text=_tidy_text(text), html=html.strip() + "\n")
 
     def sign_up_steps(self, steps: SignUpSteps) -> markupsafe.Markup:
@@ -330,14 +403,7 @@ class MailRenderer:
         page styles them itself and its Content-Security-Policy forbids inline styles.
         """
         name = f"{steps.locale}/body.html"
-        variables = {
-            "sign_up": steps.sign_up,
-            "upstream_provider": steps.upstream_provider,
-            "email_code": steps.email_code,
-            "captcha": steps.captcha,
-            "server_name": steps.server_name,
-            "element_web_url": steps.element_web_url,
-        }
+        variables = steps.variables()
         try:
             template = self._env.get_template(name)
             if STEPS_BLOCK not in template.blocks:
@@ -349,45 +415,58 @@ class MailRenderer:
         # no raw '"', so this removes whole style attributes and nothing else.
         return markupsafe.Markup(_INLINE_STYLE.sub("", html).strip())  # noqa: S704
 
-    def check(self) -> None:
+    def check(self, *, enrollment: bool = False) -> None:
         """Render every locale and sign-up once with sample values: broken admin templates fail
-        at startup."""
-        sample_token = SecretStr("SampleToken12")
-        # Every branch the built-in templates have: upstream with and without a provider name,
-        # password sign-up with and without the email code, with a CAPTCHA, with Element Web.
-        shapes: tuple[tuple[SignUp, str | None, bool, bool, str | None], ...] = (
-            ("mas-password", None, True, False, "https://app.example.org"),
-            ("mas-password", None, False, True, None),
-            ("mas-upstream", "Sample Provider", True, False, None),
-            ("mas-upstream", None, True, False, "https://app.example.org"),
-            ("synapse", None, True, False, None),
+        at startup. `enrollment` (authentik configured): with an enrollment link too, which an
+        admin's body templates must then show (the built-in ones include `enrollment.*`)."""
+        # Every branch the built-in templates have: password sign-up with and without the email
+        # code, with a CAPTCHA, beside provider buttons; one provider (named or not); MAS's page
+        # of buttons with and without a password button; Synapse.
+        web = "https://app.example.org"
+        shapes: tuple[dict[str, object], ...] = (
+            {"sign_up": "mas-password", "element_web_url": web},
+            {"sign_up": "mas-password", "email_code": False, "captcha": True},
+            {"sign_up": "mas-password", "provider_buttons": ("Sample",), "password_button": True},
+            {"sign_up": "mas-upstream", "upstream_provider": "Sample Provider"},
+            {"sign_up": "mas-upstream", "element_web_url": web},
+            {
+                "sign_up": "mas-choice",
+                "upstream_provider": "Sample",
+                "provider_buttons": ("Sample", "Other"),
+            },
+            {
+                "sign_up": "mas-choice",
+                "provider_buttons": ("Sample", "Other"),
+                "password_button": True,
+            },
+            {
+                "sign_up": "mas-choice",
+                "provider_buttons": ("Sample",),
+                "password_button": True,
+                "email_code": False,
+            },
+            {"sign_up": "synapse"},
         )
         invite_urls = (None, "https://invite.example.org/en/#SampleToken12")
-        for locale, (sign_up, provider, email_code, captcha, web), invite_url in itertools.product(
-            LOCALES, shapes, invite_urls
-        ):
-            self.render(
-                MailContext(
-                    email="invitee@example.org",
-                    display_name="Sample Invitee",
-                    token=sample_token,
-                    registration_url="https://auth.example.org/register",
-                    expires_at=dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
-                    usage_limit=2,
-                    inviter="Sample Admin",
-                    server_name="example.org",
-                    locale=locale,
-                    sign_up=sign_up,
-                    upstream_provider=provider,
-                    email_code=email_code,
-                    captcha=captcha,
-                    element_web_url=web,
-                    invite_url=invite_url,
-                )
+        for locale, shape, invite_url in itertools.product(LOCALES, shapes, invite_urls):
+            context = MailContext.model_validate(
+                {
+                    "email": "invitee@example.org",
+                    "display_name": "Sample Invitee",
+                    "token": SecretStr("SampleToken12"),
+                    "registration_url": "https://auth.example.org/register",
+                    "expires_at": dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+                    "usage_limit": 2,
+                    "inviter": "Sample Admin",
+                    "server_name": "example.org",
+                    "locale": locale,
+                    "invite_url": invite_url,
+                    "enrollment_url": SAMPLE_ENROLLMENT_URL if enrollment and invite_url else None,
+                    **shape,
+                }
             )
-            self.sign_up_steps(
-                SignUpSteps(locale, "example.org", sign_up, provider, email_code, captcha, web)
-            )
+            self.render(context)
+            self.sign_up_steps(context.steps())
 
     def _render_one(self, name: str, variables: Mapping[str, object], token: str) -> str:
         try:
