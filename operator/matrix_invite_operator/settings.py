@@ -80,7 +80,8 @@ class Settings(BaseSettings):
     mas_upstream_provider_name: str | None = Field(
         None,
         max_length=100,
-        description="The provider's name on MAS's \"Continue with ...\" button, e.g. Authentik; "
+        description="The provider whose steps the mail describes, by its name in MAS (on its "
+        '"Continue with ..." button where MAS shows buttons), e.g. Authentik; '
         "unset: the name MAS gives its only enabled provider",
     )
 

@@ -139,7 +139,7 @@ def test_sign_up_upstream_previews_the_identity_provider_steps(tmp_path: Path) -
     positions = [out.index(step) for step in steps]
     assert positions == sorted(positions)
     assert TOKEN in out.splitlines()
-    assert "You do not choose a password for Matrix here" in out
+    assert "Signing up this way, you choose no password" in out
     assert "and a password" not in out
     assert "6-digit" not in out
     html = (tmp_path / "invitation.html").read_text(encoding="utf-8")
@@ -169,7 +169,7 @@ def test_sign_up_comes_from_the_settings_and_the_option_overrides_them(tmp_path:
     for result in (upstream, password, synapse, default):
         assert result.returncode == 0, result.stderr
     assert "direkt zur Anmeldung bei Ihrer Organisation;" in " ".join(upstream.stdout.split())
-    assert "Sie wählen hier kein Passwort für Matrix" in upstream.stdout
+    assert "Auf diesem Weg wählen Sie kein Passwort für" in upstream.stdout
     assert "2. Choose a username and enter your email address and a password, then" in (
         password.stdout
     )
