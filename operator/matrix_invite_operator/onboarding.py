@@ -29,7 +29,6 @@ from pydantic import SecretStr
 
 from .backends import AccountFinder, TokenState
 from .errors import OperatorError
-from .formats import parse_rfc3339, rfc3339
 from .homeserver import MatrixError
 from .models import AccountSearch, InvitationSpec, InvitationStatus, RoomState, RoomStatus
 from .ports import Invitation, Notice, Onboarded
@@ -125,8 +124,7 @@ class Onboarding:
             return True
         if status.account is not None or search.attempts >= MAX_SEARCHES:
             return False
-        at = parse_rfc3339(search.at)
-        return at is None or now >= at + self._backoff(search.attempts)
+        return now >= search.at + self._backoff(search.attempts)
 
     def rooms_due(
         self, spec: InvitationSpec, status: InvitationStatus, now: dt.datetime
@@ -141,7 +139,7 @@ class Onboarding:
             if outcome is None:
                 due.append(room)
             elif outcome.state is RoomState.FAILED:
-                at = parse_rfc3339(outcome.last_attempt_at)
+                at = outcome.last_attempt_at
                 if at is None or now >= at + self._backoff(outcome.attempts):
                     due.append(room)
         return due
@@ -186,7 +184,7 @@ class Onboarding:
         spec, generation = self.with_common_rooms(invitation.spec), invitation.generation
         status = invitation.status.model_copy(deep=True)
         if token is not None:
-            status.times_used, status.last_used_at = token.times_used, rfc3339(token.last_used_at)
+            status.times_used, status.last_used_at = token.times_used, token.last_used_at
         notices: list[Notice] = []
         before = status.account
         problem: str | None = None
@@ -223,7 +221,7 @@ class Onboarding:
         uses = status.times_used or 0
         search = status.account_search
         attempts = search.attempts + 1 if search is not None and search.uses == uses else 1
-        used_at = token.last_used_at if token is not None else parse_rfc3339(status.last_used_at)
+        used_at = token.last_used_at if token is not None else status.last_used_at
         try:
             found = await self._accounts.find_account(
                 spec.email, used_at=used_at, not_before=invitation.created
@@ -236,7 +234,7 @@ class Onboarding:
             self._failed_lookups[invitation.uid] = (failures, now + self._backoff(failures))
             return f"the lookup failed: {exc}"
         self._failed_lookups.pop(invitation.uid, None)
-        status.account_search = AccountSearch(uses=uses, attempts=attempts, at=rfc3339(now) or "")
+        status.account_search = AccountSearch(uses=uses, attempts=attempts, at=now)
         self._observe("account_lookup", "found" if found.user_id else "not_found")
         if found.user_id is not None and found.user_id != status.account:
             status.account = found.user_id
@@ -427,14 +425,14 @@ class Onboarding:
         now: dt.datetime,
     ) -> RoomStatus:
         if state is not None:
-            return RoomStatus(room=room, state=state, last_attempt_at=rfc3339(now))
+            return RoomStatus(room=room, state=state, last_attempt_at=now)
         attempts = (previous.attempts if previous is not None else 0) + 1
         return RoomStatus(
             room=room,
             state=RoomState.FAILED,
             message=(problem or "failed")[:1024],
             attempts=attempts,
-            last_attempt_at=rfc3339(now),
+            last_attempt_at=now,
         )
 
 

@@ -21,7 +21,6 @@ import datetime as dt
 from pydantic import SecretStr
 
 from .backends import TokenState
-from .formats import parse_rfc3339
 from .models import AuthentikInvitationStatus, Phase
 from .ports import Invitation
 from .settings import Settings
@@ -59,7 +58,7 @@ def missing_token_state(
         usage_limit=spec.usage_limit,
         times_used=used,
         expires_at=expiry,
-        last_used_at=parse_rfc3339(status.last_used_at),
+        last_used_at=status.last_used_at,
         revoked_at=now if spec.revoked else None,
     )
 
@@ -184,4 +183,4 @@ def expiry_due(invitation: Invitation, now: dt.datetime) -> bool:
     """It reached its expiry, but status does not show it expired yet."""
     status = invitation.status
     expires = status.expires_at
-    return expires is not None and not status.expired and parse_rfc3339(expires) <= now
+    return expires is not None and not status.expired and expires <= now

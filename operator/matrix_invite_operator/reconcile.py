@@ -225,7 +225,7 @@ async def onboard(
     current = writer.status
     if token is not None:  # the use count as the backend says now, not as status last showed
         current = current.model_copy(
-            update={"times_used": token.times_used, "last_used_at": rfc3339(token.last_used_at)}
+            update={"times_used": token.times_used, "last_used_at": token.last_used_at}
         )
     about_to_be_written = dataclasses.replace(invitation, status=current)
     if deps.onboarding is None or not deps.onboarding.due(about_to_be_written, now):
@@ -274,7 +274,7 @@ async def _finish(
         reconciling=reconciling,
     )
     if token_state is not None:
-        status.last_synced_at = rfc3339(now)
+        status.last_synced_at = now
     # Set only here, cleared by every other ending: the sync pass owns the Invitation meanwhile.
     status.waiting_for_backend_clock = True if waiting_for_clock else None
     try:
@@ -468,7 +468,7 @@ async def _mail_if_due(
     if enrolled is not None and enrolled.status is not None and link is not None:
         writer.stage(authentik_invitation=enrollment.mailed(enrolled.status))
     writer.stage(
-        mail_sent_at=rfc3339(deps.clock()),
+        mail_sent_at=deps.clock(),
         mail_recipient=invitation.spec.email,
         mailed_token_id=state.id,
         mails_sent=(status.mails_sent or 0) + 1,

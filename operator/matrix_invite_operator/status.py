@@ -133,10 +133,10 @@ def compute_status(
         status.times_used = token.times_used
         status.pending_uses = token.pending
         status.usage_limit = token.usage_limit
-        status.expires_at = rfc3339(token.expires_at)
+        status.expires_at = token.expires_at
         status.expired = token.expired(now)
         status.revoked = token.revoked
-        status.last_used_at = rfc3339(token.last_used_at)
+        status.last_used_at = token.last_used_at
 
     if stalled is not None:
         phase, ready_reason, ready_message = Phase.FAILED, stalled.reason, stalled.message
@@ -269,7 +269,7 @@ async def announce_phase_change(
         )
     elif status.phase is Phase.EXPIRED:
         await events.normal(
-            invitation, "InvitationExpired", f"The token expired at {status.expires_at}"
+            invitation, "InvitationExpired", f"The token expired at {rfc3339(status.expires_at)}"
         )
     elif status.phase is Phase.REVOKED and not invitation.spec.revoked:
         await events.warning(

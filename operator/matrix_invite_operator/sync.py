@@ -27,7 +27,7 @@ from typing import Any
 from .backends import TokenState
 from .enrollment import NAME_PREFIX
 from .errors import InvalidSpecError, KubeConflict, KubeNotFound, OperatorError
-from .formats import parse_rfc3339, rfc3339
+from .formats import parse_rfc3339
 from .models import RESEND_ANNOTATION, InvitationStatus, Phase
 from .ownership import (
     clock_disagrees,
@@ -137,17 +137,13 @@ class WatchedInvitation:
 Registry = dict[tuple[str, str], WatchedInvitation]
 
 
-def _settled(status: InvitationStatus) -> InvitationStatus:
-    """Status without the fields that change on every computation, for comparison."""
-    return status.model_copy(
-        update={
-            "last_synced_at": None,
-            "conditions": [
-                c.model_copy(update={"last_transition_time": dt.datetime.min})
-                for c in status.conditions
-            ],
-        }
-    )
+def _settled(status: InvitationStatus) -> dict[str, Any]:
+    """What a reader sees of status, as written (JSON), without the fields that change on
+    every computation: equal means nothing worth a write."""
+    shown = status.model_dump(mode="json", exclude={"last_synced_at"})
+    for condition in shown["conditions"]:
+        del condition["last_transition_time"]
+    return shown
 
 
 async def sync_invitations(
@@ -205,7 +201,7 @@ async def sync_invitations(
                 dataclasses.replace(invitation, status=updated), now
             )
             synced = status.last_synced_at
-            stale = synced is None or parse_rfc3339(synced) < now - LAST_SYNCED_REFRESH
+            stale = synced is None or synced < now - LAST_SYNCED_REFRESH
             if _settled(updated) == _settled(status) and not stale and not onboarding_due:
                 continue
             if await _write_from_fresh_read(deps, invitation, token, now):
@@ -256,10 +252,10 @@ async def _write_from_fresh_read(
             onboarded = await deps.onboarding.apply(about_to_be_written, token, now)
             updated, notices = onboarded.applied_to(updated), onboarded.notices
         synced = status.last_synced_at
-        stale = synced is None or parse_rfc3339(synced) < now - LAST_SYNCED_REFRESH
+        stale = synced is None or synced < now - LAST_SYNCED_REFRESH
         if _settled(updated) == _settled(status) and not stale:
             return False  # nothing a reader could see: a failed lookup, say, backing off
-        updated.last_synced_at = rfc3339(now)
+        updated.last_synced_at = now
         try:
             await StatusWriter(deps.kube, current, retry_conflicts=False).write(updated)
         except KubeConflict:
