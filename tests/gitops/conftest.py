@@ -9,6 +9,9 @@ guide's ``.sops.yaml`` and the operator's SOPS-encrypted Secrets committed, the 
 GitRepository and both Kustomizations applied (see :mod:`tests.gitops.repository` for the few
 test overrides), and the operator's Kustomization Ready. The operator, MAS double and mail sink
 are the integration suite's fixtures, so the same secret-leak check runs after every test.
+
+A failed setup, test or teardown carries the controllers' and the Git server's logs and the Flux
+objects' status in its report (:mod:`tests.gitops.failure_report`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ import pytest
 
 from tests.controlplane.cluster import ControlPlane
 from tests.controlplane.flux_build import FluxTools, ensure_flux
-from tests.gitops.flux import FluxControllers
+from tests.gitops.failure_report import (  # noqa: F401 - the hook, registered by import
+    pytest_runtest_makereport,
+    watch,
+)
+from tests.gitops.flux import FluxApi, FluxControllers
 from tests.gitops.git_server import GitServer
 from tests.gitops.loop import GitOps, close_loop, open_loop
 from tests.gitops.repository import AgeKey
@@ -63,8 +70,13 @@ def gitops(
     age_key: AgeKey,
     namespace: str,
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[GitOps]:
+    watched = watch(request.node)
+    watched.flux, watched.api = flux, FluxApi(control_plane, namespace)
+    flux.check_running()
     with GitServer(tmp_path / "git") as git:
+        watched.git = git
         loop = open_loop(
             control_plane,
             namespace,

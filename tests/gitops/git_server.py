@@ -14,6 +14,8 @@ import os
 import shutil
 import subprocess
 import threading
+import time
+from collections import deque
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,6 +26,8 @@ BRANCH = "main"
 REPOSITORY = "repo.git"
 CGI_TIMEOUT_SECONDS = 60
 GIT_TIMEOUT_SECONDS = 30
+# Requests remembered for a failure report: a setup fetches a handful, a long test a few hundred.
+LOG_LINES = 400
 COMMITTER = {
     "GIT_AUTHOR_NAME": "GitOps Test",
     "GIT_AUTHOR_EMAIL": "gitops@example.org",
@@ -60,8 +64,8 @@ class _SmartHttpHandler(BaseHTTPRequestHandler):
         self._cgi()
 
     def log_message(self, format: str, *args: object) -> None:
-        # One line per fetch in the test output would drown the failures.
-        pass
+        # Into the bounded log, not stderr: one line per fetch would drown the test output.
+        self.server.log.append(f"{time.strftime('%H:%M:%S')} {format % args}")
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -99,6 +103,7 @@ class _SmartHttpHandler(BaseHTTPRequestHandler):
         ):
             if header in self.headers:
                 env[variable] = self.headers[header]
+        started = time.monotonic()
         try:
             result = subprocess.run(
                 ["git", "http-backend"],
@@ -111,6 +116,14 @@ class _SmartHttpHandler(BaseHTTPRequestHandler):
         except subprocess.TimeoutExpired:
             self.send_error(504, "git http-backend timed out")
             return
+        if result.returncode != 0 or result.stderr:
+            self.log_message(
+                "git http-backend %s exited %d after %.1fs: %s",
+                path,
+                result.returncode,
+                time.monotonic() - started,
+                result.stderr.decode("utf-8", "replace").strip()[-500:],
+            )
         head, separator, payload = result.stdout.partition(b"\r\n\r\n")
         if not separator:
             head, separator, payload = result.stdout.partition(b"\n\n")
@@ -135,8 +148,9 @@ class _SmartHttpHandler(BaseHTTPRequestHandler):
 class _GitHttpServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, log: deque[str]) -> None:
         self.root = root
+        self.log = log
         super().__init__((HOST, 0), _SmartHttpHandler)
 
 
@@ -152,6 +166,8 @@ class GitServer:
         self.clone = workdir / "clone"
         self._server: _GitHttpServer | None = None
         self._thread: threading.Thread | None = None
+        # Outlives the server: a failure report is written after the fixture stopped it.
+        self._log: deque[str] = deque(maxlen=LOG_LINES)
 
     @property
     def url(self) -> str:
@@ -172,7 +188,8 @@ class GitServer:
         self.clone.mkdir()
         _git("init", "--quiet", f"--initial-branch={BRANCH}", cwd=self.clone)
         _git("remote", "add", "origin", str(self.bare), cwd=self.clone)
-        self._server = _GitHttpServer(self.bare.parent)
+        self._server = _GitHttpServer(self.bare.parent, self._log)
+        self._log.append(f"{time.strftime('%H:%M:%S')} serving {self.url}")
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="git-http", daemon=True
         )
@@ -187,6 +204,10 @@ class GitServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The last requests served (one line each) and git's complaints, oldest first."""
+        return "\n".join(list(self._log)[-lines:]) or "(no request yet)"
 
     def __enter__(self) -> GitServer:
         return self.start()
