@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
@@ -94,4 +94,17 @@ class TokenBackend(Protocol):
 
     async def aclose(self) -> None:
         """Release what the backend holds (it does not own the shared HTTP client)."""
+        ...
+
+
+@runtime_checkable
+class ListsNewest(Protocol):
+    """A backend that can list its newest tokens in one request (MAS pages from the end).
+
+    The sync loop's acceptance pass asks for these often; a backend without it (Synapse lists
+    every token in one answer, so "the newest" costs as much as all) is left to the full pass.
+    """
+
+    async def list_newest(self, count: int) -> list[TokenState]:
+        """The `count` most recently created tokens (fewer if there are not as many)."""
         ...

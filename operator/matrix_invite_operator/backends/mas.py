@@ -376,6 +376,15 @@ class MasAdminClient:
             for token in page.data or []:
                 yield token
 
+    async def newest_tokens(self, count: int) -> list[RegistrationToken]:
+        """The `count` most recently created tokens, in one request (`page[last]`: MAS orders
+        by id, which is the creation time)."""
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        params = {"count": "false", "page[last]": str(count)}
+        call = _Call("GET", Endpoint.TOKENS, Endpoint.TOKENS, params=params)
+        return (await self._send(call, RegistrationTokenPage)).data or []
+
     async def _pages(
         self,
         endpoint: Endpoint,
@@ -739,6 +748,9 @@ class MasTokenBackend:
     async def list_all(self) -> AsyncIterator[TokenState]:
         async for token in self._client.list_tokens(page_size=self._page_size):
             yield token.to_state()
+
+    async def list_newest(self, count: int) -> list[TokenState]:
+        return [token.to_state() for token in await self._client.newest_tokens(count)]
 
     async def update(
         self, token_id: str, *, usage_limit: int | None, expires_at: dt.datetime | None
