@@ -8,13 +8,38 @@ The Kopf layer maps exactly these onto `kopf.TemporaryError` and `kopf.Permanent
 base classes below (`BackendError`, `MailError`, `KubeError`) are never raised themselves.
 Messages are written for an admin reading `kubectl describe` and must never contain a token
 value or a credential.
+
+Each class carries its `reason`: the CamelCase word status shows (the `Ready`, `Reconciling` or
+`Stalled` condition's reason), Events name, and the metrics label failures with. Where the token
+backend matters, `{backend}` in it stands for the backend's name (`MasUnavailable`,
+`SynapseUnavailable`); `reason_of` fills it in. There is no other vocabulary of causes.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+#: The reason of an exception that is not ours: a bug (please report it).
+UNEXPECTED = "UnexpectedError"
+
+
+def backend_word(backend: str) -> str:
+    """A backend's name as the first word of a reason: "MAS" → "Mas", "Synapse" → "Synapse"."""
+    return backend.capitalize()
+
+
+def reason_of(error: BaseException, backend: str = "MAS") -> str:
+    """The condition reason (and metrics label) for `error`, raised while talking to `backend`."""
+    if isinstance(error, OperatorError):
+        return type(error).reason.format(backend=backend_word(backend))
+    return UNEXPECTED
+
 
 class OperatorError(Exception):
     """Base of all errors the operator raises on purpose."""
+
+    #: The condition reason; every class that is raised names its own (a test checks).
+    reason: ClassVar[str] = "OperatorError"
 
 
 class TransientError(OperatorError):
@@ -39,11 +64,14 @@ class PermanentError(OperatorError):
 class ConfigurationError(PermanentError):
     """The operator's own settings are missing or contradictory."""
 
+    reason = "OperatorMisconfigured"
     needs_spec_change = False
 
 
 class InvalidSpecError(PermanentError):
     """The Invitation passed the CRD schema but can never work (e.g. an expiry in the past)."""
+
+    reason = "InvalidSpec"
 
 
 # --- token backends -------------------------------------------------------------------------
@@ -52,25 +80,33 @@ class InvalidSpecError(PermanentError):
 class BackendError(OperatorError):
     """Something went wrong talking to the token backend (MAS, later Synapse)."""
 
+    reason = "{backend}Error"
+
 
 class BackendUnavailable(BackendError, TransientError):
     """The backend did not answer, answered 5xx, or timed out."""
+
+    reason = "{backend}Unavailable"
 
 
 class BackendAuthError(BackendError, PermanentError):
     """The backend refused our credentials (401 after renewal, 403 invalid_scope, bad client)."""
 
+    reason = "{backend}AuthFailed"
     needs_spec_change = False
 
 
 class BackendTlsError(BackendError, PermanentError):
     """The backend's TLS certificate is not trusted: a CA bundle is missing or wrong."""
 
+    reason = "{backend}CertificateUntrusted"
     needs_spec_change = False
 
 
 class BackendRejected(BackendError, PermanentError):
     """The backend refused the request itself (400, 422, an unparseable answer to a valid call)."""
+
+    reason = "{backend}Rejected"
 
 
 class BackendMisdirected(BackendError, PermanentError):
@@ -78,6 +114,7 @@ class BackendMisdirected(BackendError, PermanentError):
     (wrong URL or port, or a listener without the admin resource) or a page that is not JSON
     (HTML from a web server or proxy). Fixing the URL or the listener heals it."""
 
+    reason = "{backend}ApiNotFound"
     needs_spec_change = False
 
 
@@ -85,10 +122,14 @@ class BackendClockAhead(BackendError, TransientError):
     """The backend calls a token invalid that by our clock is neither expired, revoked nor used
     up: its clock runs ahead of ours. Heals when the clocks agree."""
 
+    reason = "{backend}ClockAhead"
+
 
 class TokenNotFound(BackendError, TransientError):
     """The token id is unknown to the backend (404). Callers decide whether that is drift; when
     it escapes, the token vanished between two calls, and the next attempt reads afresh."""
+
+    reason = "TokenNotFound"
 
     def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
         super().__init__(message, retry_after=retry_after)
@@ -97,6 +138,8 @@ class TokenNotFound(BackendError, TransientError):
 class TokenConflict(BackendError, TransientError):
     """A token with this value already exists (409). Callers look it up instead; when it escapes,
     the next attempt finds it."""
+
+    reason = "TokenConflict"
 
     def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
         super().__init__(message, retry_after=retry_after)
@@ -108,24 +151,33 @@ class TokenConflict(BackendError, TransientError):
 class MailError(OperatorError):
     """Sending the invitation mail failed."""
 
+    reason = "MailFailed"
+
 
 class MailTemporaryError(MailError, TransientError):
     """Connection refused, TLS hiccup, or an SMTP 4xx reply: try again later."""
+
+    reason = "MailDeferred"
 
 
 class MailRejectedError(MailError, PermanentError):
     """An SMTP 5xx reply (e.g. unknown recipient) or refused login: needs a human."""
 
+    reason = "MailRejected"
+
 
 class MailSetupError(MailRejectedError):
     """The relay refused our login or TLS: the operator's mail settings need fixing."""
 
+    reason = "MailSetupRefused"
     needs_spec_change = False
 
 
 class MailThrottled(MailError, TransientError):
     """The operator's own send-rate limit has no free slot yet; `retry_after` says when to come
     back (spread over the waiting Invitations, so they do not all return at once)."""
+
+    reason = "WaitingForMailSlot"
 
 
 # --- Kubernetes API -------------------------------------------------------------------------
@@ -134,20 +186,27 @@ class MailThrottled(MailError, TransientError):
 class KubeError(OperatorError):
     """The Kubernetes API refused or failed a request."""
 
+    reason = "KubernetesError"
+
 
 class KubeUnavailable(KubeError, TransientError):
     """The API server did not answer, answered 5xx, or throttled us."""
+
+    reason = "KubernetesUnavailable"
 
 
 class KubeForbidden(KubeError, PermanentError):
     """RBAC does not allow what the operator tried: the install lacks a rule."""
 
+    reason = "Forbidden"
     needs_spec_change = False
 
 
 class KubeNotFound(KubeError, TransientError):
     """The object is gone (for example deleted while we worked on it): the next attempt starts
     from what exists then."""
+
+    reason = "KubernetesObjectGone"
 
     def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
         super().__init__(message, retry_after=retry_after)
@@ -157,6 +216,8 @@ class KubeConflict(KubeError, TransientError):
     """Someone else changed the object between our read and our write (409; also a write
     conditioned on a resourceVersion that met a newer object): read again and try again."""
 
+    reason = "KubernetesConflict"
+
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         super().__init__(message, retry_after=retry_after)
 
@@ -165,6 +226,7 @@ class KubeRejected(KubeError, PermanentError):
     """The API server refused the request itself (400, 401, 422, an admission policy...): the
     cluster's setup must change, and the operator retries slowly until it has."""
 
+    reason = "KubernetesRejected"
     needs_spec_change = False
 
 
@@ -174,4 +236,5 @@ class SecretConflict(PermanentError):
     Healed by removing that Secret, not by editing the Invitation: often it is the Secret of a
     deleted Invitation of the same name that the garbage collector has not removed yet."""
 
+    reason = "SecretConflict"
     needs_spec_change = False

@@ -265,8 +265,9 @@ def _retry_delay(config: Settings, retry: int, error: TransientError) -> float:
 
 def _count_error(memo: kopf.Memo, error: BaseException) -> None:
     metrics: OperatorMetrics | None = memo.get("metrics")
-    if metrics is not None and not isinstance(error, MailThrottled):  # waiting is no error
-        metrics.record_reconcile_error(error)
+    deps: Dependencies | None = memo.get("deps")
+    if metrics is not None and deps is not None and not isinstance(error, MailThrottled):
+        metrics.record_reconcile_error(error, deps.backend.name)  # waiting is no error
 
 
 async def _run(body: kopf.Body, memo: kopf.Memo, retry: int) -> None:

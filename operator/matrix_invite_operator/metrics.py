@@ -19,11 +19,14 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .errors import (
+    UNEXPECTED,
     MailRejectedError,
+    MailSetupError,
     MailTemporaryError,
     MailThrottled,
     PermanentError,
     TransientError,
+    reason_of,
 )
 from .models import Phase
 
@@ -41,6 +44,14 @@ PREFIX = "matrix_invite"
 MAS_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 Registry = Mapping[tuple[str, str], "WatchedInvitation"]
+
+#: Why a mail failed, in the words status uses (`errors.reason_of`); waiting for a slot is none.
+MAIL_FAILURE_REASONS = (
+    MailTemporaryError.reason,
+    MailRejectedError.reason,
+    MailSetupError.reason,
+    UNEXPECTED,
+)
 
 ONBOARDING_OUTCOMES = {
     "account_lookup": ("found", "not_found", "failed"),
@@ -132,16 +143,17 @@ class OperatorMetrics:
         )
         self.mails_failed = Counter(
             f"{PREFIX}_mails_failed",
-            "Invitation mails that could not be sent, by reason "
-            "(temporary: retried later; rejected: needs a human; error: anything else)",
+            "Invitation mails that could not be sent, by the reason status shows "
+            f"({', '.join(MAIL_FAILURE_REASONS)})",
             ["reason"],
             registry=self.registry,
         )
-        for reason in ("temporary", "rejected", "error"):  # present at 0 from the start
+        for reason in MAIL_FAILURE_REASONS:  # present at 0 from the start
             self.mails_failed.labels(reason=reason)
         self.reconcile_errors = Counter(
             f"{PREFIX}_reconcile_errors",
-            "Failed reconcile or revoke attempts, by error class and whether retrying can help",
+            "Failed reconcile or revoke attempts, by the reason status shows and whether "
+            "retrying can help",
             ["reason", "kind"],
             registry=self.registry,
         )
@@ -180,7 +192,8 @@ class OperatorMetrics:
         """`onboarding.Onboarding(observe=...)`: one lookup, join, invite or session."""
         self.onboarding.labels(action=action, outcome=outcome).inc()
 
-    def record_reconcile_error(self, error: BaseException) -> None:
+    def record_reconcile_error(self, error: BaseException, backend: str) -> None:
+        """One failed attempt, labelled with the reason status shows for it (`errors.reason_of`)."""
         kind = (
             "permanent"
             if isinstance(error, PermanentError)
@@ -188,7 +201,7 @@ class OperatorMetrics:
             if isinstance(error, TransientError)
             else "unexpected"
         )
-        self.reconcile_errors.labels(reason=type(error).__name__, kind=kind).inc()
+        self.reconcile_errors.labels(reason=reason_of(error, backend), kind=kind).inc()
 
     def counting_mailer(self, mailer: InvitationMailer) -> InvitationMailer:
         return _CountingMailer(mailer, self)
@@ -216,13 +229,7 @@ class _CountingMailer:
             await self._inner.send_invitation(invitation, token=token, token_state=token_state)
         except MailThrottled:
             raise
-        except MailTemporaryError:
-            self._metrics.mails_failed.labels(reason="temporary").inc()
-            raise
-        except MailRejectedError:
-            self._metrics.mails_failed.labels(reason="rejected").inc()
-            raise
-        except Exception:
-            self._metrics.mails_failed.labels(reason="error").inc()
+        except Exception as exc:
+            self._metrics.mails_failed.labels(reason=reason_of(exc)).inc()
             raise
         self._metrics.mails_sent.inc()

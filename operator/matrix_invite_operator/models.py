@@ -148,6 +148,9 @@ class InvitationStatus(_CamelModel):
     account_search: AccountSearch | None = None
     rooms: list[RoomStatus] | None = Field(None, max_length=MAX_ROOMS)
     notice_posted: bool | None = None
+    # The backend called the token invalid though our clock says it is not: the mail waits,
+    # and the sync pass (not a handler's retry) hands it back to reconcile once they agree.
+    waiting_for_backend_clock: bool | None = None
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

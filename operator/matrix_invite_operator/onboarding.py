@@ -31,7 +31,7 @@ from .backends import TokenBackend, TokenState
 from .backends.mas import MasAdminClient
 from .errors import BackendRejected, OperatorError
 from .formats import parse_rfc3339, rfc3339
-from .homeserver import HomeserverClient, MatrixError
+from .homeserver import MatrixError
 from .models import AccountSearch, InvitationSpec, InvitationStatus, RoomState, RoomStatus
 from .ports import Notice
 from .settings import SecretSource, Settings, current_secret
@@ -51,6 +51,17 @@ SESSION_NAME = "matrix-invite-operator onboarding"
 
 Observer = Callable[[str, str], None]
 """Called with (what, outcome): ("account_lookup", "found"), ("join", "failed"), ..."""
+
+
+class Homeserver(Protocol):
+    """What onboarding asks of the homeserver (`homeserver.HomeserverClient`); each call raises
+    `MatrixError` when the homeserver refuses."""
+
+    async def admin_join(self, room: str, user_id: str, token: SecretStr) -> str: ...
+
+    async def invite(self, room: str, user_id: str, token: SecretStr) -> str: ...
+
+    async def send_notice(self, room: str, text: str, token: SecretStr) -> None: ...
 
 
 class ActingSessions(Protocol):
@@ -145,7 +156,7 @@ class Onboarding:
         settings: Settings,
         backend: TokenBackend,
         *,
-        homeserver: HomeserverClient | None = None,
+        homeserver: Homeserver | None = None,
         sessions: ActingSessions | None = None,
         observe: Observer | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -436,7 +447,7 @@ class Onboarding:
 
     async def _place(
         self,
-        homeserver: HomeserverClient,
+        homeserver: Homeserver,
         actor: str,
         room: str,
         account: str,

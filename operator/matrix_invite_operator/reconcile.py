@@ -8,9 +8,11 @@ once at startup). Every step is safe to repeat after a crash at any point:
 2. Token: issue it in the backend with that value (a conflict means "find it", never a second
    token), record its id in status at once.
 3. Converge: usage limit, expiry and revocation as the spec says; drift is corrected with an Event.
-4. Mail: only if this token has not been mailed to this address; record it right after the relay
-   accepts. The one duplicate-mail window is between that accept and the status write.
-5. Status: computed by `status.compute_status` and written with `observedGeneration` in one patch.
+4. Mail: only if this token has not been mailed to this address; record it, with the whole
+   status, in the request right after the relay accepts. The one duplicate-mail window is
+   between that accept and that status write.
+5. Onboarding, when due (`onboarding.py`): after the mail record, never before it.
+6. Status: computed by `status.compute_status` and written with `observedGeneration` in one patch.
 """
 
 from __future__ import annotations
@@ -43,9 +45,6 @@ logger = logging.getLogger(__name__)
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 TOKEN_LENGTH = 24
-
-#: The end of the Ready reason while the backend's clock runs ahead ("MasClockAhead").
-CLOCK_AHEAD = "ClockAhead"
 
 
 def generate_token() -> SecretStr:
@@ -181,27 +180,33 @@ async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> Invi
         token_state = await _converge(deps, invitation, writer, token_state, expiry)
         _check_clocks(invitation, token_state, deps.clock(), deps.backend.name)
         mailed = await _mail_if_due(deps, invitation, writer, token, token_state)
+        if mailed is not None:
+            # The mail record goes out with the very next request: onboarding below (sessions,
+            # joins with retries, a notice) may crash or fail, and a lost record mails again.
+            await _finish(deps, invitation, writer, token_state)
+            await deps.events.normal(invitation, "MailSent", mailed)
         notices = await onboard(deps, invitation, writer, token_state)
     except BackendClockAhead as exc:
         # Not handed to Kopf for a retry: the sync pass sees when the backend agrees and mails
         # then (`awaits_mail`), so no retry races it for the one mail.
+        problem = Problem.of(exc, deps.backend.name)
         return await _finish(
-            deps, invitation, writer, token_state, reconciling=_problem(exc, deps.backend.name)
+            deps, invitation, writer, token_state, reconciling=problem, waiting_for_clock=True
         )
     except PermanentError as exc:
-        problem = _problem(exc, deps.backend.name)
+        problem = Problem.of(exc, deps.backend.name)
         await _finish(deps, invitation, writer, token_state, stalled=problem)
         raise
     except OperatorError as exc:
         # Transient, and (should a new error ever lack a class) the unclassified as well:
         # waiting is the safe default, and the reason still reaches status.
-        problem = _problem(exc, deps.backend.name)
+        problem = Problem.of(exc, deps.backend.name)
         await _finish(deps, invitation, writer, token_state, reconciling=problem)
         raise
+    if notices is None and mailed is not None:
+        return writer.status  # written with the mail record; onboarding had nothing to do
     status = await _finish(deps, invitation, writer, token_state)
-    if mailed is not None:
-        await deps.events.normal(invitation, "MailSent", mailed)
-    await post_notices(deps.events, invitation, notices)
+    await post_notices(deps.events, invitation, notices or [])
     return status
 
 
@@ -211,8 +216,9 @@ ONBOARDING_FIELDS = ("account", "account_search", "rooms", "notice_posted", "con
 
 async def onboard(
     deps: Collaborators, invitation: Invitation, writer: StatusWriter, token: TokenState | None
-) -> list[Notice]:
-    """Stage what onboarding found and did, if anything is due; the Events to post after."""
+) -> list[Notice] | None:
+    """Stage what onboarding found and did, if anything is due; the Events to post after it
+    (None: nothing was due)."""
     now = deps.clock()
     current = writer.status
     if token is not None:  # the use count as the backend says now, not as status last showed
@@ -220,7 +226,7 @@ async def onboard(
             update={"times_used": token.times_used, "last_used_at": rfc3339(token.last_used_at)}
         )
     if deps.onboarding is None or not deps.onboarding.due(invitation.spec, current, now):
-        return []
+        return None
     updated, notices = await deps.onboarding.apply(
         invitation.name,
         invitation.spec,
@@ -257,8 +263,7 @@ def clock_disagrees(invitation: Invitation, state: TokenState, now: dt.datetime)
 
 def awaits_clock_agreement(status: InvitationStatus) -> bool:
     """The last reconcile stopped because the backend's clock ran ahead: the sync pass owns it."""
-    ready = status.condition("Ready")
-    return ready is not None and ready.status == "False" and ready.reason.endswith(CLOCK_AHEAD)
+    return bool(status.waiting_for_backend_clock)
 
 
 def awaits_mail(invitation: Invitation, state: TokenState) -> bool:
@@ -292,32 +297,6 @@ def _check_clocks(
     )
 
 
-def _problem(exc: Exception, backend: str = "MAS") -> Problem:
-    prefix = backend.capitalize()  # "MAS" → MasUnavailable as ever; "Synapse" → SynapseUnavailable
-    reason = {
-        "BackendUnavailable": f"{prefix}Unavailable",
-        "BackendAuthError": f"{prefix}AuthFailed",
-        "BackendRejected": f"{prefix}Rejected",
-        "BackendMisdirected": f"{prefix}ApiNotFound",
-        "BackendClockAhead": f"{prefix}{CLOCK_AHEAD}",
-        "TokenNotFound": "TokenNotFound",
-        "TokenConflict": "TokenConflict",
-        "MailTemporaryError": "MailDeferred",
-        "MailRejectedError": "MailRejected",
-        "MailThrottled": "WaitingForMailSlot",
-        "InvalidSpecError": "InvalidSpec",
-        "ConfigurationError": "OperatorMisconfigured",
-        "KubeForbidden": "Forbidden",
-        "KubeUnavailable": "KubernetesUnavailable",
-        "KubeNotFound": "KubernetesObjectGone",
-        "KubeConflict": "KubernetesConflict",
-        "_AlreadyExists": "KubernetesConflict",
-        "KubeRejected": "KubernetesRejected",
-        "SecretConflict": "SecretConflict",
-    }.get(type(exc).__name__, type(exc).__name__)
-    return Problem(reason=reason, message=str(exc)[:1000])
-
-
 async def _finish(
     deps: Collaborators,
     invitation: Invitation,
@@ -326,6 +305,7 @@ async def _finish(
     *,
     stalled: Problem | None = None,
     reconciling: Problem | None = None,
+    waiting_for_clock: bool = False,
 ) -> InvitationStatus:
     now = deps.clock()
     before = writer.status.phase
@@ -342,6 +322,8 @@ async def _finish(
     )
     if token_state is not None:
         status.last_synced_at = rfc3339(now)
+    # Set only here, cleared by every other ending: the sync pass owns the Invitation meanwhile.
+    status.waiting_for_backend_clock = True if waiting_for_clock else None
     try:
         await writer.write(status)
     except KubeNotFound:
@@ -540,9 +522,9 @@ async def _mail_if_due(
 ) -> str | None:
     """Send the mail if it is due; returns the MailSent Event's message, or None.
 
-    The mail record is staged, not written: the final status write follows at once, with no
-    I/O in between, so that one PATCH closes the duplicate-mail window (the caller posts the
-    Event after it).
+    The mail record is staged, not written: the caller writes it with the status at once, with
+    no I/O in between, so that one PATCH closes the duplicate-mail window (and posts the Event
+    after it).
     """
     status = writer.status
     already = status.mailed_token_id == state.id and status.mail_recipient == invitation.spec.email

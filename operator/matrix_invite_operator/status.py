@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import TokenState
-from .errors import KubeConflict, KubeNotFound, KubeUnavailable
+from .errors import KubeConflict, KubeNotFound, KubeUnavailable, reason_of
 from .formats import rfc3339
 from .models import Condition, InvitationSpec, InvitationStatus, Phase
 from .ports import Invitation, KubeStore
@@ -28,6 +28,11 @@ class Problem:
 
     reason: str
     message: str
+
+    @classmethod
+    def of(cls, error: Exception, backend: str) -> Problem:
+        """The error's own reason (`errors.reason_of`) and its text."""
+        return cls(reason=reason_of(error, backend), message=str(error)[:1000])
 
 
 def phase_of(

@@ -91,7 +91,7 @@ def test_every_documented_metric_is_served(
         value(
             samples,
             "matrix_invite_reconcile_errors_total",
-            reason="InvalidSpecError",
+            reason="InvalidSpec",
             kind="permanent",
         )
         >= 1

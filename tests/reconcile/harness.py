@@ -138,7 +138,14 @@ async def operate(world: World, *, rounds: int = MAX_ROUNDS) -> list[str]:
             await _sync_pass(sync, list_backend=False)
         if sync.awaits_acceptance():  # the loop's acceptance pass, between two full passes
             await sync.run_recent_pass()
-        await _sync_pass(sync, list_backend=True)
+        complete = await _sync_pass(sync, list_backend=True)
+        if not complete:
+            # A pass that could not list, or failed for an Invitation, left undone what it would
+            # have done (an onboarding retry due now, say): no quiet round. The next pass comes
+            # an interval later.
+            quiet = 0
+            world.clock.advance(world.settings.sync_interval_seconds)
+            continue
         if world.ledger.version != version or retries:
             quiet = 0
             continue
@@ -151,13 +158,16 @@ async def operate(world: World, *, rounds: int = MAX_ROUNDS) -> list[str]:
     return [*problems, f"no two quiet rounds in {rounds}: the operator never settles"]
 
 
-async def _sync_pass(sync: StatusSync, *, list_backend: bool) -> None:
-    """One pass, and the reconciles of lagging Invitations it started in tasks of their own."""
-    await sync.run_pass(list_backend=list_backend)
+async def _sync_pass(sync: StatusSync, *, list_backend: bool) -> bool:
+    """One pass, and the reconciles of lagging Invitations it started in tasks of their own;
+    whether the pass did all it meant to (False: it could not list, or failed for one)."""
+    passes = sync.passes
+    report = await sync.run_pass(list_backend=list_backend)
     others = asyncio.all_tasks() - {asyncio.current_task()}
     for result in await asyncio.gather(*others, return_exceptions=True):
         if isinstance(result, Crash):
             raise result
+    return sync.passes > passes and report.failed == 0
 
 
 def _essence(body: dict[str, Any]) -> str:

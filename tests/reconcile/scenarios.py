@@ -13,9 +13,10 @@ from typing import Any
 
 from .harness import Interference, Scenario, operate
 from .subject import RESEND_ANNOTATION
-from .world import Crash, World
+from .world import ROOMS, Crash, World
 
 ADA = "ada@example.org"
+ADA_ACCOUNT = "@ada:example.org"
 BOB = "bob@example.org"
 NAME = "ada"
 ISSUE = "MAS POST /user-registration-tokens"
@@ -311,6 +312,31 @@ def _expect_phase(phase: str) -> Callable[[World], list[str]]:
     return expect
 
 
+def _expect_onboarded(phase: str) -> Callable[[World], list[str]]:
+    """The account known, each room joined (in the homeserver and in status), one notice."""
+
+    def expect(world: World) -> list[str]:
+        status = _status(world)
+        rooms = {r["room"]: r["state"] for r in status.get("rooms") or []}
+        return _expect_phase(phase)(world) + _check(
+            (status.get("account") == ADA_ACCOUNT, f"account {status.get('account')}"),
+            (
+                all(ADA_ACCOUNT in world.matrix.members.get(room, ()) for room in ROOMS),
+                f"not a member of each room: {world.matrix.members}",
+            ),
+            (rooms == dict.fromkeys(ROOMS, "Joined"), f"status says rooms {rooms}"),
+            # Posted once: a lost answer to it is recorded as a failure, not posted again.
+            (status.get("noticePosted") is not None, "no notice recorded"),
+            (len(world.matrix.notices) >= 1, "no notice posted"),
+        )
+
+    return expect
+
+
+def _used_by_ada(world: World) -> None:
+    world.mas.use(_token_id(world), email=ADA, account=ADA_ACCOUNT)
+
+
 def _token_id(world: World) -> str:
     return str(_status(world)["tokenId"])
 
@@ -449,6 +475,24 @@ SCENARIOS = [
         born_revoked,
         lambda w: w.api.edit_spec(NAME, revoked=False),
         _one_token_sent,
+    ),
+    # Onboarding is due on the very first run when spec.account names the account: the mail
+    # goes out, then sessions are minted, rooms joined and a notice posted. A crash in there
+    # must find the mail recorded (issue 21, defect 1).
+    Scenario(
+        "create with an account and rooms",
+        nothing,
+        lambda w: w.api.create_invitation(
+            NAME, {"email": ADA, "account": ADA_ACCOUNT, "rooms": list(ROOMS)}
+        ),
+        _expect_onboarded("Sent"),
+    ),
+    # The sync pass sees the use, finds the account and joins it (onboarding in the sync pass).
+    Scenario(
+        "token used, the account joins its rooms",
+        lambda w: invited(w, rooms=list(ROOMS)),
+        _used_by_ada,
+        _expect_onboarded("Accepted"),
     ),
 ]
 

@@ -28,7 +28,9 @@ from matrix_invite_operator.errors import (
     TokenNotFound,
     TransientError,
 )
+from matrix_invite_operator.homeserver import MatrixError
 from matrix_invite_operator.models import GROUP, RESEND_ANNOTATION, VERSION
+from matrix_invite_operator.onboarding import Onboarding
 from matrix_invite_operator.ports import EventSink, Invitation, InvitationMailer, KubeStore
 from matrix_invite_operator.reconcile import finalize, reconcile
 from matrix_invite_operator.runtime import Dependencies
@@ -63,6 +65,8 @@ __all__ = [
     "KubeStore",
     "KubeUnavailable",
     "MailTemporaryError",
+    "MatrixError",
+    "Onboarding",
     "OperatorError",
     "PermanentError",
     "RegistrationToken",

@@ -15,8 +15,6 @@ from .subject import reconcile_module, sync_module
 #: Coroutine functions of reconcile and the sync pass that await no fake themselves, and why.
 NOT_STEPS = {
     "reconcile": "the entry: takes the lock and awaits read_current and the steps",
-    "onboard": "awaits only deps.onboarding, unset here (tests/integration/test_onboarding.py)",
-    "post_notices": "posts onboarding's notices, of which there are none without onboarding",
     "sync.run_pass": "awaits list_tokens and sync_invitations",
     "sync._converge": "awaits reconcile (converge_lagging's task), whose steps are counted",
     "sync.aclose": "cancels tasks",

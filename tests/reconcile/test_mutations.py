@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -101,3 +102,39 @@ def test_a_sync_pass_that_leaves_lagging_generations_is_caught(
     monkeypatch.setattr(StatusSync, "converge_lagging", idle)
     outcome = asyncio.run(run(SCENARIO["edit reverted during an outage"], None))
     assert "the newest generation was never reconciled" in outcome.problems
+
+
+ONBOARDED = SCENARIO["create with an account and rooms"]
+
+
+def test_a_crash_while_onboarding_after_the_mail_mails_no_one_twice() -> None:
+    """spec.account makes onboarding due on the first run, right after the mail: a crash at any
+    of its requests (a session, a join, the notice) must find the mail recorded (issue 21, 1)."""
+    clean = asyncio.run(run(ONBOARDED, None))
+    mail = next(p.index for p in clean.points if p.call == "SMTP DATA")
+    onboarding = [p for p in clean.points if p.step == "onboard"]
+    assert onboarding, "onboarding made no request: nothing was tested"
+    assert all(p.index > mail for p in onboarding)
+    for point in onboarding:
+        for after in (False, True):
+            outcome = asyncio.run(run(ONBOARDED, CrashPlan(point.index, after_effect=after)))
+            assert (outcome.duplicate_mails, outcome.problems) == (0, []), outcome.label
+
+
+def test_onboarding_between_the_mail_and_its_record_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The order before the fix: mail, onboarding's requests, then the record. A crash in
+    between is outside the documented window, so the second mail it causes is reported."""
+    mail_if_due, onboard = reconcile_module._mail_if_due, reconcile_module.onboard
+
+    async def onboarding_first(deps: Any, invitation: Any, writer: Any, *rest: Any) -> Any:
+        mailed = await mail_if_due(deps, invitation, writer, *rest)
+        await onboard(deps, invitation, writer, rest[-1])  # staged, written only after
+        return mailed
+
+    monkeypatch.setattr(reconcile_module, "_mail_if_due", onboarding_first)
+    clean = asyncio.run(run(ONBOARDED, None))
+    join = next(p.index for p in clean.points if p.call == "Matrix POST admin join")
+    crashed = asyncio.run(run(ONBOARDED, CrashPlan(join, after_effect=True)))
+    assert any("mails outside the crash window" in p for p in crashed.problems), crashed.problems

@@ -43,6 +43,8 @@ from .subject import (
     KubeStore,
     KubeUnavailable,
     MailTemporaryError,
+    MatrixError,
+    Onboarding,
     RegistrationToken,
     SecretConflict,
     Settings,
@@ -138,8 +140,13 @@ class Wire:
         self.crashes = 0
         self.epoch = 0
         self.lost_at: CrashPoint | None = None  # where an answer was lost (no crash)
+        # The process died: what its unwinding would still send (a `finally` that revokes a
+        # session, say) never leaves it, as after a SIGKILL. `World.restart` revives it.
+        self.dead = False
 
     async def call(self, name: str, effect: Callable[[], T]) -> T:
+        if self.dead:
+            raise Crash("the process is dead")
         before = self._ledger.version
         step = _awaiting_step()
         index = len(self.points)
@@ -181,6 +188,7 @@ class Wire:
         self.plan = None  # one crash per plan; the restarted operator runs undisturbed
         self.crashed_at = point
         self.crashes += 1
+        self.dead = True
         self._on_crash()
         raise Crash(f"crash at {point}")
 
@@ -228,6 +236,7 @@ class MasStore:
         self.tokens: dict[str, StoredToken] = {}
         self.down = False  # an outage: every request fails before it reaches the store
         self.down_until: dt.datetime | None = None  # an outage that ends on the world's clock
+        self.accounts: dict[str, str] = {}  # address → Matrix ID of the account that has it
 
     def create(
         self, value: str, usage_limit: int | None, expires_at: dt.datetime | None
@@ -301,8 +310,11 @@ class MasStore:
     def unavailable(self) -> bool:
         return self.down or (self.down_until is not None and self._clock() < self.down_until)
 
-    def use(self, token_id: str) -> None:
-        """Someone completed a registration with it (MAS counts at completion, unchecked)."""
+    def use(self, token_id: str, *, email: str | None = None, account: str | None = None) -> None:
+        """Someone completed a registration with it (MAS counts at completion, unchecked);
+        `account` signed up with `email`."""
+        if email is not None and account is not None:
+            self.accounts[email] = account
         stored = self.tokens[token_id]
         stored.times_used += 1
         stored.last_used_at = self._clock()
@@ -461,7 +473,10 @@ class FakeTokenBackend:
     async def find_account(
         self, email: str, *, used_at: dt.datetime | None, not_before: dt.datetime
     ) -> AccountLookup:
-        return AccountLookup(None, "the fast layer has no accounts")
+        account = await self._request(
+            "MAS GET /user-emails", lambda: self._store.accounts.get(email)
+        )
+        return AccountLookup(account, "found" if account else f"no account has {email}")
 
     async def aclose(self) -> None:
         """Nothing to release."""
@@ -785,6 +800,102 @@ class Outbox:
         self._ledger.bump()
 
 
+# --- Matrix: where onboarding acts -----------------------------------------------------------
+
+ROOMS = ("#general:example.org", "#ops:example.org")
+NOTICE_ROOM = "#welcome:example.org"
+
+
+class Homeserver:
+    """Synapse's rooms as onboarding changes them (`onboarding.Homeserver`): an admin join of
+    a member succeeds again and changes nothing, as Synapse's does; a room in `closed` refuses
+    (403: the acting user lacks power there)."""
+
+    def __init__(self, wire: Wire, ledger: Ledger) -> None:
+        self._wire = wire
+        self._ledger = ledger
+        self.members: dict[str, set[str]] = {}
+        self.invited: dict[str, set[str]] = {}
+        self.notices: list[tuple[str, str]] = []
+        self.closed: set[str] = set()
+
+    async def admin_join(self, room: str, user_id: str, token: SecretStr) -> str:
+        await self._call(
+            "Matrix POST admin join", room, lambda: self._add(self.members, room, user_id)
+        )
+        return room
+
+    async def invite(self, room: str, user_id: str, token: SecretStr) -> str:
+        await self._call("Matrix POST invite", room, lambda: self._add(self.invited, room, user_id))
+        return room
+
+    async def send_notice(self, room: str, text: str, token: SecretStr) -> None:
+        await self._call("Matrix PUT notice", room, lambda: self._post(room, text))
+
+    async def _call(self, name: str, room: str, effect: Callable[[], None]) -> None:
+        def unless_closed() -> None:
+            if room in self.closed:
+                raise _Answer(403)
+            effect()
+
+        try:
+            await self._wire.call(name, unless_closed)
+        except LostAnswer as lost:
+            raise BackendUnavailable(f"homeserver: {lost}", retry_after=10.0) from None
+        except _Answer as answer:
+            raise MatrixError(answer.status, "M_FORBIDDEN", "not allowed") from None
+
+    def _add(self, rooms: dict[str, set[str]], room: str, user_id: str) -> None:
+        if user_id not in rooms.setdefault(room, set()):
+            rooms[room].add(user_id)
+            self._ledger.bump()
+
+    def _post(self, room: str, text: str) -> None:
+        self.notices.append((room, text))
+        self._ledger.bump()
+
+
+class Sessions:
+    """MAS personal sessions of the onboarding user (`onboarding.ActingSessions`): one minted
+    per use and revoked after it; a crash leaves it to expire by itself."""
+
+    actor = "the onboarding user @onboarding:example.org"
+
+    def __init__(self, wire: Wire, ledger: Ledger) -> None:
+        self._wire = wire
+        self._ledger = ledger
+        self.live: set[int] = set()
+        self.minted = 0
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[SecretStr]:
+        try:
+            number = await self._wire.call("MAS POST /personal-sessions", self._mint)
+        except LostAnswer as lost:
+            raise BackendUnavailable(f"MAS: {lost}", retry_after=5.0) from None
+        try:
+            yield SecretStr(f"mas_personal_session_{number}")
+        finally:
+            with contextlib.suppress(LostAnswer):  # it expires by itself, as the real one says
+                await self._wire.call(
+                    "MAS POST /personal-sessions/{id}/revoke", lambda: self._revoke(number)
+                )
+
+    def _mint(self) -> int:
+        self.minted += 1
+        self.live.add(self.minted)
+        self._ledger.bump()
+        return self.minted
+
+    def _revoke(self, number: int) -> None:
+        self.live.discard(number)
+        self._ledger.bump()
+
+
+async def _no_wait(seconds: float) -> None:
+    """Onboarding's short waits for Synapse to learn of an account: nothing to wait for here."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Event:
     invitation: str
@@ -825,7 +936,11 @@ BackendFactory = Callable[[MasStore, Wire, FakeClock], FakeTokenBackend]
 @functools.cache
 def settings() -> Settings:
     """One for all worlds: reading them from the environment costs more than a whole run."""
-    return Settings(default_validity=dt.timedelta(days=7), max_validity=dt.timedelta(days=90))
+    return Settings(
+        default_validity=dt.timedelta(days=7),
+        max_validity=dt.timedelta(days=90),
+        notice_room=NOTICE_ROOM,
+    )
 
 
 class World:
@@ -841,6 +956,8 @@ class World:
         self.wire = Wire(self.ledger, self._note_crash, self._note_lost_answer)
         self.outbox = Outbox(self.wire, self.ledger)
         self.events = EventLog(self.wire, self.ledger)
+        self.matrix = Homeserver(self.wire, self.ledger)
+        self.sessions = Sessions(self.wire, self.ledger)
         self._backend = backend
         self.settings = settings()
 
@@ -852,8 +969,12 @@ class World:
 
     def restart(self) -> Dependencies:
         """A new operator process: new clients, locks and semaphore; the same world."""
+        self.wire.dead = False
         backend: TokenBackend = self._backend(self.mas, self.wire, self.clock)
         kube: KubeStore = FakeKubeStore(self.api, self.wire)
+        onboarding = Onboarding(
+            self.settings, backend, homeserver=self.matrix, sessions=self.sessions, sleep=_no_wait
+        )
         return Dependencies(
             settings=self.settings,
             backend=backend,
@@ -861,6 +982,7 @@ class World:
             mailer=self.outbox,
             events=self.events,
             clock=self.clock,
+            onboarding=onboarding,
         )
 
     def unrecorded_mails(self) -> set[int]:
@@ -882,13 +1004,29 @@ class World:
             allowed[recipient] = allowed.get(recipient, 0) + 1
         return allowed
 
+    def in_window(self, point: CrashPoint) -> bool:
+        """Whether a fault at `point` strikes between the relay's accept and the status write
+        that records it (the one documented window): at the accept itself, or at the status
+        write (with its conflict retries) that follows it with no other request between."""
+        calls = [p.call for p in self.wire.points[: point.index]] + [point.call]
+        for call in reversed(calls):
+            if call == "SMTP DATA":
+                return True
+            if call not in ("Kube PATCH invitation/status", "Kube GET invitation"):
+                return False
+        return False
+
     def _note_crash(self) -> None:
         self.process_alive = False
-        self.window_mails |= self.unrecorded_mails()
+        crashed = self.wire.crashed_at
+        if crashed is not None and self.in_window(crashed):
+            self.window_mails |= self.unrecorded_mails()
 
     def _note_lost_answer(self) -> None:
         # The relay's accept whose answer was lost is in the window as much as a crash is.
-        self.window_mails |= self.unrecorded_mails()
+        lost = self.wire.lost_at
+        if lost is not None and self.in_window(lost):
+            self.window_mails |= self.unrecorded_mails()
 
     def token_values(self) -> set[str]:
         values = {t.token for t in self.mas.tokens.values()}

@@ -44,8 +44,8 @@ def token(**changes: Any) -> TokenState:
     return TokenState.model_validate({**fields, **changes})
 
 
-def with_reason(reason: str | None) -> InvitationStatus:
-    base = InvitationStatus(token_id="01TOKEN")
+def with_reason(reason: str | None, *, waiting: bool | None = None) -> InvitationStatus:
+    base = InvitationStatus(token_id="01TOKEN", waiting_for_backend_clock=waiting)
     problem = Problem(reason=reason, message="m") if reason else None
     return compute_status(
         base,
@@ -77,17 +77,21 @@ def test_a_token_invalid_for_a_reason_is_no_disagreement(state: TokenState) -> N
 
 
 @pytest.mark.parametrize(
-    ("reason", "due"),
+    ("reason", "waiting", "due"),
     [
-        (None, False),
-        ("MasClockAhead", True),
-        ("SynapseClockAhead", True),
-        ("MailDeferred", False),
-        ("WaitingForMailSlot", False),
+        (None, None, False),
+        ("MasClockAhead", True, True),
+        ("SynapseClockAhead", True, True),
+        # The field decides, not the words of a reason.
+        ("SynapseClockAhead", None, False),
+        ("MailDeferred", None, False),
+        ("WaitingForMailSlot", None, False),
     ],
 )
-def test_the_sync_pass_mails_only_what_no_handler_retries(reason: str | None, due: bool) -> None:
-    inv = invitation(with_reason(reason))
+def test_the_sync_pass_mails_only_what_no_handler_retries(
+    reason: str | None, waiting: bool | None, due: bool
+) -> None:
+    inv = invitation(with_reason(reason, waiting=waiting))
     assert awaits_mail(inv, token()) is due
     assert needs_reconcile(inv, token(), EXPIRY) is due
 

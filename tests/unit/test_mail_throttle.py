@@ -11,10 +11,9 @@ from matrix_invite_operator.errors import MailError, MailThrottled, TransientErr
 from matrix_invite_operator.handlers import _retry_delay
 from matrix_invite_operator.mail.throttle import FORGET_AFTER_SECONDS, MailThrottle
 from matrix_invite_operator.models import InvitationSpec, InvitationStatus, Phase
-from matrix_invite_operator.reconcile import _problem
 from matrix_invite_operator.runtime import build_mailer
 from matrix_invite_operator.settings import Settings
-from matrix_invite_operator.status import compute_status
+from matrix_invite_operator.status import Problem, compute_status
 
 
 class FakeClock:
@@ -218,7 +217,7 @@ def test_nonsense_parameters_are_refused(kwargs: dict[str, float], match: str) -
 
 
 def test_waiting_invitation_shows_pending_with_reason_waiting_for_mail_slot() -> None:
-    problem = _problem(MailThrottled("waiting for a free mail slot", retry_after=4))
+    problem = Problem.of(MailThrottled("waiting for a free mail slot", retry_after=4), "MAS")
     status = compute_status(
         InvitationStatus(),
         spec=InvitationSpec(email="ada@example.org"),
