@@ -1,8 +1,9 @@
 """After sign-up: who accepted an Invitation (`status.account`), and the rooms the account joins.
 
-No Kopf and no status writes here. `Onboarding.apply` takes the status about to be written and
-returns it with `account`, `accountSearch`, `rooms`, `noticePosted` and the conditions
-`AccountKnown` and `RoomsJoined` brought up to date, plus the Events to post after the write.
+No Kopf and no status writes here. `Onboarding.apply` takes the Invitation with the status about
+to be written and returns only what it changed there (`account`, `accountSearch`, `rooms`,
+`noticePosted`, the conditions `AccountKnown` and `RoomsJoined`), plus the Events to post after
+the write.
 It acts only when `due` (a pure check, no I/O) says so: a search when the token's use count rose
 (retried a few times with backoff, since MAS lists the account a moment after the use), a room
 without an outcome, or a failed room whose backoff has run out. A sync pass therefore costs
@@ -23,7 +24,7 @@ import logging
 import secrets
 import string
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import SecretStr
 
@@ -33,7 +34,7 @@ from .errors import BackendRejected, OperatorError
 from .formats import parse_rfc3339, rfc3339
 from .homeserver import MatrixError
 from .models import AccountSearch, InvitationSpec, InvitationStatus, RoomState, RoomStatus
-from .ports import Notice
+from .ports import Invitation, Notice, Onboarded
 from .settings import SecretSource, Settings, current_secret
 from .status import make_condition
 
@@ -216,8 +217,9 @@ class Onboarding:
         tried = {r.room for r in status.rooms or []}
         return all(room in tried for room in spec.rooms or [])
 
-    def due(self, spec: InvitationSpec, status: InvitationStatus, now: dt.datetime) -> bool:
+    def due(self, invitation: Invitation, now: dt.datetime) -> bool:
         """Whether `apply` would do anything: cheap enough for every Invitation on every pass."""
+        spec, status = invitation.spec, invitation.status
         if spec.account is not None and spec.account != status.account:
             return True
         if self._settings.notice_room is not None and self.notice_due(spec, status):
@@ -232,21 +234,16 @@ class Onboarding:
     # --- doing it ----------------------------------------------------------------------------
 
     async def apply(
-        self,
-        name: str,
-        spec: InvitationSpec,
-        created: dt.datetime,
-        status: InvitationStatus,
-        token: TokenState | None,
-        generation: int,
-        now: dt.datetime,
-    ) -> tuple[InvitationStatus, list[Notice]]:
-        """The status with onboarding brought up to date, and the Events to post after writing.
+        self, invitation: Invitation, token: TokenState | None, now: dt.datetime
+    ) -> Onboarded:
+        """What onboarding found and did, as changes to `invitation.status` (the status about
+        to be written), and the Events to post after writing them.
 
         Never raises an OperatorError: a failed lookup or join is recorded and retried later,
         so it cannot turn an accepted invitation into a failed one.
         """
-        status = status.model_copy(deep=True)
+        spec, created, generation = invitation.spec, invitation.created, invitation.generation
+        status = invitation.status.model_copy(deep=True)
         if token is not None:
             status.times_used, status.last_used_at = token.times_used, rfc3339(token.last_used_at)
         notices: list[Notice] = []
@@ -268,9 +265,9 @@ class Onboarding:
             bool(due) and self._settings.notice_room is not None
         )
         if due or notice:
-            await self._act(name, spec, status, due, now, notices)
+            await self._act(invitation.name, spec, status, due, now, notices)
         self._rooms_condition(spec, status, generation, now)
-        return status, notices
+        return Onboarded(_changes(invitation.status, status), notices)
 
     async def _search(
         self,
@@ -497,6 +494,15 @@ class Onboarding:
             attempts=attempts,
             last_attempt_at=rfc3339(now),
         )
+
+
+def _changes(before: InvitationStatus, after: InvitationStatus) -> dict[str, Any]:
+    """The fields `after` sets otherwise than `before`: all of them, whatever a new one is."""
+    return {
+        name: getattr(after, name)
+        for name in InvitationStatus.model_fields
+        if getattr(after, name) != getattr(before, name)
+    }
 
 
 def _not_found_message(why: str) -> str:

@@ -161,24 +161,30 @@ class Notice:
     warning: bool = False
 
 
-class OnboardingSteps(Protocol):
-    """After sign-up: who accepted, and their rooms (`onboarding.Onboarding`)."""
+@dataclass(frozen=True)
+class Onboarded:
+    """What onboarding changed in status (field name → new value; nothing else), and the
+    Events to post once that is written."""
 
-    def due(self, spec: InvitationSpec, status: InvitationStatus, now: dt.datetime) -> bool:
+    changes: dict[str, Any]
+    notices: list[Notice]
+
+    def applied_to(self, status: InvitationStatus) -> InvitationStatus:
+        return status.model_copy(update=self.changes)
+
+
+class OnboardingSteps(Protocol):
+    """After sign-up: who accepted, and their rooms (`onboarding.Onboarding`). Both take the
+    Invitation with the status it is about to be written with."""
+
+    def due(self, invitation: Invitation, now: dt.datetime) -> bool:
         """Whether `apply` would do anything: cheap enough for every Invitation on every pass."""
         ...
 
     async def apply(
-        self,
-        name: str,
-        spec: InvitationSpec,
-        created: dt.datetime,
-        status: InvitationStatus,
-        token: TokenState | None,
-        generation: int,
-        now: dt.datetime,
-    ) -> tuple[InvitationStatus, list[Notice]]:
-        """The status with onboarding brought up to date, and the Events to post after it."""
+        self, invitation: Invitation, token: TokenState | None, now: dt.datetime
+    ) -> Onboarded:
+        """What onboarding found and did, as changes to `invitation.status`."""
         ...
 
 

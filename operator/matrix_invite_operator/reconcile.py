@@ -18,6 +18,7 @@ once at startup). Every step is safe to repeat after a crash at any point:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import secrets
@@ -210,10 +211,6 @@ async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> Invi
     return status
 
 
-#: What onboarding changes in status (`onboarding.Onboarding.apply`).
-ONBOARDING_FIELDS = ("account", "account_search", "rooms", "notice_posted", "conditions")
-
-
 async def onboard(
     deps: Collaborators, invitation: Invitation, writer: StatusWriter, token: TokenState | None
 ) -> list[Notice] | None:
@@ -225,19 +222,12 @@ async def onboard(
         current = current.model_copy(
             update={"times_used": token.times_used, "last_used_at": rfc3339(token.last_used_at)}
         )
-    if deps.onboarding is None or not deps.onboarding.due(invitation.spec, current, now):
+    about_to_be_written = dataclasses.replace(invitation, status=current)
+    if deps.onboarding is None or not deps.onboarding.due(about_to_be_written, now):
         return None
-    updated, notices = await deps.onboarding.apply(
-        invitation.name,
-        invitation.spec,
-        invitation.created,
-        current,
-        token,
-        invitation.generation,
-        now,
-    )
-    writer.stage(**{name: getattr(updated, name) for name in ONBOARDING_FIELDS})
-    return notices
+    onboarded = await deps.onboarding.apply(about_to_be_written, token, now)
+    writer.stage(**onboarded.changes)
+    return onboarded.notices
 
 
 async def post_notices(events: EventSink, invitation: Invitation, notices: list[Notice]) -> None:

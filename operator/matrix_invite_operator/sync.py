@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -213,7 +214,7 @@ async def sync_invitations(
             # Onboarding acts (lookups, joins) only in the fresh-read write below; here it is only
             # a reason to get there.
             onboarding_due = deps.onboarding is not None and deps.onboarding.due(
-                invitation.spec, updated, now
+                dataclasses.replace(invitation, status=updated), now
             )
             synced = status.last_synced_at
             stale = synced is None or parse_rfc3339(synced) < now - LAST_SYNCED_REFRESH
@@ -272,17 +273,11 @@ async def _write_from_fresh_read(
             status, spec=current.spec, generation=current.generation, token=token, now=now
         )
         notices: list[Notice] = []
-        if deps.onboarding is not None and deps.onboarding.due(current.spec, updated, now):
+        about_to_be_written = dataclasses.replace(current, status=updated)
+        if deps.onboarding is not None and deps.onboarding.due(about_to_be_written, now):
             # Idempotent (a join of a member succeeds), so a conflict below loses nothing.
-            updated, notices = await deps.onboarding.apply(
-                current.name,
-                current.spec,
-                current.created,
-                updated,
-                token,
-                current.generation,
-                now,
-            )
+            onboarded = await deps.onboarding.apply(about_to_be_written, token, now)
+            updated, notices = onboarded.applied_to(updated), onboarded.notices
         updated.last_synced_at = rfc3339(now)
         try:
             await StatusWriter(deps.kube, current, retry_conflicts=False).write(updated)

@@ -21,6 +21,7 @@ from matrix_invite_operator.onboarding import AdminTokenSessions, Onboarding
 from matrix_invite_operator.settings import Settings
 from pydantic import SecretStr
 
+from tests.onboarding_invitation import applied, invitation
 from tests.servers.synapse import SynapseServer
 
 LONG_AGO = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -135,10 +136,8 @@ async def test_onboarding_records_each_room_and_heals_when_the_actor_is_let_in(
     )
     spec = InvitationSpec(email="ada@example.org", rooms=[private, closed], account=ada)
     now = dt.datetime.now(dt.UTC)
-    assert onboarding.due(spec, InvitationStatus(), now)
-    status, notices = await onboarding.apply(
-        "ada", spec, LONG_AGO, InvitationStatus(), None, 1, now
-    )
+    assert onboarding.due(invitation(spec), now)
+    status, notices = await applied(onboarding, spec, InvitationStatus(), now)
 
     assert status.account == ada
     outcomes = {r.room: r for r in status.rooms or []}
@@ -158,11 +157,11 @@ async def test_onboarding_records_each_room_and_heals_when_the_actor_is_let_in(
     # keeps whole seconds, so the attempt counts from the start of its second: at most 1 s
     # (the backoff here) after that is still inside it, whatever `now`'s fraction was.
     attempted = now.replace(microsecond=0)
-    assert not onboarding.due(spec, status, attempted + dt.timedelta(seconds=0.999))
+    assert not onboarding.due(invitation(spec, status), attempted + dt.timedelta(seconds=0.999))
     synapse.invite_and_join(owner, closed, admin_id, synapse.admin_token)
     later = now + dt.timedelta(seconds=1.5)
-    assert onboarding.due(spec, status, later)
-    healed, notices = await onboarding.apply("ada", spec, LONG_AGO, status, None, 1, later)
+    assert onboarding.due(invitation(spec, status), later)
+    healed, notices = await applied(onboarding, spec, status, later)
     assert {r.room: r.state for r in healed.rooms or []} == {
         private: RoomState.JOINED,
         closed: RoomState.JOINED,
@@ -172,7 +171,7 @@ async def test_onboarding_records_each_room_and_heals_when_the_actor_is_let_in(
     assert (done.status, done.reason) == ("True", "AllRoomsJoined")
     assert notices == []
     assert synapse.membership(closed, ada) == "join"
-    assert not onboarding.due(spec, healed, later + dt.timedelta(hours=1))
+    assert not onboarding.due(invitation(spec, healed), later + dt.timedelta(hours=1))
     assert observed.count(("join", "joined")) == 2
     assert observed.count(("join", "failed")) == 1
 
@@ -205,14 +204,12 @@ async def test_user_not_found_is_retried_and_the_notice_is_posted_once(
     )
     spec = InvitationSpec(email=f"{name}@example.org", rooms=[room], account=account)
     now = dt.datetime.now(dt.UTC)
-    status, notices = await onboarding.apply(
-        "late", spec, LONG_AGO, InvitationStatus(), None, 1, now
-    )
+    status, notices = await applied(onboarding, spec, InvitationStatus(), now, name="late")
     assert {r.room: r.state for r in status.rooms or []} == {room: RoomState.JOINED}
     assert waits == [0.05, 0.1]
     assert synapse.membership(room, account) == "join"
     assert status.notice_posted is True
     assert notices == []
-    assert not onboarding.due(spec, status, now)
+    assert not onboarding.due(invitation(spec, status), now)
     texts = synapse.messages(notices_room)
     assert texts == [f"{name}@example.org accepted invitation `late` as {account}; joined {room}"]

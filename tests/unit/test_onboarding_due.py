@@ -23,6 +23,8 @@ from matrix_invite_operator.settings import Settings
 from matrix_invite_operator.status import compute_status
 from matrix_invite_operator.unconfigured import UnconfiguredBackend
 
+from tests.onboarding_invitation import applied, invitation
+
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 SPEC = InvitationSpec(email="ada@example.org", rooms=["#team:example.org"])
 ONBOARDING = Onboarding(
@@ -37,31 +39,31 @@ def searched(uses: int, attempts: int, seconds_ago: float) -> AccountSearch:
 
 
 def test_nothing_is_due_before_the_token_is_used() -> None:
-    assert not ONBOARDING.due(SPEC, InvitationStatus(times_used=0), NOW)
+    assert not ONBOARDING.due(invitation(SPEC, InvitationStatus(times_used=0)), NOW)
 
 
 def test_a_rising_use_count_makes_a_search_due_once() -> None:
-    assert ONBOARDING.due(SPEC, InvitationStatus(times_used=1), NOW)
+    assert ONBOARDING.due(invitation(SPEC, InvitationStatus(times_used=1)), NOW)
     found = InvitationStatus(
         times_used=1,
         account="@ada:example.org",
         account_search=searched(1, 1, 0),
         rooms=[RoomStatus(room="#team:example.org", state=RoomState.JOINED)],
     )
-    assert not ONBOARDING.due(SPEC, found, NOW)
-    assert ONBOARDING.due(SPEC, found.model_copy(update={"times_used": 2}), NOW)
+    assert not ONBOARDING.due(invitation(SPEC, found), NOW)
+    assert ONBOARDING.due(invitation(SPEC, found.model_copy(update={"times_used": 2})), NOW)
 
 
 def test_a_search_that_found_nothing_is_repeated_with_backoff_then_stops() -> None:
     waiting = InvitationStatus(times_used=1, account_search=searched(1, 1, 5))
-    assert not ONBOARDING.due(SPEC, waiting, NOW), "10 s backoff after the first search"
+    assert not ONBOARDING.due(invitation(SPEC, waiting), NOW), "10 s backoff after the first search"
     assert ONBOARDING.due(
-        SPEC, waiting.model_copy(update={"account_search": searched(1, 1, 11)}), NOW
+        invitation(SPEC, waiting.model_copy(update={"account_search": searched(1, 1, 11)})), NOW
     )
     second = waiting.model_copy(update={"account_search": searched(1, 2, 15)})
-    assert not ONBOARDING.due(SPEC, second, NOW), "20 s after the second"
+    assert not ONBOARDING.due(invitation(SPEC, second), NOW), "20 s after the second"
     given_up = waiting.model_copy(update={"account_search": searched(1, MAX_SEARCHES, 3600)})
-    assert not ONBOARDING.due(SPEC, given_up, NOW)
+    assert not ONBOARDING.due(invitation(SPEC, given_up), NOW)
 
 
 def test_a_failed_room_is_due_after_its_backoff_and_a_joined_one_never() -> None:
@@ -74,21 +76,21 @@ def test_a_failed_room_is_due_after_its_backoff_and_a_joined_one_never() -> None
     status = InvitationStatus(
         times_used=1, account="@ada:example.org", account_search=searched(1, 1, 60), rooms=[failed]
     )
-    assert not ONBOARDING.due(SPEC, status, NOW), "20 s after the second failure"
-    assert ONBOARDING.due(SPEC, status, NOW + dt.timedelta(seconds=6))
+    assert not ONBOARDING.due(invitation(SPEC, status), NOW), "20 s after the second failure"
+    assert ONBOARDING.due(invitation(SPEC, status), NOW + dt.timedelta(seconds=6))
 
 
 def test_an_account_named_in_the_spec_is_due_until_status_shows_it() -> None:
     spec = SPEC.model_copy(update={"account": "@ada.l:example.org", "rooms": None})
-    assert ONBOARDING.due(spec, InvitationStatus(), NOW)
-    assert not ONBOARDING.due(spec, InvitationStatus(account="@ada.l:example.org"), NOW)
+    assert ONBOARDING.due(invitation(spec, InvitationStatus()), NOW)
+    assert not ONBOARDING.due(invitation(spec, InvitationStatus(account="@ada.l:example.org")), NOW)
 
 
 async def test_a_failed_lookup_is_recorded_not_raised_and_leaves_ready_alone() -> None:
     before = compute_status(
         InvitationStatus(), spec=SPEC, generation=1, token=None, now=NOW
     ).model_copy(update={"times_used": 1})
-    status, notices = await ONBOARDING.apply("ada", SPEC, NOW, before, None, 1, NOW)
+    status, notices = await applied(ONBOARDING, SPEC, before, NOW, name="ada")
     assert status.account is None
     known = status.condition("AccountKnown")
     assert known is not None
@@ -113,8 +115,8 @@ async def test_a_failed_lookup_is_recorded_not_raised_and_leaves_ready_alone() -
     # An outage is no answer: it never uses up the searches, later ones wait their backoff.
     for hours in range(1, MAX_SEARCHES + 2):
         later = NOW + dt.timedelta(hours=hours)
-        assert ONBOARDING.due(SPEC, status, later)
-        status, _ = await ONBOARDING.apply("ada", SPEC, NOW, status, None, 1, later)
+        assert ONBOARDING.due(invitation(SPEC, status), later)
+        status, _ = await applied(ONBOARDING, SPEC, status, later, name="ada")
         assert status.account_search is not None
         assert status.account_search.at == rfc3339(later)
     assert status.account_search is not None
@@ -126,7 +128,7 @@ async def test_a_failed_lookup_is_recorded_not_raised_and_leaves_ready_alone() -
 
 async def test_rooms_fail_with_a_clear_sentence_when_nobody_can_act() -> None:
     spec = SPEC.model_copy(update={"account": "@ada:example.org"})
-    status, notices = await ONBOARDING.apply("ada", spec, NOW, InvitationStatus(), None, 1, NOW)
+    status, notices = await applied(ONBOARDING, spec, InvitationStatus(), NOW, name="ada")
     (room,) = status.rooms or []
     assert room.state is RoomState.FAILED
     assert "MATRIX_INVITE_ONBOARDING_USER" in (room.message or "")
