@@ -10,7 +10,6 @@ MAS's admin would make them. No timing: passes are run one after another by the 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -22,19 +21,6 @@ from tests.doubles.mas import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, MasDoubl
 N = 250  # three pages: the newest page holds 150..249, the full pass's first page 0..99
 NEWEST = 249
 OLD = 3
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeRecorder]:
-    with KubeRecorder() as recorder:
-        yield recorder
-
-
-@pytest.fixture
-async def bench(mas_double: MasDouble, kube: KubeRecorder) -> AsyncIterator[SyncBench]:
-    bench = SyncBench(mas_double, kube, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)
-    yield bench
-    await bench.aclose()
 
 
 def patched_names(bench: SyncBench) -> list[str]:
