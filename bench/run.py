@@ -737,9 +737,9 @@ def latency_of(samples: Sequence[float], n: int) -> Latency:
 async def measure_acceptance(
     stack: Stack, watcher: Watcher, recent: Sequence[str], old: Sequence[str], spread: float
 ) -> Acceptance:
-    """Each Invitation's token is used (the double's registration) at a random moment within
+    """Each Invitation's token is used (the double's sign-up) at a random moment within
     `spread` seconds; timed from then to the watch event that shows it Accepted. The MAS
-    requests of the whole window (every one the operator made) give the request rate."""
+    requests of the whole window, a whole number of full-pass intervals, give the rate."""
     rng = random.Random(24)  # noqa: S311 - spacing, not secrets
     names = [*recent, *old]
     offsets = {name: rng.uniform(0, spread) for name in names}
@@ -757,6 +757,10 @@ async def measure_acceptance(
     await asyncio.gather(*(register(name) for name in names))
     # The full pass at its interval must see every one: wait at most two intervals past that.
     await watcher.wait_accepted(names, 2 * stack.sync_interval + 30)
+    # The request rate over whole full-pass intervals: a window that holds one full pass more
+    # or less than its share would be off by a whole pass (11 requests at N = 1,000).
+    intervals = math.ceil((time.perf_counter() - started) / stack.sync_interval)
+    await asyncio.sleep(max(0.0, started + intervals * stack.sync_interval - time.perf_counter()))
     window = time.perf_counter() - started
     mas = stack.mas.counts() - mas_before
 
