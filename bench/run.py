@@ -1157,11 +1157,12 @@ async def run_measurements(stack: Stack, args: argparse.Namespace, results: Resu
             print_restart(results.restarts[-1])
             in_place = args.fill_to
 
-        section(f"4b. the running operator's own sync pass with {in_place} Invitations")
-        results.live_pass = await measure_live_pass(
-            stack, in_place, within=2 * stack.sync_interval + 30
-        )
-        print_live_pass(results.live_pass)
+        if args.live_pass:
+            section(f"4b. the running operator's own sync pass with {in_place} Invitations")
+            results.live_pass = await measure_live_pass(
+                stack, in_place, within=2 * stack.sync_interval + 30
+            )
+            print_live_pass(results.live_pass)
         section("5. memory")
         print_memory(results)
     finally:
@@ -1410,6 +1411,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sync-sizes", type=sizes, help="sync-cost sizes (1,100,1000,10000)")
     parser.add_argument(
         "--sync-interval", type=float, help="operator's sync interval (its default if not given)"
+    )
+    parser.add_argument(
+        "--no-live-pass",
+        dest="live_pass",
+        action="store_false",
+        help="skip waiting for the running operator's own full pass (up to two intervals)",
     )
     parser.add_argument("--accept", type=int, help="recent Invitations accepted (20)")
     parser.add_argument(
