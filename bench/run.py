@@ -16,7 +16,8 @@ process itself creates Invitations over the API (HTTP/1.1, up to 32 at a time) a
 with one watch; its CPU competes with the rest on a small machine, so note the load (``uptime``
 is printed before and after).
 
-What it prints, one section per measurement, then a summary against the targets of issue 8:
+What it prints, one section per measurement, then a summary against the targets of issue 8
+and, next to them, those of issue 24 (the newer decides ``ok``):
 
 1. **floor**: the work of one Invitation done directly, without the operator, with the
    operator's own clients: one MAS token created (the access token is fetched once, before),
@@ -41,6 +42,12 @@ What it prints, one section per measurement, then a summary against the targets 
    writes it made meanwhile (counted until 10 s after idle). Done twice: with the burst's
    Invitations, and after filling up to ``--fill-to`` (the fill is a second, larger burst; its
    rate is printed too).
+7. **acceptance**: with the burst's Invitations in place, the ``--accept`` newest of the burst and
+   the ``--accept-old`` oldest of all are signed up for (the MAS double's sign-up: the token's use,
+   then the account with the invited address) at random moments within ``--accept-spread``
+   seconds; each is timed from the sign-up to the watch event that shows it ``Accepted``: p50,
+   p95. The MAS requests over a whole number of full-pass intervals give the request rate:
+   polling (lists, access tokens, site config) apart from the acceptances' account lookups.
 
 Comparing versions: ``PYTHONPATH=DIR`` (a ``git archive`` of ``operator/``) runs everything with
 that version; ``--restart-with DIR`` only the restarts, so that the restart and memory of one
