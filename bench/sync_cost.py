@@ -143,7 +143,7 @@ def invitation_body(
         token=token,
         now=now,
     )
-    status.last_synced_at = rfc3339(now)
+    status.last_synced_at = now
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,

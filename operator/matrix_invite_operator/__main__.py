@@ -76,7 +76,7 @@ async def _lead_then_operate(settings: Settings, lease: tuple[str, str] | None) 
     """
     import kopf
 
-    from .kube import kube_http_client
+    from .kube import KubeApi, kube_http_client
     from .kube_identity import KubeLogin
     from .leadership import LeaseElector, default_identity, serve_standby_probe
 
@@ -89,8 +89,10 @@ async def _lead_then_operate(settings: Settings, lease: tuple[str, str] | None) 
     keeper: asyncio.Task[None] | None = None
     client = None
     if lease is not None:
+        # Its own pool (the same client code and identity): renewals must not wait for a
+        # connection behind the reconciles' requests.
         client = await kube_http_client(kube_login)
-        elector = LeaseElector(client, *lease, default_identity())
+        elector = LeaseElector(KubeApi(client), *lease, default_identity())
         probe = (
             await serve_standby_probe(settings.bind_address, settings.liveness_port)
             if settings.liveness_port

@@ -6,6 +6,8 @@
 - Durations as Go writes them (`168h`, `1h30m`): `GO_DURATION_PATTERN` (RE2, also in the CRD's
   schema) and `parse_go_duration`.
 - Matrix room IDs and aliases: `ROOM_PATTERN`.
+- HTTP's Retry-After (delta seconds or an HTTP date): `retry_after_seconds`, the one parser for
+  MAS, Synapse and the Kubernetes API.
 
 Pure functions and constants; nothing above `errors` imported, so every layer may use them.
 """
@@ -13,6 +15,7 @@ Pure functions and constants; nothing above `errors` imported, so every layer ma
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import re
 from typing import overload
 
@@ -64,3 +67,30 @@ def parse_rfc3339(text: str | None) -> dt.datetime | None:
     if text is None:
         return None
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+#: Bounds on a server's Retry-After: a hostile or confused header must neither spin us nor
+#: park us for a day.
+RETRY_AFTER_BOUNDS = (1.0, 3600.0)
+
+
+def retry_after_seconds(
+    header: str | None, default: float, *, now: dt.datetime | None = None
+) -> float:
+    """Seconds to wait as a Retry-After header asks (RFC 9110: delta seconds or an HTTP date),
+    within `RETRY_AFTER_BOUNDS`; `default` when there is none or it cannot be read."""
+    text = (header or "").strip()
+    if not text:
+        return default
+    if text.isdigit():
+        seconds = float(text)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return default
+        if when.tzinfo is None:  # an HTTP date is GMT; a sloppy one without a zone, too
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
+    low, high = RETRY_AFTER_BOUNDS
+    return min(max(seconds, low), high)

@@ -22,15 +22,15 @@ from .errors import MailThrottled, OperatorError, PermanentError, TransientError
 from .kube_identity import KubeIdentity, KubeLogin, tls_context
 from .mail.throttle import WAITING_FOR_SLOT
 from .metrics import OperatorMetrics
-from .models import GROUP, PLURAL, RESEND_ANNOTATION, VERSION, Phase
+from .models import GROUP, PLURAL, RESEND_ANNOTATION, VERSION
+from .ownership import resume_needed
 from .ports import Invitation
-from .reconcile import awaits_clock_agreement, finalize, reconcile
+from .reconcile import finalize, reconcile
 from .runtime import Dependencies, build_dependencies, close_dependencies
 from .settings import Settings
 from .sync import StatusSync, WatchedInvitation
 
 FINALIZER = f"{GROUP}/revoke-token"
-SETTLED_PHASES = {Phase.SENT, Phase.ACCEPTED, Phase.EXPIRED, Phase.REVOKED}
 LIST_CHUNK = 200
 WORKER_IDLE_SECONDS = 0.5
 
@@ -302,22 +302,13 @@ async def invitation_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
 async def invitation_resumed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
-    status = body.get("status") or {}
-    # After a restart, settled Invitations need no MAS write and no mail; the sync pass
-    # still compares each with MAS on its first round. It also owns those waiting for the
-    # backend's clock: a resume racing it could mail twice.
-    if status.get("observedGeneration") == body["metadata"].get("generation") and (
-        status.get("phase") in SETTLED_PHASES or _waits_for_clocks(body)
-    ):
+    try:
+        invitation = Invitation.from_body(dict(body))
+    except OperatorError:
+        invitation = None  # an invalid spec: reconcile says so
+    if invitation is not None and not resume_needed(invitation):
         return
     await _run(body, memo, retry)
-
-
-def _waits_for_clocks(body: kopf.Body) -> bool:
-    try:
-        return awaits_clock_agreement(Invitation.from_body(dict(body)).status)
-    except OperatorError:
-        return False  # an invalid spec: reconcile says so
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="revoke")

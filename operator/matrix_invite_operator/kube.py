@@ -28,6 +28,7 @@ from .errors import (
     KubeUnavailable,
     SecretConflict,
 )
+from .formats import retry_after_seconds
 from .kube_identity import KubeLogin, KubeTransport
 from .models import GROUP, PLURAL, VERSION
 
@@ -80,7 +81,7 @@ class KubeApi:
         if response.status_code == 429 or response.status_code >= 500:
             raise KubeUnavailable(
                 f"Kubernetes API answered {response.status_code} to {method} {path}",
-                retry_after=float(response.headers.get("Retry-After", 5)),
+                retry_after=retry_after_seconds(response.headers.get("Retry-After"), 5.0),
             )
         if response.status_code >= 400:
             raise KubeRejected(
@@ -184,6 +185,30 @@ class KubeApi:
     async def create_event(self, namespace: str, body: dict[str, Any]) -> None:
         await self._request("POST", f"/api/v1/namespaces/{namespace}/events", json=body)
 
+    # --- the election Lease (leadership.py) ---
+
+    async def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._request("GET", f"{_leases(namespace)}/{name}")
+        except KubeNotFound:
+            return None
+
+    async def create_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The Lease as created; None when it exists already (another candidate was first)."""
+        try:
+            return await self._request("POST", _leases(namespace), json=body)
+        except _AlreadyExists:
+            return None
+
+    async def replace_lease(
+        self, namespace: str, name: str, body: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The Lease as written; None when it changed since the `resourceVersion` in `body`."""
+        try:
+            return await self._request("PUT", f"{_leases(namespace)}/{name}", json=body)
+        except _AlreadyExists:
+            return None
+
 
 class KubeEvents:
     """Events on Invitations (`kubectl describe`), posted by us so that the sync loop can post too.
@@ -244,6 +269,10 @@ class _AlreadyExists(KubeConflict):
 
     def __init__(self, path: str) -> None:
         super().__init__(f"{path}: changed or created by someone else meanwhile; retrying")
+
+
+def _leases(namespace: str) -> str:
+    return f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
 
 def _b64(token: SecretStr) -> str:

@@ -6,14 +6,16 @@ handler (handlers.py turns a `KubeIdentity` into a `kopf.ConnectionInfo`); our o
 `KubeTransport`. Both ask the same `KubeLogin`, so a kubeconfig that works for one works for
 the other, and a renewal by one is seen by the other.
 
-Why our own login rather than Kopf's or a client library's (docs/architecture.md, "One
-Kubernetes identity"): Kopf 1.45's own `login_with_kubeconfig` reads no `exec` plugin and no
-`tokenFile`; its `login_via_client` needs the `kubernetes` package, whose kubeconfig loader
-writes certificate and key data to temp files; kr8s writes them to temp files it never removes
-and ignores an exec credential's expiry; and `kopf.ConnectionInfo.as_ssl_context` writes them to
-temp files while it loads them. Here key material never
-touches a file system: PEM data is loaded from an anonymous in-memory file (`memfd_create`),
-closed as soon as `ssl` has read it.
+Why no client library for kubeconfig logins: in a Pod only the service account matters (a
+token file and a CA certificate, `service_account_identity`), and no library is needed for it.
+Kubeconfigs serve development, tests and out-of-cluster runs. For them, Kopf 1.45's own
+kubeconfig login reads no `exec` plugin and no `tokenFile`; the `kubernetes` package's loader
+writes certificate and key data to temp files, and kr8s writes them to temp files it never
+removes and ignores an exec credential's expiry. Taking one on would put key material on disk
+for a path production never takes; the subset kubectl users meet (tokens, `tokenFile`,
+certificates, exec plugins) is read here instead, tested against the real API server. Key
+material never touches a file system: PEM data is loaded from an anonymous in-memory file
+(`memfd_create`), closed as soon as `ssl` has read it.
 
 Where the identity comes from, in Kopf's order (its fallback logins give the service account
 the higher priority): the pod's service account when its token file exists, else the
@@ -36,7 +38,7 @@ import json
 import logging
 import os
 import ssl
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -461,21 +463,51 @@ class KubeLogin:
         return identity
 
 
+@dataclass(eq=False)
+class _Pool:
+    """One connection pool for one identity's TLS material, and how many responses use it."""
+
+    transport: httpx.AsyncHTTPTransport
+    material: tuple[object, ...]
+    in_use: int = 0
+    retired: bool = False
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    """A response body that tells its pool when it is closed (read to the end or dropped)."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, release: Callable[[], Awaitable[None]]):
+        self._stream = stream
+        self._release: Callable[[], Awaitable[None]] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                await release()
+
+
 class KubeTransport(httpx.AsyncBaseTransport):
     """Sends each request as the login's current identity: its bearer token, its TLS material.
 
     A 401 renews the identity once and sends the request again; a second 401 is the answer.
     The client certificate is part of the TLS connection, not of a header, so a renewed
     identity with other TLS material gets a new connection pool (an `httpx.Auth` could not
-    change it).
+    change it). The pool it replaces is closed as soon as the last response read through it
+    is closed: a certificate that rotates every hour must not leave a pool behind each time.
     """
 
     def __init__(self, login: KubeLogin, *, limits: httpx.Limits | None = None) -> None:
         self._login = login
         self._limits = limits or httpx.Limits()
-        self._pool: httpx.AsyncHTTPTransport | None = None
-        self._pool_material: tuple[object, ...] | None = None
-        self._retired: list[httpx.AsyncHTTPTransport] = []
+        self._pool: _Pool | None = None
+        self._retired: set[_Pool] = set()  # still serving a response; closed when it is done
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         identity = await self._login.identity()
@@ -492,21 +524,48 @@ class KubeTransport(httpx.AsyncBaseTransport):
             request.headers["Authorization"] = f"Bearer {identity.token.get_secret_value()}"
         else:
             request.headers.pop("Authorization", None)
-        return await self._pool_for(identity).handle_async_request(request)
+        pool = await self._pool_for(identity)
+        pool.in_use += 1
+        try:
+            response = await pool.transport.handle_async_request(request)
+        except BaseException:
+            await self._release(pool)
+            raise
+        if isinstance(response.stream, httpx.AsyncByteStream):
+            response.stream = _ReleasingStream(response.stream, lambda: self._release(pool))
+        else:  # an async transport always streams asynchronously; nothing left to wait for
+            await self._release(pool)
+        return response
 
-    def _pool_for(self, identity: KubeIdentity) -> httpx.AsyncHTTPTransport:
+    async def _pool_for(self, identity: KubeIdentity) -> _Pool:
         material = identity.tls_material()
-        if self._pool is None or material != self._pool_material:
-            if self._pool is not None:
-                self._retired.append(self._pool)  # may still serve a response; closed at the end
-            self._pool = httpx.AsyncHTTPTransport(
+        current = self._pool
+        if current is not None and current.material == material:
+            return current
+        self._pool = _Pool(
+            httpx.AsyncHTTPTransport(
                 verify=identity.ssl_context(), limits=self._limits, trust_env=False
-            )
-            self._pool_material = material
+            ),
+            material,
+        )
+        if current is not None:
+            current.retired = True
+            self._retired.add(current)
+            if current.in_use == 0:
+                await self._close(current)
         return self._pool
+
+    async def _release(self, pool: _Pool) -> None:
+        pool.in_use -= 1
+        if pool.retired and pool.in_use == 0:
+            await self._close(pool)
+
+    async def _close(self, pool: _Pool) -> None:
+        self._retired.discard(pool)
+        await pool.transport.aclose()
 
     async def aclose(self) -> None:
         for pool in [*self._retired, *([self._pool] if self._pool else [])]:
-            await pool.aclose()
+            await pool.transport.aclose()
         self._retired.clear()
         self._pool = None

@@ -7,6 +7,10 @@ ends, as client-go's callers do), before the Lease can pass to another copy. Eve
 the `resourceVersion` it was decided from, so two candidates racing for a free Lease cannot both
 win: the API server answers the loser 409.
 
+The Lease is read and written through `LeaseStore`, which `kube.KubeApi` is: the same calls,
+identity and error mapping as every other request of ours. `__main__` gives it a connection pool
+of its own, so that renewals never queue behind a burst of reconciles.
+
 No Kopf here: `__main__` starts Kopf only once `acquire` returned, so a standby runs no handler
 and writes nothing but its attempts on the Lease. The standby still answers the liveness probe
 (`serve_standby_probe`): waiting is healthy.
@@ -22,9 +26,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
+from typing import Any, Protocol
 
 from .errors import KubeError
 from .formats import parse_rfc3339
@@ -46,6 +48,24 @@ def _micro_time(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class LeaseStore(Protocol):
+    """The Lease calls (`kube.KubeApi`); failures raise our `KubeError`s."""
+
+    async def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Lease, or None when there is none."""
+        ...
+
+    async def create_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The Lease as created, or None when it exists already."""
+        ...
+
+    async def replace_lease(
+        self, namespace: str, name: str, body: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The Lease as written, or None when it changed since `body`'s resourceVersion."""
+        ...
+
+
 @dataclass
 class _Observed:
     """The Lease as last read, and when we read it by our own monotonic clock.
@@ -61,11 +81,11 @@ class _Observed:
 
 
 class LeaseElector:
-    """Acquire and keep one Lease through the Kubernetes API (an httpx client with base_url)."""
+    """Acquire and keep one Lease through the Kubernetes API."""
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        store: LeaseStore,
         namespace: str,
         name: str,
         identity: str,
@@ -77,7 +97,7 @@ class LeaseElector:
     ) -> None:
         if not lease_duration > renew_deadline > retry_period > 0:
             raise ValueError("need lease duration > renew deadline > retry period > 0")
-        self._client = client
+        self._store = store
         self.namespace = namespace
         self.name = name
         self.identity = identity
@@ -96,10 +116,6 @@ class LeaseElector:
         holder = self._observed.record.get("holderIdentity")
         return str(holder) if holder else None
 
-    @property
-    def _path(self) -> str:
-        return f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"
-
     async def acquire(self) -> None:
         """Wait until this candidate holds the Lease."""
         logger.info(
@@ -112,28 +128,39 @@ class LeaseElector:
             try:
                 if await self.try_acquire_or_renew():
                     break
-            except (KubeError, httpx.HTTPError) as exc:
+            except KubeError as exc:
                 logger.warning("could not read or take the Lease: %s", exc)
             await asyncio.sleep(self.retry_period)
         self.acquired_at = self._clock()
         logger.info("acquired the Lease %s/%s as %s", self.namespace, self.name, self.identity)
 
     async def keep(self) -> None:
-        """Renew until renewal fails for `renew_deadline`; then return (the caller stops acting)."""
+        """Renew every `retry_period` until `renew_deadline` passed since the last renewal; then
+        return (the caller stops acting).
+
+        Each attempt is cut off at that deadline, as client-go's context cuts off its
+        `tryAcquireOrRenew`: an API server that takes the connection and never answers must not
+        hold us past the deadline (the request timeouts are longer than the Lease).
+        """
         last_renewed = self._clock()
         while True:
-            await asyncio.sleep(self.retry_period)
+            await asyncio.sleep(min(self.retry_period, self._left(last_renewed)))
+            attempt = asyncio.timeout(self._left(last_renewed))
             try:
-                renewed = await self.try_acquire_or_renew()
-            except (KubeError, httpx.HTTPError) as exc:
-                logger.warning("could not renew the Lease: %s", exc)
+                async with attempt:
+                    renewed = await self.try_acquire_or_renew()
+            except (KubeError, TimeoutError) as exc:
+                if attempt.expired():
+                    logger.warning("the Lease renewal got no answer before the renew deadline")
+                else:
+                    logger.warning("could not renew the Lease: %s", exc)
                 renewed = False
             if renewed:
                 last_renewed = self._clock()
             elif self.holder not in (None, self.identity):
                 logger.error("lost the Lease %s/%s to %s", self.namespace, self.name, self.holder)
                 return
-            elif self._clock() - last_renewed >= self.renew_deadline:
+            elif self._left(last_renewed) <= 0:
                 logger.error(
                     "lost the Lease %s/%s: not renewed for %.0f s",
                     self.namespace,
@@ -142,6 +169,10 @@ class LeaseElector:
                 )
                 return
 
+    def _left(self, last_renewed: float) -> float:
+        """Seconds until the renew deadline counted from `last_renewed` (never negative)."""
+        return max(0.0, last_renewed + self.renew_deadline - self._clock())
+
     async def release(self) -> None:
         """Give the Lease up at a clean shutdown, so that a standby takes over at once."""
         if self._observed is None or self._observed.record.get("holderIdentity") != self.identity:
@@ -149,7 +180,7 @@ class LeaseElector:
         record = {**self._observed.record, "holderIdentity": None, "leaseDurationSeconds": 1}
         try:
             await self._write(record, self._observed.resource_version)
-        except (KubeError, httpx.HTTPError) as exc:
+        except KubeError as exc:
             logger.warning("could not release the Lease: %s", exc)
 
     async def try_acquire_or_renew(self) -> bool:
@@ -195,12 +226,7 @@ class LeaseElector:
         }
 
     async def _read(self) -> dict[str, Any] | None:
-        response = await self._client.get(f"{self._path}/{self.name}")
-        if response.status_code == 404:
-            return None
-        _raise_for(response, "read")
-        body: dict[str, Any] = response.json()
-        return body
+        return await self._store.read_lease(self.namespace, self.name)
 
     async def _create(self, record: dict[str, Any]) -> bool:
         body = {
@@ -209,11 +235,10 @@ class LeaseElector:
             "metadata": {"name": self.name, "namespace": self.namespace},
             "spec": record,
         }
-        response = await self._client.post(self._path, json=body)
-        if response.status_code == 409:
+        created = await self._store.create_lease(self.namespace, body)
+        if created is None:
             return False  # another candidate created it first
-        _raise_for(response, "create")
-        self._remember(response.json())
+        self._remember(created)
         return True
 
     async def _write(self, record: dict[str, Any], version: str | None) -> bool:
@@ -227,22 +252,16 @@ class LeaseElector:
             },
             "spec": record,
         }
-        response = await self._client.put(f"{self._path}/{self.name}", json=body)
-        if response.status_code == 409:
+        written = await self._store.replace_lease(self.namespace, self.name, body)
+        if written is None:
             return False  # changed since we read it: someone else renewed or took it
-        _raise_for(response, "update")
-        self._remember(response.json())
+        self._remember(written)
         return True
 
     def _remember(self, lease: dict[str, Any]) -> None:
         self._observed = _Observed(
             lease.get("spec") or {}, lease["metadata"].get("resourceVersion"), self._clock()
         )
-
-
-def _raise_for(response: httpx.Response, what: str) -> None:
-    if response.status_code >= 400:
-        raise KubeError(f"cannot {what} the Lease: the API server answered {response.status_code}")
 
 
 async def serve_standby_probe(host: str, port: int) -> asyncio.Server:

@@ -10,10 +10,10 @@ import datetime as dt
 import enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 from pydantic.alias_generators import to_camel
 
-from .formats import GO_DURATION_PATTERN, ROOM_PATTERN, parse_go_duration
+from .formats import GO_DURATION_PATTERN, ROOM_PATTERN, parse_go_duration, rfc3339
 
 GROUP = "matrix-invite.dev"
 VERSION = "v1alpha1"
@@ -34,6 +34,10 @@ MATRIX_USER_PATTERN = r"^@[^\s:]+:[^\s/]+$"
 MAX_ROOMS = 20
 
 RoomReference = Annotated[str, Field(max_length=255, pattern=ROOM_PATTERN)]
+
+#: A moment in status: a datetime in Python, written once, as `formats.rfc3339` (UTC, whole
+#: seconds, a trailing Z), whenever the model is serialised to JSON.
+Timestamp = Annotated[dt.datetime, PlainSerializer(rfc3339, return_type=str, when_used="json")]
 
 
 class _CamelModel(BaseModel):
@@ -91,7 +95,7 @@ class Condition(_CamelModel):
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(max_length=1024)
     message: str = Field(max_length=32768)
-    last_transition_time: dt.datetime
+    last_transition_time: Timestamp
     observed_generation: int | None = Field(None, ge=0)
 
 
@@ -108,7 +112,7 @@ class RoomStatus(_CamelModel):
     state: RoomState
     message: str | None = Field(None, max_length=1024)
     attempts: int = Field(0, ge=0)
-    last_attempt_at: str | None = Field(None, max_length=64)
+    last_attempt_at: Timestamp | None = None
 
 
 class AccountSearch(_CamelModel):
@@ -116,7 +120,7 @@ class AccountSearch(_CamelModel):
 
     uses: int = Field(ge=0)
     attempts: int = Field(0, ge=0)
-    at: str = Field(max_length=64)
+    at: Timestamp
 
 
 class InvitationStatus(_CamelModel):
@@ -133,13 +137,13 @@ class InvitationStatus(_CamelModel):
     times_used: int | None = Field(None, ge=0)
     pending_uses: int | None = Field(None, ge=0)
     usage_limit: int | None = Field(None, ge=0)
-    expires_at: str | None = Field(None, max_length=64)
+    expires_at: Timestamp | None = None
     expired: bool | None = None
     revoked: bool | None = None
     revocation_requested: bool | None = None
-    last_used_at: str | None = Field(None, max_length=64)
-    last_synced_at: str | None = Field(None, max_length=64)
-    mail_sent_at: str | None = Field(None, max_length=64)
+    last_used_at: Timestamp | None = None
+    last_synced_at: Timestamp | None = None
+    mail_sent_at: Timestamp | None = None
     mail_recipient: str | None = Field(None, max_length=254)
     mailed_token_id: str | None = Field(None, max_length=64)
     mails_sent: int | None = Field(None, ge=0)

@@ -31,7 +31,6 @@ from pydantic import SecretStr
 from .backends import TokenBackend, TokenState
 from .backends.mas import MasAdminClient
 from .errors import BackendRejected, OperatorError
-from .formats import parse_rfc3339, rfc3339
 from .homeserver import MatrixError
 from .models import AccountSearch, InvitationSpec, InvitationStatus, RoomState, RoomStatus
 from .ports import Invitation, Notice, Onboarded
@@ -168,12 +167,21 @@ class Onboarding:
         self._sessions = sessions
         self._observe = observe or (lambda what, outcome: None)
         self._sleep = sleep
+        # Lookups that failed (an outage, a MAS without /user-emails), by Invitation uid: how
+        # often in a row, and when to try again. Kept here, not in status: a failure is no
+        # answer, and writing its time on every try woke every watcher for nothing.
+        self._failed_lookups: dict[str, tuple[int, dt.datetime]] = {}
 
     # --- what is due (no I/O) -------------------------------------------------------------
 
     def _backoff(self, attempts: int) -> dt.timedelta:
         base, ceiling = self._settings.retry_base_seconds, self._settings.retry_max_seconds
         return dt.timedelta(seconds=min(base * 2 ** max(attempts - 1, 0), ceiling))
+
+    def lookup_waits(self, invitation: Invitation, now: dt.datetime) -> bool:
+        """Whether the last lookup for this Invitation failed and its backoff still runs."""
+        failed = self._failed_lookups.get(invitation.uid)
+        return failed is not None and now < failed[1]
 
     def search_due(self, spec: InvitationSpec, status: InvitationStatus, now: dt.datetime) -> bool:
         uses = status.times_used or 0
@@ -184,8 +192,7 @@ class Onboarding:
             return True
         if status.account is not None or search.attempts >= MAX_SEARCHES:
             return False
-        at = parse_rfc3339(search.at)
-        return at is None or now >= at + self._backoff(search.attempts)
+        return now >= search.at + self._backoff(search.attempts)
 
     def rooms_due(
         self, spec: InvitationSpec, status: InvitationStatus, now: dt.datetime
@@ -200,7 +207,7 @@ class Onboarding:
             if outcome is None:
                 due.append(room)
             elif outcome.state is RoomState.FAILED:
-                at = parse_rfc3339(outcome.last_attempt_at)
+                at = outcome.last_attempt_at
                 if at is None or now >= at + self._backoff(outcome.attempts):
                     due.append(room)
         return due
@@ -226,7 +233,7 @@ class Onboarding:
             return True
         stale_rooms = {r.room for r in status.rooms or []} - set(spec.rooms or [])
         return (
-            self.search_due(spec, status, now)
+            (self.search_due(spec, status, now) and not self.lookup_waits(invitation, now))
             or bool(self.rooms_due(spec, status, now))
             or bool(stale_rooms)
         )
@@ -242,17 +249,17 @@ class Onboarding:
         Never raises an OperatorError: a failed lookup or join is recorded and retried later,
         so it cannot turn an accepted invitation into a failed one.
         """
-        spec, created, generation = invitation.spec, invitation.created, invitation.generation
+        spec, generation = invitation.spec, invitation.generation
         status = invitation.status.model_copy(deep=True)
         if token is not None:
-            status.times_used, status.last_used_at = token.times_used, rfc3339(token.last_used_at)
+            status.times_used, status.last_used_at = token.times_used, token.last_used_at
         notices: list[Notice] = []
         before = status.account
         problem: str | None = None
         if spec.account is not None:
             status.account = spec.account
-        elif self.search_due(spec, status, now):
-            problem = await self._search(spec, created, status, token, now, notices)
+        elif self.search_due(spec, status, now) and not self.lookup_waits(invitation, now):
+            problem = await self._search(invitation, status, token, now, notices)
         if status.account != before:
             status.rooms = None  # another account: its rooms start over
             status.notice_posted = None
@@ -271,30 +278,31 @@ class Onboarding:
 
     async def _search(
         self,
-        spec: InvitationSpec,
-        created: dt.datetime,
+        invitation: Invitation,
         status: InvitationStatus,
         token: TokenState | None,
         now: dt.datetime,
         notices: list[Notice],
     ) -> str:
         """Search once; returns why the account is (not) the one, for the condition."""
+        spec = invitation.spec
         uses = status.times_used or 0
         search = status.account_search
         attempts = search.attempts + 1 if search is not None and search.uses == uses else 1
-        status.account_search = AccountSearch(uses=uses, attempts=attempts, at=rfc3339(now) or "")
-        used_at = token.last_used_at if token is not None else parse_rfc3339(status.last_used_at)
+        used_at = token.last_used_at if token is not None else status.last_used_at
         try:
             found = await self._backend.find_account(
-                spec.email, used_at=used_at, not_before=created
+                spec.email, used_at=used_at, not_before=invitation.created
             )
         except OperatorError as exc:
             self._observe("account_lookup", "failed")
-            # An outage is no answer: it does not use up the searches, it waits its backoff.
-            status.account_search = status.account_search.model_copy(
-                update={"attempts": min(attempts, MAX_SEARCHES - 1)}
-            )
+            # An outage is no answer: it uses up no search and leaves `accountSearch` as it
+            # was; the next try waits a backoff of its own (doubling up to the retry maximum).
+            failures = self._failed_lookups.get(invitation.uid, (0, now))[0] + 1
+            self._failed_lookups[invitation.uid] = (failures, now + self._backoff(failures))
             return f"the lookup failed: {exc}"
+        self._failed_lookups.pop(invitation.uid, None)
+        status.account_search = AccountSearch(uses=uses, attempts=attempts, at=now)
         self._observe("account_lookup", "found" if found.user_id else "not_found")
         if found.user_id is not None and found.user_id != status.account:
             status.account = found.user_id
@@ -323,7 +331,7 @@ class Onboarding:
             message = f"{spec.email} signed up as {status.account}"
         else:
             search = status.account_search
-            searching = search is not None and search.attempts < MAX_SEARCHES
+            searching = search is None or search.attempts < MAX_SEARCHES
             value = False
             reason = "Searching" if searching else "AccountNotFound"
             previous = status.condition(ACCOUNT_CONDITION)
@@ -485,14 +493,14 @@ class Onboarding:
         now: dt.datetime,
     ) -> RoomStatus:
         if state is not None:
-            return RoomStatus(room=room, state=state, last_attempt_at=rfc3339(now))
+            return RoomStatus(room=room, state=state, last_attempt_at=now)
         attempts = (previous.attempts if previous is not None else 0) + 1
         return RoomStatus(
             room=room,
             state=RoomState.FAILED,
             message=(problem or "failed")[:1024],
             attempts=attempts,
-            last_attempt_at=rfc3339(now),
+            last_attempt_at=now,
         )
 
 

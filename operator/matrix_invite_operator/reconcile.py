@@ -23,7 +23,6 @@ import datetime as dt
 import logging
 import secrets
 import string
-from collections.abc import Callable
 
 from pydantic import SecretStr
 
@@ -36,11 +35,26 @@ from .errors import (
     PermanentError,
     SecretConflict,
 )
-from .formats import parse_rfc3339, rfc3339
-from .models import InvitationStatus, Phase
-from .ports import Collaborators, EventSink, Invitation, Notice, secret_name_for
+from .formats import rfc3339
+from .models import InvitationStatus
+from .ownership import (
+    clock_disagrees,
+    desired_expiry,
+    drifted,
+    mailed,
+    missing_token_state,
+    owned_by_handler,
+)
+from .ports import Collaborators, Invitation, Notice, secret_name_for
 from .settings import Settings
-from .status import Problem, StatusWriter, compute_status
+from .status import (
+    Problem,
+    StatusWriter,
+    announce_phase_change,
+    compute_status,
+    post_notices,
+    read_current,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,40 +65,6 @@ TOKEN_LENGTH = 24
 def generate_token() -> SecretStr:
     """A fresh registration token: 24 characters of [A-Za-z0-9] (~143 bits), easy to paste."""
     return SecretStr("".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH)))
-
-
-def desired_expiry(invitation: Invitation, settings: Settings) -> dt.datetime:
-    """When the token should expire, in whole milliseconds: the finest any backend keeps
-    (Synapse counts milliseconds), so a stored expiry never differs from the desired one."""
-    expiry = invitation.spec.expiry(invitation.created, settings.default_validity)
-    return expiry.replace(microsecond=expiry.microsecond // 1000 * 1000)
-
-
-def missing_token_state(
-    invitation: Invitation, expiry: dt.datetime, now: dt.datetime
-) -> TokenState | None:
-    """What a token the backend no longer holds amounts to, when issuing it again would be wrong.
-
-    Synapse cannot revoke, so revoking deletes the token there, and Synapse admins delete spent
-    or expired tokens; MAS may lose one in a restored database. Issuing it again from the Secret
-    would undo the spec's revocation or hand out uses beyond the limit, so a missing token of an
-    Invitation that is revoked, used up or past its expiry is reported from what status last
-    showed. None means: nothing stands against issuing it again.
-    """
-    status, spec = invitation.status, invitation.spec
-    used = status.times_used or 0
-    if status.token_id is None or not (spec.revoked or used >= spec.usage_limit or expiry <= now):
-        return None
-    return TokenState(
-        id=status.token_id,
-        token=SecretStr(""),  # the value lives in the Secret; nothing here reads it
-        valid=False,
-        usage_limit=spec.usage_limit,
-        times_used=used,
-        expires_at=expiry,
-        last_used_at=parse_rfc3339(status.last_used_at),
-        revoked_at=now if spec.revoked else None,
-    )
 
 
 def check_spec(invitation: Invitation, settings: Settings, now: dt.datetime) -> dt.datetime:
@@ -117,48 +97,33 @@ async def reconcile(deps: Collaborators, invitation: Invitation) -> InvitationSt
     fresh read, so nothing done is done twice.
     """
     async with deps.slots, deps.lock_for(invitation):
-        current = await read_current(deps, invitation)
+        current = await read_current(deps.kube, invitation)
         if current is None:
             return None
         return await _reconcile_locked(deps, current)
 
 
-async def read_current(deps: Collaborators, invitation: Invitation) -> Invitation | None:
-    """The Invitation as the API server holds it now; None if it is gone or being deleted."""
-    body = await deps.kube.get_invitation(invitation.namespace, invitation.name)
-    if (
-        body is None
-        or body["metadata"].get("uid") != invitation.uid
-        or body["metadata"].get("deletionTimestamp")
-    ):
-        return None
-    return Invitation.from_body(body)
-
-
-async def repair_drift(
-    deps: Collaborators,
-    invitation: Invitation,
-    drifted: Callable[[Invitation, TokenState | None], bool],
-) -> bool:
+async def repair_drift(deps: Collaborators, invitation: Invitation) -> bool:
     """Reconcile an Invitation the sync pass found drifted, if it still is.
 
     The sync pass compares a listing with its watch cache; either may be older than a handler
     that just ran. Deciding on them could set an edited limit back, or mark a settled
     Invitation Pending during an outage. So: under the Invitation's lock, read both afresh
-    and decide again. A held lock means a handler is at work on it: skipped, not waited for
-    (it may be waiting on a mail relay for its whole timeout). Returns whether it reconciled.
+    and decide again (`ownership.drifted`). A held lock means a handler is at work on it:
+    skipped, not waited for (it may be waiting on a mail relay for its whole timeout).
+    Returns whether it reconciled.
     """
     lock = deps.lock_for(invitation)
     if lock.locked():
         return False
     async with lock:
-        current = await read_current(deps, invitation)
-        if current is None:
+        current = await read_current(deps.kube, invitation)
+        if current is None or owned_by_handler(current):
             return False
         token_id = current.status.token_id
-        if token_id is None or current.status.observed_generation != current.generation:
-            return False  # a handler owns it now
-        if not drifted(current, await deps.backend.read(token_id)):
+        assert token_id is not None  # owned_by_handler said so
+        token = await deps.backend.read(token_id)
+        if not drifted(current, token, deps.settings, deps.clock()):
             return False
         await _reconcile_locked(deps, current)
         return True
@@ -220,7 +185,7 @@ async def onboard(
     current = writer.status
     if token is not None:  # the use count as the backend says now, not as status last showed
         current = current.model_copy(
-            update={"times_used": token.times_used, "last_used_at": rfc3339(token.last_used_at)}
+            update={"times_used": token.times_used, "last_used_at": token.last_used_at}
         )
     about_to_be_written = dataclasses.replace(invitation, status=current)
     if deps.onboarding is None or not deps.onboarding.due(about_to_be_written, now):
@@ -228,48 +193,6 @@ async def onboard(
     onboarded = await deps.onboarding.apply(about_to_be_written, token, now)
     writer.stage(**onboarded.changes)
     return onboarded.notices
-
-
-async def post_notices(events: EventSink, invitation: Invitation, notices: list[Notice]) -> None:
-    for notice in notices:
-        post = events.warning if notice.warning else events.normal
-        await post(invitation, notice.reason, notice.message)
-
-
-def clock_disagrees(invitation: Invitation, state: TokenState, now: dt.datetime) -> bool:
-    """The backend calls the token invalid, though by our clock it has not expired and it is
-    neither revoked nor used up: the backend's clock runs ahead of ours."""
-    # Synapse counts sign-ups in progress (`pending`) against the limit too.
-    uses = state.times_used + (state.pending or 0)
-    used_up = state.usage_limit is not None and uses >= state.usage_limit
-    return (
-        not state.valid
-        and not state.revoked
-        and not used_up
-        and not invitation.spec.revoked
-        and not state.expired(now)
-    )
-
-
-def awaits_clock_agreement(status: InvitationStatus) -> bool:
-    """The last reconcile stopped because the backend's clock ran ahead: the sync pass owns it."""
-    return bool(status.waiting_for_backend_clock)
-
-
-def awaits_mail(invitation: Invitation, state: TokenState) -> bool:
-    """A token the backend calls valid now, whose mail waited for the clocks to agree.
-
-    A reconcile that met a token the backend called invalid (its clock ahead) ends without
-    mailing and without a retry; only the sync pass sees when the backend agrees, and hands the
-    Invitation back to reconcile. Other unmailed states belong to a handler's retry (mail
-    deferred, waiting for a slot), which the sync pass must not race for the one mail.
-    """
-    status = invitation.status
-    if not state.valid or invitation.spec.revoked:
-        return False
-    if status.mailed_token_id == state.id and status.mail_recipient == invitation.spec.email:
-        return False
-    return awaits_clock_agreement(status)
 
 
 def _check_clocks(
@@ -311,7 +234,7 @@ async def _finish(
         reconciling=reconciling,
     )
     if token_state is not None:
-        status.last_synced_at = rfc3339(now)
+        status.last_synced_at = now
     # Set only here, cleared by every other ending: the sync pass owns the Invitation meanwhile.
     status.waiting_for_backend_clock = True if waiting_for_clock else None
     try:
@@ -323,33 +246,6 @@ async def _finish(
         # Once per cause, not once per retry: the condition carries the details meanwhile.
         await deps.events.warning(invitation, reconciling.reason, reconciling.message)
     return status
-
-
-async def announce_phase_change(
-    events: EventSink, invitation: Invitation, before: Phase | None, status: InvitationStatus
-) -> None:
-    """One Event per transition into a terminal or failed phase."""
-    if status.phase == before:
-        return
-    if status.phase is Phase.ACCEPTED:
-        account = f"; the account is {status.account}" if status.account else ""
-        await events.normal(
-            invitation,
-            "InvitationAccepted",
-            f"The token was used {status.times_used} of {status.usage_limit} times{account}",
-        )
-    elif status.phase is Phase.EXPIRED:
-        await events.normal(
-            invitation, "InvitationExpired", f"The token expired at {status.expires_at}"
-        )
-    elif status.phase is Phase.REVOKED and not invitation.spec.revoked:
-        await events.warning(
-            invitation,
-            "RevokedOutsideGit",
-            "The token was revoked in MAS, not through the spec; it stays revoked",
-        )
-    elif status.phase is Phase.FAILED:
-        await events.warning(invitation, "Stalled", status.message or "")
 
 
 async def _rotate_if_readdressed(
@@ -522,14 +418,14 @@ async def _mail_if_due(
     after it).
     """
     status = writer.status
-    already = status.mailed_token_id == state.id and status.mail_recipient == invitation.spec.email
+    already = mailed(dataclasses.replace(invitation, status=status), state)
     # A resend request that was already present when the first mail went out is not a new one.
     resend = already and resend_requested(invitation, status.resend_handled)
     if (already and not resend) or not state.valid or invitation.spec.revoked:
         return None
     await deps.mailer.send_invitation(invitation, token=token, token_state=state)
     writer.stage(
-        mail_sent_at=rfc3339(deps.clock()),
+        mail_sent_at=deps.clock(),
         mail_recipient=invitation.spec.email,
         mailed_token_id=state.id,
         mails_sent=(status.mails_sent or 0) + 1,

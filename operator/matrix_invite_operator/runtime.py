@@ -61,14 +61,15 @@ CONCURRENT_RECONCILES = MAS_CONNECTIONS
 class Clients:
     """The HTTP clients we own and must close."""
 
-    mas: httpx.AsyncClient
+    backend: httpx.AsyncClient
     kube: httpx.AsyncClient
     homeserver: httpx.AsyncClient | None = None
 
 
-def mas_http_client(settings: Settings, *, ca_bundle: Path | None = None) -> httpx.AsyncClient:
+def peer_http_client(settings: Settings, *, ca_bundle: Path | None) -> httpx.AsyncClient:
+    """A client for one peer (MAS, Synapse, the homeserver): explicit timeouts, TLS verified
+    against the system CAs or `ca_bundle`."""
     verify: ssl.SSLContext | bool = True
-    ca_bundle = ca_bundle or settings.backend_ca_bundle()
     if ca_bundle is not None:
         verify = ssl.create_default_context(cafile=str(ca_bundle))
     timeout = settings.http_timeout_seconds
@@ -82,6 +83,23 @@ def mas_http_client(settings: Settings, *, ca_bundle: Path | None = None) -> htt
         ),
         headers={"User-Agent": "matrix-invite-operator"},
     )
+
+
+def mas_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The client for MAS's Admin API and token endpoint."""
+    return peer_http_client(settings, ca_bundle=settings.mas_ca_bundle)
+
+
+def synapse_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The client for Synapse (the admin API, or the client API onboarding joins rooms with)."""
+    return peer_http_client(
+        settings, ca_bundle=settings.synapse_ca_bundle or settings.mas_ca_bundle
+    )
+
+
+def backend_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The client for the token backend `settings.backend` names."""
+    return peer_http_client(settings, ca_bundle=settings.backend_ca_bundle())
 
 
 def build_mas_backend(
@@ -182,11 +200,11 @@ async def build_dependencies(
     kube: KubeLogin | None = None,
     metrics: OperatorMetrics | None = None,
 ) -> Dependencies:
-    mas_http = mas_http_client(settings)
+    backend_http = backend_http_client(settings)
     observer = metrics.record_mas_request if metrics is not None else None
     site = SiteWatch(
         settings,
-        mas_admin_client(settings, mas_http, on_request=observer)
+        mas_admin_client(settings, backend_http, on_request=observer)
         if settings.backend == "mas" and _mas_configured(settings)
         else None,
     )
@@ -202,7 +220,7 @@ async def build_dependencies(
     backend: TokenBackend
     try:
         backend = build_backend(
-            settings, mas_http, on_request=observer, server_name=site.server_name
+            settings, backend_http, on_request=observer, server_name=site.server_name
         )
     except ConfigurationError as problem:
         logger.error("the token backend is misconfigured, nothing will be issued: %s", problem)
@@ -212,9 +230,7 @@ async def build_dependencies(
     homeserver_http = None
     homeserver_url = settings.homeserver_client_url()
     if homeserver_url is not None:
-        homeserver_http = mas_http_client(
-            settings, ca_bundle=settings.synapse_ca_bundle or settings.mas_ca_bundle
-        )
+        homeserver_http = synapse_http_client(settings)
     deps = Dependencies(
         settings=settings,
         backend=backend,
@@ -230,7 +246,7 @@ async def build_dependencies(
             observe=metrics.record_onboarding if metrics is not None else None,
         ),
     )
-    deps.resources = Clients(mas=mas_http, kube=kube_http, homeserver=homeserver_http)
+    deps.resources = Clients(backend=backend_http, kube=kube_http, homeserver=homeserver_http)
     return deps
 
 
@@ -264,7 +280,7 @@ async def close_dependencies(deps: Dependencies) -> None:
     await deps.backend.aclose()
     clients = deps.resources
     if clients is not None:
-        await clients.mas.aclose()
+        await clients.backend.aclose()
         await clients.kube.aclose()
         if clients.homeserver is not None:
             await clients.homeserver.aclose()

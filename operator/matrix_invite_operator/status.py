@@ -6,7 +6,9 @@ now) → status, so the phase table and the kstatus contract (conditions `Ready`
 match wins: Failed > Revoked > Accepted > Expired > Sent > Pending.
 
 `StatusWriter` is the one place that writes status, through the `ports.KubeStore` interface:
-as steps complete, conditioned on the resourceVersion it was computed from.
+as steps complete, conditioned on the resourceVersion it was computed from, after a fresh read
+(`read_current`); `announce_phase_change` and `post_notices` post the Events a written status
+calls for.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .backends import TokenState
 from .errors import KubeConflict, KubeNotFound, KubeUnavailable, reason_of
 from .formats import rfc3339
 from .models import Condition, InvitationSpec, InvitationStatus, Phase
-from .ports import Invitation, KubeStore
+from .ports import EventSink, Invitation, KubeStore, Notice
 
 
 @dataclass(frozen=True)
@@ -131,10 +133,10 @@ def compute_status(
         status.times_used = token.times_used
         status.pending_uses = token.pending
         status.usage_limit = token.usage_limit
-        status.expires_at = rfc3339(token.expires_at)
+        status.expires_at = token.expires_at
         status.expired = token.expired(now)
         status.revoked = token.revoked
-        status.last_used_at = rfc3339(token.last_used_at)
+        status.last_used_at = token.last_used_at
 
     if stalled is not None:
         phase, ready_reason, ready_message = Phase.FAILED, stalled.reason, stalled.message
@@ -238,3 +240,48 @@ class StatusWriter:
         raise KubeUnavailable(
             f"{namespace}/{name} kept changing while its status was written", retry_after=1
         )
+
+
+async def read_current(kube: KubeStore, invitation: Invitation) -> Invitation | None:
+    """The Invitation as the API server holds it now; None if it is gone or being deleted."""
+    body = await kube.get_invitation(invitation.namespace, invitation.name)
+    if (
+        body is None
+        or body["metadata"].get("uid") != invitation.uid
+        or body["metadata"].get("deletionTimestamp")
+    ):
+        return None
+    return Invitation.from_body(body)
+
+
+async def announce_phase_change(
+    events: EventSink, invitation: Invitation, before: Phase | None, status: InvitationStatus
+) -> None:
+    """One Event per transition into a terminal or failed phase."""
+    if status.phase == before:
+        return
+    if status.phase is Phase.ACCEPTED:
+        account = f"; the account is {status.account}" if status.account else ""
+        await events.normal(
+            invitation,
+            "InvitationAccepted",
+            f"The token was used {status.times_used} of {status.usage_limit} times{account}",
+        )
+    elif status.phase is Phase.EXPIRED:
+        await events.normal(
+            invitation, "InvitationExpired", f"The token expired at {rfc3339(status.expires_at)}"
+        )
+    elif status.phase is Phase.REVOKED and not invitation.spec.revoked:
+        await events.warning(
+            invitation,
+            "RevokedOutsideGit",
+            "The token was revoked in MAS, not through the spec; it stays revoked",
+        )
+    elif status.phase is Phase.FAILED:
+        await events.warning(invitation, "Stalled", status.message or "")
+
+
+async def post_notices(events: EventSink, invitation: Invitation, notices: list[Notice]) -> None:
+    for notice in notices:
+        post = events.warning if notice.warning else events.normal
+        await post(invitation, notice.reason, notice.message)

@@ -26,27 +26,31 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import ListsNewest, TokenState
 from .errors import InvalidSpecError, KubeConflict, KubeNotFound, OperatorError
-from .formats import parse_rfc3339, rfc3339
+from .formats import parse_rfc3339
 from .models import RESEND_ANNOTATION, InvitationStatus, Phase
-from .ports import Collaborators, Invitation, Notice
-from .reconcile import (
-    announce_phase_change,
-    awaits_mail,
+from .ownership import (
     clock_disagrees,
     desired_expiry,
+    expiry_due,
     missing_token_state,
+    needs_reconcile,
+    owned_by_handler,
+)
+from .ports import Collaborators, Invitation, Notice
+from .reconcile import reconcile, repair_drift
+from .status import (
+    StatusWriter,
+    announce_phase_change,
+    compute_status,
     post_notices,
     read_current,
-    reconcile,
-    repair_drift,
 )
-from .status import StatusWriter, compute_status
 
 logger = logging.getLogger(__name__)
 
@@ -143,27 +147,13 @@ class WatchedInvitation:
 Registry = dict[tuple[str, str], WatchedInvitation]
 
 
-def needs_reconcile(invitation: Invitation, token: TokenState | None, expiry: dt.datetime) -> bool:
-    """Drift that only the reconcile steps can repair, or a mail that is due."""
-    if token is None:
-        return True
-    spec = invitation.spec
-    if token.usage_limit != spec.usage_limit or token.expires_at != expiry:
-        return True
-    return (spec.revoked and not token.revoked) or awaits_mail(invitation, token)
-
-
-def _settled(status: InvitationStatus) -> InvitationStatus:
-    """Status without the fields that change on every computation, for comparison."""
-    return status.model_copy(
-        update={
-            "last_synced_at": None,
-            "conditions": [
-                c.model_copy(update={"last_transition_time": dt.datetime.min})
-                for c in status.conditions
-            ],
-        }
-    )
+def _settled(status: InvitationStatus) -> dict[str, Any]:
+    """What a reader sees of status, as written (JSON), without the fields that change on
+    every computation: equal means nothing worth a write."""
+    shown = status.model_dump(mode="json", exclude={"last_synced_at"})
+    for condition in shown["conditions"]:
+        del condition["last_transition_time"]
+    return shown
 
 
 async def sync_invitations(
@@ -189,9 +179,9 @@ async def sync_invitations(
             continue
         status = invitation.status
         token_id = status.token_id
-        if token_id is None or _owned_by_handler(invitation):
+        if token_id is None or owned_by_handler(invitation):
             continue
-        if not fresh and not _due(status, now):
+        if not fresh and not expiry_due(invitation, now):
             continue  # an expiry wake-up only flips what is due; drift waits for a listing
         token = tokens.get(token_id)
         try:
@@ -202,7 +192,7 @@ async def sync_invitations(
                 # Revoked by deletion (Synapse), spent or expired: nothing to repair.
                 token = missing_token_state(invitation, expiry, now)
             if fresh and needs_reconcile(invitation, token, expiry):
-                if await repair_drift(deps, invitation, _drift_check(deps, now)):
+                if await repair_drift(deps, invitation):
                     report.reconciled += 1
                 continue
             unmailed = token is not None and token.id != status.mailed_token_id
@@ -217,7 +207,7 @@ async def sync_invitations(
                 dataclasses.replace(invitation, status=updated), now
             )
             synced = status.last_synced_at
-            stale = synced is None or parse_rfc3339(synced) < now - LAST_SYNCED_REFRESH
+            stale = synced is None or synced < now - LAST_SYNCED_REFRESH
             if _settled(updated) == _settled(status) and not stale and not onboarding_due:
                 continue
             if await _write_from_fresh_read(deps, invitation, token, now):
@@ -229,17 +219,6 @@ async def sync_invitations(
         except OperatorError as exc:
             report.failed += 1
             logger.warning("sync of %s/%s failed: %s", invitation.namespace, invitation.name, exc)
-
-
-def _owned_by_handler(invitation: Invitation) -> bool:
-    """New, being edited, or stuck on an error: the handlers' business, not the sync pass's."""
-    status = invitation.status
-    stalled = status.condition("Stalled")
-    return (
-        status.token_id is None
-        or status.observed_generation != invitation.generation
-        or (stalled is not None and stalled.status == "True")
-    )
 
 
 async def _write_from_fresh_read(
@@ -258,11 +237,11 @@ async def _write_from_fresh_read(
     if lock.locked():
         return False
     async with lock:
-        current = await read_current(deps, seen)
-        if current is None or _owned_by_handler(current):
+        current = await read_current(deps.kube, seen)
+        if current is None or owned_by_handler(current):
             return False
         token_id = current.status.token_id
-        assert token_id is not None  # _owned_by_handler said so
+        assert token_id is not None  # owned_by_handler said so
         expiry = desired_expiry(current, deps.settings)
         if current.resource_version != seen.resource_version or token_id != seen.status.token_id:
             token = await deps.backend.read(token_id) or missing_token_state(current, expiry, now)
@@ -278,7 +257,11 @@ async def _write_from_fresh_read(
             # Idempotent (a join of a member succeeds), so a conflict below loses nothing.
             onboarded = await deps.onboarding.apply(about_to_be_written, token, now)
             updated, notices = onboarded.applied_to(updated), onboarded.notices
-        updated.last_synced_at = rfc3339(now)
+        synced = status.last_synced_at
+        stale = synced is None or synced < now - LAST_SYNCED_REFRESH
+        if _settled(updated) == _settled(status) and not stale:
+            return False  # nothing a reader could see: a failed lookup, say, backing off
+        updated.last_synced_at = now
         try:
             await StatusWriter(deps.kube, current, retry_conflicts=False).write(updated)
         except KubeConflict:
@@ -286,23 +269,6 @@ async def _write_from_fresh_read(
     await announce_phase_change(deps.events, current, status.phase, updated)
     await post_notices(deps.events, current, notices)
     return True
-
-
-def _drift_check(
-    deps: Collaborators, now: dt.datetime
-) -> Callable[[Invitation, TokenState | None], bool]:
-    def drifted(invitation: Invitation, token: TokenState | None) -> bool:
-        expiry = desired_expiry(invitation, deps.settings)
-        return needs_reconcile(
-            invitation, token or missing_token_state(invitation, expiry, now), expiry
-        )
-
-    return drifted
-
-
-def _due(status: InvitationStatus, now: dt.datetime) -> bool:
-    expires = status.expires_at
-    return expires is not None and not status.expired and parse_rfc3339(expires) <= now
 
 
 def any_due(watched: Iterable[WatchedInvitation], now: dt.datetime) -> bool:

@@ -109,11 +109,13 @@ def test_a_wrong_client_secret_names_the_settings_to_check(
     result = doctor(tmp_path, mas_double.url, smtp, client_secret="wrong-client-secret")
     lines = result.stdout.splitlines()
     assert lines[4] == (
-        f"FAIL  token: MAS refused the client credentials for client {DEFAULT_CLIENT_ID}: check "
-        "that MATRIX_INVITE_MAS_CLIENT_ID and the secret in MATRIX_INVITE_MAS_CLIENT_SECRET_FILE "
-        "(chart values mas.clientId, mas.clientSecret.existingSecret and .key) match the client "
-        "in MAS's config, which MAS reads only at start (restart MAS after rotating), and that "
-        "it has client_auth_method: client_secret_basic (MATRIX_INVITE_MAS_CLIENT_AUTH_METHOD)"
+        f"FAIL  token: MAS refused the client credentials for client {DEFAULT_CLIENT_ID} "
+        "(401 invalid_client). The operator sends the secret from "
+        "MATRIX_INVITE_MAS_CLIENT_SECRET_FILE (chart values mas.clientSecret.existingSecret and "
+        ".key) byte for byte, by client_secret_basic (MATRIX_INVITE_MAS_CLIENT_AUTH_METHOD); MAS "
+        "refuses it when its client with this id (MATRIX_INVITE_MAS_CLIENT_ID, chart value "
+        "mas.clientId) has another secret or another client_auth_method. MAS reads its clients "
+        "only at start: restart MAS after rotating the secret"
     )
     assert lines[5].startswith("OK    smtp: "), "SMTP is checked even after MAS failed"
     assert len(lines) == 6

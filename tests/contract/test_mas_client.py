@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import email.utils
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -348,10 +349,35 @@ async def test_both_client_auth_methods(
     assert mas_double.request_count("POST", OAUTH_TOKEN_PATH, 200) == 1
 
 
+#: An `openssl rand -base64`-like secret with every character form-urlencoding changes.
+AWKWARD_SECRET = "Ab+c/d=e%f g"
+
+
+@pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
+async def test_a_secret_that_form_encoding_would_change_is_accepted(
+    http: httpx.AsyncClient, method: ClientAuthMethod
+) -> None:
+    # MAS compares the Basic password as it is (mas/FACTS.md): encoded, it got 401.
+    with MasDouble(client_secret=AWKWARD_SECRET, client_auth_method=method) as double:
+        mas = Harness(double, http, secret=AWKWARD_SECRET, method=method)
+        await mas.client.create_token(INVITE)
+        assert double.request_count("POST", OAUTH_TOKEN_PATH, 401) == 0
+        assert double.request_count("POST", OAUTH_TOKEN_PATH, 200) == 1
+        assert [t["token"] for t in double.tokens()] == [INVITE.get_secret_value()]
+
+
+def test_a_client_id_basic_cannot_carry_is_refused_at_startup() -> None:
+    with pytest.raises(ConfigurationError, match="contains a colon"):
+        ClientCredentialsAuth("a:b", SecretStr("s"), issuer="http://mas")
+    ClientCredentialsAuth(
+        "a:b", SecretStr("s"), issuer="http://mas", client_auth_method="client_secret_post"
+    )
+
+
 async def test_a_client_pinned_to_the_other_auth_method(http: httpx.AsyncClient) -> None:
     with MasDouble(client_auth_method="client_secret_post") as double:
         mas = Harness(double, http, method="client_secret_basic")
-        with pytest.raises(BackendAuthError, match="client_auth_method: client_secret_basic"):
+        with pytest.raises(BackendAuthError, match="another client_auth_method"):
             await mas.client.server_version()
 
 
@@ -424,7 +450,7 @@ async def test_wrong_secret(mas_double: MasDouble, http: httpx.AsyncClient) -> N
         await mas.client.create_token(INVITE)
     message = str(raised.value)
     assert message.startswith(
-        f"MAS refused the client credentials for client {DEFAULT_CLIENT_ID}: check"
+        f"MAS refused the client credentials for client {DEFAULT_CLIENT_ID} (401 invalid_client)"
     )
     assert mas_double.tokens() == []
     assert_no_secrets(raised.value, "wrong-secret-value")
@@ -653,3 +679,78 @@ async def test_discovery_and_token_requests_carry_the_clients_user_agent(
         (OAUTH_TOKEN_PATH, "matrix-invite-operator"),
         ("/api/admin/v1/version", "matrix-invite-operator"),
     }
+
+
+# --- an overloaded MAS gets no more load (issue 21, defect 4) -------------------------------
+
+#: Enough tokens that listing them all takes several pages of the backend's 100.
+CROWD = 250
+
+
+def _crowd(double: MasDouble) -> None:
+    for _ in range(CROWD):
+        double.add_token()
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_create_refused_for_load_is_not_looked_up(mas: Harness, status: int) -> None:
+    """429 and 503 say MAS did not act: no search for a token that cannot exist, and the
+    error carries MAS's Retry-After for Kopf's next attempt."""
+    _crowd(mas.double)
+    mas.double.fail_next(1, status=status, retry_after=7, method="POST")
+    with pytest.raises(MasUnavailable) as raised:
+        await mas.backend.issue(INVITE, usage_limit=1, expires_at=None)
+    assert not raised.value.may_have_taken_effect
+    assert raised.value.retry_after == 7
+    assert mas.double.request_count("POST", TOKENS_PATH) == 1
+    assert mas.double.request_count("GET", TOKENS_PATH) == 0
+    assert token_count(mas.double, INVITE) == 0
+
+
+async def test_retry_after_as_an_http_date_is_honoured(mas: Harness) -> None:
+    when = dt.datetime.now(UTC) + dt.timedelta(seconds=90)
+    mas.double.fail_next(1, status=429, retry_after=email.utils.format_datetime(when, usegmt=True))
+    with pytest.raises(MasUnavailable) as raised:
+        await mas.backend.issue(INVITE, usage_limit=1, expires_at=None)
+    assert 80 <= raised.value.retry_after <= 90
+
+
+async def test_a_lost_answer_among_many_tokens_is_found_on_the_newest_page(mas: Harness) -> None:
+    """A create whose answer was lost made the newest token: one page of the newest finds it,
+    not a listing of all (3 pages here; 50 at 5,000 tokens)."""
+    _crowd(mas.double)
+    mas.double.drop_response_after_commit_next(1)
+    state = await mas.backend.issue(INVITE, usage_limit=1, expires_at=None)
+    assert state.token.get_secret_value() == INVITE.get_secret_value()
+    assert mas.double.request_count("GET", TOKENS_PATH) == 1
+
+
+async def test_a_conflict_looks_newest_first(mas: Harness) -> None:
+    _crowd(mas.double)
+    first = await mas.backend.issue(INVITE, usage_limit=1, expires_at=None)
+    again = await mas.backend.issue(INVITE, usage_limit=1, expires_at=None)  # 409: find it
+    assert again.id == first.id
+    assert mas.double.request_count("GET", TOKENS_PATH) == 1
+
+
+async def test_a_maybe_created_token_not_on_the_newest_page_is_left_to_the_retry(
+    mas: Harness,
+) -> None:
+    """A 502 from a proxy may or may not hide a create; when the newest page lacks the value,
+    the create failure stands (the retry's create then answers 201 or 409)."""
+    _crowd(mas.double)
+    mas.double.fail_next(1, status=502, method="POST")
+    with pytest.raises(MasUnavailable):
+        await mas.backend.issue(INVITE, usage_limit=1, expires_at=None)
+    assert mas.double.request_count("GET", TOKENS_PATH) == 1
+    state = await mas.backend.issue(INVITE, usage_limit=1, expires_at=None)
+    assert token_count(mas.double, INVITE) == 1
+    assert state.token.get_secret_value() == INVITE.get_secret_value()
+
+
+async def test_newest_tokens_walks_back_through_every_page(mas: Harness) -> None:
+    _crowd(mas.double)
+    ids = [t["id"] for t in mas.double.tokens()]
+    newest = [t.id async for t in mas.client.newest_tokens(page_size=100)]
+    assert newest == ids[::-1]
+    assert mas.double.request_count("GET", TOKENS_PATH) == 3

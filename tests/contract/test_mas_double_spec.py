@@ -7,6 +7,7 @@ spec leaves out (FACTS.md), and prove the validation can fail.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -156,6 +158,23 @@ def test_a_client_pinned_to_one_auth_method_refuses_the_other() -> None:
     with MasDouble(client_auth_method="client_secret_post") as double:
         assert grant(double, method="post").status_code == 200
         answer = grant(double, method="basic")
+    assert answer.status_code == 401
+    assert answer.json()["error"] == "invalid_client"
+
+
+def test_the_basic_pair_is_compared_as_it_is_never_form_decoded() -> None:
+    # FACTS: MAS 1.22 with the secret `Ab+c/d=e%f g`: the raw pair 200, the encoded one 401.
+    secret = "Ab+c/d=e%f g"
+    encoded = f"{DEFAULT_CLIENT_ID}:{quote(secret, safe='')}"
+    header = "Basic " + base64.b64encode(encoded.encode()).decode("ascii")
+    with MasDouble(client_secret=secret) as double:
+        assert grant(double, secret=secret).status_code == 200
+        answer = httpx.post(
+            double.url + OAUTH_TOKEN_PATH,
+            data={"grant_type": "client_credentials", "scope": "urn:mas:admin"},
+            headers={"Authorization": header},
+            timeout=5,
+        )
     assert answer.status_code == 401
     assert answer.json()["error"] == "invalid_client"
 

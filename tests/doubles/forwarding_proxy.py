@@ -2,9 +2,11 @@
 
 Tests point one operator's kubeconfig or MAS URL at it to see what that operator sends (every
 request is recorded: method and path) and to break one exact answer the real server would only
-give by chance: `answer_once` replaces the answer to the first request a predicate picks, and
-`rewrite_once` alters one request's path before it goes upstream. Everything else, watch streams
-included, is passed through as it comes (chunk by chunk), with the client's own credentials.
+give by chance: `answer_once` replaces the answer to the first request a predicate picks,
+`rewrite_once` alters one request's path before it goes upstream, and `hang` takes the requests a
+predicate picks and never answers them (a server that accepts the connection and stops).
+Everything else, watch streams included, is passed through as it comes (chunk by chunk), with
+the client's own credentials.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class ForwardingProxy(LoopbackHttpServer):
         self._requests: list[ProxiedRequest] = []
         self._answers: list[tuple[PathPredicate, int, dict[str, Any]]] = []
         self._rewrites: list[tuple[PathPredicate, Callable[[str], str]]] = []
+        self._hangs: list[PathPredicate] = []
+        self._stopping = threading.Event()
+        self.held: list[ProxiedRequest] = []  # requests taken and never answered
         self.answered: list[ProxiedRequest] = []  # requests that got a replaced answer
         super().__init__(self._handler_class(), host=host, name="forwarding-proxy")
 
@@ -68,6 +73,22 @@ class ForwardingProxy(LoopbackHttpServer):
         """The first request `meant` picks goes upstream with its path rewritten."""
         with self._lock:
             self._rewrites.append((meant, rewrite))
+
+    def hang(self, meant: PathPredicate) -> None:
+        """From now on, requests `meant` picks are read and never answered, until `stop`."""
+        with self._lock:
+            self._hangs.append(meant)
+
+    def stop(self) -> None:
+        self._stopping.set()  # lets the held requests' threads end
+        super().stop()
+
+    def _holds(self, method: str, path: str) -> bool:
+        with self._lock:
+            held = any(meant(method, path) for meant in self._hangs)
+            if held:
+                self.held.append(ProxiedRequest(method, path))
+            return held
 
     def _take(self, method: str, path: str) -> tuple[str, tuple[int, dict[str, Any]] | None]:
         with self._lock:
@@ -103,6 +124,10 @@ class ForwardingProxy(LoopbackHttpServer):
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 payload = self.rfile.read(length) if length else None
+                if proxy._holds(self.command, self.path):
+                    proxy._stopping.wait(timeout=600)
+                    self.close_connection = True
+                    return
                 path, replaced = proxy._take(self.command, self.path)
                 if replaced is not None:
                     status, body = replaced

@@ -38,7 +38,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
-from urllib.parse import unquote
 
 import jsonschema
 from aiohttp import web
@@ -359,7 +358,7 @@ class Fault:
     status: int
     target: FaultTarget
     commit: bool
-    retry_after: float | None
+    retry_after: float | str | None  # seconds, or a header value as it is (an HTTP date)
     text: str | None
     method: str | None = None
 
@@ -674,7 +673,7 @@ class MasDouble:
         *,
         target: FaultTarget = "admin",
         commit: bool = False,
-        retry_after: float | None = None,
+        retry_after: float | str | None = None,
         text: str | None = None,
         method: str | None = None,
     ) -> None:
@@ -976,7 +975,10 @@ class MasDouble:
     def _fault_response(fault: Fault, kind: RouteKind) -> web.Response:
         headers = {}
         if fault.retry_after is not None:
-            headers["Retry-After"] = str(int(fault.retry_after))
+            retry_after = fault.retry_after
+            headers["Retry-After"] = (
+                retry_after if isinstance(retry_after, str) else str(int(retry_after))
+            )
         if fault.text is not None:
             return web.Response(
                 status=fault.status, text=fault.text, content_type="text/plain", headers=headers
@@ -1608,7 +1610,8 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
     client_id, colon, secret = decoded.partition(":")
     if not colon:
         return None
-    return unquote(client_id), unquote(secret)
+    # As MAS 1.22 does: the pair as it is, never form-decoded (mas/FACTS.md).
+    return client_id, secret
 
 
 def _json_kind(value: object) -> str:

@@ -159,6 +159,56 @@ def test_the_operator_as_a_client_certificate_leaves_the_temp_dir_empty(
     assert sorted(temp.iterdir()) == []
 
 
+def _connections_to(port: int) -> int:
+    """This process's established TCP connections to `port`, as the kernel lists them."""
+    ours = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                ours.add(target[len("socket:[") : -1])
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port, state, inode = int(fields[2].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            if remote_port == port and state == "01" and inode in ours:  # 01: ESTABLISHED
+                count += 1
+    return count
+
+
+async def test_a_pool_retired_by_a_new_certificate_is_closed_at_once(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """An exec plugin that hands out a new client certificate at each login (as short-lived
+    certificates do): each one needs a new TLS pool, and the old pool's connections must go
+    then, not at shutdown (hourly rotation would leave a connection per hour open)."""
+    plan = []
+    for user, expiry in (("rotating-a", PAST), ("rotating-b", PAST), ("rotating-c", FAR)):
+        cert, key = control_plane.client_certificate(user, ["system:masters"])
+        plan.append(
+            {
+                "clientCertificateData": cert.decode(),
+                "clientKeyData": key.decode(),
+                "expirationTimestamp": expiry,
+            }
+        )
+    config, calls_path = exec_kubeconfig(control_plane, "exec-rotating", plan, tmp_path)
+    port = int(control_plane.server_url.rsplit(":", 1)[1])
+    before = _connections_to(port)
+    login = KubeLogin(kubeconfig=config)
+    client = await kube_http_client(login)
+    try:
+        api = KubeApi(client)
+        for _ in range(4):  # three certificates, the last one kept
+            assert await api.get_invitation(namespace, "absent") is None
+            assert _connections_to(port) - before == 1, "a retired pool kept its connection"
+        assert len(calls(calls_path)) == 3
+    finally:
+        await client.aclose()
+    assert _connections_to(port) == before
+
+
 async def test_a_rotated_service_account_token_is_read_after_a_401(
     control_plane: ControlPlane, namespace: str, tmp_path: Path
 ) -> None:

@@ -275,3 +275,49 @@ def test_a_copy_that_cannot_renew_stops_before_the_lease_passes(
     invitations.apply("after", email="after@example.org")
     invitations.wait_for_phase("after", "Sent", timeout=60)
     assert standby.returncode is None
+
+
+def test_a_copy_whose_renewal_hangs_stops_before_the_lease_passes(
+    control_plane: ControlPlane,
+    invitations: InvitationsApi,
+    mas: MasDouble,
+    start_operator: Callable[..., OperatorProcess],
+    lease_env: dict[str, str],
+    kube_proxy: ForwardingProxy,
+    tmp_path: Path,
+) -> None:
+    """The API server takes the connection and never answers: no error ever comes back.
+
+    Each renewal attempt must be cut off at the renew deadline (as client-go's is): waiting
+    for the request's own timeout (30 s) would keep the copy acting after the Lease ran out
+    (15 s) and the standby began.
+    """
+    lease = lease_env["MATRIX_INVITE_LEASE_NAME"]
+    hung = start_operator(
+        KUBECONFIG=str(kubeconfig_via(kube_proxy, control_plane, tmp_path / "hung.kubeconfig")),
+        **lease_env,
+    )
+    wait_until("it holds the Lease", lambda: "acquired the Lease" in hung.logs(), 30)
+    holder = lease_holder(invitations, lease)
+    standby = start_operator(**lease_env)
+
+    kube_proxy.hang(lambda method, path: path.startswith(LEASE_PREFIX))
+    hung_at = time.monotonic()
+    ended: float | None = None
+    taken: float | None = None
+    deadline = hung_at + 90.0  # longer than the old behaviour (two 30 s timeouts) needs
+    while (ended is None or taken is None) and time.monotonic() < deadline:
+        if ended is None and hung.returncode is not None:
+            ended = time.monotonic() - hung_at
+        if taken is None and lease_holder(invitations, lease) not in (None, holder):
+            taken = time.monotonic() - hung_at
+        time.sleep(0.1)
+    print(f"\nhung renewal: ended itself after {ended} s, standby took over after {taken} s")
+    assert kube_proxy.held, "no Lease request was held: the test did not hang anything"
+    assert ended is not None, "the copy whose renewals hang never ended itself"
+    assert taken is not None, "the standby never took over"
+    assert ended < taken, "the hung copy was still acting when the standby took over"
+    assert hung.returncode == LOST_LEASE_EXIT_CODE
+    invitations.apply("after", email="after@example.org")
+    invitations.wait_for_phase("after", "Sent", timeout=60)
+    assert standby.returncode is None

@@ -16,6 +16,7 @@ from matrix_invite_operator import sync as sync_module
 from matrix_invite_operator.backends import AccountLookup, TokenBackend, TokenState
 from matrix_invite_operator.backends.mas import RegistrationToken
 from matrix_invite_operator.errors import (
+    BackendMisdirected,
     BackendRejected,
     BackendUnavailable,
     KubeConflict,
@@ -54,6 +55,7 @@ __all__ = [
     "RESEND_ANNOTATION",
     "VERSION",
     "AccountLookup",
+    "BackendMisdirected",
     "BackendRejected",
     "BackendUnavailable",
     "Dependencies",

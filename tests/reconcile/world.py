@@ -34,6 +34,7 @@ from .subject import (
     RESEND_ANNOTATION,
     VERSION,
     AccountLookup,
+    BackendMisdirected,
     BackendRejected,
     BackendUnavailable,
     Dependencies,
@@ -237,6 +238,7 @@ class MasStore:
         self.down = False  # an outage: every request fails before it reaches the store
         self.down_until: dt.datetime | None = None  # an outage that ends on the world's clock
         self.accounts: dict[str, str] = {}  # address → Matrix ID of the account that has it
+        self.lookups_refused = False  # /user-emails answers a bare 404 (no such route here)
 
     def create(
         self, value: str, usage_limit: int | None, expires_at: dt.datetime | None
@@ -473,9 +475,15 @@ class FakeTokenBackend:
     async def find_account(
         self, email: str, *, used_at: dt.datetime | None, not_before: dt.datetime
     ) -> AccountLookup:
-        account = await self._request(
-            "MAS GET /user-emails", lambda: self._store.accounts.get(email)
-        )
+        def lookup() -> str | None:
+            if self._store.lookups_refused:
+                raise _Answer(404)
+            return self._store.accounts.get(email)
+
+        try:
+            account = await self._request("MAS GET /user-emails", lookup)
+        except _Answer:
+            raise BackendMisdirected("MAS answered /user-emails with 404") from None
         return AccountLookup(account, "found" if account else f"no account has {email}")
 
     async def aclose(self) -> None:

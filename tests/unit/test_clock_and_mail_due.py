@@ -10,10 +10,9 @@ import pytest
 from matrix_invite_operator.backends import TokenState
 from matrix_invite_operator.backends.synapse import TokenPathRedaction
 from matrix_invite_operator.models import InvitationSpec, InvitationStatus
+from matrix_invite_operator.ownership import awaits_mail, clock_disagrees, needs_reconcile
 from matrix_invite_operator.ports import Invitation
-from matrix_invite_operator.reconcile import awaits_mail, clock_disagrees
 from matrix_invite_operator.status import Problem, compute_status
-from matrix_invite_operator.sync import needs_reconcile
 from pydantic import SecretStr
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)

@@ -63,7 +63,7 @@ def _compare(model: type[BaseModel], crd: dict[str, Any], defs: dict[str, Any]) 
             }
         theirs = crd_props[name]
         formats = {mine.get("format"), theirs.get("format")}
-        if "date-time" in formats and len(formats) > 1 and name != "expiresAt":
+        if "date-time" in formats and len(formats) > 1:
             problems.append(f"{model.__name__}.{name}: date-time format differs")
         expected_type = "string" if mine.get("format") == "date-time" else mine.get("type")
         if expected_type != theirs.get("type"):

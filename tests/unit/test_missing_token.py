@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 from matrix_invite_operator.models import InvitationSpec, InvitationStatus, Phase
+from matrix_invite_operator.ownership import desired_expiry, missing_token_state
 from matrix_invite_operator.ports import Invitation
-from matrix_invite_operator.reconcile import desired_expiry, missing_token_state
 from matrix_invite_operator.settings import Settings
 from matrix_invite_operator.status import compute_status
 

@@ -150,8 +150,11 @@ def test_status_fields_come_from_the_token() -> None:
         2,
         False,
     )
-    assert status.expires_at == "2026-11-28T12:00:00Z"
-    assert status.last_used_at == "2026-11-27T12:00:00Z"
+    # Datetimes in the model, written once as RFC 3339 with whole seconds and a Z.
+    assert status.expires_at == dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
+    written = status.to_api()
+    assert written["expiresAt"] == "2026-11-28T12:00:00Z"
+    assert written["lastUsedAt"] == "2026-11-27T12:00:00Z"
     assert "x" * 24 not in status.model_dump_json()
 
 

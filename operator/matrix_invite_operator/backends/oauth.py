@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import email.utils
 import json
 import math
 import time
 from asyncio import Lock
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any, Literal
-from urllib.parse import quote, urljoin
+from urllib.parse import urljoin
 
 import httpx
 from pydantic import SecretStr
 
 from matrix_invite_operator.errors import BackendAuthError, BackendUnavailable, ConfigurationError
+from matrix_invite_operator.formats import retry_after_seconds
 from matrix_invite_operator.settings import SecretSource, current_secret
 
 ADMIN_SCOPE = "urn:mas:admin"
@@ -42,25 +42,6 @@ _DEFAULT_RETRY_AFTER = 15.0
 class _CachedToken:
     value: SecretStr
     renew_at: float
-
-
-def retry_after_seconds(response: httpx.Response, default: float = _DEFAULT_RETRY_AFTER) -> float:
-    """Seconds to wait as the response's Retry-After asks (delta or HTTP date), else `default`."""
-    header = response.headers.get("Retry-After")
-    if not header:
-        return default
-    header = header.strip()
-    seconds: float
-    if header.isdigit():
-        seconds = float(header)
-    else:
-        try:
-            when = email.utils.parsedate_to_datetime(header)
-        except (TypeError, ValueError):
-            return default
-        seconds = when.timestamp() - time.time()
-    # A hostile or confused header must neither spin us nor park us for a day.
-    return min(max(seconds, 1.0), 3600.0)
 
 
 class ClientCredentialsAuth(httpx.Auth):
@@ -101,6 +82,12 @@ class ClientCredentialsAuth(httpx.Auth):
             raise ConfigurationError(
                 f"Unsupported client auth method {client_auth_method!r}: "
                 f"use one of {', '.join(CLIENT_AUTH_METHODS)}"
+            )
+        if client_auth_method == "client_secret_basic" and ":" in client_id:
+            # Basic ends the user name at the first colon; MAS's client ids are ULIDs anyway.
+            raise ConfigurationError(
+                f"The MAS client id {client_id!r} contains a colon, which client_secret_basic "
+                "cannot carry: MAS client ids are ULIDs"
             )
         self.client_id = client_id
         self._client_secret = client_secret
@@ -200,7 +187,9 @@ class ClientCredentialsAuth(httpx.Auth):
         if response.status_code >= 500:
             raise BackendUnavailable(
                 f"MAS discovery at {where} answered {response.status_code}",
-                retry_after=retry_after_seconds(response),
+                retry_after=retry_after_seconds(
+                    response.headers.get("Retry-After"), _DEFAULT_RETRY_AFTER
+                ),
             )
         if response.status_code != httpx.codes.OK:
             raise BackendAuthError(
@@ -222,10 +211,13 @@ class ClientCredentialsAuth(httpx.Auth):
         # Read at every renewal: a rotated Secret heals a rejected client without a restart.
         secret = current_secret(self._client_secret).get_secret_value()
         if self.client_auth_method == "client_secret_basic":
-            # RFC 6749 2.3.1: both parts are form-urlencoded before the Basic encoding.
-            pair = f"{quote(self.client_id, safe='')}:{quote(secret, safe='')}"
+            # As they are, not form-urlencoded first as RFC 6749 2.3.1 asks: MAS compares the
+            # Basic password with its configured secret byte for byte and decodes nothing, so
+            # an encoded `+ / = %` or space never matches (mas/FACTS.md, tried on MAS 1.22).
+            pair = f"{self.client_id}:{secret}"
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
         else:
+            # A form body is form-decoded by every server, MAS included: the value arrives as is.
             form["client_id"] = self.client_id
             form["client_secret"] = secret
         return httpx.Request(
@@ -250,7 +242,9 @@ class ClientCredentialsAuth(httpx.Auth):
         if status >= 500 or status == httpx.codes.TOO_MANY_REQUESTS:
             raise BackendUnavailable(
                 f"The MAS token endpoint answered {status}",
-                retry_after=retry_after_seconds(response),
+                retry_after=retry_after_seconds(
+                    response.headers.get("Retry-After"), _DEFAULT_RETRY_AFTER
+                ),
             )
         said = f"{status} {error}" if isinstance(error, str) and error.isascii() else str(status)
         if error == "invalid_scope" or status == httpx.codes.FORBIDDEN:
@@ -262,14 +256,16 @@ class ClientCredentialsAuth(httpx.Auth):
                 "change)"
             )
         if error == "invalid_client" or status == httpx.codes.UNAUTHORIZED:
+            # Not "they do not match": until the secret went out unencoded, a matching secret
+            # with `+ / = %` or a space was refused too. Say what is sent and what MAS compares.
             raise BackendAuthError(
-                f"MAS refused the client credentials for client {self.client_id}: check that "
-                "MATRIX_INVITE_MAS_CLIENT_ID and the secret in "
-                "MATRIX_INVITE_MAS_CLIENT_SECRET_FILE (chart values mas.clientId, "
-                "mas.clientSecret.existingSecret and .key) match the "
-                "client in MAS's config, which MAS reads only at start (restart MAS after "
-                "rotating), and that it has client_auth_method: "
-                f"{self.client_auth_method} (MATRIX_INVITE_MAS_CLIENT_AUTH_METHOD)"
+                f"MAS refused the client credentials for client {self.client_id} ({said}). "
+                "The operator sends the secret from MATRIX_INVITE_MAS_CLIENT_SECRET_FILE (chart "
+                "values mas.clientSecret.existingSecret and .key) byte for byte, by "
+                f"{self.client_auth_method} (MATRIX_INVITE_MAS_CLIENT_AUTH_METHOD); MAS refuses "
+                "it when its client with this id (MATRIX_INVITE_MAS_CLIENT_ID, chart value "
+                "mas.clientId) has another secret or another client_auth_method. MAS reads its "
+                "clients only at start: restart MAS after rotating the secret"
             )
         detail = f" ({error})" if isinstance(error, str) and error.isascii() else ""
         raise BackendAuthError(

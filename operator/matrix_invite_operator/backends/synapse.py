@@ -41,7 +41,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from matrix_invite_operator.backends import AccountLookup, TokenState
 from matrix_invite_operator.backends.answers import is_web_page, parse_answer
-from matrix_invite_operator.backends.oauth import retry_after_seconds
 from matrix_invite_operator.backends.transport import (
     SERVER_ERROR_RETRY_AFTER,
     UNREACHABLE_RETRY_AFTER,
@@ -56,6 +55,7 @@ from matrix_invite_operator.errors import (
     BackendUnavailable,
     TokenNotFound,
 )
+from matrix_invite_operator.formats import retry_after_seconds
 from matrix_invite_operator.settings import SecretSource, current_secret
 
 TOKENS_PATH = "/_synapse/admin/v1/registration_tokens"
@@ -284,7 +284,9 @@ def _raise_for_status(call: _Call, what: str, response: httpx.Response) -> None:
     if status == 429 or status >= 500:
         raise BackendUnavailable(
             f"Synapse answered {what} with {status}: {reason}",
-            retry_after=retry_after_seconds(response, SERVER_ERROR_RETRY_AFTER),
+            retry_after=retry_after_seconds(
+                response.headers.get("Retry-After"), SERVER_ERROR_RETRY_AFTER
+            ),
         )
     if is_web_page(response):
         raise BackendMisdirected(
