@@ -41,7 +41,7 @@ import datetime as dt
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,6 +184,10 @@ class SyncBench:
         auth = ClientCredentialsAuth(self._client_id, self._secret, issuer=self.mas.url)
         return MasTokenBackend(MasAdminClient(http, self.mas.url, auth=auth), page_size=PAGE_SIZE)
 
+    def admin(self) -> MasTokenBackend:
+        """A client of MAS's Admin API of its own, for changes behind the operator's back."""
+        return self._backend()
+
     async def aclose(self) -> None:
         for client in self._clients:
             await client.aclose()
@@ -223,10 +227,19 @@ class SyncBench:
         """One full pass (list MAS, update what changed), with its traffic."""
         if self.sync is None:
             raise RuntimeError("seed first")
+        return await self._measure(self.sync.run_pass)
+
+    async def run_recent_pass(self) -> PassCost:
+        """One acceptance pass (the newest tokens only), with its traffic."""
+        if self.sync is None:
+            raise RuntimeError("seed first")
+        return await self._measure(self.sync.run_recent_pass)
+
+    async def _measure(self, run: Callable[[], Awaitable[SyncReport]]) -> PassCost:
         self.mas.reset_request_log()
         self.kube.reset()
         started = time.perf_counter()
-        report = await self.sync.run_pass()
+        report = await run()
         seconds = time.perf_counter() - started
         log = self.mas.request_log()
         listed = sum(1 for r in log if r.method == "GET" and r.path_template == TOKENS_PATH)

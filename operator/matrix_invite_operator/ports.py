@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -285,7 +285,7 @@ class Collaborators(Protocol):
         ...
 
     @property
-    def locks(self) -> dict[str, asyncio.Lock]:
+    def locks(self) -> MutableMapping[str, asyncio.Lock]:
         """One lock per Invitation uid (see `lock_for`)."""
         ...
 

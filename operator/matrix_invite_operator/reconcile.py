@@ -312,7 +312,12 @@ async def _ensure_secret(
     deps: Collaborators, invitation: Invitation, writer: StatusWriter
 ) -> SecretStr:
     name = writer.status.secret_name or secret_name_for(invitation.name)
-    token = await deps.kube.read_token_secret(invitation.namespace, name, invitation.uid)
+    # Never recorded: almost always a new Invitation, whose Secret does not exist yet. Creating
+    # answers "exists" otherwise and then reads it (with the same ownership check), so the
+    # read first would be one request per new Invitation for the rare retry (issue 24).
+    token = None
+    if writer.status.secret_name is not None:
+        token = await deps.kube.read_token_secret(invitation.namespace, name, invitation.uid)
     if token is None:
         token = await deps.kube.create_token_secret(
             invitation.namespace, name, generate_token(), invitation.owner_reference()

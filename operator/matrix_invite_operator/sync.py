@@ -6,6 +6,12 @@ Invitations there are, and patches only Invitations whose status changed. Betwee
 wakes at the next `expiresAt` and flips expiry from the last listing, without asking MAS.
 Drift (a token missing, or limits changed outside Git) is handed to `reconcile`.
 
+Between full passes, the acceptance pass lists the newest tokens in one request, every few
+seconds while an Invitation whose token is among them waits for its invitee: people sign up
+soon after the mail, and a token is created right before its mail, so that is where
+acceptances happen. It syncs those Invitations exactly as the full pass would; everything else
+(older tokens, tokens gone from MAS, unhandled generations) stays the full pass's.
+
 It also owns the registry: what the loop keeps of each watched Invitation between watch events
 (`WatchedInvitation`), packed, because at thousands of Invitations it is most of the operator's
 memory (docs/performance.md).
@@ -24,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends import TokenState
+from .backends import ListsNewest, TokenState
 from .enrollment import NAME_PREFIX
 from .errors import InvalidSpecError, KubeConflict, KubeNotFound, OperatorError
 from .formats import parse_rfc3339
@@ -54,6 +60,8 @@ logger = logging.getLogger(__name__)
 LAST_SYNCED_REFRESH = dt.timedelta(hours=1)
 # Wake this long after an expiry, so that it has passed by MAS's clock too.
 EXPIRY_MARGIN = dt.timedelta(seconds=0.2)
+# The newest tokens one acceptance pass lists: one page, as large as the full pass's pages.
+RECENT_TOKENS = 100
 
 
 @dataclass
@@ -97,6 +105,8 @@ class WatchedInvitation:
     packed: bytes
     # A generation was handled (observedGeneration set) but not the newest one.
     lagging: bool = False
+    # Its token, for the acceptance pass to find it among the newest without unpacking.
+    token_id: str | None = None
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WatchedInvitation:
@@ -118,6 +128,7 @@ class WatchedInvitation:
                 and not metadata.get("deletionTimestamp")
             ),
             expires_at=parse_rfc3339(expires) if expires else None,
+            token_id=status.get("tokenId"),
             packed=json.dumps(
                 {"metadata": kept, "spec": body.get("spec") or {}, "status": status},
                 separators=(",", ":"),
@@ -292,6 +303,8 @@ class StatusSync:
         self.tokens: dict[str, TokenState] = {}
         self.last_report: SyncReport | None = None
         self.passes = 0
+        self.recent_passes = 0
+        self._recent_ids: frozenset[str] = frozenset()  # the last acceptance pass's tokens
         self.last_success: float | None = None  # Unix time of the last pass that listed MAS
         self._outage_logged = False
         self._enrollment_outage_logged = False
@@ -338,6 +351,8 @@ class StatusSync:
             if tokens is None:
                 return report
             self.tokens = tokens
+            # Listed oldest first: the last page is what the acceptance pass would list now.
+            self._recent_ids = frozenset(list(tokens)[-RECENT_TOKENS:])
         # list() takes the entries in one step; each is unpacked only when its turn comes, so a
         # pass never holds more than one unpacked body. An expiry wake-up flips only what is
         # due, so it unpacks only that.
@@ -360,6 +375,44 @@ class StatusSync:
         self.last_report = report
         if list_backend:
             self.last_success = time.time()
+        return report
+
+    def awaits_acceptance(self) -> bool:
+        """Whether an acceptance pass could show anything: an Invitation still Sent whose token
+        was among the newest last time, or is newer than the last full listing.
+
+        Sent Invitations with older tokens are the full pass's: they cost no request here.
+        """
+        sent = Phase.SENT.value
+        return any(
+            w.phase == sent
+            and w.token_id is not None
+            and (w.token_id in self._recent_ids or w.token_id not in self.tokens)
+            for w in self.registry.values()
+        )
+
+    async def run_recent_pass(self) -> SyncReport:
+        """One request for the newest tokens; each Invitation whose token is among them is
+        synced from it by the full pass's own steps (status, drift, onboarding at once).
+
+        A backend that cannot list its newest tokens cheaply is left to the full pass. An
+        outage is the full pass's to report: it shows on every Invitation's condition anyway.
+        """
+        report = SyncReport()
+        backend = self.deps.backend
+        if not isinstance(backend, ListsNewest):
+            return report
+        try:
+            newest = await backend.list_newest(RECENT_TOKENS)
+        except OperatorError as exc:
+            logger.debug("acceptance pass cannot list the newest tokens: %s", exc)
+            return report
+        tokens = {token.id: token for token in newest}
+        report.listed, report.list_requests = len(tokens), 1
+        self._recent_ids = frozenset(tokens)
+        watched = [w for w in self.registry.values() if w.token_id in tokens]
+        await sync_invitations(self.deps, (w.body() for w in watched), tokens, report)
+        self.recent_passes += 1
         return report
 
     def converge_lagging(self, watched: Iterable[WatchedInvitation]) -> int:
@@ -431,17 +484,31 @@ class StatusSync:
 
     async def run_forever(self) -> None:
         interval = self.deps.settings.sync_interval_seconds
+        recent_interval = self.deps.settings.recent_sync_interval_seconds
         next_list = time.monotonic()
+        next_recent = next_list + recent_interval
         while True:
-            list_due = time.monotonic() >= next_list
+            now = time.monotonic()
+            list_due = now >= next_list
             if list_due:
-                next_list = time.monotonic() + interval
+                next_list = now + interval
+                next_recent = now + recent_interval  # the full pass lists the newest too
+            recent_due = recent_interval > 0 and not list_due and now >= next_recent
+            if recent_due:
+                next_recent = now + recent_interval
             if list_due or any_due(self.registry.values(), self.deps.clock()):
                 try:
                     await self.run_pass(list_backend=list_due)
                 except Exception:  # the loop must outlive any one bad pass
                     logger.exception("status sync pass failed")
+            if recent_due and self.awaits_acceptance():
+                try:
+                    await self.run_recent_pass()
+                except Exception:
+                    logger.exception("acceptance pass failed")
             sleep = next_list - time.monotonic()
+            if recent_interval > 0:
+                sleep = min(sleep, next_recent - time.monotonic())
             upcoming = next_expiry(self.registry.values(), self.deps.clock())
             if upcoming is not None:
                 sleep = min(sleep, (upcoming - self.deps.clock() + EXPIRY_MARGIN).total_seconds())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.doubles.mas import MasDouble
+from bench.sync_cost import SyncBench
+from tests.doubles.kube_recorder import KubeRecorder
+from tests.doubles.mas import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, MasDouble
 
 
 @pytest.fixture
@@ -16,3 +18,17 @@ def mas_double() -> Iterator[MasDouble]:
         yield double
     assert double.spec_violations == [], "the MAS double answered outside the spec"
     assert double.request_violations == [], "a client sent a body outside the spec"
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeRecorder]:
+    with KubeRecorder() as recorder:
+        yield recorder
+
+
+@pytest.fixture
+async def bench(mas_double: MasDouble, kube: KubeRecorder) -> AsyncIterator[SyncBench]:
+    """The operator's real sync pass and MAS client against the double (`bench/sync_cost.py`)."""
+    bench = SyncBench(mas_double, kube, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)
+    yield bench
+    await bench.aclose()

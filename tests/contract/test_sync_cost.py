@@ -8,26 +8,11 @@ requests plus one access-token request, and must write nothing to Kubernetes unl
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from bench.sync_cost import PAGE_SIZE, SyncBench
-from tests.doubles.kube_recorder import KubeRecorder
-from tests.doubles.mas import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, MasDouble
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeRecorder]:
-    with KubeRecorder() as recorder:
-        yield recorder
-
-
-@pytest.fixture
-async def bench(mas_double: MasDouble, kube: KubeRecorder) -> AsyncIterator[SyncBench]:
-    bench = SyncBench(mas_double, kube, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)
-    yield bench
-    await bench.aclose()
+from tests.doubles.mas import MasDouble
 
 
 @pytest.mark.parametrize("n", [1, 250])

@@ -857,6 +857,7 @@ class MasDouble:
         r.add_delete(f"{c}/tokens", self._control_delete_all)
         r.add_get(f"{c}/tokens/{{id}}", self._control_token)
         r.add_post(f"{c}/tokens/{{id}}/use", self._control_use_token)
+        r.add_post(f"{c}/tokens/{{id}}/sign-up", self._control_sign_up)
         r.add_get(f"{c}/clock", self._control_clock)
         r.add_post(f"{c}/clock", self._control_set_clock)
         r.add_post(f"{c}/expire-access-tokens", self._control_expire_access_tokens)
@@ -1449,6 +1450,17 @@ class MasDouble:
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=409)
         return web.json_response(_jsonable(used))
+
+    async def _control_sign_up(self, request: web.Request) -> web.Response:
+        """`MasAccounts.sign_up` from another process: body {"username", "email"}."""
+        body = await request.json()
+        try:
+            user = self.accounts.sign_up(request.match_info["id"], body["username"], body["email"])
+        except KeyError:
+            return web.json_response({"error": "unknown token"}, status=404)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=409)
+        return web.json_response(_jsonable(user))
 
     async def _control_clock(self, request: web.Request) -> web.Response:
         return web.json_response({"now": format_rfc3339(self.now())})

@@ -94,8 +94,9 @@ async def operate(world: World, *, rounds: int = MAX_ROUNDS) -> list[str]:
     """One operator process, in rounds until a round changes nothing: Kopf calls the handlers of
     handlers.py as it would (a change not yet handled: on.create/on.update; on a process start:
     on.resume; deletion: on.delete, then the finalizer goes), then the sync pass runs (an expiry
-    wake-up if one is due, and a listing pass). Temporary errors are retried after their delay
-    on the fake clock; a permanent one waits for the next change. Returns problems seen."""
+    wake-up if one is due, an acceptance pass if one would list anything, and a listing pass).
+    Temporary errors are retried after their delay on the fake clock; a permanent one waits for
+    the next change. Returns problems seen."""
     started, world.process_alive = not world.process_alive, True
     deps = world.restart()
     memo = kopf.Memo()
@@ -136,6 +137,8 @@ async def operate(world: World, *, rounds: int = MAX_ROUNDS) -> list[str]:
             registry[(NAMESPACE, name)] = WatchedInvitation.from_body(json_copy(body))
         if any(w.due(world.clock()) for w in registry.values()):
             await _sync_pass(sync, list_backend=False)
+        if sync.awaits_acceptance():  # the loop's acceptance pass, between two full passes
+            await sync.run_recent_pass()
         complete = await _sync_pass(sync, list_backend=True)
         if not complete:
             # A pass that could not list, or failed for an Invitation, left undone what it would

@@ -268,6 +268,10 @@ class MasStore:
         ordered = sorted(self.tokens.values(), key=lambda t: t.id)
         return [dataclasses.replace(t) for t in ordered if after is None or t.id > after][:size]
 
+    def newest(self, size: int) -> list[StoredToken]:
+        ordered = sorted(self.tokens.values(), key=lambda t: t.id)
+        return [dataclasses.replace(t) for t in ordered[-size:]]
+
     def update(
         self, token_id: str, usage_limit: int | None, expires_at: dt.datetime | None
     ) -> StoredToken:
@@ -412,6 +416,13 @@ class FakeTokenBackend:
             if len(page) < self.PAGE:
                 return
             after = page[-1].id
+
+    async def list_newest(self, count: int) -> list[TokenState]:
+        page = await self._request(
+            "MAS GET /user-registration-tokens?page[last]",
+            functools.partial(self._store.newest, count),
+        )
+        return [self._state(stored) for stored in page]
 
     async def update(
         self, token_id: str, *, usage_limit: int | None, expires_at: dt.datetime | None

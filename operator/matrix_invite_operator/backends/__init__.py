@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
@@ -99,4 +99,17 @@ class AccountFinder(Protocol):
     ) -> AccountLookup:
         """The account that signed up with `email` around `used_at` (the token's last use)
         and not before `not_before` (the Invitation's creation)."""
+        ...
+
+
+@runtime_checkable
+class ListsNewest(Protocol):
+    """A backend that can list its newest tokens in one request (MAS pages from the end).
+
+    The sync loop's acceptance pass asks for these often; a backend without it (Synapse lists
+    every token in one answer, so "the newest" costs as much as all) is left to the full pass.
+    """
+
+    async def list_newest(self, count: int) -> list[TokenState]:
+        """The `count` most recently created tokens (fewer if there are not as many)."""
         ...

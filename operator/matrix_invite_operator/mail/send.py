@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import email.errors
 import email.policy
+import functools
 import hashlib
 import logging
 import re
@@ -91,9 +92,17 @@ def _check_serialized(msg: EmailMessage, name: str, what: str, error: type[Excep
     the break, which the recipient's mail client decodes again. Both are checked here on the
     serialized text, with both policies the mail may be sent with (SMTPUTF8 or not), so the
     guarantee holds whatever the Python patch level.
+
+    A value both policies fold alike (any ASCII-only one) is read back once: the same text
+    reads back the same (parsing it was most of the mail's CPU in a burst).
     """
+    header = msg[name]
+    checked: set[str] = set()
     for policy in (email.policy.SMTP, email.policy.SMTPUTF8):
-        folded = policy.fold(name, msg[name])
+        folded = policy.fold(name, header)
+        if folded in checked:
+            continue
+        checked.add(folded)
         # Every kind of line end counts: relays and clients take a bare CR or LF for one.
         first, *rest = folded.splitlines()
         if first.partition(":")[0] != name or any(
@@ -140,6 +149,24 @@ def _address(
         raise error(invalid) from exc
 
 
+@functools.lru_cache(maxsize=8)
+def _checked_sender(sender_name: str | None, sender_email: str) -> Address:
+    """The From address, checked as it goes out; the same for every mail of one operator, so
+    checked once (an `Address` is immutable; a failed check is not cached, it raises)."""
+    probe = EmailMessage(policy=email.policy.SMTP)
+    probe["From"] = sender = _address(sender_name, sender_email, "sender", ConfigurationError)
+    _check_serialized(probe, "From", *_OWN_HEADERS["From"])
+    return sender
+
+
+@functools.lru_cache(maxsize=64)
+def _check_subject(subject: str) -> None:
+    """Raises unless the subject serialises to one header line; each text checked once."""
+    probe = EmailMessage(policy=email.policy.SMTP)
+    probe["Subject"] = subject
+    _check_serialized(probe, "Subject", *_OWN_HEADERS["Subject"])
+
+
 def message_id_for(seed: str, sender_email: str) -> str:
     """A Message-ID that depends only on `seed` and the sender's domain.
 
@@ -171,17 +198,17 @@ def build_message(
     `ConfigurationError` for an unusable sender or subject (they came from the operator).
     """
     to = _address(to_name, to_email, "recipient", InvalidSpecError)
-    sender = _address(sender_name, sender_email, "sender", ConfigurationError)
     subject = _single_line(rendered.subject, "mail subject", ConfigurationError)
 
     msg = EmailMessage(policy=email.policy.SMTP)
     # Address objects let the header registry produce RFC 2047 encoded-words for non-ASCII
     # names ("Jörg Müller") instead of us quoting by hand.
-    msg["From"] = sender
+    msg["From"] = _checked_sender(sender_name, sender_email)
     msg["To"] = to
     msg["Subject"] = subject
-    for name, (what, error) in _OWN_HEADERS.items():
-        _check_serialized(msg, name, what, error)
+    _check_serialized(msg, "To", *_OWN_HEADERS["To"])
+    # The subject comes from a template and the server's facts: one text for many mails.
+    _check_subject(subject)
     msg["Date"] = format_datetime((date or dt.datetime.now(dt.UTC)).astimezone(dt.UTC))
     msg["Message-ID"] = message_id_for(message_id_seed, sender_email)
     # RFC 3834: tells vacation responders and ticket systems not to answer an automatic mail.
@@ -247,9 +274,7 @@ class Mailer:
                 "starttls or implicit TLS, or set allow_insecure_auth for a relay on localhost"
             )
         # Checked now, as it would go out: a sender name that breaks the header fails at startup.
-        probe = EmailMessage(policy=email.policy.SMTP)
-        probe["From"] = _address(sender_name, sender_email, "sender", ConfigurationError)
-        _check_serialized(probe, "From", *_OWN_HEADERS["From"])
+        _checked_sender(sender_name, sender_email)
         if password is not None:
             current_secret(password)  # read once now: an unreadable file fails at startup
 

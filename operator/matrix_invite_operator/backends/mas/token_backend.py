@@ -78,6 +78,19 @@ class MasTokenBackend:
         async for token in self._client.list_tokens(page_size=self._page_size):
             yield token.to_state()
 
+    async def list_newest(self, count: int) -> list[TokenState]:
+        """One request: the first page of `newest_tokens`, never the one before it."""
+        newest: list[TokenState] = []
+        tokens = self._client.newest_tokens(page_size=count)
+        try:
+            async for token in tokens:
+                newest.append(token.to_state())
+                if len(newest) >= count:
+                    break
+        finally:
+            await tokens.aclose()
+        return newest
+
     async def update(
         self, token_id: str, *, usage_limit: int | None, expires_at: dt.datetime | None
     ) -> TokenState:
