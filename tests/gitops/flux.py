@@ -226,7 +226,7 @@ class FluxControllers:
         for process in self._processes:
             state = _state(process)
             if process.popen is None:
-                state = f"stopped by the harness; {self._before_stop.get(process.name)} until then"
+                state = f"stopped at teardown (before that: {self._before_stop.get(process.name)})"
             found.append((process.name, state, process.log_tail(lines)))
         return found
 
