@@ -23,6 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SYNC_METRIC = "matrix_invite_last_successful_sync_timestamp_seconds"
 CLEANUP_DONE = "Activity 'stop' succeeded"  # Kopf, after handlers.stop (on.cleanup) returned
+PORT_TAKEN = "address already in use"  # a probe or metrics port taken between pick and bind
+BIND_ATTEMPTS = 3
 
 
 def free_port() -> int:
@@ -55,6 +57,37 @@ class OperatorProcess:
         return self._process.pid if self._process else None
 
     def start(self, *, wait_healthy: float = 30.0) -> OperatorProcess:
+        """Start it; with `wait_healthy`, wait until its liveness probe answers.
+
+        Its ports are picked free but released before it binds them, so another server started
+        meanwhile may take one (seen under load: Kopf's health reporter failed to bind and the
+        process exited). Such a start is tried again on fresh ports, as the control plane and the
+        Flux controllers are; any other early exit fails at once.
+        """
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self._spawn()
+            if not wait_healthy:
+                return self
+            try:
+                self.wait_healthy(wait_healthy)
+                return self
+            except RuntimeError:
+                lost_a_port = PORT_TAKEN in self._log_since(offset)
+                if not lost_a_port or attempt == BIND_ATTEMPTS:
+                    raise
+            self.stop()
+            self.liveness_port = free_port()
+            self.env["MATRIX_INVITE_LIVENESS_PORT"] = str(self.liveness_port)
+            self.env["MATRIX_INVITE_METRICS_PORT"] = str(free_port())
+        raise AssertionError("unreachable")
+
+    def _log_since(self, offset: int) -> str:
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
+    def _spawn(self) -> None:
         log = self.log_path.open("ab")
         self._process = subprocess.Popen(
             [sys.executable, "-m", "matrix_invite_operator", "run", *self.args],
@@ -66,9 +99,6 @@ class OperatorProcess:
         )
         log.close()
         self.starts += 1
-        if wait_healthy:
-            self.wait_healthy(wait_healthy)
-        return self
 
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
