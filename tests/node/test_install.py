@@ -89,6 +89,13 @@ def make_secret(cp: ControlPlane, namespace: str, name: str, key: str, value: st
     cp.api("POST", f"/api/v1/namespaces/{namespace}/secrets", body)
 
 
+def make_release_secrets(cp: ControlPlane, namespace: str, values: Any, client_secret: str) -> None:
+    """The two Secrets the values name: MAS client secret and SMTP password."""
+    mas, smtp = values["mas"]["clientSecret"], values["smtp"]["password"]
+    make_secret(cp, namespace, mas["existingSecret"], mas["key"], client_secret)
+    make_secret(cp, namespace, smtp["existingSecret"], smtp["key"], SMTP_PASSWORD)
+
+
 def test_helm_install_runs_under_restricted_pod_security_and_serves_an_invitation(
     node_cluster: NodeCluster, node_mas: MasDouble, node_smtp: SmtpDouble
 ) -> None:
@@ -97,10 +104,8 @@ def test_helm_install_runs_under_restricted_pod_security_and_serves_an_invitatio
     release_ns = "ess"
     watched_ns = values["watchNamespaces"][0]
     make_namespaces(cp, release_ns, watched_ns)
+    make_release_secrets(cp, release_ns, values, OLD_SECRET)
     client_secret = values["mas"]["clientSecret"]
-    make_secret(cp, release_ns, client_secret["existingSecret"], client_secret["key"], OLD_SECRET)
-    smtp_secret = values["smtp"]["password"]
-    make_secret(cp, release_ns, smtp_secret["existingSecret"], smtp_secret["key"], SMTP_PASSWORD)
 
     # The namespace really enforces "restricted": a root Pod is refused at admission.
     root_pod = {
