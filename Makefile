@@ -47,8 +47,10 @@ node-packages:
 	@command -v podman >/dev/null 2>&1 && command -v containerd >/dev/null 2>&1 \
 	  && command -v mmdebstrap >/dev/null 2>&1 && [ -x /usr/sbin/runc ] && [ -x /usr/sbin/iptables ] \
 	  && [ -x /usr/lib/cni/bridge ] || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(NODE_PACKAGES); \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq $(NODE_PACKAGES); fi; }
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq \
+	    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(NODE_PACKAGES); \
+	  else sudo apt-get update -qq \
+	    && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(NODE_PACKAGES); fi; }
 
 node: install controlplane node-packages
 	$(BIN)/python -m tests.node.build
