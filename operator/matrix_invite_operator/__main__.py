@@ -86,15 +86,12 @@ async def _lead_then_operate(settings: Settings, lease: tuple[str, str] | None) 
     kube_login = KubeLogin()
     identity = await kube_login.identity()
     logging.getLogger(__name__).info("Kubernetes identity from %s", identity.source)
-    # Kopf's own identity too: left to itself, Kopf asks getpass.getuser(), which raises for a
-    # user without an /etc/passwd entry, as the image's 65532 is (found on a real node).
-    own_identity = default_identity()
     elector: LeaseElector | None = None
     keeper: asyncio.Task[None] | None = None
     client = None
     if lease is not None:
         client = await kube_http_client(kube_login)
-        elector = LeaseElector(client, *lease, own_identity)
+        elector = LeaseElector(client, *lease, default_identity())
         probe = (
             await serve_standby_probe(settings.bind_address, settings.liveness_port)
             if settings.liveness_port
@@ -130,7 +127,9 @@ async def _lead_then_operate(settings: Settings, lease: tuple[str, str] | None) 
                 liveness_endpoint=liveness,
                 memo=memo,
                 stop_flag=restart,
-                identity=cast(Any, own_identity),  # kopf's Identity type is not exported
+                # Left to itself, Kopf names itself after getpass.getuser(), which raises for a
+                # user without an /etc/passwd entry, as the image's 65532 is (seen on a node).
+                identity=cast(Any, default_identity()),  # kopf's Identity is not exported
             )
             if not restart.is_set():
                 return 0  # stopped by a signal
