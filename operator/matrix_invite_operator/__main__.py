@@ -17,7 +17,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, cast
 
 from pydantic import SecretStr, ValidationError
 
@@ -75,6 +74,8 @@ async def _lead_then_operate(settings: Settings, lease: tuple[str, str] | None) 
     client-go's leader election does: an orderly shutdown could still be writing when the
     Lease passes to the next copy.
     """
+    from typing import Any, cast
+
     import kopf
 
     from .kube import kube_http_client
