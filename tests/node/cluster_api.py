@@ -105,14 +105,15 @@ def install(
 ) -> str:
     """``helm install`` (or ``upgrade``) of the chart from this repository; helm's output.
 
-    The CRD is cluster-wide: when another release on the node (another test) already owns it,
-    this one installs without it (``crds.enabled: false``), as a second release in a cluster must.
+    The CRD is cluster-wide: when another release on the node (another test) or Flux already
+    applied it, this one installs without it (``crds.enabled: false``), as a second release in a
+    cluster must.
     """
     crd = cp.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}")
     owner = ((crd or {}).get("metadata", {}).get("annotations") or {}).get(
         "meta.helm.sh/release-namespace"
     )
-    if owner is not None and owner != namespace:
+    if crd is not None and owner != namespace:
         values = {**values, "crds": {**values.get("crds", {}), "enabled": False}}
     with tempfile.TemporaryDirectory(prefix="node-values-") as tmp:
         result = helm(

@@ -43,7 +43,10 @@ pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"
-NAMESPACE = "matrix-invite"  # deploy/'s namespace
+# deploy/ says matrix-invite; the Kustomizations' targetNamespace moves it (and keeps it apart
+# from test_install.py's namespaces on the same node).
+NAMESPACE = "matrix-invite-flux"
+DEPLOY_NAMESPACE = "matrix-invite"
 FLUX_NAMESPACE = "flux-system"
 
 
@@ -74,7 +77,8 @@ def operator_kustomization(image: str, mas: MasDouble, smtp: SmtpDouble) -> dict
     patch = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": "matrix-invite-operator", "namespace": NAMESPACE},
+        # Patches apply before targetNamespace: they name the base's own namespace.
+        "metadata": {"name": "matrix-invite-operator", "namespace": DEPLOY_NAMESPACE},
         "spec": {
             "template": {
                 "spec": {
@@ -91,6 +95,7 @@ def operator_kustomization(image: str, mas: MasDouble, smtp: SmtpDouble) -> dict
     return kustomization(
         "matrix-invite-operator",
         "./deploy",
+        targetNamespace=NAMESPACE,
         wait=True,
         timeout="3m",
         dependsOn=[{"name": "secrets"}],
