@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install lint format test unit controlplane chromium demo demo-gitops clean chart-crds deploy-manifests e2e-kind
+.PHONY: install lint format test unit controlplane chromium node-packages node demo demo-gitops clean chart-crds deploy-manifests e2e-kind
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,22 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; }
 
+# The real node of tests/node: Debian's container runtime and image tools (podman builds the
+# operator's image on a base mmdebstrap makes; containerd, runc, the CNI plugins and iptables run
+# the Pods), then kubelet, kube-proxy and kube-scheduler built like the control plane.
+NODE_PACKAGES := podman runc containerd containernetworking-plugins iptables mmdebstrap
+node-packages:
+	@command -v podman >/dev/null 2>&1 && command -v containerd >/dev/null 2>&1 \
+	  && command -v mmdebstrap >/dev/null 2>&1 && [ -x /usr/sbin/runc ] && [ -x /usr/sbin/iptables ] \
+	  && [ -x /usr/lib/cni/bridge ] || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq \
+	    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(NODE_PACKAGES); \
+	  else sudo apt-get update -qq \
+	    && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(NODE_PACKAGES); fi; }
+
+node: install controlplane node-packages
+	$(BIN)/python -m tests.node.build
+
 unit: install
 	$(BIN)/pytest tests/unit tests/contract tests/reconcile $(PYTEST_ARGS)
 
@@ -46,7 +62,7 @@ unit: install
 # the tests mostly wait on processes and timeouts. On 2 cores (shared, Dec 2026) the GitOps, deploy,
 # control-plane and browser tests took 143 s with -n 2, 116 s with -n 3 and 116 s with -n 4;
 # 3 is the fewer processes for the same time. PYTEST_ARGS="-n 0" runs in one process.
-test: lint controlplane chromium
+test: lint controlplane chromium node
 	$(BIN)/pytest --numprocesses=3 --dist=worksteal $(PYTEST_ARGS)
 
 demo: install controlplane

@@ -82,6 +82,8 @@ async def _lead_then_operate(settings: Settings, lease: tuple[str, str] | None) 
     client-go's leader election does: an orderly shutdown could still be writing when the
     Lease passes to the next copy.
     """
+    from typing import Any, cast
+
     import kopf
 
     from .kube import KubeApi, kube_http_client
@@ -136,6 +138,9 @@ async def _lead_then_operate(settings: Settings, lease: tuple[str, str] | None) 
                 liveness_endpoint=liveness,
                 memo=memo,
                 stop_flag=restart,
+                # Left to itself, Kopf names itself after getpass.getuser(), which raises for a
+                # user without an /etc/passwd entry, as the image's 65532 is (seen on a node).
+                identity=cast(Any, default_identity()),  # kopf's Identity is not exported
             )
             if not restart.is_set():
                 return 0  # stopped by a signal
