@@ -66,17 +66,6 @@ def test_mas_settings_are_still_required_for_mas() -> None:
         Settings(synapse_url="http://synapse:8008").require_backend()
 
 
-def test_the_ca_bundle_is_the_chosen_backends(tmp_path: Path) -> None:
-    mas_ca, synapse_ca = tmp_path / "mas.pem", tmp_path / "synapse.pem"
-    assert Settings(mas_ca_bundle=mas_ca, synapse_ca_bundle=synapse_ca).backend_ca_bundle() == (
-        mas_ca
-    )
-    both = Settings(backend="synapse", mas_ca_bundle=mas_ca, synapse_ca_bundle=synapse_ca)
-    assert both.backend_ca_bundle() == synapse_ca
-    shared = Settings(backend="synapse", mas_ca_bundle=mas_ca)
-    assert shared.backend_ca_bundle() == mas_ca
-
-
 async def test_the_provider_is_the_configured_backends() -> None:
     synapse = build_provider(
         Settings(
