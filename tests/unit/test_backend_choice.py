@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import get_args
 
@@ -113,3 +114,18 @@ def test_every_backend_the_settings_accept_has_a_provider() -> None:
     where = {name: kind.url(Settings(mas_url="http://mas:8081")) for name, kind in KINDS.items()}
     assert str(where["mas"]) == "http://mas:8081/"
     assert where["synapse"] is None
+
+
+def test_no_module_outside_the_settings_compares_the_backend_choice() -> None:
+    # Adding a backend touches its backends/ and providers/ modules, KINDS and its settings:
+    # doctor, sign-up, render-mail and the invite page ask the provider kind, never the name.
+    package = Path(__file__).resolve().parents[2] / "operator" / "matrix_invite_operator"
+    comparing = re.compile(r"\bbackend\s*(==|!=|\bin\b)")
+    found = [
+        f"{path.relative_to(package)}:{number}: {line.strip()}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "settings.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if comparing.search(line)
+    ]
+    assert found == []
