@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -237,27 +236,19 @@ def render_mail(args: argparse.Namespace) -> int:
 
 
 def _sign_up_facts(settings: Settings, *, offline: bool) -> SignUpFacts:
-    """What the operator would put in a mail now: MAS asked as `run` asks it (site-config and
-    enabled upstream providers, through the same client), unless offline or MAS is not set up."""
-    from .sign_up import SiteWatch, facts_from
+    """What the operator would put in a mail now: the backend asked as `run` asks it (MAS's
+    site-config and enabled upstream providers, through the same client), unless offline."""
+    from .providers import KINDS
 
-    facts = facts_from(settings)
-    if offline or settings.backend != "mas":
-        return facts
-    if settings.mas_url is None:
-        return replace(facts, source="the settings (MAS not configured: MATRIX_INVITE_MAS_URL)")
-    from .runtime import mas_admin_client, mas_http_client
-
-    async def ask() -> SignUpFacts:
-        async with mas_http_client(settings) as http:
-            return await SiteWatch(settings, mas_admin_client(settings, http)).refresh()
-
+    kind = KINDS[settings.backend]
+    if offline:
+        return kind.sign_up_facts(settings)
     try:
-        return asyncio.run(ask())
+        return asyncio.run(kind.read_sign_up(settings))
     except OperatorError as exc:
         raise ConfigurationError(
-            f"cannot ask MAS how invitees sign up ({exc}); run `doctor`, or preview with "
-            "--offline from the settings alone"
+            f"cannot ask {kind.name} how invitees sign up ({exc}); run `doctor`, or preview "
+            "with --offline from the settings alone"
         ) from None
 
 

@@ -105,7 +105,7 @@ async def ensure(
             update={
                 "state": EnrollmentState.OPENED,
                 "exists": False,
-                "checked_at": rfc3339(now),
+                "checked_at": now,
                 "message": OPENED_MESSAGE,
             }
         )
@@ -126,8 +126,8 @@ async def ensure(
         state=EnrollmentState.ACTIVE,
         exists=True,
         mailed_id=before.mailed_id if same_address and before is not None else None,
-        expires_at=rfc3339(current.expires),
-        checked_at=rfc3339(now),
+        expires_at=current.expires,
+        checked_at=now,
     )
     return Enrollment(_unless_same(before, status), invitations.link(current), notices)
 
@@ -136,8 +136,12 @@ def _unless_same(
     before: AuthentikInvitationStatus | None, status: AuthentikInvitationStatus
 ) -> AuthentikInvitationStatus:
     """`before` when only the time of the look differs: a settled Invitation reconciled again
-    writes nothing (`checkedAt` moves when something else does)."""
-    if before is not None and status.model_copy(update={"checked_at": before.checked_at}) == before:
+    writes nothing (`checkedAt` moves when something else does). Compared as written: authentik's
+    expiry may carry fractions of a second that status, in whole seconds, never shows."""
+    if (
+        before is not None
+        and status.model_copy(update={"checked_at": before.checked_at}).to_api() == before.to_api()
+    ):
         return before
     return status
 
@@ -164,13 +168,13 @@ async def withdraw(
     if not found and base.mailed_id is not None and base.state is EnrollmentState.ACTIVE:
         # Gone before the operator came to delete it: the invitee opened the mailed link.
         opened = {"state": EnrollmentState.OPENED, "message": OPENED_MESSAGE}
-        status = base.model_copy(update={**opened, "exists": False, "checked_at": rfc3339(now)})
+        status = base.model_copy(update={**opened, "exists": False, "checked_at": now})
         return Enrollment(_unless_same(before, status))
     status = base.model_copy(
         update={
             "state": EnrollmentState.DELETED,
             "exists": False,
-            "checked_at": rfc3339(now),
+            "checked_at": now,
             "message": f"Deleted by the operator: {why}",
         }
     )

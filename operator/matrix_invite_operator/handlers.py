@@ -246,6 +246,8 @@ async def remember(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any)
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     if type == "DELETED":
         memo.registry.pop(key, None)
+        if memo.deps.onboarding is not None:  # also when a finalizer was removed by hand
+            memo.deps.onboarding.forget(body["metadata"]["uid"])
         return
     watched = WatchedInvitation.from_body(body)
     memo.registry[key] = watched

@@ -156,8 +156,8 @@ class AuthentikInvitationStatus(_CamelModel):
     state: EnrollmentState
     exists: bool
     mailed_id: str | None = Field(None, max_length=64)  # the invitation whose link was mailed
-    expires_at: str | None = Field(None, max_length=64)
-    checked_at: str | None = Field(None, max_length=64)
+    expires_at: Timestamp | None = None
+    checked_at: Timestamp | None = None
     message: str | None = Field(None, max_length=1024)
 
 

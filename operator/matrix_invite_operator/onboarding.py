@@ -110,6 +110,10 @@ class Onboarding:
         base, ceiling = self._settings.retry_base_seconds, self._settings.retry_max_seconds
         return dt.timedelta(seconds=min(base * 2 ** max(attempts - 1, 0), ceiling))
 
+    def forget(self, uid: str) -> None:
+        """The Invitation `uid` is gone: drop what is kept of it in memory."""
+        self._failed_lookups.pop(uid, None)
+
     def lookup_waits(self, invitation: Invitation, now: dt.datetime) -> bool:
         """Whether the last lookup for this Invitation failed and its backoff still runs."""
         failed = self._failed_lookups.get(invitation.uid)

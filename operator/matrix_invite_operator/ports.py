@@ -183,8 +183,8 @@ class Onboarded:
 
 
 class OnboardingSteps(Protocol):
-    """After sign-up: who accepted, and their rooms (`onboarding.Onboarding`). Both take the
-    Invitation with the status it is about to be written with."""
+    """After sign-up: who accepted, and their rooms (`onboarding.Onboarding`). `due` and
+    `apply` take the Invitation with the status it is about to be written with."""
 
     def due(self, invitation: Invitation, now: dt.datetime) -> bool:
         """Whether `apply` would do anything: cheap enough for every Invitation on every pass."""
@@ -194,6 +194,10 @@ class OnboardingSteps(Protocol):
         self, invitation: Invitation, token: TokenState | None, now: dt.datetime
     ) -> Onboarded:
         """What onboarding found and did, as changes to `invitation.status`."""
+        ...
+
+    def forget(self, uid: str) -> None:
+        """The Invitation `uid` is deleted: drop what is kept of it in memory."""
         ...
 
 

@@ -512,6 +512,8 @@ async def finalize(deps: Collaborators, invitation: Invitation) -> None:
             notices = await enrollment.remove_all(deps.enrollment, invitation)
             await post_notices(deps.events, invitation, notices)
     deps.locks.pop(invitation.uid, None)
+    if deps.onboarding is not None:
+        deps.onboarding.forget(invitation.uid)
 
 
 async def _announce_revoked(deps: Collaborators, invitation: Invitation, token_id: str) -> None:

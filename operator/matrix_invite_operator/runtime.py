@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import weakref
 from collections.abc import Callable, MutableMapping
@@ -31,10 +32,8 @@ from .mail.throttle import MailThrottle
 from .metrics import OperatorMetrics
 from .onboarding import Onboarding
 from .ports import EnrollmentInvitations, EventSink, Invitation, InvitationMailer, KubeStore
-from .providers import MAS_CONNECTIONS, Provider, build_provider
+from .providers import KINDS, MAS_CONNECTIONS, Provider, build_provider
 from .providers import peer_http_client as peer_http_client  # authentik's client uses it
-from .providers.mas import mas_admin_client as mas_admin_client  # doctor uses it
-from .providers.mas import mas_http_client as mas_http_client  # doctor and bench use it
 from .providers.synapse import synapse_http_client
 from .settings import Settings
 from .sign_up import SignUpFacts, SiteWatch
@@ -87,6 +86,8 @@ def build_mailer(
     renderer.check(enrollment=settings.authentik_enabled)
     rate = settings.mail_rate_per_minute
     throttle = MailThrottle(rate) if rate > 0 else None
+    if sign_up is None:  # what the settings alone say, as the backend reads them
+        sign_up = functools.partial(KINDS[settings.backend].sign_up_facts, settings)
     return SmtpInvitationMailer(settings, renderer, mailer, throttle, sign_up=sign_up)
 
 

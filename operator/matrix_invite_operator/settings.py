@@ -371,12 +371,6 @@ class Settings(BaseSettings):
             )
         self.authentik_api_token_value()
 
-    def backend_ca_bundle(self) -> Path | None:
-        """The CA bundle for the chosen backend's HTTPS (None: the system CAs)."""
-        if self.backend == "synapse" and self.synapse_ca_bundle is not None:
-            return self.synapse_ca_bundle
-        return self.mas_ca_bundle
-
     def smtp_password_value(self) -> SecretStr:
         return _secret_from(
             "SMTP password",

@@ -66,9 +66,7 @@ def facts_from(
     site: SiteConfig | None = None,
     providers: Sequence[UpstreamProvider] = (),
 ) -> SignUpFacts:
-    """The facts the settings and (when read) MAS's site-config and providers give."""
-    if settings.backend == "synapse":
-        return SignUpFacts("synapse", None, settings.server_name)
+    """The facts the MAS settings and (when read) MAS's site-config and providers give."""
     named = settings.mas_upstream_provider_name
     if site is None:
         # MAS not read: the settings alone; "upstream" means the one-provider redirect.
@@ -143,10 +141,16 @@ def _unprotected(site: SiteConfig, providers: Sequence[UpstreamProvider]) -> str
 class SiteWatch:
     """The current `SignUpFacts`, refreshed from MAS; `facts` is always usable."""
 
-    def __init__(self, settings: Settings, client: MasAdminClient | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: MasAdminClient | None,
+        facts: SignUpFacts | None = None,
+    ) -> None:
+        """`facts`: what holds until MAS is read (default: what MAS's settings say)."""
         self._settings = settings
         self._client = client
-        self.facts = facts_from(settings)
+        self.facts = facts or facts_from(settings)
         self.read_once = False
 
     def server_name(self) -> str:

@@ -17,7 +17,8 @@ from matrix_invite_operator.backends import TokenState
 from matrix_invite_operator.mail import MailRenderer
 from matrix_invite_operator.models import InvitationSpec, InvitationStatus
 from matrix_invite_operator.ports import Invitation
-from matrix_invite_operator.runtime import build_mailer, mas_admin_client, mas_http_client
+from matrix_invite_operator.providers.mas import mas_admin_client, mas_http_client
+from matrix_invite_operator.runtime import build_mailer
 from matrix_invite_operator.settings import Settings
 from matrix_invite_operator.sign_up import SignUpFacts, SiteWatch
 from pydantic import SecretStr

@@ -12,7 +12,7 @@ import asyncio
 
 from .harness import operate
 from .scenarios import ADA, NAME
-from .subject import StatusSync, WatchedInvitation
+from .subject import Invitation, StatusSync, WatchedInvitation, finalize
 from .world import NAMESPACE, World, json_copy
 
 PASSES = 30
@@ -80,3 +80,28 @@ def test_a_mas_outage_writes_no_status() -> None:
         return await _writes_per_pass(world, 5)
 
     assert asyncio.run(outage()) == [0] * 5
+
+
+def test_a_deleted_invitation_leaves_no_failed_lookup_behind() -> None:
+    """The backoff of failed lookups is kept in memory by Invitation uid: a deleted Invitation's
+    entry must go with it, or a long-running operator keeps one per Invitation ever accepted
+    during an outage."""
+
+    async def deleted() -> tuple[bool, bool]:
+        world = World()
+        world.api.create_invitation(NAME, {"email": ADA})
+        assert await operate(world) == []
+        world.mas.lookups_refused = True
+        world.mas.use(world.api.invitations[NAME]["status"]["tokenId"])
+        deps = world.restart()
+        sync = StatusSync(deps, {})
+        body = json_copy(world.api.invitations[NAME])
+        sync.registry[(NAMESPACE, NAME)] = WatchedInvitation.from_body(body)
+        await sync.run_pass(list_backend=True)
+        assert deps.onboarding is not None
+        invitation = Invitation.from_body(json_copy(world.api.invitations[NAME]))
+        waited = deps.onboarding.lookup_waits(invitation, world.clock.now)
+        await finalize(deps, invitation)
+        return waited, deps.onboarding.lookup_waits(invitation, world.clock.now)
+
+    assert asyncio.run(deleted()) == (True, False)

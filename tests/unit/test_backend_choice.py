@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import get_args
 
@@ -66,17 +67,6 @@ def test_mas_settings_are_still_required_for_mas() -> None:
         Settings(synapse_url="http://synapse:8008").require_backend()
 
 
-def test_the_ca_bundle_is_the_chosen_backends(tmp_path: Path) -> None:
-    mas_ca, synapse_ca = tmp_path / "mas.pem", tmp_path / "synapse.pem"
-    assert Settings(mas_ca_bundle=mas_ca, synapse_ca_bundle=synapse_ca).backend_ca_bundle() == (
-        mas_ca
-    )
-    both = Settings(backend="synapse", mas_ca_bundle=mas_ca, synapse_ca_bundle=synapse_ca)
-    assert both.backend_ca_bundle() == synapse_ca
-    shared = Settings(backend="synapse", mas_ca_bundle=mas_ca)
-    assert shared.backend_ca_bundle() == mas_ca
-
-
 async def test_the_provider_is_the_configured_backends() -> None:
     synapse = build_provider(
         Settings(
@@ -124,3 +114,18 @@ def test_every_backend_the_settings_accept_has_a_provider() -> None:
     where = {name: kind.url(Settings(mas_url="http://mas:8081")) for name, kind in KINDS.items()}
     assert str(where["mas"]) == "http://mas:8081/"
     assert where["synapse"] is None
+
+
+def test_no_module_outside_the_settings_compares_the_backend_choice() -> None:
+    # Adding a backend touches its backends/ and providers/ modules, KINDS and its settings:
+    # doctor, sign-up, render-mail and the invite page ask the provider kind, never the name.
+    package = Path(__file__).resolve().parents[2] / "operator" / "matrix_invite_operator"
+    comparing = re.compile(r"\bbackend\s*(==|!=|\bin\b)")
+    found = [
+        f"{path.relative_to(package)}:{number}: {line.strip()}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "settings.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if comparing.search(line)
+    ]
+    assert found == []

@@ -8,6 +8,7 @@ import threading
 import pytest
 from matrix_invite_operator.backends.mas import SiteConfig, UpstreamProvider
 from matrix_invite_operator.errors import TransientError
+from matrix_invite_operator.providers import KINDS
 from matrix_invite_operator.settings import Settings
 from matrix_invite_operator.sign_up import SiteWatch, facts_from
 
@@ -87,14 +88,15 @@ def test_registration_without_a_token_is_reported_with_every_open_door() -> None
 
 
 def test_synapse_needs_its_server_name_set() -> None:
-    facts = facts_from(Settings(backend="synapse", server_name="example.org"))
+    facts = KINDS["synapse"].sign_up_facts(Settings(backend="synapse", server_name="example.org"))
     assert (facts.sign_up, facts.server_name) == ("synapse", "example.org")
 
 
 def test_a_watch_without_mas_returns_at_once_instead_of_spinning() -> None:
     # A loop that never awaits would freeze the operator's event loop (probes, handlers); run
     # it in a thread of its own, so that such a bug fails this test instead of hanging it.
-    watch = SiteWatch(Settings(backend="synapse", server_name="example.org"), None)
+    settings = Settings(backend="synapse", server_name="example.org")
+    watch = SiteWatch(settings, None, KINDS["synapse"].sign_up_facts(settings))
     runner = threading.Thread(
         target=asyncio.run, args=(watch.run_forever(interval=3600),), daemon=True
     )

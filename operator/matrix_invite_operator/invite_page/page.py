@@ -2,13 +2,12 @@
 
 Owns the page's wording (besides the steps, which come from the mail's `sign_up_steps` block so
 that page and mail never disagree), the link format the mail uses, the choice of language from
-`Accept-Language`, and the MAS version check that decides whether the continue button may carry
-the token (`/register?token=...`, proposed in MAS pull request #5971, in no release yet).
+`Accept-Language`. Whether the continue button may carry the token is the backend's to say
+(its provider kind's `prefills_token`).
 """
 
 from __future__ import annotations
 
-import re
 import string
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,12 +18,9 @@ import jinja2
 from ..errors import ConfigurationError
 from ..locales import LOCALES, Locale, strings
 from ..mail.render import MailRenderer, SignUpSteps, invite_link
+from ..providers import KINDS
+from ..providers.mas import TOKEN_PREFILL_SINCE, prefills_token
 from ..settings import Settings
-from ..sign_up import facts_from
-
-TOKEN_PREFILL_SINCE: tuple[int, ...] | None = None
-"""The first MAS release whose `/register?token=` pre-fills the registration token; None while
-no release has it (MAS 1.22 ignores the parameter). Set it when a release ships #5971."""
 
 __all__ = [
     "STATIC_FILES",
@@ -41,22 +37,8 @@ STATIC_FILES: dict[str, str] = {
     "invite.css": "text/css; charset=utf-8",
 }
 
-_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
-
 # Each locale's texts and name live beside its mail templates (<locale>/strings.json).
 LANGUAGE_NAMES: dict[Locale, str] = {locale: strings(locale).language_name for locale in LOCALES}
-
-
-def prefills_token(
-    version: str | None, since: tuple[int, ...] | None = TOKEN_PREFILL_SINCE
-) -> bool:
-    """Whether MAS `version` pre-fills the registration token from `/register?token=`."""
-    if version is None or since is None:
-        return False
-    match = _VERSION.match(version.strip())
-    if match is None:
-        return False
-    return tuple(int(part) for part in match.groups()) >= since
 
 
 def negotiate_locale(accept_language: str | None, default: Locale) -> Locale:
@@ -103,8 +85,9 @@ def _continue_url(settings: Settings) -> str:
 
 
 def build_invite_page(settings: Settings, *, prefill: bool | None = None) -> InvitePage:
-    """Render every locale once. `prefill` overrides the MAS version check (for tests)."""
-    facts = facts_from(settings)
+    """Render every locale once. `prefill` overrides the backend's answer (for tests)."""
+    kind = KINDS[settings.backend]
+    facts = kind.sign_up_facts(settings)
     if facts.server_name is None:
         raise ConfigurationError(
             "the invite page needs the server name: set MATRIX_INVITE_SERVER_NAME "
@@ -112,7 +95,7 @@ def build_invite_page(settings: Settings, *, prefill: bool | None = None) -> Inv
         )
     continue_url = _continue_url(settings)
     if prefill is None:
-        prefill = settings.backend == "mas" and prefills_token(settings.invite_page_mas_version)
+        prefill = kind.prefills_token(settings)
     renderer = MailRenderer(settings.mail_template_dir)
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("matrix_invite_operator.invite_page", "templates"),

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from ..backends import TokenState
 from ..settings import Settings
-from ..sign_up import SignUpFacts, facts_from
+from ..sign_up import SignUpFacts
 from .render import MailContext, MailRenderer, expand_registration_url, invite_link
 from .send import Mailer, build_message
 from .throttle import MailThrottle
@@ -34,11 +34,11 @@ class SmtpInvitationMailer:
         mailer: Mailer,
         throttle: MailThrottle | None = None,
         *,
-        sign_up: Callable[[], SignUpFacts] | None = None,
+        sign_up: Callable[[], SignUpFacts],
     ) -> None:
         self._settings = settings
-        # What MAS says about sign-up now (`sign_up.SiteWatch`), or the settings alone.
-        self._sign_up = sign_up or (lambda: facts_from(settings))
+        # What the backend says about sign-up now (`sign_up.SiteWatch`), or the settings alone.
+        self._sign_up = sign_up
         self._renderer = renderer
         self._mailer = mailer
         self.throttle = throttle

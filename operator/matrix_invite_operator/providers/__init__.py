@@ -2,8 +2,9 @@
 sign-up facts and acting sessions, built from the settings as one object.
 
 `build_provider` picks the provider `settings.backend` names; `runtime` wires what it gets without
-asking which backend it is. Adding a backend: its `backends/` module, a module here with
-its `KIND`, a line in `KINDS`, and its settings.
+asking which backend it is, and doctor, render-mail and the invite page ask its `ProviderKind`
+(sign-up facts, doctor checks, token pre-fill). Adding a backend: its `backends/` module, a
+module here with its `KIND`, a line in `KINDS`, and its settings.
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ def build_provider(
     except ConfigurationError as problem:
         logger.error("the token backend is misconfigured, nothing will be issued: %s", problem)
         unconfigured = UnconfiguredBackend(problem)
+        kind = KINDS[settings.backend]
         return Provider(
-            name=KINDS[settings.backend].name,
+            name=kind.name,
             backend=unconfigured,
             accounts=unconfigured,
-            sign_up=SiteWatch(settings, None),
+            sign_up=SiteWatch(settings, None, kind.sign_up_facts(settings)),
             sessions=None,
         )

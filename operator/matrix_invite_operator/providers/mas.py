@@ -1,7 +1,14 @@
 """The MAS provider: the Admin API client with its client-credentials auth, MAS's token store,
-account lookup, site-config watch and the onboarding user's personal sessions."""
+account lookup, site-config watch and the onboarding user's personal sessions; doctor's MAS
+checks (`mas_doctor`), and the MAS version check that decides whether the invite page's continue
+button may carry the token (`/register?token=...`, proposed in MAS pull request #5971, in no
+release yet)."""
 
 from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import httpx
 
@@ -14,8 +21,16 @@ from ..backends.mas import (
 from ..backends.oauth import ClientCredentialsAuth
 from ..onboarding import Observer
 from ..settings import Settings
-from ..sign_up import SiteWatch
+from ..sign_up import SignUpFacts, SiteWatch, facts_from
+from .findings import Finding
+from .mas_doctor import MasChecks
 from .provider import Provider, ProviderKind, RequestObserver, peer_http_client
+
+TOKEN_PREFILL_SINCE: tuple[int, ...] | None = None
+"""The first MAS release whose `/register?token=` pre-fills the registration token; None while
+no release has it (MAS 1.22 ignores the parameter). Set it when a release ships #5971."""
+
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
 
 
 def mas_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -70,4 +85,42 @@ def build(
     )
 
 
-KIND = ProviderKind(name="MAS", build=build, url=lambda settings: settings.mas_url)
+async def read_sign_up(settings: Settings) -> SignUpFacts:
+    """What `run` would put in a mail now: site-config and enabled upstream providers, asked
+    through the same client (the settings alone while MAS is not configured)."""
+    if settings.mas_url is None:
+        return replace(
+            facts_from(settings),
+            source="the settings (MAS not configured: MATRIX_INVITE_MAS_URL)",
+        )
+    async with mas_http_client(settings) as http:
+        return await SiteWatch(settings, mas_admin_client(settings, http)).refresh()
+
+
+async def doctor_checks(settings: Settings) -> AsyncIterator[Finding]:
+    async with mas_http_client(settings) as http:
+        async for finding in MasChecks(settings, http, mas_admin_client(settings, http)).findings():
+            yield finding
+
+
+def prefills_token(
+    version: str | None, since: tuple[int, ...] | None = TOKEN_PREFILL_SINCE
+) -> bool:
+    """Whether MAS `version` pre-fills the registration token from `/register?token=`."""
+    if version is None or since is None:
+        return False
+    match = _VERSION.match(version.strip())
+    if match is None:
+        return False
+    return tuple(int(part) for part in match.groups()) >= since
+
+
+KIND = ProviderKind(
+    name="MAS",
+    build=build,
+    url=lambda settings: settings.mas_url,
+    sign_up_facts=facts_from,
+    read_sign_up=read_sign_up,
+    doctor_checks=doctor_checks,
+    prefills_token=lambda settings: prefills_token(settings.invite_page_mas_version),
+)

@@ -4,17 +4,18 @@ each provider owns (explicit timeouts, TLS verified against the system CAs or a 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
 from ..backends import AccountFinder, TokenBackend
 from ..onboarding import ActingSessions, Observer
 from ..settings import Settings
-from ..sign_up import SiteWatch
+from ..sign_up import SignUpFacts, SiteWatch
+from .findings import Finding
 
 RequestObserver = Callable[[str, str, str, float], None]
 """Called after each backend request with (endpoint template, method, outcome, seconds)."""
@@ -55,12 +56,17 @@ class ProviderBuilder(Protocol):
 
 @dataclass(frozen=True)
 class ProviderKind:
-    """A backend as the settings name it: how to build its provider, and where it is (for
-    messages, without building anything)."""
+    """A backend as the settings name it: how to build its provider, and what the commands
+    around the operator (doctor, render-mail, the invite page) need from it without building
+    one. Nothing outside the backend's own modules asks which backend it is."""
 
     name: str
     build: ProviderBuilder
-    url: Callable[[Settings], object]
+    url: Callable[[Settings], object]  # where it is, for messages
+    sign_up_facts: Callable[[Settings], SignUpFacts]  # what the settings alone say about sign-up
+    read_sign_up: Callable[[Settings], Coroutine[Any, Any, SignUpFacts]]  # as `run` learns it
+    doctor_checks: Callable[[Settings], AsyncIterator[Finding]]  # doctor's lines for it
+    prefills_token: Callable[[Settings], bool]  # may the invite page put the token in the link?
 
 
 def peer_http_client(settings: Settings, *, ca_bundle: Path | None) -> httpx.AsyncClient:

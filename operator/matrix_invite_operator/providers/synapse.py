@@ -1,7 +1,10 @@
 """The Synapse provider (no MAS): the admin API client with the admin token, Synapse's token
-store and account lookup, the settings' sign-up facts, and the admin token to act in Matrix."""
+store and account lookup, the settings' sign-up facts, the admin token to act in Matrix, and
+doctor's one line for it (only the settings and SMTP are checked)."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
 
 import httpx
 
@@ -13,7 +16,8 @@ from ..backends.synapse import (
 )
 from ..onboarding import Observer
 from ..settings import Settings
-from ..sign_up import SiteWatch
+from ..sign_up import SignUpFacts, SiteWatch
+from .findings import Finding, Verdict
 from .provider import Provider, ProviderKind, RequestObserver, peer_http_client
 
 
@@ -40,10 +44,32 @@ def build(
         name="Synapse",
         backend=SynapseTokenBackend(client),
         accounts=SynapseAccounts(client),
-        sign_up=SiteWatch(settings, None),  # the settings say it all: Synapse has no site-config
+        # The settings say it all: Synapse has no site-config.
+        sign_up=SiteWatch(settings, None, sign_up_facts(settings)),
         sessions=AdminTokenSessions(settings.synapse_admin_token_value),
         http=http,
     )
 
 
-KIND = ProviderKind(name="Synapse", build=build, url=lambda settings: settings.synapse_url)
+def sign_up_facts(settings: Settings) -> SignUpFacts:
+    """Synapse's own registration, with the server name the settings must give."""
+    return SignUpFacts("synapse", None, settings.server_name)
+
+
+async def read_sign_up(settings: Settings) -> SignUpFacts:
+    return sign_up_facts(settings)  # nothing to ask
+
+
+async def doctor_checks(settings: Settings) -> AsyncIterator[Finding]:
+    yield Finding(Verdict.SKIP, "backend", "synapse: only the settings and SMTP are checked")
+
+
+KIND = ProviderKind(
+    name="Synapse",
+    build=build,
+    url=lambda settings: settings.synapse_url,
+    sign_up_facts=sign_up_facts,
+    read_sign_up=read_sign_up,
+    doctor_checks=doctor_checks,
+    prefills_token=lambda settings: False,  # only MAS's /register reads a token from the link
+)
