@@ -95,7 +95,7 @@ def test_the_chart_values_give_the_operator_its_settings() -> None:
     policy_values = {**NETWORK_POLICY_VALUES["networkPolicy"], **values["networkPolicy"]}
     objects = render({**values, "networkPolicy": policy_values})
     env = env_of(objects)
-    assert env["MATRIX_INVITE_AUTHENTIK_URL"] == "https://auth.example.org"
+    assert env["MATRIX_INVITE_AUTHENTIK_URL"] == "https://id.example.org"
     assert (
         env["MATRIX_INVITE_AUTHENTIK_FLOW_SLUG"] == blueprint()["entries"][0]["identifiers"]["slug"]
     )

@@ -546,7 +546,11 @@ def test_the_install_guides_helm_release_values_render() -> None:
     documents = [
         d for block in blocks if "..." not in block for d in yaml.safe_load_all(block) if d
     ]
-    (release,) = [d for d in documents if d.get("kind") == "HelmRelease"]
+    releases = [d for d in documents if d.get("kind") == "HelmRelease"]
+    # The second is the chart-from-Git variant: the same release, only its chart's source.
+    (release,) = [r for r in releases if "values" in r["spec"]]
+    for variant in releases:
+        assert variant["metadata"] == release["metadata"]
     assert release["spec"]["install"]["crds"] == release["spec"]["upgrade"]["crds"]
     # Installed into ESS's namespace, watching the Invitations' namespace the guide creates.
     installed_into = release["metadata"]["namespace"]
