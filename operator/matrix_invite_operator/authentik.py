@@ -29,9 +29,9 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
-from .backends.answers import is_web_page
+from .backends.answers import is_web_page, parse_answer
 from .backends.transport import SERVER_ERROR_RETRY_AFTER, UNREACHABLE_RETRY_AFTER, no_answer
 from .errors import (
     AuthentikForbidden,
@@ -287,22 +287,15 @@ class AuthentikClient:
     async def _send(self, call: _Call, model: type[_Model]) -> _Model:
         response = await self._request(call)
         self._raise_for_status(call, response)
-        try:
-            document = json.loads(response.content)
-        except ValueError:
-            raise AuthentikMisdirected(
-                f"authentik answered {call.what} with {response.status_code} but the body is not "
-                f"JSON: is MATRIX_INVITE_AUTHENTIK_URL ({self._base}) authentik's address?"
-            ) from None
-        try:
-            return model.model_validate(document)
-        except ValidationError as exc:
-            # Never the ValidationError's text: it quotes the input, and invitations' pks are
-            # secrets. Only where the shape was wrong.
-            fields = sorted({".".join(map(str, e["loc"])) or "<root>" for e in exc.errors()})
-        raise AuthentikRejected(
-            f"authentik answered {call.what} with an unexpected shape "
-            f"(problem at {', '.join(fields[:5])})"
+        # Never a ValidationError's text (it quotes the input; invitations' pks are secrets).
+        return parse_answer(
+            model,
+            response,
+            backend="authentik",
+            what=call.what,
+            hint=f"is MATRIX_INVITE_AUTHENTIK_URL ({self._base}) authentik's address?",
+            misdirected=AuthentikMisdirected,
+            rejected=AuthentikRejected,
         )
 
     async def _request(self, call: _Call) -> httpx.Response:

@@ -1,8 +1,8 @@
-"""Reading a token backend's JSON answers into models, without leaking what they contain.
+"""Reading a peer's JSON answers into models, without leaking what they contain.
 
-Both backends answer with documents that hold token values. A pydantic `ValidationError` quotes
-input values in its text, so it must never become the cause or context of an error we raise:
-only the locations of the problems are reported.
+Both backends answer with documents that hold token values, authentik with invitation keys. A
+pydantic `ValidationError` quotes input values in its text, so it must never become the cause or
+context of an error we raise: only the locations of the problems are reported.
 """
 
 from __future__ import annotations
@@ -13,20 +13,27 @@ from typing import TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from ..errors import BackendMisdirected, BackendRejected
+from ..errors import BackendMisdirected, BackendRejected, OperatorError
 
 Model = TypeVar("Model", bound=BaseModel)
 
 
 def parse_answer(
-    model: type[Model], response: httpx.Response, *, backend: str, what: str, hint: str
+    model: type[Model],
+    response: httpx.Response,
+    *,
+    backend: str,
+    what: str,
+    hint: str,
+    misdirected: type[OperatorError] = BackendMisdirected,
+    rejected: type[OperatorError] = BackendRejected,
 ) -> Model:
     """`response` as `model`; else BackendMisdirected (not JSON: whatever answered is not the
     backend's API) or BackendRejected (JSON of the wrong shape), naming the call and a `hint`."""
     try:
         document = json.loads(response.content)
     except ValueError as exc:
-        raise BackendMisdirected(
+        raise misdirected(
             f"{backend} answered {what} with {response.status_code} but the body is not JSON "
             f"({describe_body(response)}): {hint}"
         ) from exc
@@ -35,7 +42,7 @@ def parse_answer(
     except ValidationError as exc:
         fields = sorted({".".join(map(str, e["loc"])) or "<root>" for e in exc.errors()})
     # Raised outside the handler, so the ValidationError is neither cause nor context.
-    raise BackendRejected(
+    raise rejected(
         f"{backend} answered {what} with an unexpected shape (problem at {', '.join(fields[:5])})"
     )
 
