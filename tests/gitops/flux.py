@@ -153,7 +153,13 @@ class FluxControllers:
         """Start ``name`` on fresh ports until it listens on every one of them itself: a port
         another process bound first (:mod:`tests.controlplane.listeners`) means a restart on new
         ones, not a controller that runs without its artifact server or metrics."""
-        env = {"KUBECONFIG": str(self.cp.kubeconfig_path)}
+        # A temp dir of its own: kustomize-controller (since Flux 1.9) deletes every
+        # "kustomization-*" directory in its temp dir when it starts, taking them for leftovers of
+        # an earlier crash of its own, and in a shared /tmp those are the live build directories of
+        # every other kustomize-controller on the machine (another xdist worker's, a test's shard).
+        temp_dir = self.temp_dir(name)
+        temp_dir.mkdir(exist_ok=True)
+        env = {"KUBECONFIG": str(self.cp.kubeconfig_path), "TMPDIR": str(temp_dir)}
         for attempt in range(1, START_ATTEMPTS + 1):
             ports = {what: self._free_port() for what in (*servers, "health", "metrics")}
             args = [
@@ -176,6 +182,10 @@ class FluxControllers:
                     log.write(f"=== attempt {attempt} of {START_ATTEMPTS} given up: {taken}\n")
                 if attempt == START_ATTEMPTS:
                     raise RuntimeError(f"{name}: {taken}\n{process.log_tail()}") from taken
+
+    def temp_dir(self, name: str) -> Path:
+        """The ``TMPDIR`` of the controller ``name``: its own, under the workdir."""
+        return self.workdir / f"{name}-tmp"
 
     def _wait_serving(self, process: _Process, ports: Mapping[str, int], offset: int) -> None:
         # Every port of ours must be a listening socket of this process. /readyz answers as soon
