@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import ssl
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -22,10 +23,10 @@ from .errors import MailThrottled, OperatorError, PermanentError, TransientError
 from .kube_identity import KubeIdentity, KubeLogin, tls_context
 from .mail.throttle import WAITING_FOR_SLOT
 from .metrics import OperatorMetrics
-from .models import GROUP, PLURAL, RESEND_ANNOTATION, VERSION
-from .ownership import resume_needed
+from .models import GROUP, PLURAL, RESEND_ANNOTATION, VERSION, Phase
+from .ownership import SETTLED_PHASES, resume_needed
 from .ports import Invitation
-from .reconcile import finalize, reconcile
+from .reconcile import finalize, reconcile, resend_requested
 from .runtime import Dependencies, build_dependencies, close_dependencies
 from .settings import Settings
 from .sync import StatusSync, WatchedInvitation
@@ -82,28 +83,144 @@ logging.getLogger("kopf.objects").addFilter(_QuietRegistry())
 logging.getLogger("kopf.objects").addFilter(_WaitingIsNoError())
 
 
-# Kopf leaves every annotation under its storage prefix out of the diff it hands to update
-# handlers: the diff-base drops a marked prefix's annotations and the progress storage clears
-# them. Our prefix is also the home of the resend annotation, so without these two overrides
-# `kubectl annotate invitation NAME matrix-invite.dev/resend=...` would never reach `reconcile`.
+# Kopf's bookkeeping on the Invitation. Its progress records (a retry's count and delay) stay in
+# annotations under our prefix; its diff base does not. Kopf's own diff base is a copy of the
+# handled spec in an annotation (`last-handled-configuration`), written with a second PATCH
+# after every handled change, which costs the operator, the API server and every watcher one
+# more write and watch event per new Invitation and per edit (issue 24). Our status already
+# records what was handled, so the diff base is derived from it (`HandledChanges`).
 
-
-class _DiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    def build(
-        self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
-    ) -> kopf.BodyEssence:
-        fields = [*(extra_fields or ()), ("metadata", "annotations", RESEND_ANNOTATION)]
-        return super().build(body=body, extra_fields=fields)
+RECONCILE_HANDLER = "reconcile"
+_MARKER = f"{GROUP}/kopf-managed"
 
 
 class _ProgressStorage(kopf.AnnotationsProgressStorage):
     def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        # Kopf drops its prefix's annotations from an essence; the resend annotation is ours.
         resend = essence.get("metadata", {}).get("annotations", {}).get(RESEND_ANNOTATION)
         cleared = super().clear(essence=essence)
         if resend is not None:
             metadata = cleared.setdefault("metadata", {})
             metadata.setdefault("annotations", {})[RESEND_ANNOTATION] = resend
         return cleared
+
+    def store(
+        self,
+        *,
+        key: kopf.HandlerId,
+        record: kopf.ProgressRecord,
+        body: kopf.Body,
+        patch: kopf.Patch,
+    ) -> None:
+        had_marker = _MARKER in body.metadata.annotations or _MARKER in patch.metadata.annotations
+        super().store(key=key, record=record, body=body, patch=patch)
+        if (record.get("success") or record.get("failure")) and not had_marker:
+            # A final record is purged in the same patch (one handler per cause); the marker
+            # Kopf adds with it would be the only write left after a handler that succeeded
+            # at once. A record that stays (a retry) keeps its marker.
+            del patch.metadata.annotations[_MARKER]
+
+
+def _change_of(body: kopf.Body) -> tuple[int | None, str | None]:
+    """What a handled change is known by: the generation (every spec edit bumps it) and the
+    resend annotation (an annotation edit does not). Labels and other annotations are not read
+    by reconcile."""
+    return body.metadata.get("generation"), body.metadata.annotations.get(RESEND_ANNOTATION)
+
+
+def handled_per_status(body: kopf.Body) -> bool:
+    """Whether status says the Invitation's current change was handled to its end.
+
+    `observedGeneration` is written by every reconcile that got as far as its status, also by
+    one that failed, so more must agree (`ownership.resume_needed` asks the same): a settled
+    phase (a failure leaves Pending or Failed, Kopf's progress record aside, which
+    `HandledChanges` checks first), or a wait for the backend's clock (the sync pass owns it
+    then). A resend request a mailed Invitation has not answered is a change not handled yet:
+    the annotation bumps no generation.
+    """
+    status = body.get("status") or {}
+    if status.get("observedGeneration") != body.metadata.get("generation"):
+        return False
+    if status.get("waitingForBackendClock"):
+        return True
+    phase = status.get("phase")
+    if phase not in SETTLED_PHASES:
+        return False
+    if phase != Phase.SENT:
+        return True  # no mail would answer a resend request
+    spec_resend = (body.get("spec") or {}).get("resend")
+    if not spec_resend and not body.metadata.annotations.get(RESEND_ANNOTATION):
+        return True
+    try:
+        invitation = Invitation.from_body(dict(body))
+    except OperatorError:
+        return False  # invalid now: reconcile says so, and Kopf then waits for the next edit
+    return not resend_requested(invitation, invitation.status.resend_handled)
+
+
+class HandledChanges(kopf.DiffBaseStorage):
+    """Kopf's diff base, derived from status instead of written next to it.
+
+    Kopf compares the stored diff base (`fetch`) with the object's essence (`build`): None
+    means "never handled" and calls the create handler, an equal essence means nothing new (or,
+    at a process start, resume), and after a handler is done Kopf `store`s the new essence,
+    which here writes nothing. `fetch` answers "handled" (the current essence) when
+
+    - this process handled this change (generation and resend annotation) to its end: a
+      handler that returned, or failed for good (`handled`). The watch events of the
+      handler's own status writes arrive after it returned; the earlier ones show an older
+      status, and must not start the handler again;
+    - or no progress record of Kopf's says a handling cycle is under way (a retry waiting
+      for its delay, also one begun by an earlier process) and status says the change was
+      handled (`handled_per_status`): that is how a restarted operator, and one that found
+      Invitations an older version handled (with Kopf's annotation, which is no longer read),
+      tells an edit or a resend request made while it was down.
+
+    and None (not handled: Kopf calls the handler, `reconcile`) otherwise. Deletion is Kopf's
+    own business (the finalizer), whatever this says.
+
+    What this process remembers is dropped as soon as an event's status shows the change
+    handled, so it holds only the Invitations a handler has just finished.
+    """
+
+    def __init__(self, progress: kopf.ProgressStorage) -> None:
+        super().__init__()
+        self._progress = progress
+        self._handled: dict[str, tuple[int | None, str | None]] = {}
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
+    ) -> kopf.BodyEssence:
+        # What reconcile reads; no copy of the whole body (status included) per watch event.
+        essence: dict[str, Any] = {"spec": copy.deepcopy(dict(body.get("spec") or {}))}
+        resend = body.metadata.annotations.get(RESEND_ANNOTATION)
+        if resend is not None:
+            essence["metadata"] = {"annotations": {RESEND_ANNOTATION: resend}}
+        return cast(kopf.BodyEssence, essence)
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        uid = body.metadata.uid
+        if body.metadata.deletion_timestamp is not None:
+            self._handled.pop(uid, None)
+            return self.build(body=body)
+        in_progress = self._progress.fetch(key=kopf.HandlerId(RECONCILE_HANDLER), body=body)
+        if in_progress is None and handled_per_status(body):
+            self._handled.pop(uid, None)
+            return self.build(body=body)
+        if self._handled.get(uid) == _change_of(body):
+            return self.build(body=body)
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        """Nothing to write: status says it (see the class)."""
+
+    def handled(self, body: kopf.Body) -> None:
+        """A handler is done with the change `body` shows: Kopf retries it no more."""
+        if body.metadata.deletion_timestamp is None:
+            self._handled[body.metadata.uid] = _change_of(body)
+
+    def __len__(self) -> int:
+        return len(self._handled)
 
 
 class _InMemoryTls(kopf.ConnectionInfo):
@@ -166,10 +283,9 @@ async def login(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> k
 
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    settings.persistence.progress_storage = _ProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = _DiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    progress = _ProgressStorage(prefix=GROUP)
+    settings.persistence.progress_storage = progress
+    memo.handled_changes = settings.persistence.diffbase_storage = HandledChanges(progress)
     settings.persistence.finalizer = FINALIZER
     # Our own Events tell the story (reconcile.py); Kopf's would add one per retry.
     settings.posting.enabled = False
@@ -275,6 +391,7 @@ def _count_error(memo: kopf.Memo, error: BaseException) -> None:
 async def _run(body: kopf.Body, memo: kopf.Memo, retry: int) -> None:
     deps: Dependencies = memo.deps
     config: Settings = memo.config
+    changes: HandledChanges | None = memo.get("handled_changes")
     try:
         await reconcile(deps, Invitation.from_body(dict(body)))
     except PermanentError as exc:
@@ -282,6 +399,8 @@ async def _run(body: kopf.Body, memo: kopf.Memo, retry: int) -> None:
         if not exc.needs_spec_change:
             # Stalled in status, yet retried slowly: fixing the environment heals it.
             raise kopf.TemporaryError(str(exc), delay=config.retry_max_seconds) from exc
+        if changes is not None:
+            changes.handled(body)  # Kopf waits for the next change
         raise kopf.PermanentError(str(exc)) from exc
     except TransientError as exc:
         _count_error(memo, exc)
@@ -294,6 +413,8 @@ async def _run(body: kopf.Body, memo: kopf.Memo, retry: int) -> None:
     except Exception as exc:
         _count_error(memo, exc)
         raise
+    if changes is not None:
+        changes.handled(body)
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")

@@ -27,9 +27,11 @@ from typing import Any
 from tests.integration.invariants import Snapshot, evaluate
 
 from .subject import (
-    RESEND_ANNOTATION,
+    GROUP,
+    HandledChanges,
     Invitation,
     OperatorError,
+    ProgressStorage,
     StatusSync,
     WatchedInvitation,
     kopf,
@@ -40,7 +42,6 @@ from .subject import (
     reconcile,
 )
 from .world import (
-    HANDLED,
     NAMESPACE,
     BackendFactory,
     Crash,
@@ -101,6 +102,9 @@ async def operate(world: World, *, rounds: int = MAX_ROUNDS) -> list[str]:
     deps = world.restart()
     memo = kopf.Memo()
     memo.deps, memo.config = deps, world.settings
+    # Kopf's diff base as handlers.py configures it: derived from status, Kopf's progress
+    # records (a retry under way) and what this process handled; it writes nothing.
+    changes = memo.handled_changes = HandledChanges(ProgressStorage(prefix=GROUP))
     registry: dict[tuple[str, str], WatchedInvitation] = {}
     sync = StatusSync(deps, registry)
     retries: dict[str, int] = {}
@@ -112,25 +116,29 @@ async def operate(world: World, *, rounds: int = MAX_ROUNDS) -> list[str]:
         for name in sorted(world.api.invitations):
             world.wire.epoch += 1  # Kopf hands the handler the body it has: a read of its own
             body = json_copy(world.api.invitations[name])
-            essence = _essence(body)
-            retry = retries.get(name, 0)
+            # Kopf counts a handler's retries in its progress record, also across a restart.
+            retry = world.api.progress(name).get("retries", 0)
+            deleting = bool(body["metadata"].get("deletionTimestamp"))
             try:
-                if body["metadata"].get("deletionTimestamp"):
+                if deleting:
                     await on_delete(body=kopf_body(body), memo=memo, retry=retry)
                     world.api.remove_finalizer(name)
-                elif essence != (body["metadata"].get("annotations") or {}).get(HANDLED):
+                elif changes.fetch(body=kopf_body(body)) is None:
                     await on_change(body=kopf_body(body), memo=memo, retry=retry)
-                    world.api.mark_handled(name, essence)
+                    world.api.set_progress(name, None)  # Kopf purges a retry's record
                 elif started and round_ == 0:
                     await on_resume(body=kopf_body(body), memo=memo, retry=retry)
+                    world.api.set_progress(name, None)
                 retries.pop(name, None)
             except kopf.TemporaryError as exc:
                 retries[name] = retry + 1
+                if not deleting and name in world.api.invitations:
+                    world.api.set_progress(name, {"retries": retry + 1})
                 problems += _leaks(world, str(exc), f"{name}: error")
                 world.clock.advance(float(exc.delay or 60))
             except kopf.PermanentError as exc:
                 problems += _leaks(world, str(exc), f"{name}: error")
-                world.api.mark_handled(name, essence)  # Kopf waits for the next change
+                world.api.set_progress(name, None)  # Kopf is done; it waits for the next change
         world.wire.epoch += 1  # the sync pass reads the watch cache
         registry.clear()
         for name, body in world.api.invitations.items():
@@ -169,13 +177,6 @@ async def _sync_pass(sync: StatusSync, *, list_backend: bool) -> bool:
         if isinstance(result, Crash):
             raise result
     return sync.passes > passes and report.failed == 0
-
-
-def _essence(body: dict[str, Any]) -> str:
-    """What Kopf compares to decide that a change is not handled yet: the spec, and (our
-    storage override) the resend annotation."""
-    resend = (body["metadata"].get("annotations") or {}).get(RESEND_ANNOTATION)
-    return json.dumps({"spec": body.get("spec"), "resend": resend}, sort_keys=True)
 
 
 async def run(

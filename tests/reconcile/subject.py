@@ -52,6 +52,8 @@ KopfHandler = Callable[..., Awaitable[None]]
 on_change = cast(KopfHandler, handlers.invitation_changed)
 on_resume = cast(KopfHandler, handlers.invitation_resumed)
 on_delete = cast(KopfHandler, handlers.invitation_deleted)
+HandledChanges = handlers.HandledChanges
+ProgressStorage = handlers._ProgressStorage
 
 
 def kopf_body(raw: dict[str, Any]) -> kopf.Body:
@@ -70,6 +72,7 @@ __all__ = [
     "Dependencies",
     "EnrollmentInvite",
     "EventSink",
+    "HandledChanges",
     "Invitation",
     "InvitationMailer",
     "KubeConflict",
@@ -81,6 +84,7 @@ __all__ = [
     "Onboarding",
     "OperatorError",
     "PermanentError",
+    "ProgressStorage",
     "RegistrationToken",
     "SecretConflict",
     "Settings",

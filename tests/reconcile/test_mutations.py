@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from .harness import run, sweep
 from .scenarios import SCENARIOS
-from .subject import StatusSync, TokenState, reconcile_module
+from .subject import StatusSync, TokenState, handlers, kopf_body, reconcile_module
 from .world import CrashPlan, FakeTokenBackend, World
 
 SCENARIO = {s.name: s for s in SCENARIOS}
@@ -90,18 +90,39 @@ def test_a_world_without_a_crash_is_clean() -> None:
     assert World().mas.tokens == {}
 
 
-def test_a_sync_pass_that_leaves_lagging_generations_is_caught(
+def _no_lagging_converged(self: StatusSync, watched: object) -> int:
+    return 0
+
+
+def test_an_edit_reverted_during_an_outage_is_handled_without_the_sync_pass_backstop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Kopf calls no handler for an edit reverted while its retry waited: only the sync pass's
-    `converge_lagging` reconciles the newest generation."""
+    """Kopf's diff base was the spec it last handled: an edit reverted while its retry waited
+    left nothing to handle, and only the sync pass's `converge_lagging` reconciled the newest
+    generation. Derived from status (handlers.HandledChanges), the newer generation is a change
+    of its own; `converge_lagging` stays, as a backstop."""
 
-    def idle(self: StatusSync, watched: object) -> int:
-        return 0
-
-    monkeypatch.setattr(StatusSync, "converge_lagging", idle)
+    monkeypatch.setattr(StatusSync, "converge_lagging", _no_lagging_converged)
     outcome = asyncio.run(run(SCENARIO["edit reverted during an outage"], None))
-    assert "the newest generation was never reconciled" in outcome.problems
+    assert outcome.problems == []
+
+
+def test_a_diff_base_that_ignores_the_generation_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Settled status taken as handled whatever the spec's generation: no handler sees an
+    edit, and (without the sync pass's backstop) nothing reconciles it."""
+    per_status = handlers.handled_per_status
+
+    def any_generation(body: Any) -> bool:
+        status = body.get("status") or {}
+        moved = {**body, "status": {**status, "observedGeneration": body["metadata"]["generation"]}}
+        return per_status(kopf_body(moved)) if status.get("observedGeneration") else False
+
+    monkeypatch.setattr(handlers, "handled_per_status", any_generation)
+    monkeypatch.setattr(StatusSync, "converge_lagging", _no_lagging_converged)
+    outcome = asyncio.run(run(SCENARIO["edit usage limit"], None))
+    assert outcome.problems, "an edit no handler saw went unnoticed"
 
 
 ONBOARDED = SCENARIO["create with an account and rooms"]

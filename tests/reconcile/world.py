@@ -62,7 +62,7 @@ T = TypeVar("T")
 NAMESPACE = "invites"
 START = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 FINALIZER = f"{GROUP}/revoke-token"
-HANDLED = f"{GROUP}/last-handled-configuration"
+PROGRESS = f"{GROUP}/reconcile"  # Kopf's record of a handler's retries
 SECRET_KEY = "token"
 
 
@@ -586,11 +586,25 @@ class ApiServer:
         body["metadata"]["deletionTimestamp"] = _timestamp(self._clock())
         body["metadata"]["resourceVersion"] = self._next_version()
 
-    def mark_handled(self, name: str, essence: str) -> None:
-        """What Kopf writes once a change handler is done (its diff base, an annotation)."""
-        body = self.invitations[name]
-        body["metadata"].setdefault("annotations", {})[HANDLED] = essence
-        body["metadata"]["resourceVersion"] = self._next_version()
+    def progress(self, name: str) -> dict[str, Any]:
+        """Kopf's progress record of the reconcile handler ({}: none, no retry under way)."""
+        annotations = self.invitations[name]["metadata"].get("annotations") or {}
+        record: dict[str, Any] = json.loads(annotations.get(PROGRESS, "{}"))
+        return record
+
+    def set_progress(self, name: str, record: dict[str, Any] | None) -> None:
+        """What Kopf writes after the handler failed temporarily (its record, under our
+        prefix) and once it is done (the record removed): a write only if that changes it."""
+        if name not in self.invitations:
+            return
+        annotations = self.invitations[name]["metadata"].setdefault("annotations", {})
+        if record is None and PROGRESS not in annotations:
+            return
+        if record is None:
+            del annotations[PROGRESS]
+        else:
+            annotations[PROGRESS] = json.dumps({"purpose": "create", **record})
+        self.invitations[name]["metadata"]["resourceVersion"] = self._next_version()
 
     def remove_finalizer(self, name: str) -> None:
         """What Kopf does once the delete handler succeeded; the garbage collector follows,
