@@ -47,6 +47,7 @@ import httpx
 import yaml
 from pydantic import SecretBytes, SecretStr
 
+from .coalesced_http import coalesced_transport
 from .errors import ConfigurationError, KubeUnavailable
 
 logger = logging.getLogger(__name__)
@@ -543,10 +544,7 @@ class KubeTransport(httpx.AsyncBaseTransport):
         if current is not None and current.material == material:
             return current
         self._pool = _Pool(
-            httpx.AsyncHTTPTransport(
-                verify=identity.ssl_context(), limits=self._limits, trust_env=False
-            ),
-            material,
+            coalesced_transport(verify=identity.ssl_context(), limits=self._limits), material
         )
         if current is not None:
             current.retired = True
