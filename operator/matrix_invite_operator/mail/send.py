@@ -5,6 +5,10 @@ deterministic Message-ID), the multipart/alternative body, the TLS policy toward
 the translation of every SMTP or socket failure into `MailTemporaryError` (waiting can help) or
 `MailRejectedError` (a human must act). Error texts name the relay, the stage and the server's
 reply; they never contain the SMTP password, the token or the message body.
+
+It also owns the sessions kept between mails: the operator's mailer keeps a logged-in session
+for a few seconds, so that a burst of mails costs one connection, TLS handshake and login, not one
+per mail (issue 24). A kept session is used only while nothing went wrong on it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 import re
 import ssl
 from collections.abc import Iterator
+from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 import aiosmtplib
+from aiosmtplib.email import extract_recipients, flatten_message
 from pydantic import SecretStr
 
 from ..errors import (
@@ -54,10 +60,35 @@ _E = TypeVar("_E", bound=BaseException)
 _NON_ATOM = re.compile(r'[\s"(),:;<>@\[\\\]]')
 
 
+#: How long the operator's mailer keeps a logged-in session for the next mail. Relays wait
+#: minutes for a client's next command (RFC 5321: at least 5); a few seconds span a burst, or
+#: the next mail at the default rate limit (30 a minute), and cost the relay little.
+KEEP_ALIVE_SECONDS = 5.0
+#: Sessions kept at most; a session finished beyond that is closed at once.
+MAX_IDLE_SESSIONS = 2
+
+
 class _Socket(Protocol):
     """What asyncio's transport hands out as extra info "socket"; -1 once closed."""
 
     def fileno(self) -> int: ...
+
+
+@dataclass(eq=False)
+class _Session:
+    """A connected, secured and logged-in SMTP session (kept between mails, or about to be)."""
+
+    client: aiosmtplib.SMTP
+    sock: _Socket | None
+    # What it logged in with: after a rotation, a session of the old password is not reused.
+    password: str
+    loop: asyncio.AbstractEventLoop
+    expiry: asyncio.TimerHandle | None = None
+
+
+class _RelayClosedIt(Exception):
+    """A kept session failed before the relay accepted MAIL FROM: it had closed it meanwhile
+    (idle timeout, restart). Nothing of the mail was accepted: a new session may send it."""
 
 
 def _single_line(value: str, what: str, error: type[Exception]) -> str:
@@ -235,7 +266,12 @@ def _find(exc: BaseException, kind: type[_E]) -> _E | None:
 
 
 class Mailer:
-    """Sends invitation mails through one SMTP relay, with verified TLS unless told otherwise."""
+    """Sends invitation mails through one SMTP relay, with verified TLS unless told otherwise.
+
+    With `keep_alive` > 0, a session that sent a mail without any error is kept that many
+    seconds for the next one (at most `max_idle` of them); `aclose` hangs them up. Zero: one
+    connection per mail.
+    """
 
     def __init__(
         self,
@@ -251,6 +287,8 @@ class Mailer:
         sender_email: str,
         sender_name: str | None = None,
         local_hostname: str | None = None,
+        keep_alive: float = 0.0,
+        max_idle: int = MAX_IDLE_SESSIONS,
     ) -> None:
         if tls not in ("starttls", "implicit", "none"):
             raise ConfigurationError(
@@ -290,6 +328,10 @@ class Mailer:
         self.sender_name = sender_name
         self.local_hostname = local_hostname
         self._tls_context = self._make_tls_context(ca_bundle) if tls != "none" else None
+        self.keep_alive = keep_alive
+        self.max_idle = max_idle
+        self._idle: list[_Session] = []  # the most recently used last
+        self._closing: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Mailer:
@@ -306,6 +348,7 @@ class Mailer:
             timeout=settings.smtp_timeout_seconds,
             sender_email=settings.mail_from,
             sender_name=settings.mail_from_name,
+            keep_alive=KEEP_ALIVE_SECONDS,
         )
 
     def __repr__(self) -> str:
@@ -327,20 +370,47 @@ class Mailer:
             ) from exc
 
     async def send(self, message: EmailMessage) -> None:
-        """Deliver `message` to the relay; raise MailTemporaryError or MailRejectedError."""
-        await self._session(message)
+        """Deliver `message` to the relay; raise MailTemporaryError or MailRejectedError.
+
+        On a kept session if there is one; should the relay have closed it before it accepted
+        MAIL FROM, on a new one (nothing of the mail was accepted, so it goes out once). Once
+        MAIL FROM was accepted, any failure is the caller's, as on a new session.
+        """
+        where = f"SMTP relay {self.host}:{self.port}"
+        password = self._current_password()
+        session = self._kept(password)
+        if session is not None:
+            try:
+                await self._transfer(session, message, where, reused=True)
+                return
+            except _RelayClosedIt:
+                log.debug("%s closed the kept session; sending on a new one", where)
+        session = await self._open(where, password)
+        await self._transfer(session, message, where, reused=False)
 
     async def verify(self) -> None:
         """Connect, secure and log in as `send` does, then hang up without sending (`doctor`)."""
-        await self._session(None)
-
-    async def _session(self, message: EmailMessage | None) -> None:
         where = f"SMTP relay {self.host}:{self.port}"
+        session = await self._open(where, self._current_password())
+        await self._hang_up(session.client, session.sock)
+
+    async def aclose(self) -> None:
+        """Hang up the kept sessions (at shutdown)."""
+        idle, self._idle = self._idle, []
+        for session in idle:
+            self._discard(session)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def _current_password(self) -> str:
         # Read per mail: a rotated Secret takes effect without a restart. Read before any
         # socket exists, so an unreadable file costs the relay nothing.
-        password = (
-            current_secret(self._password).get_secret_value() if self._password is not None else ""
-        )
+        if self._password is None:
+            return ""
+        return current_secret(self._password).get_secret_value()
+
+    async def _open(self, where: str, password: str) -> _Session:
+        """A new session: connected, secured and logged in, or the translated failure."""
         client = aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,
@@ -378,22 +448,115 @@ class Mailer:
                         "is configured"
                     )
                 await client.login(self.username, password)
-            if message is not None:
-                stage = "send"
-                await client.send_message(message, sender=self.sender_email)
-                log.debug("mail %s accepted by %s", message["Message-ID"], where)
-            # The relay already accepted the message with its DATA reply; from here on nothing
-            # may fail, or we would send the invitation twice.
-            stage = "quit"
-            await self._hang_up(client, sock)
+            if client.is_ehlo_or_helo_needed:  # the extensions decide how a mail is sent
+                stage = "EHLO"
+                await client.ehlo()
         except MailError:
             await self._hang_up(client, sock)
             raise
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self._hang_up(client, sock)
             raise self._translate(exc, stage, where, password) from exc
-        finally:
+        except BaseException:
             client.close()
+            raise
+        return _Session(client, sock, password, asyncio.get_running_loop())
+
+    async def _transfer(
+        self, session: _Session, message: EmailMessage, where: str, *, reused: bool
+    ) -> None:
+        """One mail transaction (MAIL FROM, RCPT TO, DATA) on `session`, then keep or hang up.
+
+        Driven step by step rather than with aiosmtplib's `send_message`, to know whether the
+        relay accepted MAIL FROM before a kept session failed (`_RelayClosedIt`).
+        """
+        client = session.client
+        stage = "MAIL FROM"
+        try:
+            recipients = extract_recipients(message)
+            # A non-ASCII address (jörg@example.org) needs SMTPUTF8; a relay without it
+            # answers with a clear refusal (SMTPNotSupported), as aiosmtplib's send_message.
+            utf8 = not (self.sender_email + "".join(recipients)).isascii()
+            if utf8 and not client.supports_extension("smtputf8"):
+                raise aiosmtplib.SMTPNotSupported(
+                    "an address containing non-ASCII characters needs SMTPUTF8, which the "
+                    "relay does not offer"
+                )
+            options = ["SMTPUTF8"] if utf8 else []
+            eight_bit = client.supports_extension("8BITMIME")
+            if eight_bit:
+                options.append("BODY=8BITMIME")
+            data = flatten_message(message, utf8=utf8, cte_type="8bit" if eight_bit else "7bit")
+            if client.supports_extension("size"):
+                options.insert(0, f"SIZE={len(data)}")
+            encoding = "utf-8" if utf8 else "ascii"
+            await client.mail(self.sender_email, options=options, encoding=encoding)
+            stage = "RCPT TO"
+            refused: list[aiosmtplib.SMTPRecipientRefused] = []
+            for recipient in recipients:
+                try:
+                    await client.rcpt(recipient, encoding=encoding)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    refused.append(exc)
+            if len(refused) == len(recipients):
+                raise aiosmtplib.SMTPRecipientsRefused(refused)
+            stage = "DATA"
+            await client.data(data)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await self._hang_up(client, session.sock)  # never reused after an error
+            if reused and stage == "MAIL FROM" and _closed_by_relay(exc):
+                raise _RelayClosedIt from exc
+            raise self._translate(exc, stage, where, session.password) from exc
+        except BaseException:
+            client.close()
+            raise
+        log.debug("mail %s accepted by %s", message["Message-ID"], where)
+        # The relay accepted the message with its DATA reply; from here on nothing may fail,
+        # or we would send the invitation twice.
+        await self._keep(session)
+
+    def _kept(self, password: str) -> _Session | None:
+        """The most recently used kept session that can send now, if any."""
+        loop = asyncio.get_running_loop()
+        while self._idle:
+            session = self._idle.pop()
+            if session.expiry is not None:
+                session.expiry.cancel()
+            usable = session.loop is loop and session.client.is_connected
+            if usable and session.password == password:
+                return session
+            self._discard(session)
+        return None
+
+    async def _keep(self, session: _Session) -> None:
+        """Keep the session for the next mail, or hang up if none should be kept."""
+        if self.keep_alive <= 0 or len(self._idle) >= self.max_idle:
+            await self._hang_up(session.client, session.sock)
+            return
+        session.expiry = session.loop.call_later(self.keep_alive, self._expire, session)
+        self._idle.append(session)
+
+    def _expire(self, session: _Session) -> None:
+        if session in self._idle:
+            self._idle.remove(session)
+            self._discard(session)
+
+    def _discard(self, session: _Session) -> None:
+        """Hang up a kept session in the background (its own loop's, if that still runs)."""
+        if session.expiry is not None:
+            session.expiry.cancel()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not session.loop:
+            # Its loop ended (a test's, say) or is another: close without a goodbye.
+            with contextlib.suppress(RuntimeError):
+                session.client.close()
+            return
+        task = running.create_task(self._hang_up(session.client, session.sock))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _hang_up(self, client: aiosmtplib.SMTP, sock: _Socket | None) -> None:
         """QUIT politely, close, and wait (bounded) until the socket is really closed.
@@ -481,6 +644,13 @@ class Mailer:
         return MailTemporaryError(
             f"{where}: unexpected failure during {stage}: {type(exc).__name__}"
         )
+
+
+def _closed_by_relay(exc: BaseException) -> bool:
+    """Whether the relay had ended the session: disconnected, or 421 (closing the channel)."""
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return exc.code == 421
+    return isinstance(exc, ConnectionError | aiosmtplib.SMTPServerDisconnected)
 
 
 def _by_code(code: int, reply: str, what: str) -> MailError:
