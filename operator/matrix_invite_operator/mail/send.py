@@ -22,9 +22,11 @@ import functools
 import hashlib
 import logging
 import re
+import secrets
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email import quoprimime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -190,12 +192,59 @@ def _checked_sender(sender_name: str | None, sender_email: str) -> Address:
     return sender
 
 
+@functools.lru_cache(maxsize=8)
+def _sender_line(sender_name: str | None, sender_email: str) -> str:
+    """The From header's value as it goes on the wire: checked, encoded and folded once."""
+    return _folded("From", _checked_sender(sender_name, sender_email))
+
+
 @functools.lru_cache(maxsize=64)
-def _check_subject(subject: str) -> None:
-    """Raises unless the subject serialises to one header line; each text checked once."""
+def _subject_line(subject: str) -> str:
+    """The Subject's value as it goes on the wire; each text checked and folded once (one
+    template and the server's facts: one text for many mails)."""
+    _single_line(subject, "mail subject", ConfigurationError)
     probe = EmailMessage(policy=email.policy.SMTP)
     probe["Subject"] = subject
     _check_serialized(probe, "Subject", *_OWN_HEADERS["Subject"])
+    return _folded("Subject", subject)
+
+
+def _to_line(to: Address) -> str:
+    """The To header's value as it goes on the wire, checked.
+
+    Only an RFC 2047 encoded word in the input can read back as a line break (the break itself
+    is refused before, `_single_line`): without "=?", the value is folded once and not read
+    back (reading back was most of the mail's CPU in a burst, issue 24). A non-ASCII local part
+    needs SMTPUTF8 and goes out as raw UTF-8, as that policy writes it.
+    """
+    if "=?" in to.display_name or "=?" in to.addr_spec:
+        probe = EmailMessage(policy=email.policy.SMTP)
+        probe["To"] = to
+        _check_serialized(probe, "To", *_OWN_HEADERS["To"])
+    return _folded("To", to, utf8=not to.username.isascii())
+
+
+def _folded(name: str, value: str | Address, *, utf8: bool = False) -> str:
+    """`value` as the SMTP policy writes it after "Name: ": RFC 2047 encoded where not ASCII
+    (unless `utf8`), folded into lines of at most 78 characters, without the final CRLF."""
+    policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
+    line: str = policy.fold(name, policy.header_factory(name, value))
+    return line[len(name) + 2 : -len(policy.linesep)]
+
+
+def _text_part(subtype: str, text: str) -> EmailMessage:
+    """A text/<subtype> part in UTF-8, quoted-printable: what `set_content` makes of it, with
+    its headers written as they go out instead of parsed and folded again per mail."""
+    part = EmailMessage(policy=email.policy.SMTP)
+    part.set_raw("Content-Type", f'text/{subtype}; charset="utf-8"')
+    part.set_raw("Content-Transfer-Encoding", "quoted-printable")
+    # As email.contentmanager encodes it: lines joined with LF, the generator writes CRLF.
+    body = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
+    part.set_payload(quoprimime.body_encode(body.decode("latin-1"), _MAX_LINE))
+    return part
+
+
+_MAX_LINE = email.policy.SMTP.max_line_length or 78
 
 
 def message_id_for(seed: str, sender_email: str) -> str:
@@ -227,27 +276,36 @@ def build_message(
 
     Raises `InvalidSpecError` for an unusable recipient (it came from the Invitation) and
     `ConfigurationError` for an unusable sender or subject (they came from the operator).
+
+    Every header is stored as it goes on the wire (`set_raw`): the sender and subject lines
+    are made once per text, and nothing is parsed again to be folded for sending.
     """
     to = _address(to_name, to_email, "recipient", InvalidSpecError)
-    subject = _single_line(rendered.subject, "mail subject", ConfigurationError)
+    to_line = _to_line(to)
+    subject = _subject_line(rendered.subject)
+    text = _text_part("plain", rendered.text)
+    html = _text_part("html", rendered.html)
+    # Random, and checked against the bodies (quoted-printable, so "--=_" cannot be a line of
+    # theirs anyway): the generator does not choose one when the header names it.
+    boundary = f"=_{secrets.token_hex(12)}"
+    while any(boundary in str(part.get_payload()) for part in (text, html)):
+        boundary = f"=_{secrets.token_hex(12)}"
 
     msg = EmailMessage(policy=email.policy.SMTP)
     # Address objects let the header registry produce RFC 2047 encoded-words for non-ASCII
     # names ("Jörg Müller") instead of us quoting by hand.
-    msg["From"] = _checked_sender(sender_name, sender_email)
-    msg["To"] = to
-    msg["Subject"] = subject
-    _check_serialized(msg, "To", *_OWN_HEADERS["To"])
-    # The subject comes from a template and the server's facts: one text for many mails.
-    _check_subject(subject)
-    msg["Date"] = format_datetime((date or dt.datetime.now(dt.UTC)).astimezone(dt.UTC))
-    msg["Message-ID"] = message_id_for(message_id_seed, sender_email)
+    msg.set_raw("From", _sender_line(sender_name, sender_email))
+    msg.set_raw("To", to_line)
+    msg.set_raw("Subject", subject)
+    msg.set_raw("Date", format_datetime((date or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)))
+    msg.set_raw("Message-ID", message_id_for(message_id_seed, sender_email))
     # RFC 3834: tells vacation responders and ticket systems not to answer an automatic mail.
-    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_raw("Auto-Submitted", "auto-generated")
+    msg.set_raw("MIME-Version", "1.0")
+    msg.set_raw("Content-Type", f'multipart/alternative; boundary="{boundary}"')
     # Quoted-printable keeps both parts 7-bit clean, so relays without 8BITMIME pass them
     # unchanged while umlauts stay readable in the raw source.
-    msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
+    msg.set_payload([text, html])
     return msg
 
 
