@@ -27,7 +27,7 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email import quoprimime
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
@@ -193,43 +193,41 @@ def _checked_sender(sender_name: str | None, sender_email: str) -> Address:
 
 
 @functools.lru_cache(maxsize=8)
-def _sender_line(sender_name: str | None, sender_email: str) -> str:
-    """The From header's value as it goes on the wire: checked, encoded and folded once."""
-    return _folded("From", _checked_sender(sender_name, sender_email))
+def _sender_header(sender_name: str | None, sender_email: str) -> BaseHeader:
+    """The From header, checked and parsed once per sender (a header is immutable)."""
+    return _header("From", _checked_sender(sender_name, sender_email))
 
 
 @functools.lru_cache(maxsize=64)
-def _subject_line(subject: str) -> str:
-    """The Subject's value as it goes on the wire; each text checked and folded once (one
-    template and the server's facts: one text for many mails)."""
+def _subject_header(subject: str) -> BaseHeader:
+    """The Subject header; each text checked and parsed once (a template and the server's
+    facts: one text for many mails)."""
     _single_line(subject, "mail subject", ConfigurationError)
     probe = EmailMessage(policy=email.policy.SMTP)
     probe["Subject"] = subject
     _check_serialized(probe, "Subject", *_OWN_HEADERS["Subject"])
-    return _folded("Subject", subject)
+    return _header("Subject", subject)
 
 
-def _to_line(to: Address) -> str:
-    """The To header's value as it goes on the wire, checked.
+def _to_header(to: Address) -> BaseHeader:
+    """The To header, checked.
 
-    Only an RFC 2047 encoded word in the input can read back as a line break (the break itself
-    is refused before, `_single_line`): without "=?", the value is folded once and not read
-    back (reading back was most of the mail's CPU in a burst, issue 24). A non-ASCII local part
-    needs SMTPUTF8 and goes out as raw UTF-8, as that policy writes it.
+    Only an RFC 2047 encoded word in the input can read back as a line break (a break itself
+    is refused before, `_single_line`): without "=?" the header is not read back (reading back
+    was most of the mail's CPU in a burst, issue 24).
     """
     if "=?" in to.display_name or "=?" in to.addr_spec:
         probe = EmailMessage(policy=email.policy.SMTP)
         probe["To"] = to
         _check_serialized(probe, "To", *_OWN_HEADERS["To"])
-    return _folded("To", to, utf8=not to.username.isascii())
+    return _header("To", to)
 
 
-def _folded(name: str, value: str | Address, *, utf8: bool = False) -> str:
-    """`value` as the SMTP policy writes it after "Name: ": RFC 2047 encoded where not ASCII
-    (unless `utf8`), folded into lines of at most 78 characters, without the final CRLF."""
-    policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
-    line: str = policy.fold(name, policy.header_factory(name, value))
-    return line[len(name) + 2 : -len(policy.linesep)]
+def _header(name: str, value: str | Address) -> BaseHeader:
+    """The header object `msg[name] = value` makes; stored with `set_raw`, it is parsed
+    neither when read nor when written."""
+    header: BaseHeader = email.policy.SMTP.header_factory(name, value)
+    return header
 
 
 def _text_part(subtype: str, text: str) -> EmailMessage:
@@ -277,12 +275,11 @@ def build_message(
     Raises `InvalidSpecError` for an unusable recipient (it came from the Invitation) and
     `ConfigurationError` for an unusable sender or subject (they came from the operator).
 
-    Every header is stored as it goes on the wire (`set_raw`): the sender and subject lines
-    are made once per text, and nothing is parsed again to be folded for sending.
+    The headers are stored as they are sent (`set_raw`): the sender's and subject's parsed
+    once per text, the others as the text they are; nothing is parsed again for sending.
     """
-    to = _address(to_name, to_email, "recipient", InvalidSpecError)
-    to_line = _to_line(to)
-    subject = _subject_line(rendered.subject)
+    to = _to_header(_address(to_name, to_email, "recipient", InvalidSpecError))
+    subject = _subject_header(rendered.subject)
     text = _text_part("plain", rendered.text)
     html = _text_part("html", rendered.html)
     # Random, and checked against the bodies (quoted-printable, so "--=_" cannot be a line of
@@ -291,11 +288,11 @@ def build_message(
     while any(boundary in str(part.get_payload()) for part in (text, html)):
         boundary = f"=_{secrets.token_hex(12)}"
 
-    msg = EmailMessage(policy=email.policy.SMTP)
+    msg = _Composed(policy=email.policy.SMTP)
     # Address objects let the header registry produce RFC 2047 encoded-words for non-ASCII
     # names ("Jörg Müller") instead of us quoting by hand.
-    msg.set_raw("From", _sender_line(sender_name, sender_email))
-    msg.set_raw("To", to_line)
+    msg.set_raw("From", _sender_header(sender_name, sender_email))
+    msg.set_raw("To", to)
     msg.set_raw("Subject", subject)
     msg.set_raw("Date", format_datetime((date or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)))
     msg.set_raw("Message-ID", message_id_for(message_id_seed, sender_email))
@@ -307,6 +304,70 @@ def build_message(
     # unchanged while umlauts stay readable in the raw source.
     msg.set_payload([text, html])
     return msg
+
+
+def _wire_form(message: EmailMessage, *, utf8: bool, eight_bit: bool) -> bytes:
+    """The message as the relay gets it (before dot-stuffing, which aiosmtplib does).
+
+    One that `build_message` made (every header stored as it goes out, two text parts with
+    their encoded bodies) is written here as the email package's generator writes it, without
+    the generator's parsing of each Content-Type again for every question it asks (eleven
+    parses per mail). Anything else goes through the generator.
+    """
+    parts = message.get_payload()
+    ours = isinstance(message, _Composed) and isinstance(parts, list)
+    boundary = message.get_boundary() if ours else None
+    if boundary is None or not all(_stored_as_sent(m) for m in (message, *parts)):
+        return flatten_message(message, utf8=utf8, cte_type="8bit" if eight_bit else "7bit")
+    nl = "\r\n"
+    policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
+    chunks = [_head(message, policy), nl, f"--{boundary}{nl}"]
+    for index, part in enumerate(parts):
+        if index:
+            chunks.append(f"{nl}--{boundary}{nl}")
+        body = part.get_payload()
+        chunks += [_head(part, policy), nl, body.replace("\n", nl)]
+    chunks.append(f"{nl}--{boundary}--{nl}")
+    return "".join(chunks).encode("utf-8" if utf8 else "ascii")
+
+
+def _stored_as_sent(message: EmailMessage) -> bool:
+    """Headers and body as `build_message` stores them: short ASCII text or header objects,
+    bodies encoded."""
+    headers_done = all(
+        isinstance(value, BaseHeader) or (value.isascii() and len(name) + len(value) < 76)
+        for name, value in message.raw_items()
+    )
+    return headers_done and isinstance(message.get_payload(), list | str)
+
+
+class _Composed(EmailMessage):
+    """A message `build_message` composed, which `_wire_form` writes without the generator."""
+
+
+def _head(message: EmailMessage, policy: email.policy.EmailPolicy[EmailMessage]) -> str:
+    """The header block as the generator writes it (a short text needs no folding)."""
+    return "".join(
+        _fold(name, value, policy) if isinstance(value, BaseHeader) else f"{name}: {value}\r\n"
+        for name, value in message.raw_items()
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _fold_fixed(
+    name: str, header: BaseHeader, policy: email.policy.EmailPolicy[EmailMessage]
+) -> str:
+    # `name` in the key: a header equals any str of its text, whatever its name.
+    folded: str = header.fold(policy=policy)
+    return folded
+
+
+def _fold(name: str, header: BaseHeader, policy: email.policy.EmailPolicy[EmailMessage]) -> str:
+    # The sender's and subject's headers are the same objects for many mails: folded once.
+    if name in ("From", "Subject"):
+        return _fold_fixed(name, header, policy)
+    folded: str = header.fold(policy=policy)
+    return folded
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -544,7 +605,7 @@ class Mailer:
             eight_bit = client.supports_extension("8BITMIME")
             if eight_bit:
                 options.append("BODY=8BITMIME")
-            data = flatten_message(message, utf8=utf8, cte_type="8bit" if eight_bit else "7bit")
+            data = _wire_form(message, utf8=utf8, eight_bit=eight_bit)
             if client.supports_extension("size"):
                 options.insert(0, f"SIZE={len(data)}")
             encoding = "utf-8" if utf8 else "ascii"
@@ -568,7 +629,8 @@ class Mailer:
         except BaseException:
             client.close()
             raise
-        log.debug("mail %s accepted by %s", message["Message-ID"], where)
+        if log.isEnabledFor(logging.DEBUG):  # reading a header parses it: only when logged
+            log.debug("mail %s accepted by %s", message["Message-ID"], where)
         # The relay accepted the message with its DATA reply; from here on nothing may fail,
         # or we would send the invitation twice.
         await self._keep(session)
