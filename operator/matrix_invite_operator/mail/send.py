@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from email import quoprimime
 from email.headerregistry import Address, BaseHeader
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
@@ -230,15 +230,20 @@ def _header(name: str, value: str | Address) -> BaseHeader:
     return header
 
 
-def _text_part(subtype: str, text: str) -> EmailMessage:
-    """A text/<subtype> part in UTF-8, quoted-printable: what `set_content` makes of it, with
-    its headers written as they go out instead of parsed and folded again per mail."""
+def _quoted_printable(text: str) -> str:
+    """`text` in UTF-8, quoted-printable, as email.contentmanager encodes it for `set_content`
+    (lines joined with LF; the writer puts CRLF on the wire)."""
+    body = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
+    return quoprimime.body_encode(body.decode("latin-1"), _MAX_LINE)
+
+
+def _text_part(subtype: str, body: str) -> EmailMessage:
+    """A text/<subtype> part with its encoded `body`: what `set_content` makes, with headers
+    stored as they go out instead of parsed and folded again per mail."""
     part = EmailMessage(policy=email.policy.SMTP)
     part.set_raw("Content-Type", f'text/{subtype}; charset="utf-8"')
     part.set_raw("Content-Transfer-Encoding", "quoted-printable")
-    # As email.contentmanager encodes it: lines joined with LF, the generator writes CRLF.
-    body = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
-    part.set_payload(quoprimime.body_encode(body.decode("latin-1"), _MAX_LINE))
+    part.set_payload(body)
     return part
 
 
@@ -280,15 +285,15 @@ def build_message(
     """
     to = _to_header(_address(to_name, to_email, "recipient", InvalidSpecError))
     subject = _subject_header(rendered.subject)
-    text = _text_part("plain", rendered.text)
-    html = _text_part("html", rendered.html)
+    bodies = (_quoted_printable(rendered.text), _quoted_printable(rendered.html))
     # Random, and checked against the bodies (quoted-printable, so "--=_" cannot be a line of
     # theirs anyway): the generator does not choose one when the header names it.
     boundary = f"=_{secrets.token_hex(12)}"
-    while any(boundary in str(part.get_payload()) for part in (text, html)):
+    while any(boundary in body for body in bodies):
         boundary = f"=_{secrets.token_hex(12)}"
 
     msg = _Composed(policy=email.policy.SMTP)
+    msg.boundary, msg.bodies = boundary, bodies
     # Address objects let the header registry produce RFC 2047 encoded-words for non-ASCII
     # names ("Jörg Müller") instead of us quoting by hand.
     msg.set_raw("From", _sender_header(sender_name, sender_email))
@@ -302,50 +307,38 @@ def build_message(
     msg.set_raw("Content-Type", f'multipart/alternative; boundary="{boundary}"')
     # Quoted-printable keeps both parts 7-bit clean, so relays without 8BITMIME pass them
     # unchanged while umlauts stay readable in the raw source.
-    msg.set_payload([text, html])
+    msg.set_payload([_text_part("plain", bodies[0]), _text_part("html", bodies[1])])
     return msg
 
 
 def _wire_form(message: EmailMessage, *, utf8: bool, eight_bit: bool) -> bytes:
     """The message as the relay gets it (before dot-stuffing, which aiosmtplib does).
 
-    One that `build_message` made (every header stored as it goes out, two text parts with
-    their encoded bodies) is written here as the email package's generator writes it, without
-    the generator's parsing of each Content-Type again for every question it asks (eleven
-    parses per mail). Anything else goes through the generator.
+    One that `build_message` composed is written here as the email package's generator writes
+    it, without the generator's parsing of each Content-Type again for every question it asks
+    (eleven parses per mail) or of the parts' headers to find their bodies. Anything else goes
+    through the generator.
     """
-    parts = message.get_payload()
-    ours = isinstance(message, _Composed) and isinstance(parts, list)
-    boundary = message.get_boundary() if ours else None
-    if boundary is None or not all(_stored_as_sent(m) for m in (message, *parts)):
+    if not isinstance(message, _Composed):
         return flatten_message(message, utf8=utf8, cte_type="8bit" if eight_bit else "7bit")
-    nl = "\r\n"
     policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
-    chunks = [_head(message, policy), nl, f"--{boundary}{nl}"]
-    for index, part in enumerate(parts):
-        if index:
-            chunks.append(f"{nl}--{boundary}{nl}")
-        body = part.get_payload()
-        chunks += [_head(part, policy), nl, body.replace("\n", nl)]
-    chunks.append(f"{nl}--{boundary}--{nl}")
+    nl, boundary = "\r\n", message.boundary
+    chunks = [_head(message, policy), nl]
+    for part, body in zip(message.iter_parts(), message.bodies, strict=True):
+        chunks += [f"--{boundary}{nl}", _head(part, policy), nl, body.replace("\n", nl), nl]
+    chunks.append(f"--{boundary}--{nl}")
     return "".join(chunks).encode("utf-8" if utf8 else "ascii")
 
 
-def _stored_as_sent(message: EmailMessage) -> bool:
-    """Headers and body as `build_message` stores them: short ASCII text or header objects,
-    bodies encoded."""
-    headers_done = all(
-        isinstance(value, BaseHeader) or (value.isascii() and len(name) + len(value) < 76)
-        for name, value in message.raw_items()
-    )
-    return headers_done and isinstance(message.get_payload(), list | str)
-
-
 class _Composed(EmailMessage):
-    """A message `build_message` composed, which `_wire_form` writes without the generator."""
+    """A message `build_message` composed, which `_wire_form` writes without the generator:
+    its boundary and its parts' encoded bodies as composed (they are not changed after)."""
+
+    boundary: str
+    bodies: tuple[str, ...]
 
 
-def _head(message: EmailMessage, policy: email.policy.EmailPolicy[EmailMessage]) -> str:
+def _head(message: MIMEPart, policy: email.policy.EmailPolicy[EmailMessage]) -> str:
     """The header block as the generator writes it (a short text needs no folding)."""
     return "".join(
         _fold(name, value, policy) if isinstance(value, BaseHeader) else f"{name}: {value}\r\n"
