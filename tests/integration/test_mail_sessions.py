@@ -65,6 +65,7 @@ async def test_a_burst_of_mails_uses_one_session_and_one_login(relay: SmtpDouble
     assert relay.connections == 1
     assert relay.auth_attempts == [("PLAIN", USER, True)]
     assert relay.open_sessions == 1  # kept for the next mail
+    assert PASSWORD not in repr(vars(m))  # what it keeps for the session shows no password
 
     await m.aclose()
     await wait_until_closed(relay)

@@ -25,7 +25,7 @@ import re
 import secrets
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email import quoprimime
 from email.headerregistry import Address, BaseHeader
 from email.message import EmailMessage, MIMEPart
@@ -83,7 +83,7 @@ class _Session:
     client: aiosmtplib.SMTP
     sock: _Socket | None
     # What it logged in with: after a rotation, a session of the old password is not reused.
-    password: str
+    password: str = field(repr=False)
     loop: asyncio.AbstractEventLoop
     expiry: asyncio.TimerHandle | None = None
 
