@@ -10,7 +10,8 @@ once at startup). Every step is safe to repeat after a crash at any point:
 3. Converge: usage limit, expiry and revocation as the spec says; drift is corrected with an Event.
 4. Mail: only if this token has not been mailed to this address; record it, with the whole
    status, in the request right after the relay accepts. The one duplicate-mail window is
-   between that accept and that status write.
+   between that accept and that status write. Its MailSent Event also tells of a token issued
+   in the same run (one Event, not two); TokenIssued is posted alone when no mail follows.
 5. Onboarding, when due (`onboarding.py`): after the mail record, never before it.
 6. Status: computed by `status.compute_status` and written with `observedGeneration` in one patch.
 """
@@ -138,6 +139,9 @@ async def repair_drift(
 async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> InvitationStatus:
     writer = StatusWriter(deps.kube, invitation)
     token_state: TokenState | None = None
+    # A token issued now, not yet told: the mail that follows in this run tells both in one
+    # Event (one request less per new Invitation, issue 24); without a mail, TokenIssued.
+    issued: list[Notice] = []
     try:
         expiry = check_spec(invitation, deps.settings, deps.clock())
         await _rotate_if_readdressed(deps, invitation, writer)
@@ -149,7 +153,7 @@ async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> Invi
             await enroll(deps, invitation, writer, None, expiry)
             return await _finish(deps, invitation, writer, None)
         token = await _ensure_secret(deps, invitation, writer)
-        token_state = await _ensure_token(deps, invitation, writer, token, expiry)
+        token_state = await _ensure_token(deps, invitation, writer, token, expiry, issued)
         token_state = await _converge(deps, invitation, writer, token_state, expiry)
         _check_clocks(invitation, token_state, deps.clock(), deps.backend.name)
         enrolled = await enroll(deps, invitation, writer, token_state, expiry)
@@ -158,23 +162,28 @@ async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> Invi
             # The mail record goes out with the very next request: onboarding below (sessions,
             # joins with retries, a notice) may crash or fail, and a lost record mails again.
             await _finish(deps, invitation, writer, token_state)
-            await deps.events.normal(invitation, "MailSent", mailed)
+            await deps.events.normal(invitation, "MailSent", _with_untold(issued, mailed))
+        else:
+            await _post_untold(deps, invitation, issued)
         notices = await onboard(deps, invitation, writer, token_state)
     except BackendClockAhead as exc:
         # Not handed to Kopf for a retry: the sync pass sees when the backend agrees and mails
         # then (`awaits_mail`), so no retry races it for the one mail.
         problem = Problem.of(exc, deps.backend.name)
+        await _post_untold(deps, invitation, issued)
         return await _finish(
             deps, invitation, writer, token_state, reconciling=problem, waiting_for_clock=True
         )
     except PermanentError as exc:
         problem = Problem.of(exc, deps.backend.name)
+        await _post_untold(deps, invitation, issued)
         await _finish(deps, invitation, writer, token_state, stalled=problem)
         raise
     except OperatorError as exc:
         # Transient, and (should a new error ever lack a class) the unclassified as well:
         # waiting is the safe default, and the reason still reaches status.
         problem = Problem.of(exc, deps.backend.name)
+        await _post_untold(deps, invitation, issued)
         await _finish(deps, invitation, writer, token_state, reconciling=problem)
         raise
     if notices is None and mailed is not None:
@@ -182,6 +191,23 @@ async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> Invi
     status = await _finish(deps, invitation, writer, token_state)
     await post_notices(deps.events, invitation, notices or [])
     return status
+
+
+def _with_untold(untold: list[Notice], mailed: str) -> str:
+    """The MailSent message, after what it tells as well ("Registration token X issued in MAS;
+    invitation mailed to ..."); `untold` is told then."""
+    if not untold:
+        return mailed
+    told = [notice.message for notice in untold]
+    untold.clear()
+    return "; ".join([*told, mailed[:1].lower() + mailed[1:]])
+
+
+async def _post_untold(deps: Collaborators, invitation: Invitation, untold: list[Notice]) -> None:
+    """Post what no mail told (a token issued, then no mail: revoked, not due, mail failed)."""
+    notices = list(untold)
+    untold.clear()  # once: a failure after this must not post them again
+    await post_notices(deps.events, invitation, notices)
 
 
 async def enroll(
@@ -333,7 +359,10 @@ async def _ensure_token(
     writer: StatusWriter,
     token: SecretStr,
     expiry: dt.datetime,
+    untold: list[Notice],
 ) -> TokenState:
+    """The backend's token for the Secret's value, issued if need be. A new one's TokenIssued
+    Event is added to `untold`, for the caller to post (with the mail, if one follows)."""
     spec = invitation.spec
     token_id = writer.status.token_id
     same_value_again = False
@@ -380,8 +409,8 @@ async def _ensure_token(
     if same_value_again and writer.status.mailed_token_id == token_id:
         carried["mailed_token_id"] = state.id
     await writer.record(token_id=state.id, issued_to=spec.email, **carried)
-    await deps.events.normal(
-        invitation, "TokenIssued", f"Registration token {state.id} issued in {deps.backend.name}"
+    untold.append(
+        Notice("TokenIssued", f"Registration token {state.id} issued in {deps.backend.name}")
     )
     unprotected = deps.site.facts.unprotected if deps.site is not None else None
     if unprotected:

@@ -50,11 +50,13 @@ CONCURRENT_RECONCILES = MAS_CONNECTIONS
 
 @dataclass
 class Clients:
-    """The HTTP clients we own besides the provider's, and must close."""
+    """The HTTP clients we own besides the provider's, and the mailer's kept SMTP sessions:
+    what we must close."""
 
     kube: httpx.AsyncClient
     homeserver: httpx.AsyncClient | None = None
     authentik: httpx.AsyncClient | None = None
+    mail: SmtpInvitationMailer | None = None
 
 
 def authentik_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -134,8 +136,9 @@ async def build_dependencies(
     )
     site = provider.sign_up
     mailer: InvitationMailer
+    smtp: SmtpInvitationMailer | None = None
     try:
-        mailer = build_mailer(settings, sign_up=lambda: site.facts)
+        mailer = smtp = build_mailer(settings, sign_up=lambda: site.facts)
     except ConfigurationError as problem:
         logger.error("mail is misconfigured, no invitation will be sent: %s", problem)
         mailer = UnconfiguredMailer(problem)
@@ -171,7 +174,9 @@ async def build_dependencies(
         except ConfigurationError as problem:
             logger.error("authentik is misconfigured, no invitation will be sent: %s", problem)
             deps.enrollment = UnconfiguredEnrollment(problem)
-    deps.resources = Clients(kube=kube_http, homeserver=homeserver_http, authentik=authentik_http)
+    deps.resources = Clients(
+        kube=kube_http, homeserver=homeserver_http, authentik=authentik_http, mail=smtp
+    )
     return deps
 
 
@@ -206,3 +211,5 @@ async def close_dependencies(deps: Dependencies) -> None:
             await clients.homeserver.aclose()
         if clients.authentik is not None:
             await clients.authentik.aclose()
+        if clients.mail is not None:
+            await clients.mail.aclose()

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -368,6 +369,7 @@ class SmtpDouble:
         self._faults: list[_Fault] = []
         self._auth_attempts: list[tuple[str, str, bool]] = []
         self._connections = 0
+        self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
         self._counter = itertools.count(1)
         self._controller: _Controller | None = None
         self._started = False
@@ -519,6 +521,47 @@ class SmtpDouble:
         if self._controller is None:
             self._listen()
 
+    def close_sessions(
+        self, reply: str | None = "421 4.4.2 smtp-double.test closing idle connection"
+    ) -> int:
+        """End every open client session from the server's side, as a relay's idle timeout or
+        restart does: `reply` first (None: a silent close). Returns how many were open."""
+        controller = self._controller
+        if controller is None:
+            return 0
+        done = threading.Event()
+        closed: list[int] = []
+
+        def close_all() -> None:
+            try:
+                with self._lock:
+                    servers = list(self._sessions)
+                for server in servers:
+                    transport = server.transport
+                    if transport is None or transport.is_closing():
+                        continue
+                    if reply is not None:
+                        transport.write(f"{reply}\r\n".encode())  # type: ignore[attr-defined]
+                    transport.close()
+                    closed.append(1)
+            finally:
+                done.set()
+
+        if threading.current_thread() is controller._thread:
+            close_all()  # from a hook (`on_next_message`): already on the server's loop
+            return len(closed)
+        controller.loop.call_soon_threadsafe(close_all)
+        if not done.wait(STOP_TIMEOUT):
+            raise TimeoutError(f"SMTP double did not close its sessions within {STOP_TIMEOUT:g}s")
+        return len(closed)
+
+    @property
+    def open_sessions(self) -> int:
+        """Client sessions open now (the server has not seen them end)."""
+        with self._lock:
+            servers = list(self._sessions)
+        return sum(1 for s in servers if s.transport is not None and not s.transport.is_closing())
+
     def break_tls(self) -> None:
         """Serve a certificate from a CA nobody trusts (takes effect for new connections)."""
         self._tls_broken = True
@@ -576,9 +619,11 @@ class SmtpDouble:
         handler = _Handler(self)
 
         def factory() -> SMTP:
+            server = _SMTP(handler, **smtp_kwargs)
             with self._lock:
                 self._connections += 1
-            return _SMTP(handler, **smtp_kwargs)
+                self._sessions.add(server)
+            return server
 
         controller = _Controller(
             handler,

@@ -10,6 +10,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from aiosmtplib.email import flatten_message
 from jinja2.exceptions import SecurityError
 from matrix_invite_operator.errors import ConfigurationError, InvalidSpecError
 from matrix_invite_operator.mail import (
@@ -24,6 +25,7 @@ from matrix_invite_operator.mail import (
     message_id_for,
     validate_registration_url_template,
 )
+from matrix_invite_operator.mail.send import _wire_form
 from pydantic import SecretStr, ValidationError
 
 TOKEN = "Zq7Rk2Lm9Xw4"
@@ -571,3 +573,36 @@ def test_internationalised_addresses(renderer: MailRenderer) -> None:
     assert isinstance(to, AddressHeader)
     # The domain goes out as punycode; the non-ASCII local part needs SMTPUTF8 at send time.
     assert to.addresses[0].addr_spec == "jörg@xn--mller-kva.example"
+
+
+@pytest.mark.parametrize(
+    ("to_email", "to_name", "locale"),
+    [
+        ("joerg@example.org", "Jörg Müller", "de"),
+        ("ada@example.org", None, "en"),
+        ("jörg@exämple.org", "Jörg " + "Müller-Lüdenscheidt " * 10, "de"),  # SMTPUTF8, folded
+        ("a@example.org", '"Jörg" <evil@example.org>, Bcc: victim@example.org;', "en"),
+        ("a@example.org", "=?utf-8?q?J=C3=B6rg?=", "en"),  # read back, goes out
+    ],
+)
+@pytest.mark.parametrize("eight_bit", [True, False])
+def test_the_mail_goes_out_as_the_email_package_writes_it(
+    renderer: MailRenderer, to_email: str, to_name: str | None, locale: str, eight_bit: bool
+) -> None:
+    """The mailer writes `build_message`'s messages itself (issue 24: the generator parsed
+    each Content-Type again, many times per mail); byte for byte what the generator writes."""
+    msg = build_message(
+        render(renderer, locale=locale),
+        to_email=to_email,
+        to_name=to_name,
+        message_id_seed="uid-1:tok",
+        sender_email="invitations@example.org",
+        sender_name="Matrix-Einladungen für example.org",
+    )
+    utf8 = not to_email.isascii()
+    cte_type = "8bit" if eight_bit else "7bit"
+
+    wire = _wire_form(msg, utf8=utf8, eight_bit=eight_bit)
+
+    assert wire == flatten_message(msg, utf8=utf8, cte_type=cte_type)
+    assert b"\r\n--=_" in wire  # written here, not by the fallback to the generator

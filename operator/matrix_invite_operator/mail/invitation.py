@@ -113,3 +113,7 @@ class SmtpInvitationMailer:
         if self.throttle is not None:
             await self.throttle.acquire(invitation.uid)
         await self._mailer.send(message)
+
+    async def aclose(self) -> None:
+        """Hang up the SMTP sessions kept for the next mail (at shutdown)."""
+        await self._mailer.aclose()

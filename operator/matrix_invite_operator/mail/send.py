@@ -5,6 +5,10 @@ deterministic Message-ID), the multipart/alternative body, the TLS policy toward
 the translation of every SMTP or socket failure into `MailTemporaryError` (waiting can help) or
 `MailRejectedError` (a human must act). Error texts name the relay, the stage and the server's
 reply; they never contain the SMTP password, the token or the message body.
+
+It also owns the sessions kept between mails: the operator's mailer keeps a logged-in session
+for a few seconds, so that a burst of mails costs one connection, TLS handshake and login, not one
+per mail (issue 24). A kept session is used only while nothing went wrong on it.
 """
 
 from __future__ import annotations
@@ -18,15 +22,19 @@ import functools
 import hashlib
 import logging
 import re
+import secrets
 import ssl
 from collections.abc import Iterator
-from email.headerregistry import Address
-from email.message import EmailMessage
+from dataclasses import dataclass, field
+from email import quoprimime
+from email.headerregistry import Address, BaseHeader
+from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 import aiosmtplib
+from aiosmtplib.email import extract_recipients, flatten_message
 from pydantic import SecretStr
 
 from ..errors import (
@@ -54,10 +62,35 @@ _E = TypeVar("_E", bound=BaseException)
 _NON_ATOM = re.compile(r'[\s"(),:;<>@\[\\\]]')
 
 
+#: How long the operator's mailer keeps a logged-in session for the next mail. Relays wait
+#: minutes for a client's next command (RFC 5321: at least 5); a few seconds span a burst, or
+#: the next mail at the default rate limit (30 a minute), and cost the relay little.
+KEEP_ALIVE_SECONDS = 5.0
+#: Sessions kept at most; a session finished beyond that is closed at once.
+MAX_IDLE_SESSIONS = 2
+
+
 class _Socket(Protocol):
     """What asyncio's transport hands out as extra info "socket"; -1 once closed."""
 
     def fileno(self) -> int: ...
+
+
+@dataclass(eq=False)
+class _Session:
+    """A connected, secured and logged-in SMTP session (kept between mails, or about to be)."""
+
+    client: aiosmtplib.SMTP
+    sock: _Socket | None
+    # What it logged in with: after a rotation, a session of the old password is not reused.
+    password: str = field(repr=False)
+    loop: asyncio.AbstractEventLoop
+    expiry: asyncio.TimerHandle | None = None
+
+
+class _RelayClosedIt(Exception):
+    """A kept session failed before the relay accepted MAIL FROM: it had closed it meanwhile
+    (idle timeout, restart). Nothing of the mail was accepted: a new session may send it."""
 
 
 def _single_line(value: str, what: str, error: type[Exception]) -> str:
@@ -159,12 +192,62 @@ def _checked_sender(sender_name: str | None, sender_email: str) -> Address:
     return sender
 
 
+@functools.lru_cache(maxsize=8)
+def _sender_header(sender_name: str | None, sender_email: str) -> BaseHeader:
+    """The From header, checked and parsed once per sender (a header is immutable)."""
+    return _header("From", _checked_sender(sender_name, sender_email))
+
+
 @functools.lru_cache(maxsize=64)
-def _check_subject(subject: str) -> None:
-    """Raises unless the subject serialises to one header line; each text checked once."""
+def _subject_header(subject: str) -> BaseHeader:
+    """The Subject header; each text checked and parsed once (a template and the server's
+    facts: one text for many mails)."""
+    _single_line(subject, "mail subject", ConfigurationError)
     probe = EmailMessage(policy=email.policy.SMTP)
     probe["Subject"] = subject
     _check_serialized(probe, "Subject", *_OWN_HEADERS["Subject"])
+    return _header("Subject", subject)
+
+
+def _to_header(to: Address) -> BaseHeader:
+    """The To header, checked.
+
+    Only an RFC 2047 encoded word in the input can read back as a line break (a break itself
+    is refused before, `_single_line`): without "=?" the header is not read back (reading back
+    was most of the mail's CPU in a burst, issue 24).
+    """
+    if "=?" in to.display_name or "=?" in to.addr_spec:
+        probe = EmailMessage(policy=email.policy.SMTP)
+        probe["To"] = to
+        _check_serialized(probe, "To", *_OWN_HEADERS["To"])
+    return _header("To", to)
+
+
+def _header(name: str, value: str | Address) -> BaseHeader:
+    """The header object `msg[name] = value` makes; stored with `set_raw`, it is parsed
+    neither when read nor when written."""
+    header: BaseHeader = email.policy.SMTP.header_factory(name, value)
+    return header
+
+
+def _quoted_printable(text: str) -> str:
+    """`text` in UTF-8, quoted-printable, as email.contentmanager encodes it for `set_content`
+    (lines joined with LF; the writer puts CRLF on the wire)."""
+    body = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
+    return quoprimime.body_encode(body.decode("latin-1"), _MAX_LINE)
+
+
+def _text_part(subtype: str, body: str) -> EmailMessage:
+    """A text/<subtype> part with its encoded `body`: what `set_content` makes, with headers
+    stored as they go out instead of parsed and folded again per mail."""
+    part = EmailMessage(policy=email.policy.SMTP)
+    part.set_raw("Content-Type", f'text/{subtype}; charset="utf-8"')
+    part.set_raw("Content-Transfer-Encoding", "quoted-printable")
+    part.set_payload(body)
+    return part
+
+
+_MAX_LINE = email.policy.SMTP.max_line_length or 78
 
 
 def message_id_for(seed: str, sender_email: str) -> str:
@@ -196,28 +279,88 @@ def build_message(
 
     Raises `InvalidSpecError` for an unusable recipient (it came from the Invitation) and
     `ConfigurationError` for an unusable sender or subject (they came from the operator).
-    """
-    to = _address(to_name, to_email, "recipient", InvalidSpecError)
-    subject = _single_line(rendered.subject, "mail subject", ConfigurationError)
 
-    msg = EmailMessage(policy=email.policy.SMTP)
+    The headers are stored as they are sent (`set_raw`): the sender's and subject's parsed
+    once per text, the others as the text they are; nothing is parsed again for sending.
+    """
+    to = _to_header(_address(to_name, to_email, "recipient", InvalidSpecError))
+    subject = _subject_header(rendered.subject)
+    bodies = (_quoted_printable(rendered.text), _quoted_printable(rendered.html))
+    # Random, and checked against the bodies (quoted-printable, so "--=_" cannot be a line of
+    # theirs anyway): the generator does not choose one when the header names it.
+    boundary = f"=_{secrets.token_hex(12)}"
+    while any(boundary in body for body in bodies):
+        boundary = f"=_{secrets.token_hex(12)}"
+
+    msg = _Composed(policy=email.policy.SMTP)
+    msg.boundary, msg.bodies = boundary, bodies
     # Address objects let the header registry produce RFC 2047 encoded-words for non-ASCII
     # names ("Jörg Müller") instead of us quoting by hand.
-    msg["From"] = _checked_sender(sender_name, sender_email)
-    msg["To"] = to
-    msg["Subject"] = subject
-    _check_serialized(msg, "To", *_OWN_HEADERS["To"])
-    # The subject comes from a template and the server's facts: one text for many mails.
-    _check_subject(subject)
-    msg["Date"] = format_datetime((date or dt.datetime.now(dt.UTC)).astimezone(dt.UTC))
-    msg["Message-ID"] = message_id_for(message_id_seed, sender_email)
+    msg.set_raw("From", _sender_header(sender_name, sender_email))
+    msg.set_raw("To", to)
+    msg.set_raw("Subject", subject)
+    msg.set_raw("Date", format_datetime((date or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)))
+    msg.set_raw("Message-ID", message_id_for(message_id_seed, sender_email))
     # RFC 3834: tells vacation responders and ticket systems not to answer an automatic mail.
-    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_raw("Auto-Submitted", "auto-generated")
+    msg.set_raw("MIME-Version", "1.0")
+    msg.set_raw("Content-Type", f'multipart/alternative; boundary="{boundary}"')
     # Quoted-printable keeps both parts 7-bit clean, so relays without 8BITMIME pass them
     # unchanged while umlauts stay readable in the raw source.
-    msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
+    msg.set_payload([_text_part("plain", bodies[0]), _text_part("html", bodies[1])])
     return msg
+
+
+def _wire_form(message: EmailMessage, *, utf8: bool, eight_bit: bool) -> bytes:
+    """The message as the relay gets it (before dot-stuffing, which aiosmtplib does).
+
+    One that `build_message` composed is written here as the email package's generator writes
+    it, without the generator's parsing of each Content-Type again for every question it asks
+    (eleven parses per mail) or of the parts' headers to find their bodies. Anything else goes
+    through the generator.
+    """
+    if not isinstance(message, _Composed):
+        return flatten_message(message, utf8=utf8, cte_type="8bit" if eight_bit else "7bit")
+    policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
+    nl, boundary = "\r\n", message.boundary
+    chunks = [_head(message, policy), nl]
+    for part, body in zip(message.iter_parts(), message.bodies, strict=True):
+        chunks += [f"--{boundary}{nl}", _head(part, policy), nl, body.replace("\n", nl), nl]
+    chunks.append(f"--{boundary}--{nl}")
+    return "".join(chunks).encode("utf-8" if utf8 else "ascii")
+
+
+class _Composed(EmailMessage):
+    """A message `build_message` composed, which `_wire_form` writes without the generator:
+    its boundary and its parts' encoded bodies as composed (they are not changed after)."""
+
+    boundary: str
+    bodies: tuple[str, ...]
+
+
+def _head(message: MIMEPart, policy: email.policy.EmailPolicy[EmailMessage]) -> str:
+    """The header block as the generator writes it (a short text needs no folding)."""
+    return "".join(
+        _fold(name, value, policy) if isinstance(value, BaseHeader) else f"{name}: {value}\r\n"
+        for name, value in message.raw_items()
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _fold_fixed(
+    name: str, header: BaseHeader, policy: email.policy.EmailPolicy[EmailMessage]
+) -> str:
+    # `name` in the key: a header equals any str of its text, whatever its name.
+    folded: str = header.fold(policy=policy)
+    return folded
+
+
+def _fold(name: str, header: BaseHeader, policy: email.policy.EmailPolicy[EmailMessage]) -> str:
+    # The sender's and subject's headers are the same objects for many mails: folded once.
+    if name in ("From", "Subject"):
+        return _fold_fixed(name, header, policy)
+    folded: str = header.fold(policy=policy)
+    return folded
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -235,7 +378,12 @@ def _find(exc: BaseException, kind: type[_E]) -> _E | None:
 
 
 class Mailer:
-    """Sends invitation mails through one SMTP relay, with verified TLS unless told otherwise."""
+    """Sends invitation mails through one SMTP relay, with verified TLS unless told otherwise.
+
+    With `keep_alive` > 0, a session that sent a mail without any error is kept that many
+    seconds for the next one (at most `max_idle` of them); `aclose` hangs them up. Zero: one
+    connection per mail.
+    """
 
     def __init__(
         self,
@@ -251,6 +399,8 @@ class Mailer:
         sender_email: str,
         sender_name: str | None = None,
         local_hostname: str | None = None,
+        keep_alive: float = 0.0,
+        max_idle: int = MAX_IDLE_SESSIONS,
     ) -> None:
         if tls not in ("starttls", "implicit", "none"):
             raise ConfigurationError(
@@ -290,6 +440,10 @@ class Mailer:
         self.sender_name = sender_name
         self.local_hostname = local_hostname
         self._tls_context = self._make_tls_context(ca_bundle) if tls != "none" else None
+        self.keep_alive = keep_alive
+        self.max_idle = max_idle
+        self._idle: list[_Session] = []  # the most recently used last
+        self._closing: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Mailer:
@@ -306,6 +460,7 @@ class Mailer:
             timeout=settings.smtp_timeout_seconds,
             sender_email=settings.mail_from,
             sender_name=settings.mail_from_name,
+            keep_alive=KEEP_ALIVE_SECONDS,
         )
 
     def __repr__(self) -> str:
@@ -327,20 +482,47 @@ class Mailer:
             ) from exc
 
     async def send(self, message: EmailMessage) -> None:
-        """Deliver `message` to the relay; raise MailTemporaryError or MailRejectedError."""
-        await self._session(message)
+        """Deliver `message` to the relay; raise MailTemporaryError or MailRejectedError.
+
+        On a kept session if there is one; should the relay have closed it before it accepted
+        MAIL FROM, on a new one (nothing of the mail was accepted, so it goes out once). Once
+        MAIL FROM was accepted, any failure is the caller's, as on a new session.
+        """
+        where = f"SMTP relay {self.host}:{self.port}"
+        password = self._current_password()
+        session = self._kept(password)
+        if session is not None:
+            try:
+                await self._transfer(session, message, where, reused=True)
+                return
+            except _RelayClosedIt:
+                log.debug("%s closed the kept session; sending on a new one", where)
+        session = await self._open(where, password)
+        await self._transfer(session, message, where, reused=False)
 
     async def verify(self) -> None:
         """Connect, secure and log in as `send` does, then hang up without sending (`doctor`)."""
-        await self._session(None)
-
-    async def _session(self, message: EmailMessage | None) -> None:
         where = f"SMTP relay {self.host}:{self.port}"
+        session = await self._open(where, self._current_password())
+        await self._hang_up(session.client, session.sock)
+
+    async def aclose(self) -> None:
+        """Hang up the kept sessions (at shutdown)."""
+        idle, self._idle = self._idle, []
+        for session in idle:
+            self._discard(session)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def _current_password(self) -> str:
         # Read per mail: a rotated Secret takes effect without a restart. Read before any
         # socket exists, so an unreadable file costs the relay nothing.
-        password = (
-            current_secret(self._password).get_secret_value() if self._password is not None else ""
-        )
+        if self._password is None:
+            return ""
+        return current_secret(self._password).get_secret_value()
+
+    async def _open(self, where: str, password: str) -> _Session:
+        """A new session: connected, secured and logged in, or the translated failure."""
         client = aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,
@@ -378,22 +560,116 @@ class Mailer:
                         "is configured"
                     )
                 await client.login(self.username, password)
-            if message is not None:
-                stage = "send"
-                await client.send_message(message, sender=self.sender_email)
-                log.debug("mail %s accepted by %s", message["Message-ID"], where)
-            # The relay already accepted the message with its DATA reply; from here on nothing
-            # may fail, or we would send the invitation twice.
-            stage = "quit"
-            await self._hang_up(client, sock)
+            if client.is_ehlo_or_helo_needed:  # the extensions decide how a mail is sent
+                stage = "EHLO"
+                await client.ehlo()
         except MailError:
             await self._hang_up(client, sock)
             raise
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self._hang_up(client, sock)
             raise self._translate(exc, stage, where, password) from exc
-        finally:
+        except BaseException:
             client.close()
+            raise
+        return _Session(client, sock, password, asyncio.get_running_loop())
+
+    async def _transfer(
+        self, session: _Session, message: EmailMessage, where: str, *, reused: bool
+    ) -> None:
+        """One mail transaction (MAIL FROM, RCPT TO, DATA) on `session`, then keep or hang up.
+
+        Driven step by step rather than with aiosmtplib's `send_message`, to know whether the
+        relay accepted MAIL FROM before a kept session failed (`_RelayClosedIt`).
+        """
+        client = session.client
+        stage = "MAIL FROM"
+        try:
+            recipients = extract_recipients(message)
+            # A non-ASCII address (jörg@example.org) needs SMTPUTF8; a relay without it
+            # answers with a clear refusal (SMTPNotSupported), as aiosmtplib's send_message.
+            utf8 = not (self.sender_email + "".join(recipients)).isascii()
+            if utf8 and not client.supports_extension("smtputf8"):
+                raise aiosmtplib.SMTPNotSupported(
+                    "an address containing non-ASCII characters needs SMTPUTF8, which the "
+                    "relay does not offer"
+                )
+            options = ["SMTPUTF8"] if utf8 else []
+            eight_bit = client.supports_extension("8BITMIME")
+            if eight_bit:
+                options.append("BODY=8BITMIME")
+            data = _wire_form(message, utf8=utf8, eight_bit=eight_bit)
+            if client.supports_extension("size"):
+                options.insert(0, f"SIZE={len(data)}")
+            encoding = "utf-8" if utf8 else "ascii"
+            await client.mail(self.sender_email, options=options, encoding=encoding)
+            stage = "RCPT TO"
+            refused: list[aiosmtplib.SMTPRecipientRefused] = []
+            for recipient in recipients:
+                try:
+                    await client.rcpt(recipient, encoding=encoding)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    refused.append(exc)
+            if len(refused) == len(recipients):
+                raise aiosmtplib.SMTPRecipientsRefused(refused)
+            stage = "DATA"
+            await client.data(data)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await self._hang_up(client, session.sock)  # never reused after an error
+            if reused and stage == "MAIL FROM" and _closed_by_relay(exc):
+                raise _RelayClosedIt from exc
+            raise self._translate(exc, stage, where, session.password) from exc
+        except BaseException:
+            client.close()
+            raise
+        if log.isEnabledFor(logging.DEBUG):  # reading a header parses it: only when logged
+            log.debug("mail %s accepted by %s", message["Message-ID"], where)
+        # The relay accepted the message with its DATA reply; from here on nothing may fail,
+        # or we would send the invitation twice.
+        await self._keep(session)
+
+    def _kept(self, password: str) -> _Session | None:
+        """The most recently used kept session that can send now, if any."""
+        loop = asyncio.get_running_loop()
+        while self._idle:
+            session = self._idle.pop()
+            if session.expiry is not None:
+                session.expiry.cancel()
+            usable = session.loop is loop and session.client.is_connected
+            if usable and session.password == password:
+                return session
+            self._discard(session)
+        return None
+
+    async def _keep(self, session: _Session) -> None:
+        """Keep the session for the next mail, or hang up if none should be kept."""
+        if self.keep_alive <= 0 or len(self._idle) >= self.max_idle:
+            await self._hang_up(session.client, session.sock)
+            return
+        session.expiry = session.loop.call_later(self.keep_alive, self._expire, session)
+        self._idle.append(session)
+
+    def _expire(self, session: _Session) -> None:
+        if session in self._idle:
+            self._idle.remove(session)
+            self._discard(session)
+
+    def _discard(self, session: _Session) -> None:
+        """Hang up a kept session in the background (its own loop's, if that still runs)."""
+        if session.expiry is not None:
+            session.expiry.cancel()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not session.loop:
+            # Its loop ended (a test's, say) or is another: close without a goodbye.
+            with contextlib.suppress(RuntimeError):
+                session.client.close()
+            return
+        task = running.create_task(self._hang_up(session.client, session.sock))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _hang_up(self, client: aiosmtplib.SMTP, sock: _Socket | None) -> None:
         """QUIT politely, close, and wait (bounded) until the socket is really closed.
@@ -481,6 +757,13 @@ class Mailer:
         return MailTemporaryError(
             f"{where}: unexpected failure during {stage}: {type(exc).__name__}"
         )
+
+
+def _closed_by_relay(exc: BaseException) -> bool:
+    """Whether the relay had ended the session: disconnected, or 421 (closing the channel)."""
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return exc.code == 421
+    return isinstance(exc, ConnectionError | aiosmtplib.SMTPServerDisconnected)
 
 
 def _by_code(code: int, reply: str, what: str) -> MailError:
