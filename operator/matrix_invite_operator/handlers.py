@@ -33,7 +33,7 @@ from .sync import StatusSync, WatchedInvitation
 
 FINALIZER = f"{GROUP}/revoke-token"
 LIST_CHUNK = 200
-WORKER_IDLE_SECONDS = 0.5
+WORKER_IDLE_SECONDS = 0.1
 
 
 class _QuietRegistry(logging.Filter):
@@ -296,12 +296,18 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     # And the initial listing comes in pages instead of one response decoded as a whole.
     settings.watching.chunk_size = LIST_CHUNK
+    config: Settings = memo.get("config") or Settings()
+    memo.config = config
+    # A burst of thousands: each Invitation with a worker holds its body, handler frames and
+    # Kopf's processing state while it waits for a reconcile slot (about 60 KB); one waiting in
+    # Kopf's line for a worker holds only its raw watch event and queue. The limit is on objects
+    # in work, so a worker must not idle long: a restart's listing goes through it at up to
+    # worker_limit / WORKER_IDLE_SECONDS Invitations a second.
+    settings.queueing.worker_limit = config.worker_limit
     # Namespaces are given literally and the CRD ships with the operator: no need to list
     # namespaces or watch CRDs, which would need cluster-wide rights (least privilege, see the
     # chart's RBAC). The CRD must exist when the operator starts.
     settings.scanning.disabled = True
-    config: Settings = memo.get("config") or Settings()
-    memo.config = config
     metrics: OperatorMetrics = memo.get("metrics") or OperatorMetrics()
     memo.metrics = metrics
     memo.deps = await build_dependencies(config, kube=_kube_login(memo), metrics=metrics)

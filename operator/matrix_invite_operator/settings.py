@@ -232,6 +232,16 @@ class Settings(BaseSettings):
         5.0, gt=0, le=600, description="First retry delay after an outage; doubles each retry"
     )
     retry_max_seconds: float = Field(300.0, gt=0, le=3600)
+    # Memory in a burst (docs/performance.md): a Kopf worker waiting for its turn holds about
+    # 60 KB (its event, body, handler frames); an Invitation waiting in Kopf's line, only its
+    # event and queue. 200 keeps the 10 reconcile slots busy with room to spare.
+    worker_limit: int = Field(
+        200,
+        ge=1,
+        le=1_000_000,
+        description="How many Invitations are handled at once; the events of the others wait "
+        "in line",
+    )
     log_format: Literal["plain", "json"] = "plain"
     bind_address: str = Field("0.0.0.0", description="Where /healthz and /metrics listen")  # noqa: S104
     liveness_port: int = Field(8080, ge=0, le=65535, description="0 turns the probe endpoint off")

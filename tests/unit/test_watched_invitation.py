@@ -62,7 +62,7 @@ def test_the_sync_pass_reads_the_same_invitation_from_the_packed_entry() -> None
 
 
 def test_what_nothing_reads_is_not_kept() -> None:
-    packed = json.loads(WatchedInvitation.from_body(full_body()).packed)
+    packed = WatchedInvitation.from_body(full_body()).body()
     assert set(packed["metadata"]) == {
         "name",
         "namespace",
@@ -91,3 +91,57 @@ def test_only_a_sent_invitation_not_yet_expired_has_an_expiry_to_watch() -> None
     assert WatchedInvitation.from_body(full_body(expiresAt=None)).expires_at is None
     assert WatchedInvitation.from_body(full_body(phase="Pending")).phase == "Pending"
     assert WatchedInvitation.from_body({"metadata": {"name": "new"}}).phase is None
+
+
+def sent_body(index: int) -> dict[str, Any]:
+    """A settled Invitation as the operator leaves it, every status field written."""
+    name, email = f"guest-{index:05d}", f"guest-{index:05d}@example.org"
+    sentence = f"Invitation mailed to {email}; the token is valid until 2026-12-13T04:46:37Z"
+    conditions = [
+        ("Ready", "True", "Sent", sentence),
+        ("Reconciling", "False", "Reconciled", "Nothing left to do"),
+        ("Stalled", "False", "NotStalled", "No error that needs a change"),
+    ]
+    body = full_body(
+        conditions=[
+            {
+                "type": kind,
+                "status": state,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": 3,
+                "lastTransitionTime": "2026-12-06T04:48:39Z",
+            }
+            for kind, state, reason, message in conditions
+        ],
+        expiresAt="2026-12-13T04:46:37Z",
+        issuedTo=email,
+        lastSyncedAt="2026-12-06T04:48:39Z",
+        mailRecipient=email,
+        mailSentAt="2026-12-06T04:48:39Z",
+        mailedTokenId=f"01M94TXCRD01MMXBB6T1A{index:05d}",
+        mailsSent=1,
+        message=sentence,
+        resendHandled="spec=;annotation=",
+        revoked=False,
+        secretName=f"{name}-invite-token",
+        timesUsed=0,
+        tokenId=f"01M94TXCRD01MMXBB6T1A{index:05d}",
+        usageLimit=1,
+        valid=True,
+    )
+    body["metadata"]["name"] = name
+    body["spec"] = {"email": email, "displayName": f"Guest {index}", "usageLimit": 1}
+    return body
+
+
+def test_a_settled_invitation_is_kept_in_a_few_hundred_bytes() -> None:
+    """20,000 of them are in memory at once (issue 24): 1.4 KB of JSON each was 28 MB."""
+    for index in (7, 12345):
+        body = sent_body(index)
+        watched = WatchedInvitation.from_body(body)
+        assert len(watched.packed) < 400, len(watched.packed)
+        unpacked = watched.body()
+        assert unpacked["spec"] == body["spec"]
+        assert unpacked["status"] == body["status"]
+        assert Invitation.from_body(unpacked) == Invitation.from_body(body)
