@@ -22,8 +22,8 @@ and, next to them, those of issue 24 (the newer decides ``ok``):
 1. **floor**: the work of one Invitation done directly, without the operator, with the
    operator's own clients: one MAS token created (the access token is fetched once, before),
    one invitation mail rendered and sent (STARTTLS + AUTH once: the operator's mailer keeps its
-   session for the next mail, docs/mail.md), one object created and its status patched three times on the API server; median
-   (and p95) of ``--floor`` rounds.
+   session for the next mail, docs/mail.md), one object created and its status patched three
+   times on the API server; median (and p95) of ``--floor`` rounds.
 2. **latency**: ``--latency`` Invitations applied one after another; each is timed from the
    create request to the watch event that shows it ``Ready`` with phase ``Sent``: p50, p95 and
    their ratios to the floor's median.
