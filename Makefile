@@ -41,7 +41,8 @@ chromium:
 
 # The real node of tests/node: Debian's container runtime and image tools (podman builds the
 # operator's image on a base mmdebstrap makes; containerd, runc, the CNI plugins and iptables run
-# the Pods), then kubelet, kube-proxy and kube-scheduler built like the control plane.
+# the Pods), then kubelet, kube-proxy and kube-scheduler built like the control plane, and the
+# operator's image (before the suite: its first build must not compete with timed waits).
 NODE_PACKAGES := podman runc containerd containernetworking-plugins iptables mmdebstrap
 node-packages:
 	@command -v podman >/dev/null 2>&1 && command -v containerd >/dev/null 2>&1 \

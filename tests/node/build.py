@@ -14,7 +14,8 @@ the API server is built from: they are built in a copy of the control plane's wr
 ``<key>`` names the Kubernetes pin and hashes the wrapper's go.mod and go.sum, the pause source
 and the link flags, so a new pin rebuilds and nothing else does; the build runs under
 :func:`tests.controlplane.build.build_once` (file lock, atomic rename). ``make node`` (part of
-``make test``) runs ``python -m tests.node.build``.
+``make test``) runs ``python -m tests.node.build``, which also builds the operator's image
+(tests/node/image.py) before the suite starts.
 """
 
 from __future__ import annotations
@@ -128,12 +129,20 @@ def ensure_node_binaries() -> NodeBinaries:
 
 
 def main() -> int:
+    # The operator's image too (base, layers, saved archive): built here, before the suite, its
+    # first build (minutes of mmdebstrap, pip and compression on a new machine) does not run
+    # beside the timing-sensitive tests of the other workers. The session fixture then finds
+    # every layer cached and takes seconds.
+    from tests.node.image import build_operator_image
+
     try:
         binaries = ensure_node_binaries()
+        image = build_operator_image()
     except BuildError as exc:
         print(f"node: BUILD FAILED: {exc}", file=sys.stderr)
         return 1
     print(binaries.bin_dir)
+    print(f"{image.name} ({image.size_bytes / 1e6:.1f} MB), archive {image.archive}")
     return 0
 
 
