@@ -16,8 +16,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import SecretStr, ValidationError
 
@@ -28,6 +29,8 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .sign_up import SignUpFacts
+
+T = TypeVar("T")
 
 LOST_LEASE_EXIT_CODE = 3
 WATCH_RESTART_MAX_DELAY = 60.0
@@ -70,7 +73,21 @@ def run(args: argparse.Namespace) -> int:
     for redaction in (TokenPathRedaction(), InvitationPathRedaction()):
         for handler in logging.getLogger().handlers:
             handler.addFilter(redaction)
-    return asyncio.run(_lead_then_operate(settings, lease))
+    return run_in_loop(_lead_then_operate(settings, lease))
+
+
+def run_in_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` in a new uvloop event loop, as every command that talks to a peer does.
+
+    uvloop's loop, transports and TLS driving are C: every request (ours through
+    `coalesced_http`, Kopf's through aiohttp) and every mail costs less of the operator's CPU
+    than on asyncio's own loop (docs/performance.md, issue 24). Nothing of ours depends on
+    which loop it is: the tests run it on both.
+    """
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 async def _lead_then_operate(settings: Settings, lease: tuple[str, str] | None) -> int:
@@ -81,7 +98,7 @@ async def _lead_then_operate(settings: Settings, lease: tuple[str, str] | None) 
     client-go's leader election does: an orderly shutdown could still be writing when the
     Lease passes to the next copy.
     """
-    from typing import Any, cast
+    from typing import cast
 
     import kopf
 
@@ -244,7 +261,7 @@ def _sign_up_facts(settings: Settings, *, offline: bool) -> SignUpFacts:
     if offline:
         return kind.sign_up_facts(settings)
     try:
-        return asyncio.run(kind.read_sign_up(settings))
+        return run_in_loop(kind.read_sign_up(settings))
     except OperatorError as exc:
         raise ConfigurationError(
             f"cannot ask {kind.name} how invitees sign up ({exc}); run `doctor`, or preview "
@@ -263,8 +280,6 @@ def check_config(_: argparse.Namespace) -> int:
 
 
 def doctor(_: argparse.Namespace) -> int:
-    import asyncio
-
     from .doctor import Finding, Verdict, run_doctor
     from .providers import KINDS
 
@@ -284,7 +299,7 @@ def doctor(_: argparse.Namespace) -> int:
             f"{settings.server_name or 'from MAS'}",
         ).line()
     )
-    return asyncio.run(run_doctor(settings))
+    return run_in_loop(run_doctor(settings))
 
 
 def serve_invite_page(_: argparse.Namespace) -> int:

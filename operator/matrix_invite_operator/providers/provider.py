@@ -1,9 +1,11 @@
 """`Provider`: everything one token backend brings, built as one object, and the HTTP client
-each provider owns (explicit timeouts, TLS verified against the system CAs or a bundle)."""
+each provider owns (explicit timeouts, TLS verified against the system CAs or a bundle, over
+`coalesced_http`'s transport as the Kubernetes client)."""
 
 from __future__ import annotations
 
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any, Protocol
 import httpx
 
 from ..backends import AccountFinder, TokenBackend
+from ..coalesced_http import coalesced_transport
 from ..onboarding import ActingSessions, Observer
 from ..settings import Settings
 from ..sign_up import SignUpFacts, SiteWatch
@@ -76,13 +79,27 @@ def peer_http_client(settings: Settings, *, ca_bundle: Path | None) -> httpx.Asy
     if ca_bundle is not None:
         verify = ssl.create_default_context(cafile=str(ca_bundle))
     timeout = settings.http_timeout_seconds
+    # Kept open, all of them: `runtime.CONCURRENT_RECONCILES` use them at once, and a
+    # connection closed after each request costs a TLS handshake for the next.
+    limits = httpx.Limits(
+        max_connections=MAS_CONNECTIONS, max_keepalive_connections=MAS_CONNECTIONS
+    )
     return httpx.AsyncClient(
         verify=verify,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-        # Kept open, all of them: `runtime.CONCURRENT_RECONCILES` use them at once, and a
-        # connection closed after each request costs a TLS handshake for the next.
-        limits=httpx.Limits(
-            max_connections=MAS_CONNECTIONS, max_keepalive_connections=MAS_CONNECTIONS
-        ),
+        limits=limits,
+        # The loop's own connections (a request in one write, TLS in uvloop's C): a MAS create
+        # is one of the few requests per Invitation. httpx mounts a proxy named in the
+        # environment only without a transport of ours: then its own, as before.
+        # trust_env: SSL_CERT_FILE and SSL_CERT_DIR count, as for httpx's own transport.
+        transport=None
+        if _environment_names_a_proxy()
+        else coalesced_transport(verify=verify, limits=limits, trust_env=True),
         headers={"User-Agent": "matrix-invite-operator"},
     )
+
+
+def _environment_names_a_proxy() -> bool:
+    # What httpx reads for its proxies (urllib's getproxies: HTTP_PROXY, HTTPS_PROXY, ALL_PROXY).
+    proxies = urllib.request.getproxies()
+    return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
