@@ -32,7 +32,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     The suite starts the operator as a process a few hundred times (tests.operator_process, the
     CLI tests). Under PYTHONDONTWRITEBYTECODE (set where the suite has run) none of those starts
     leaves a .pyc behind, so each one compiled every module of the package from source again
-    (~0.2 s of CPU per start); a .pyc written here is still read. Up-to-date files are skipped,
+    (0.1-0.2 s of CPU per start); a .pyc written here is still read. Up-to-date files are skipped,
     so this costs nothing after the first run; __pycache__ is ignored by Git and .dockerignore.
     """
     compileall.compile_dir(OPERATOR_SOURCE, quiet=2)
