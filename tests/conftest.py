@@ -10,7 +10,9 @@ scan's ledger, reaches the controller through xdist's ``workeroutput`` (tests.se
 
 from __future__ import annotations
 
+import compileall
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +22,20 @@ pytest_plugins = [
     "tests.secret_hygiene",
     "tests.reconcile.summary",
 ]
+
+OPERATOR_SOURCE = Path(__file__).resolve().parents[1] / "operator"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compile the operator's modules to bytecode once, before the tests start it.
+
+    The suite starts the operator as a process a few hundred times (tests.operator_process, the
+    CLI tests). Under PYTHONDONTWRITEBYTECODE (set where the suite has run) none of those starts
+    leaves a .pyc behind, so each one compiled every module of the package from source again
+    (0.1-0.2 s of CPU per start); a .pyc written here is still read. Up-to-date files are skipped,
+    so this costs nothing after the first run; __pycache__ is ignored by Git and .dockerignore.
+    """
+    compileall.compile_dir(OPERATOR_SOURCE, quiet=2)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,9 @@ SYNC_METRIC = "matrix_invite_last_successful_sync_timestamp_seconds"
 CLEANUP_DONE = "Activity 'stop' succeeded"  # Kopf, after handlers.stop (on.cleanup) returned
 PORT_TAKEN = "address already in use"  # a probe or metrics port taken between pick and bind
 BIND_ATTEMPTS = 3
+# A refused connection costs next to nothing, and every test waits for a start: a probe every
+# 0.2 s wasted 0.1 s of each of the suite's few hundred starts on average.
+HEALTH_POLL_SECONDS = 0.05
 
 
 def free_port() -> int:
@@ -62,7 +65,9 @@ class OperatorProcess:
         Its ports are picked free but released before it binds them, so another server started
         meanwhile may take one (seen under load: Kopf's health reporter failed to bind and the
         process exited). Such a start is tried again on fresh ports, as the control plane and the
-        Flux controllers are; any other early exit fails at once.
+        Flux controllers are; any other early exit fails at once. An attempt that lost a port is
+        over when its log says so: the process is killed then, not waited for (after its health
+        reporter failed, Kopf took ~12 s of retries on a closed session before it exited).
         """
         for attempt in range(1, BIND_ATTEMPTS + 1):
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -70,13 +75,13 @@ class OperatorProcess:
             if not wait_healthy:
                 return self
             try:
-                self.wait_healthy(wait_healthy)
+                self.wait_healthy(wait_healthy, log_offset=offset)
                 return self
             except RuntimeError:
                 lost_a_port = PORT_TAKEN in self._log_since(offset)
                 if not lost_a_port or attempt == BIND_ATTEMPTS:
                     raise
-            self.stop()
+            self.kill()
             self.liveness_port = free_port()
             self.env["MATRIX_INVITE_LIVENESS_PORT"] = str(self.liveness_port)
             self.env["MATRIX_INVITE_METRICS_PORT"] = str(free_port())
@@ -100,19 +105,23 @@ class OperatorProcess:
         log.close()
         self.starts += 1
 
-    def wait_healthy(self, timeout: float) -> None:
+    def wait_healthy(self, timeout: float, *, log_offset: int | None = None) -> None:
+        """Wait until /healthz answers; with `log_offset`, a port lost since that offset of the
+        log ends the wait at once (the process will not serve the probe)."""
         deadline = time.monotonic() + timeout
         url = f"http://127.0.0.1:{self.liveness_port}/healthz"
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
                 raise RuntimeError(f"operator exited early:\n{self.log_tail()}")
+            if log_offset is not None and PORT_TAKEN in self._log_since(log_offset):
+                raise RuntimeError(f"operator lost a port:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(url, timeout=1) as answer:
                     if answer.status == 200:
                         return
             except OSError:
                 pass
-            time.sleep(0.2)
+            time.sleep(HEALTH_POLL_SECONDS)
         raise RuntimeError(f"operator not healthy within {timeout}s:\n{self.log_tail()}")
 
     def metric(self, name: str) -> float | None:

@@ -120,7 +120,8 @@ def test_helm_install_then_the_operator_as_its_service_account_reconciles(
         f"system:serviceaccount:{NAMESPACE}:{FULLNAME}"
     )
     invitations = InvitationsApi(cp, NAMESPACE)
-    with OperatorProcess(env, tmp_path / "operator.log") as operator:
+    operator = OperatorProcess(env, tmp_path / "operator.log").start()
+    try:
         invitations.apply("ada", email="ada@example.org", displayName="Ada Lovelace")
         body = invitations.wait_for_phase("ada", "Sent", timeout=30)
         assert invitations.secret_token(body["status"]["secretName"])
@@ -128,6 +129,8 @@ def test_helm_install_then_the_operator_as_its_service_account_reconciles(
         assert mail.rcpt_tos == ("ada@example.org",)
         assert operator.returncode is None, operator.log_tail()
         assert "Forbidden" not in operator.logs()
+    finally:
+        operator.stop_after_cleanup()  # not about an orderly stop: no 5 s for idle workers
 
     # Uninstalling keeps the CRD (crds.keep), so the Invitation and its token stay too.
     helm("uninstall", RELEASE, "--namespace", NAMESPACE, kubeconfig=kubeconfig)

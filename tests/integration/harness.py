@@ -30,7 +30,7 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.2)
+        time.sleep(POLL_SECONDS)
 
 
 class InvitationsApi:
