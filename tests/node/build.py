@@ -39,6 +39,7 @@ from tests.controlplane.build import (
     kube_version,
     run_go,
 )
+from tests.node.image import build_operator_image
 
 PAUSE_MODULE = Path(__file__).resolve().parent / "go" / "pause"
 KUBE_COMMANDS = {
@@ -133,8 +134,6 @@ def main() -> int:
     # first build (minutes of mmdebstrap, pip and compression on a new machine) does not run
     # beside the timing-sensitive tests of the other workers. The session fixture then finds
     # every layer cached and takes seconds.
-    from tests.node.image import build_operator_image
-
     try:
         binaries = ensure_node_binaries()
         image = build_operator_image()
