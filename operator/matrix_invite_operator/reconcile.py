@@ -51,6 +51,7 @@ from .ports import Collaborators, Invitation, Notice, secret_name_for
 from .settings import Settings
 from .status import (
     Problem,
+    StaleBody,
     StatusWriter,
     announce_phase_change,
     compute_status,
@@ -96,13 +97,36 @@ async def reconcile(deps: Collaborators, invitation: Invitation) -> InvitationSt
 
     The body Kopf hands over may be older than what the sync pass or an earlier run of this
     function wrote meanwhile (a mail record, a token id): under the lock, the steps decide on a
-    fresh read, so nothing done is done twice.
+    fresh read, so nothing done is done twice. Except where the body's first status write
+    proves it current before anything is done that must not be done twice (`decidable_unread`):
+    a 409 on that write means "decide again on a fresh read" (`StaleBody`).
     """
     async with deps.slots, deps.lock_for(invitation):
+        if decidable_unread(invitation):
+            with contextlib.suppress(StaleBody):
+                return await _reconcile_locked(deps, invitation, unread=True)
         current = await read_current(deps.kube, invitation)
         if current is None:
             return None
         return await _reconcile_locked(deps, current)
+
+
+def decidable_unread(invitation: Invitation) -> bool:
+    """Whether a run may decide on this body without reading the Invitation first.
+
+    Without a token id in status, the steps' first write records one (or the status of a spec
+    that cannot work), conditioned on the body's resourceVersion, and everything before it is
+    safe to repeat: the Secret is created or found, the token issued or found by its value
+    (409), nothing mailed, no Event posted, nothing asked of authentik. So a stale body costs a
+    repeat, never a second mail. With a token id the mail may follow with no write before it;
+    a revoked spec may withdraw an authentik invitation first: those runs read afresh. This
+    spares a new Invitation one request (issue 24).
+    """
+    return (
+        invitation.resource_version is not None
+        and invitation.status.token_id is None
+        and not invitation.spec.revoked
+    )
 
 
 async def repair_drift(
@@ -136,8 +160,10 @@ async def repair_drift(
         return True
 
 
-async def _reconcile_locked(deps: Collaborators, invitation: Invitation) -> InvitationStatus:
-    writer = StatusWriter(deps.kube, invitation)
+async def _reconcile_locked(
+    deps: Collaborators, invitation: Invitation, *, unread: bool = False
+) -> InvitationStatus:
+    writer = StatusWriter(deps.kube, invitation, unread=unread)
     token_state: TokenState | None = None
     # A token issued now, not yet told: the mail that follows in this run tells both in one
     # Event (one request less per new Invitation, issue 24); without a mail, TokenIssued.

@@ -6,9 +6,9 @@ now) → status, so the phase table and the kstatus contract (conditions `Ready`
 match wins: Failed > Revoked > Accepted > Expired > Sent > Pending.
 
 `StatusWriter` is the one place that writes status, through the `ports.KubeStore` interface:
-as steps complete, conditioned on the resourceVersion it was computed from, after a fresh read
-(`read_current`); `announce_phase_change` and `post_notices` post the Events a written status
-calls for.
+as steps complete, conditioned on the resourceVersion it was computed from (a fresh read,
+`read_current`, or the watch's body, whose first write then proves it current: `StaleBody`);
+`announce_phase_change` and `post_notices` post the Events a written status calls for.
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ from .errors import KubeConflict, KubeNotFound, KubeUnavailable, reason_of
 from .formats import rfc3339
 from .models import Condition, InvitationSpec, InvitationStatus, Phase
 from .ports import EventSink, Invitation, KubeStore, Notice
+
+
+class StaleBody(Exception):
+    """The body a run decided on was older than the Invitation: its first status write was
+    refused for its resourceVersion. Nothing the run did before that write is harmful to
+    repeat; the caller decides again on a fresh read. Never leaves `reconcile`."""
 
 
 @dataclass(frozen=True)
@@ -190,16 +196,26 @@ class StatusWriter:
     edit, Kopf's annotations): the fields we changed are facts (a token was issued, a mail
     went out), so they are applied again on a fresh read. The status still names the
     generation it was computed for; a newer one is reconciled next.
+
+    `unread`: the Invitation is the watch's body, not a fresh read, and may be older than a
+    status this process wrote. Until one write succeeded, a conflict is then not a fact to
+    apply again but `StaleBody`: what the run decided may rest on a status that is gone.
     """
 
     ATTEMPTS = 5
 
     def __init__(
-        self, kube: KubeStore, invitation: Invitation, *, retry_conflicts: bool = True
+        self,
+        kube: KubeStore,
+        invitation: Invitation,
+        *,
+        retry_conflicts: bool = True,
+        unread: bool = False,
     ) -> None:
         self._kube = kube
         self._invitation = invitation
         self._retry_conflicts = retry_conflicts
+        self._unread = unread
         self.status = invitation.status.model_copy(deep=True)
         self._written = invitation.status  # as the API server holds it, as far as we know
         self._version = invitation.resource_version
@@ -228,6 +244,10 @@ class StatusWriter:
                     namespace, name, patch, resource_version=self._version
                 )
             except KubeConflict:
+                if self._unread:
+                    raise StaleBody(
+                        f"{namespace}/{name} changed since the watch showed it"
+                    ) from None
                 if not self._retry_conflicts:
                     raise
                 fresh = await self._kube.get_invitation(namespace, name)
@@ -236,6 +256,7 @@ class StatusWriter:
                 self._version = fresh["metadata"].get("resourceVersion")
                 continue
             self._version = (written.get("metadata") or {}).get("resourceVersion")
+            self._unread = False  # the body was current; a later conflict is someone's edit
             return
         raise KubeUnavailable(
             f"{namespace}/{name} kept changing while its status was written", retry_after=1
