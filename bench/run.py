@@ -51,8 +51,11 @@ and, next to them, those of issue 24 (the newer decides ``ok``):
    polling (lists, access tokens, site config) apart from the acceptances' account lookups.
 
 Comparing versions: ``PYTHONPATH=DIR`` (a ``git archive`` of ``operator/``) runs everything with
-that version; ``--restart-with DIR`` only the restarts, so that the restart and memory of one
-version are measured with Invitations another version settled (one whose bursts finish).
+that version; ``--operator DIR`` only the operator's processes, while the benchmark itself (the
+floor, the doubles) runs this checkout's code, so that a version older than the modules the
+benchmark imports can be measured with the same benchmark; ``--restart-with DIR`` only the
+restarts, so that the restart and memory of one version are measured with Invitations another
+version settled (one whose bursts finish).
 ``bench/restart_memory.py`` restarts several versions against one fill.
 
 ``--profile DIR`` records the operator with py-spy (``pip install py-spy``) during the burst,
@@ -504,6 +507,7 @@ class Stack:
     profile_dir: Path | None
     profile_format: str
     restart_pythonpath: str | None = None
+    operator_pythonpath: str | None = None  # the code under test, if not this checkout's
     sync_interval_set: bool = True  # False: the operator's default, not in its environment
     operator: OperatorProcess | None = None
     starts: int = 0
@@ -549,6 +553,7 @@ class Stack:
     def start_operator(self, pythonpath: str | None = None) -> OperatorProcess:
         self.starts += 1
         env = self.operator_env()
+        pythonpath = pythonpath or self.operator_pythonpath
         if pythonpath:
             env["PYTHONPATH"] = pythonpath
         process = OperatorProcess(env, self.workdir / f"operator-{self.starts}.log")
@@ -1090,6 +1095,8 @@ async def run(args: argparse.Namespace) -> Results:
     results = Results(machine=machine())
     results.load["start"] = load_average()
     print(f"machine: {results.machine}")
+    if args.operator:
+        print(f"operator: the package at {args.operator}")
     print(f"load average at start: {results.load['start']}", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="matrix-invite-bench-"))
     print(f"workdir: {workdir}", flush=True)
@@ -1117,6 +1124,7 @@ async def run(args: argparse.Namespace) -> Results:
                 profile_dir,
                 args.profile_format,
                 restart_pythonpath=args.restart_with,
+                operator_pythonpath=args.operator,
                 sync_interval_set=args.sync_interval is not None,
             )
             async with kube:
@@ -1489,6 +1497,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write every number here")
     parser.add_argument("--keep", action="store_true", help="keep the workdir (logs)")
+    parser.add_argument(
+        "--operator",
+        metavar="PYTHONPATH",
+        help="run the operator with this PYTHONPATH (another version of the package, e.g. "
+        "from `git archive`), the benchmark itself with this checkout's code",
+    )
     parser.add_argument(
         "--restart-with",
         metavar="PYTHONPATH",
