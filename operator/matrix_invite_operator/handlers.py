@@ -399,7 +399,7 @@ async def _run(body: kopf.Body, memo: kopf.Memo, retry: int) -> None:
     config: Settings = memo.config
     changes: HandledChanges | None = memo.get("handled_changes")
     try:
-        await reconcile(deps, Invitation.from_body(dict(body)))
+        await reconcile(deps, Invitation.from_body(dict(body)), whole_body=True)
     except PermanentError as exc:
         _count_error(memo, exc)
         if not exc.needs_spec_change:

@@ -38,6 +38,7 @@ class Invitation:
     status: InvitationStatus
     resend_annotation: str | None = None
     resource_version: str | None = None  # what status writes are conditioned on
+    deleting: bool = False  # a deletionTimestamp is set: the finalizer's business, not ours
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> Invitation:
@@ -58,6 +59,7 @@ class Invitation:
             status=status,
             resend_annotation=(meta.get("annotations") or {}).get(RESEND_ANNOTATION),
             resource_version=meta.get("resourceVersion"),
+            deleting=bool(meta.get("deletionTimestamp")),
         )
 
     @property

@@ -91,7 +91,9 @@ def _days(delta: dt.timedelta) -> str:
     return f"{delta.total_seconds() / 86400:g} days"
 
 
-async def reconcile(deps: Collaborators, invitation: Invitation) -> InvitationStatus | None:
+async def reconcile(
+    deps: Collaborators, invitation: Invitation, *, whole_body: bool = False
+) -> InvitationStatus | None:
     """Run all steps for the Invitation as it is now; returns the status it wrote, or None if
     it is gone or being deleted.
 
@@ -99,10 +101,12 @@ async def reconcile(deps: Collaborators, invitation: Invitation) -> InvitationSt
     function wrote meanwhile (a mail record, a token id): under the lock, the steps decide on a
     fresh read, so nothing done is done twice. Except where the body's first status write
     proves it current before anything is done that must not be done twice (`decidable_unread`):
-    a 409 on that write means "decide again on a fresh read" (`StaleBody`).
+    a 409 on that write means "decide again on a fresh read" (`StaleBody`). `whole_body`: the
+    Invitation is a whole object as the watch delivered it (Kopf's body), not the sync pass's
+    digest, which lacks the annotations: only a whole one may be decided on unread.
     """
     async with deps.slots, deps.lock_for(invitation):
-        if decidable_unread(invitation):
+        if whole_body and decidable_unread(invitation):
             with contextlib.suppress(StaleBody):
                 return await _reconcile_locked(deps, invitation, unread=True)
         current = await read_current(deps.kube, invitation)
@@ -119,13 +123,14 @@ def decidable_unread(invitation: Invitation) -> bool:
     safe to repeat: the Secret is created or found, the token issued or found by its value
     (409), nothing mailed, no Event posted, nothing asked of authentik. So a stale body costs a
     repeat, never a second mail. With a token id the mail may follow with no write before it;
-    a revoked spec may withdraw an authentik invitation first: those runs read afresh. This
-    spares a new Invitation one request (issue 24).
+    a revoked spec may withdraw an authentik invitation first; a deleting one is the
+    finalizer's: those runs read afresh. This spares a new Invitation one request (issue 24).
     """
     return (
         invitation.resource_version is not None
         and invitation.status.token_id is None
         and not invitation.spec.revoked
+        and not invitation.deleting
     )
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from .harness import operate
 from .scenarios import ADA, NAME
-from .subject import Invitation, reconcile, reconcile_module
+from .subject import Invitation, WatchedInvitation, reconcile, reconcile_module
 from .world import World, json_copy
 
 READ = "Kube GET invitation"
@@ -49,7 +49,7 @@ async def _handle_again(world: World, body: Body) -> tuple[list[str], Body, int,
     """Reconcile `body` in a new process; its requests, and the status, mails and Events after."""
     before = len(world.wire.points)
     events = len(world.events.events)
-    await reconcile(world.restart(), Invitation.from_body(json_copy(body)))
+    await reconcile(world.restart(), Invitation.from_body(json_copy(body)), whole_body=True)
     calls = [p.call for p in world.wire.points[before:]]
     status = json_copy(world.api.invitations[NAME]["status"])
     status.pop("lastSyncedAt")  # the clock moved on: any reconcile says when it last looked
@@ -95,6 +95,21 @@ def test_a_body_with_a_token_id_is_read_afresh() -> None:
         assert calls[0] == READ
         assert (mails, events) == (1, 0)
         assert status == settled
+
+    asyncio.run(scenario())
+
+
+def test_the_sync_pass_digest_is_read_afresh() -> None:
+    """The sync pass hands over its registry's digest of a body, without the annotations (a
+    resend request among them): never decided on unread, even without a token id."""
+
+    async def scenario() -> None:
+        world, created = await _settled()
+        digest = WatchedInvitation.from_body(json_copy(created)).body()
+        before = len(world.wire.points)
+        await reconcile(world.restart(), Invitation.from_body(digest))
+        assert world.wire.points[before].call == READ
+        assert len(world.outbox.mails) == 1
 
     asyncio.run(scenario())
 
