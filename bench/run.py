@@ -466,8 +466,22 @@ class Watcher:
             await asyncio.sleep(0.01 if len(missing) < 100 else 0.25)
 
 
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE", "APPLY")
+
+
 def apiserver_writes(cp: ControlPlane) -> Counter[str]:
     """Write requests the API server served so far, by "VERB resource[/subresource]"."""
+    return apiserver_requests(cp, WRITE_VERBS)
+
+
+def apiserver_reads(cp: ControlPlane) -> Counter[str]:
+    """Reads of one object (GET; not LIST or WATCH) the API server served so far."""
+    return apiserver_requests(cp, ("GET",))
+
+
+def apiserver_requests(cp: ControlPlane, verbs: tuple[str, ...]) -> Counter[str]:
+    """Requests with one of `verbs` for Invitations, Secrets and Events the API server served
+    so far, by "VERB resource[/subresource]"."""
     request = urllib.request.Request(  # noqa: S310 - our own API server on 127.0.0.1
         f"{cp.server_url}/metrics", headers={"Authorization": f"Bearer {cp.admin_token}"}
     )
@@ -484,7 +498,7 @@ def apiserver_writes(cp: ControlPlane) -> Counter[str]:
         if not match:
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-        if labels.get("verb") not in ("POST", "PUT", "PATCH", "DELETE", "APPLY"):
+        if labels.get("verb") not in verbs:
             continue
         if labels.get("resource") not in ("invitations", "secrets", "events"):
             continue
@@ -818,6 +832,7 @@ class Burst:
     mas_requests: dict[str, int]
     cpu: dict[str, float]
     chunk: int | None = None  # created in bursts of this many (the fill's --fill-burst)
+    kube_reads: dict[str, int] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -842,6 +857,7 @@ async def measure_burst(
     names = [f"{prefix}-{index:05d}" for index in range(n)]
     size = chunk or n
     kube_before = apiserver_writes(stack.cp)
+    reads_before = apiserver_reads(stack.cp)
     mas_before = stack.mas.counts()
     cpu_before = stack.cpu()
     stack.profile(prefix)
@@ -872,6 +888,7 @@ async def measure_burst(
         mas_requests={f"{m} {p}": c for (m, p), c in mas.items()},
         cpu=cpu_use(cpu_before, cpu),
         chunk=chunk if chunk and chunk < n else None,
+        kube_reads=dict(apiserver_reads(stack.cp) - reads_before),
     )
 
 
@@ -1269,6 +1286,8 @@ def print_burst(burst: Burst) -> None:
     )
     per = {k: round(v / burst.n, 2) for k, v in sorted(burst.kube_writes.items())}
     print(f"  API writes per Invitation: {per}")
+    reads = {k: round(v / burst.n, 2) for k, v in sorted(burst.kube_reads.items())}
+    print(f"  API reads per Invitation (GET): {reads}")
     mas = {k: round(v / burst.n, 2) for k, v in sorted(burst.mas_requests.items())}
     print(f"  MAS requests per Invitation: {mas}")
     print(f"  CPU seconds meanwhile: {burst.cpu}")
