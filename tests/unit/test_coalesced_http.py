@@ -296,7 +296,9 @@ async def _never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     await asyncio.sleep(5)  # its stream stops reading the socket once its buffer is full
 
 
-QUICK = httpx.Timeout(10, connect=0.3, read=0.3, write=0.3)
+# Below the peers' 5 s of silence, so those time out; above what a TLS handshake and an answer
+# take on a loaded machine (0.3 s let httpx's own transport time out a handshake in a CI run).
+QUICK = httpx.Timeout(10, connect=2.0, read=1.0, write=1.0)
 CLOSED = (httpx.RemoteProtocolError,)  # "Server disconnected", "peer closed connection"
 RESET = (httpx.ReadError,)
 
